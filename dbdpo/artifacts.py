@@ -1,0 +1,81 @@
+"""Atomic artifact writes: build next to the target, then rename into place.
+
+A stage killed halfway leaves only a `.tmp-*` sibling, never a half-written file or
+directory under the real name that a later stage (or DVC) would take as complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty temp directory; on success it replaces `target` whole."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        # rename() cannot replace a non-empty directory: move the old one aside first.
+        old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=target.parent))
+        os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Yield a temp path in the target's directory; on success it is renamed to `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+
+
+def write_parquet(frame: pd.DataFrame, target: Path) -> None:
+    with atomic_file(target) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def write_csv(rows: list[dict], target: Path) -> None:
+    with atomic_file(target) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+
+
+def write_json(data, target: Path) -> None:
+    with atomic_file(target) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
+    """Read a stage's table and check it has the columns this stage needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run the stage that writes it (dvc repro)")
+    frame = pd.read_parquet(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; it was written by another version, rerun dvc repro")
+    return frame

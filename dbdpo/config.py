@@ -1,0 +1,306 @@
+"""Typed params: `params.yaml` is loaded once into these dataclasses, validated, passed down.
+
+Every error names the key (e.g. ``filter.angle``) and the value that would be accepted, and is
+raised before any model is built, so a bad sweep value costs a second, not a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml value is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "tiny"
+    path: str | None = None
+    revision: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ConceptConfig:
+    dir: str = "data/concept"
+    token: str = "sks"
+    class_noun: str = "toy"
+    kind: str = "object"
+    min_size: int = 32
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    steps: int = 300
+    learning_rate: float = 1e-3
+    batch_size: int = 2
+    lora_rank: int = 4
+    instance_prompt: str = "a photo of {token} {class_noun}"
+    prior_preservation: bool = False
+    class_prompt: str = "a photo of a {class_noun}"
+    num_class_images: int = 8
+    prior_loss_weight: float = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    num_prompts: int = 8
+    images_per_prompt: int = 4
+    steps: int = 20
+    guidance_scale: float = 7.5
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    clip_model: str = "tiny"
+    clip_pretrained: str | None = None
+    dino_model: str | None = "tiny"
+    ts_prompt: str = "with_class"
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    lambda_: float = 0.5  # `lambda` in params.yaml
+    normalize: str = "zscore"
+    max_per_prompt: int = 6
+    max_total: int = 64
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    kind: str = "angle"
+    angle: float = 25.0
+    angle_min: float | None = None
+    angle_max: float | None = None
+    threshold: float = 0.0
+    min_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class DpoConfig:
+    loss: str = "diffusion_dpo"
+    beta: float = 2500.0
+    steps: int = 100
+    learning_rate: float = 1e-3
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    lora_rank: int = 4
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    start: str = "round_0"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    images_per_prompt: int = 2
+    num_prompts: int = 25
+    steps: int = 20
+    guidance_scale: float = 7.5
+    batch_size: int = 8
+    grid_prompts: int = 4
+    seed: int = 1234
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    concept: ConceptConfig = field(default_factory=ConceptConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    pair: PairConfig = field(default_factory=PairConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    rounds: dict[str, RoundConfig] = field(default_factory=lambda: {"round_1": RoundConfig()})
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def round_names(self) -> list[str]:
+        """Rounds in params order: round i samples its own i-th slice of the prompt pool."""
+        return list(self.rounds)
+
+
+# --- loading -----------------------------------------------------------------------------
+
+_YAML_NAMES = {"lambda_": "lambda"}
+
+
+def _yaml_name(field_name: str) -> str:
+    return _YAML_NAMES.get(field_name, field_name)
+
+
+def _coerce(value, annotation, key: str):
+    """Check `value` against a field annotation (str, int, float, bool, X | None)."""
+    if isinstance(annotation, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    if annotation is float and not isinstance(value, bool) and isinstance(value, (int, str)):
+        # YAML 1.1 reads `1e-4` (no dot) as a string: accept any spelling float() accepts.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data, prefix: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {_yaml_name(f.name): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}.{unknown[0]}; the keys of {prefix} are: {', '.join(known)}"
+        )
+    values = {}
+    for name, f in known.items():
+        if name in data:
+            values[f.name] = _coerce(data[name], hints[f.name], f"{prefix}.{name}")
+    return cls(**values)
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build and validate a Config from the parsed params.yaml mapping."""
+    if not isinstance(raw, dict):
+        raise ConfigError("params.yaml: expected a mapping of stage groups")
+    top = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = sorted(set(raw) - set(top))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]}; the groups are: {', '.join(top)}")
+    hints = typing.get_type_hints(Config)
+    groups = {}
+    for name in top:
+        if name == "rounds":
+            continue
+        if name in raw:
+            groups[name] = _build(hints[name], raw[name], name)
+    if "rounds" in raw:
+        rounds = raw["rounds"]
+        if not isinstance(rounds, dict) or not rounds:
+            raise ConfigError("rounds: expected a non-empty mapping like {round_1: {start: round_0}}")
+        groups["rounds"] = {
+            str(k): _build(RoundConfig, v, f"rounds.{k}") for k, v in rounds.items()
+        }
+    config = Config(**groups)
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (run from the repository root)")
+    with path.open() as f:
+        raw = yaml.safe_load(f) or {}
+    try:
+        return config_from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+def _require(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def _one_of(value, choices: tuple, key: str) -> None:
+    _require(value in choices, key, value, "one of " + " | ".join(map(str, choices)))
+
+
+def _positive(value, key: str) -> None:
+    _require(value > 0, key, value, "a value > 0")
+
+
+def validate(c: Config) -> None:
+    """Range and consistency checks; raises ConfigError naming the first bad key."""
+    _one_of(c.model.backbone, ("tiny", "sd", "sdxl"), "model.backbone")
+    if c.model.backbone != "tiny":
+        _require(bool(c.model.path), "model.path", c.model.path,
+                 f"a hub id or local directory for backbone {c.model.backbone}")
+    _one_of(c.concept.kind, ("object", "live"), "concept.kind")
+    _require(bool(c.concept.token.strip()), "concept.token", c.concept.token, "a non-empty token")
+    _require(bool(c.concept.class_noun.strip()), "concept.class_noun", c.concept.class_noun,
+             "a non-empty class noun")
+    _positive(c.concept.min_size, "concept.min_size")
+
+    for key in ("steps", "learning_rate", "batch_size", "lora_rank", "num_class_images"):
+        _positive(getattr(c.finetune, key), f"finetune.{key}")
+    _require(c.finetune.prior_loss_weight >= 0, "finetune.prior_loss_weight",
+             c.finetune.prior_loss_weight, "a value >= 0")
+    _one_of(c.finetune.mixed_precision, ("no", "fp16", "bf16"), "finetune.mixed_precision")
+
+    _positive(c.generate.num_prompts, "generate.num_prompts")
+    _require(c.generate.images_per_prompt >= 2, "generate.images_per_prompt",
+             c.generate.images_per_prompt, "at least 2 images per prompt to form pairs")
+    for key in ("steps", "batch_size"):
+        _positive(getattr(c.generate, key), f"generate.{key}")
+
+    _one_of(c.score.ts_prompt, ("with_class", "without_concept"), "score.ts_prompt")
+    _positive(c.score.batch_size, "score.batch_size")
+
+    _require(0.0 <= c.pair.lambda_ <= 1.0, "pair.lambda", c.pair.lambda_, "a value in [0, 1]")
+    _one_of(c.pair.normalize, ("zscore", "minmax", "none"), "pair.normalize")
+    _positive(c.pair.max_per_prompt, "pair.max_per_prompt")
+    _positive(c.pair.max_total, "pair.max_total")
+
+    _one_of(c.filter.kind, ("none", "threshold", "angle"), "filter.kind")
+    _require(0.0 < c.filter.angle <= 180.0, "filter.angle", c.filter.angle,
+             "a half-width in degrees in (0, 180]")
+    if (c.filter.angle_min is None) != (c.filter.angle_max is None):
+        raise ConfigError("filter.angle_min and filter.angle_max must be set together (or both null)")
+    if c.filter.angle_min is not None:
+        _require(-180.0 <= c.filter.angle_min < c.filter.angle_max <= 180.0, "filter.angle_min",
+                 (c.filter.angle_min, c.filter.angle_max), "-180 <= angle_min < angle_max <= 180")
+    _require(c.filter.min_norm >= 0, "filter.min_norm", c.filter.min_norm, "a value >= 0")
+
+    _one_of(c.dpo.loss, ("diffusion_dpo",), "dpo.loss")
+    for key in ("beta", "steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
+                "lora_rank"):
+        _positive(getattr(c.dpo, key), f"dpo.{key}")
+    _one_of(c.dpo.mixed_precision, ("no", "fp16", "bf16"), "dpo.mixed_precision")
+
+    names = c.round_names()
+    for i, name in enumerate(names):
+        _require(name.startswith("round_") and name != "round_0", f"rounds.{name}", name,
+                 "a round name round_<n> other than round_0 (the DreamBooth model)")
+        expected = "round_0" if i == 0 else names[i - 1]
+        _require(c.rounds[name].start == expected, f"rounds.{name}.start",
+                 c.rounds[name].start, f"{expected} (the previous round's model)")
+
+    for key in ("images_per_prompt", "num_prompts", "steps", "batch_size", "grid_prompts"):
+        _positive(getattr(c.evaluate, key), f"evaluate.{key}")
+    _require(c.evaluate.grid_prompts <= c.evaluate.num_prompts, "evaluate.grid_prompts",
+             c.evaluate.grid_prompts, f"at most evaluate.num_prompts={c.evaluate.num_prompts}")

@@ -1,0 +1,129 @@
+"""Concept images and prompt sets: load, validate, preprocess.
+
+Prompt files hold one template a line with `{token}` and `{class_noun}` placeholders
+("a {token} {class_noun} in the jungle"); `#` lines are comments.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dbdpo.config import ConceptConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+PROMPTS_DIR = Path("data/prompts")
+
+
+class DataError(ValueError):
+    """A concept image or prompt file cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ConceptImage:
+    path: Path
+    image: Image.Image  # RGB, EXIF orientation applied
+
+
+def load_image_rgb(path: Path, min_size: int) -> Image.Image:
+    """Open one image as upright RGB, or raise DataError naming the file and the fix."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            # Phone photos store rotation in EXIF; CLIP and the VAE must see them upright.
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                # Composite transparency on white instead of letting it turn black.
+                rgba = img.convert("RGBA")
+                img = Image.new("RGB", rgba.size, (255, 255, 255))
+                img.paste(rgba, mask=rgba.getchannel("A"))
+            else:
+                img = img.convert("RGB")  # L, CMYK, P, I;16 ... all have an RGB form
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path}: not a readable image ({e}); remove it or re-save it as PNG/JPEG") from None
+    if min(img.size) < min_size:
+        raise DataError(
+            f"{path}: {img.size[0]}x{img.size[1]} px is smaller than concept.min_size={min_size}; "
+            "use a larger photo or lower concept.min_size"
+        )
+    return img
+
+
+def load_concept(cfg: ConceptConfig) -> list[ConceptImage]:
+    """All images of `cfg.dir`, sorted by name. Every file must be a usable image."""
+    folder = Path(cfg.dir)
+    if not folder.is_dir():
+        raise DataError(f"concept.dir={cfg.dir!r} is not a directory of concept images")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if others:
+        raise DataError(
+            f"{others[0]}: not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+            f"concept.dir must hold only the concept's images"
+        )
+    if not files:
+        raise DataError(f"concept.dir={cfg.dir!r} holds no images")
+    return [ConceptImage(p, load_image_rgb(p, cfg.min_size)) for p in files]
+
+
+def to_tensor(images: list[Image.Image], resolution: int) -> torch.Tensor:
+    """Resize the shorter side to `resolution`, center-crop; returns (B, 3, R, R) in [-1, 1]."""
+    arrays = []
+    for img in images:
+        img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.BICUBIC)
+        arrays.append(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_prompt_templates(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"{path}: prompt file not found")
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    templates = [ln for ln in lines if ln and not ln.startswith("#")]
+    for t in templates:
+        if "{token}" not in t:
+            raise DataError(f"{path}: prompt {t!r} lacks the {{token}} placeholder")
+    if not templates:
+        raise DataError(f"{path}: no prompts")
+    return templates
+
+
+def render(template: str, cfg: ConceptConfig) -> str:
+    """The generation prompt, with the instance token: "a sks toy in the jungle"."""
+    return template.format(token=cfg.token, class_noun=cfg.class_noun)
+
+
+def text_prompt(template: str, cfg: ConceptConfig, mode: str) -> str:
+    """The prompt TS is scored against, without the instance token (CLIP never learned it).
+
+    with_class: "a toy in the jungle"; without_concept (the lab's evaluator): "a in the jungle".
+    """
+    class_noun = cfg.class_noun if mode == "with_class" else ""
+    text = template.format(token="", class_noun=class_noun)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def train_prompts(cfg: ConceptConfig, round_index: int, num_prompts: int) -> list[str]:
+    """Round `round_index` (1-based) gets its own disjoint slice of the training pool."""
+    pool = load_prompt_templates(PROMPTS_DIR / "train.txt")
+    start, stop = (round_index - 1) * num_prompts, round_index * num_prompts
+    if stop > len(pool):
+        raise DataError(
+            f"{PROMPTS_DIR / 'train.txt'}: round {round_index} needs prompts {start}..{stop - 1} "
+            f"but the pool has {len(pool)}; lower generate.num_prompts or add prompts"
+        )
+    return pool[start:stop]
+
+
+def eval_prompts(cfg: ConceptConfig, num_prompts: int) -> list[str]:
+    """The DreamBooth paper's held-out prompts for the concept's kind (object or live)."""
+    path = PROMPTS_DIR / f"eval_{cfg.kind}.txt"
+    templates = load_prompt_templates(path)
+    if num_prompts > len(templates):
+        raise DataError(f"evaluate.num_prompts={num_prompts}: {path} has only {len(templates)} prompts")
+    return templates[:num_prompts]

@@ -1,0 +1,144 @@
+"""Preference pairs within a prompt: lambda-weighted winner, threshold or angle filter, caps.
+
+DreamBoothDPO (arXiv 2505.20975), Sec. 3.2, with the convention of its official pair
+collection (`--atan_min 20 --atan_max 70`), as written in DESIGN.md:
+  S_l(x)  = l * TS(x) + (1 - l) * IS(x)                          weighted score
+  (w, l)  : same prompt, S_l(w) > S_l(l)                         winner / loser
+  phi     = degrees(atan2(dIS, dTS)), dIS = IS(w)-IS(l), dTS = TS(w)-TS(l)
+  keep    : center - angle <= phi <= center + angle,  center = degrees(atan2(1-l, l))
+            (0 deg = pure prompt alignment, 90 deg = pure fidelity; outside [0, 90] the
+            winner is worse on one metric, the trade-off pairs the filter exists to drop)
+IS/TS are normalized per round (`pair.normalize`) before all of this.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dbdpo.config import FilterConfig, PairConfig
+from dbdpo.scoring import normalize
+
+PAIR_COLUMNS = [
+    "prompt_id", "prompt", "winner_id", "loser_id", "winner_path", "loser_path",
+    "IS_w", "IS_l", "TS_w", "TS_l", "d_IS", "d_TS", "d_S", "angle", "norm",
+]
+
+
+class PairingError(ValueError):
+    """No pair survived: the message has the counts per step and the param to loosen."""
+
+
+@dataclass(frozen=True)
+class PairSummary:
+    candidates: int  # within-prompt pairs with S(w) != S(l)
+    ties: int  # pairs dropped because S(w) == S(l)
+    kept_by_filter: int
+    kept_after_prompt_cap: int
+    kept: int  # final count, after pair.max_total
+
+    def as_metrics(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def angle_window(lam: float, f: FilterConfig) -> tuple[float, float]:
+    """[lo, hi] in degrees: explicit `angle_min/max`, else center(lambda) +- `angle`."""
+    if f.angle_min is not None and f.angle_max is not None:
+        return f.angle_min, f.angle_max
+    center = math.degrees(math.atan2(1.0 - lam, lam))  # direction of (dTS, dIS) = (l, 1-l)
+    return center - f.angle, center + f.angle
+
+
+def candidate_pairs(scores: pd.DataFrame, lam: float, method: str) -> tuple[pd.DataFrame, int]:
+    """Every within-prompt pair oriented winner-first by S_lambda; returns (pairs, ties).
+
+    `scores` needs image_id, prompt_id, prompt, path, IS, TS (raw); deltas use the
+    normalized scores, the IS_w/IS_l/TS_w/TS_l columns keep the raw ones for reporting.
+    """
+    is_n = normalize(scores["IS"].to_numpy(), method)
+    ts_n = normalize(scores["TS"].to_numpy(), method)
+    s = lam * ts_n + (1.0 - lam) * is_n
+    rows, ties = [], 0
+    for _, group in scores.groupby("prompt_id", sort=True):
+        for a, b in itertools.combinations(group.index.to_list(), 2):
+            ia, ib = scores.index.get_loc(a), scores.index.get_loc(b)
+            if s[ia] == s[ib]:
+                ties += 1
+                continue
+            w, l = (ia, ib) if s[ia] > s[ib] else (ib, ia)
+            d_is, d_ts = is_n[w] - is_n[l], ts_n[w] - ts_n[l]
+            rows.append(dict(
+                prompt_id=int(scores["prompt_id"].iat[w]), prompt=scores["prompt"].iat[w],
+                winner_id=scores["image_id"].iat[w], loser_id=scores["image_id"].iat[l],
+                winner_path=scores["path"].iat[w], loser_path=scores["path"].iat[l],
+                IS_w=scores["IS"].iat[w], IS_l=scores["IS"].iat[l],
+                TS_w=scores["TS"].iat[w], TS_l=scores["TS"].iat[l],
+                d_IS=d_is, d_TS=d_ts, d_S=s[w] - s[l],
+                angle=math.degrees(math.atan2(d_is, d_ts)), norm=math.hypot(d_is, d_ts),
+            ))
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS), ties
+
+
+def filter_mask(pairs: pd.DataFrame, lam: float, f: FilterConfig) -> np.ndarray:
+    """Boolean keep-mask of the configured filter (none | threshold | angle)."""
+    if f.kind == "none":
+        return np.ones(len(pairs), dtype=bool)
+    if f.kind == "threshold":
+        return (pairs["d_S"] > f.threshold).to_numpy()
+    lo, hi = angle_window(lam, f)
+    angle = pairs["angle"].to_numpy()
+    return (angle >= lo) & (angle <= hi) & (pairs["norm"].to_numpy() >= f.min_norm)
+
+
+def cap(pairs: pd.DataFrame, max_per_prompt: int, max_total: int, seed: int) -> tuple[pd.DataFrame, int]:
+    """Uniform seeded subsample: at most `max_per_prompt` per prompt, then `max_total` overall."""
+    rng = np.random.default_rng(seed)
+    per_prompt = [
+        g.iloc[np.sort(rng.choice(len(g), size=min(len(g), max_per_prompt), replace=False))]
+        for _, g in pairs.groupby("prompt_id", sort=True)
+    ]
+    capped = pd.concat(per_prompt) if per_prompt else pairs
+    after_prompt_cap = len(capped)
+    if len(capped) > max_total:
+        capped = capped.iloc[np.sort(rng.choice(len(capped), size=max_total, replace=False))]
+    return capped.reset_index(drop=True), after_prompt_cap
+
+
+def build_pairs(scores: pd.DataFrame, pair: PairConfig, f: FilterConfig) -> tuple[pd.DataFrame, PairSummary]:
+    """The whole pairing step; raises PairingError when nothing survives."""
+    candidates, ties = candidate_pairs(scores, pair.lambda_, pair.normalize)
+    kept = candidates[filter_mask(candidates, pair.lambda_, f)]
+    final, after_prompt_cap = cap(kept, pair.max_per_prompt, pair.max_total, pair.seed)
+    summary = PairSummary(len(candidates), ties, len(kept), after_prompt_cap, len(final))
+    if len(final) == 0:
+        hint = {
+            "angle": "widen filter.angle (or filter.angle_min/angle_max), lower filter.min_norm",
+            "threshold": "lower filter.threshold",
+            "none": "raise generate.images_per_prompt (every pair was a tie)",
+        }[f.kind]
+        raise PairingError(
+            f"no preference pairs left: {summary.candidates} candidates ({ties} ties dropped), "
+            f"{summary.kept_by_filter} kept by filter.kind={f.kind}. To keep more: {hint}."
+        )
+    return final, summary
+
+
+def to_pickapic(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Pick-a-Pic v2 layout (jpg_0, jpg_1, label_0, caption), readable by diffusers' DPO script.
+
+    jpg_0 is the winner (label_0 = 1); the caption is the prompt with the instance token.
+    """
+    def read(path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    return pd.DataFrame({
+        "jpg_0": [read(p) for p in pairs["winner_path"]],
+        "jpg_1": [read(p) for p in pairs["loser_path"]],
+        "label_0": np.ones(len(pairs)),
+        "caption": pairs["prompt"].to_list(),
+    })

@@ -1,0 +1,187 @@
+"""Scorers (CLIP-I / CLIP-T, DINO, any reward) and per-round score normalization.
+
+A scorer is any callable `(images, texts) -> {name: (B,) float array}`; `score_images`
+runs a set of them over image files in batches, decoding each image once.
+
+DreamBoothDPO (arXiv 2505.20975, Sec. 3): with one pre-trained CLIP,
+  IS(x) = mean_i cos(E_I(x), E_I(c_i))   concept fidelity vs the concept images c_i
+  TS(x) = cos(E_I(x), E_T(p))            prompt alignment, p without the instance token.
+With `clip_model: tiny` the CLIP is randomly initialized (seeded): the numbers are then a
+deterministic smoke signal of the code path, not a measure of anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dbdpo.config import ScoreConfig
+from dbdpo.data import load_image_rgb
+
+log = logging.getLogger(__name__)
+
+Scorer = Callable[[list[Image.Image], list[str]], dict[str, np.ndarray]]
+TINY_CLIP = "dbdpo-tiny-clip"
+_CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ScorerError(RuntimeError):
+    """A scoring model cannot be loaded; the message says what to download and where."""
+
+
+def load_open_clip(model_name: str, pretrained: str | None, seed: int = 0):
+    """(model, preprocess, tokenizer) from open_clip; `tiny` is a seeded random 3.4M-param CLIP."""
+    import open_clip
+
+    if model_name == "tiny":
+        open_clip.add_model_config(_CONFIG_DIR / f"{TINY_CLIP}.json")
+        model_name, pretrained = TINY_CLIP, None
+    if model_name not in open_clip.list_models():
+        raise ScorerError(f"score.clip_model={model_name!r} is not an open_clip model name (e.g. ViT-B-32)")
+    torch.manual_seed(seed)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+    except Exception as e:  # download failure, bad file: one clear message either way
+        raise ScorerError(
+            f"score.clip_pretrained={pretrained!r} for {model_name}: cannot load "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Offline, download the "
+            "open_clip checkpoint on a connected machine and set score.clip_pretrained to its local path."
+        ) from None
+    if pretrained is None and model_name != TINY_CLIP:
+        log.warning("score: %s has random weights (score.clip_pretrained is null)", model_name)
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(model_name)
+
+
+class ClipSimilarity:
+    """IS and TS from one CLIP: each image embedded once, concept embeddings once per run.
+
+    `text_columns` maps each TS column to the function that turns the scorer's text input
+    (a prompt template) into the CLIP text, e.g. {"TS": template -> "a toy in the jungle"},
+    so several TS variants share one image embedding.
+    """
+
+    def __init__(self, model, preprocess, tokenizer, concept_images: list[Image.Image],
+                 text_columns: dict[str, Callable[[str], str]]):
+        self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
+        self.text_columns = text_columns
+        self.concept = self.embed_images(concept_images)  # (C, D), unit norm
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """(B, D) unit-norm image embeddings."""
+        pixels = torch.stack([self.preprocess(img) for img in images])
+        return F.normalize(self.model.encode_image(pixels).float(), dim=-1)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """(B, D) unit-norm text embeddings; each distinct text is encoded once per run."""
+        new = sorted({t for t in texts if t not in self._text_cache})
+        if new:
+            emb = F.normalize(self.model.encode_text(self.tokenizer(new)).float(), dim=-1)
+            self._text_cache.update(zip(new, emb))
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    def __call__(self, images: list[Image.Image], texts: list[str]) -> dict[str, np.ndarray]:
+        img = self.embed_images(images)
+        out = {"IS": (img @ self.concept.T).mean(dim=1).numpy()}
+        for column, to_text in self.text_columns.items():
+            out[column] = (img * self.embed_texts([to_text(t) for t in texts])).sum(dim=1).numpy()
+        return out
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def load_dino(name: str, seed: int = 0):
+    """A ViT (DINO) from a hub id / local dir, or `tiny`: a seeded random ViT of the same class."""
+    from transformers import ViTConfig, ViTModel
+
+    if name == "tiny":
+        torch.manual_seed(seed)
+        config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=64, image_size=64, patch_size=16)
+        return ViTModel(config, add_pooling_layer=False).eval()
+    try:
+        return ViTModel.from_pretrained(name, add_pooling_layer=False).eval()
+    except Exception as e:
+        raise ScorerError(
+            f"score.dino_model={name!r}: cannot load ({type(e).__name__}). Offline, download "
+            "facebook/dino-vits16 on a connected machine and set score.dino_model to its local directory."
+        ) from None
+
+
+class DinoSimilarity:
+    """DreamBooth's DINO metric: mean cosine of ViT [CLS] features to the concept images'."""
+
+    def __init__(self, model, concept_images: list[Image.Image]):
+        from torchvision import transforms
+
+        size = model.config.image_size
+        self.model = model
+        self.preprocess = transforms.Compose([
+            transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ])
+        self.concept = self.embed(concept_images)
+
+    @torch.no_grad()
+    def embed(self, images: list[Image.Image]) -> torch.Tensor:
+        pixels = torch.stack([self.preprocess(img) for img in images])
+        cls = self.model(pixel_values=pixels).last_hidden_state[:, 0]
+        return F.normalize(cls.float(), dim=-1)
+
+    def __call__(self, images: list[Image.Image], texts: list[str]) -> dict[str, np.ndarray]:
+        return {"DINO": (self.embed(images) @ self.concept.T).mean(dim=1).numpy()}
+
+
+def build_scorers(cfg: ScoreConfig, concept_images: list[Image.Image],
+                  text_columns: dict[str, Callable[[str], str]]) -> list[Scorer]:
+    """CLIP IS/TS (one TS column per entry of `text_columns`), plus DINO unless disabled."""
+    clip = ClipSimilarity(*load_open_clip(cfg.clip_model, cfg.clip_pretrained, cfg.seed),
+                          concept_images, text_columns)
+    if cfg.dino_model is None:
+        return [clip]
+    return [clip, DinoSimilarity(load_dino(cfg.dino_model, cfg.seed), concept_images)]
+
+
+def score_images(paths: list[str], texts: list[str], scorers: list[Scorer], batch_size: int,
+                 desc: str = "score") -> pd.DataFrame:
+    """One row per image, one column per score name, in input order."""
+    columns: dict[str, list[np.ndarray]] = {}
+    for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch"):
+        batch_paths = paths[start : start + batch_size]
+        images = [load_image_rgb(Path(p), min_size=1) for p in batch_paths]
+        batch_texts = texts[start : start + batch_size]
+        for scorer in scorers:
+            for name, values in scorer(images, batch_texts).items():
+                columns.setdefault(name, []).append(np.asarray(values, dtype=np.float64))
+    return pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
+
+
+def normalize(values: np.ndarray, method: str) -> np.ndarray:
+    """Per-round normalization before pairing: zscore (population std), minmax, or none.
+
+    A constant column maps to zeros (no preference signal) rather than dividing by zero.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if method == "none":
+        return values
+    if method == "zscore":
+        std = values.std()
+        return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+    if method == "minmax":
+        span = values.max() - values.min()
+        return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+    raise ValueError(f"unknown normalization {method!r}: expected zscore | minmax | none")

@@ -1,0 +1,1 @@
+"""One Typer command per DVC stage: read params and inputs, call dbdpo, write artifacts."""

@@ -1,0 +1,60 @@
+"""What every stage shares: logging, params, and the artifact layout of dvc.yaml."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+
+from dbdpo.backbones import BackboneError
+from dbdpo.config import Config, ConfigError, load_config
+from dbdpo.data import DataError
+from dbdpo.pairs import PairingError
+from dbdpo.scoring import ScorerError
+
+PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
+ROUND_OPTION = typer.Option(..., "--round", help="round name from params.yaml `rounds`, e.g. round_1")
+
+MODELS = Path("models")
+ROUNDS = Path("rounds")
+EVAL = Path("eval")
+
+
+def model_dir(round_name: str) -> Path:
+    """models/round_0 is the DreamBooth LoRA; models/round_r the round-r model (one LoRA)."""
+    return MODELS / round_name
+
+
+def round_dir(round_name: str) -> Path:
+    return ROUNDS / round_name
+
+
+def setup(params: Path, round_name: str | None = None) -> Config:
+    """Logging + validated params; exits with a one-line error on bad params or round name."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("dbdpo").setLevel(os.environ.get("DBDPO_LOG", "INFO"))
+    try:
+        cfg = load_config(params)
+    except ConfigError as e:
+        fail(str(e))
+    if round_name is not None and round_name not in cfg.rounds:
+        fail(f"--round {round_name}: not in {params} rounds ({', '.join(cfg.rounds)})")
+    return cfg
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's input errors (bad data, params, missing weights) into one clean line."""
+    try:
+        yield
+    except (ConfigError, DataError, BackboneError, ScorerError, PairingError, FileNotFoundError) as e:
+        fail(str(e))

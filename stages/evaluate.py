@@ -1,0 +1,55 @@
+"""Stage evaluate: every round's model on the held-out prompts -> metrics, plots, grids."""
+
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from dbdpo.artifacts import atomic_dir, write_csv, write_json, write_parquet
+from dbdpo.backbones import load_backbone
+from dbdpo.data import eval_prompts, load_concept, text_prompt
+from dbdpo.evaluation import RoundModel, comparison_grids, pareto_front, round_means, sample_and_score
+from dbdpo.lora import load_lora
+from dbdpo.scoring import build_scorers
+from stages.common import EVAL, PARAMS_OPTION, model_dir, setup, user_errors
+
+app = typer.Typer(add_completion=False)
+
+TS_MODES = ("with_class", "without_concept")
+
+
+@app.command()
+def main(params: Path = PARAMS_OPTION) -> None:
+    """Writes metrics.json (IS/TS/DINO per round, `final` = last round), eval/tradeoff.csv,
+    eval/scores.parquet, eval/images/<round>/ and eval/grids/ (same seed, every round)."""
+    cfg = setup(params)
+    e = cfg.evaluate
+    names = ["round_0", *cfg.round_names()]
+    with user_errors():
+        templates = eval_prompts(cfg.concept, e.num_prompts)
+        concept = [c.image for c in load_concept(cfg.concept)]
+        models = [RoundModel(n, load_lora(model_dir(n))) for n in names]
+        # "TS" is the configured variant; both variants are reported by name as well.
+        text_columns = {"TS": partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)}
+        text_columns |= {f"TS_{m}": partial(text_prompt, cfg=cfg.concept, mode=m) for m in TS_MODES}
+        scorers = build_scorers(cfg.score, concept, text_columns)
+        backbone = load_backbone(cfg.model)
+
+    with atomic_dir(EVAL / "images") as image_dir:
+        samples = sample_and_score(backbone, models, templates, cfg.concept, e, scorers, image_dir)
+    write_parquet(pd.concat([s.scores for s in samples], ignore_index=True), EVAL / "scores.parquet")
+
+    means = round_means(samples)
+    front = pareto_front([means[n]["IS"] for n in names], [means[n]["TS"] for n in names])
+    write_csv([{"round": n, "IS": means[n]["IS"], "TS": means[n]["TS"], "pareto": bool(f)}
+               for n, f in zip(names, front)], EVAL / "tradeoff.csv")
+    with atomic_dir(EVAL / "grids") as grid_dir:
+        for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt).items():
+            grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")
+    write_json({"final": means[names[-1]], **means}, Path("metrics.json"))
+    typer.echo(f"final ({names[-1]}): " + ", ".join(f"{k}={v:.4f}" for k, v in means[names[-1]].items()))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,41 @@
+"""Stage generate@round: K seeded images for each of the round's N training prompts."""
+
+from pathlib import Path
+
+import typer
+
+from dbdpo.backbones import load_backbone
+from dbdpo.data import render, train_prompts
+from dbdpo.lora import load_lora, merge_into
+from dbdpo.sampling import generate, plan_samples, write_samples
+from stages.common import PARAMS_OPTION, ROUND_OPTION, model_dir, round_dir, setup, user_errors
+
+app = typer.Typer(add_completion=False)
+
+SEEDS_PER_ROUND = 1_000_000  # round r's seeds start at generate.seed + r * this: no reuse
+
+
+@app.command()
+def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
+    """Sample the round's start model on its own slice of data/prompts/train.txt.
+
+    Writes rounds/<round>/images/*.png and rounds/<round>/samples.parquet.
+    """
+    cfg = setup(params, round_name)
+    index = cfg.round_names().index(round_name) + 1
+    g = cfg.generate
+    with user_errors():
+        templates = train_prompts(cfg.concept, index, g.num_prompts)
+        start = load_lora(model_dir(cfg.rounds[round_name].start))
+        backbone = load_backbone(cfg.model)
+    merge_into(backbone.pipe.unet, start)
+    prompts = [render(t, cfg.concept) for t in templates]
+    plan = plan_samples(templates, prompts, g.images_per_prompt, g.seed + index * SEEDS_PER_ROUND)
+    images = generate(backbone.pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
+                      batch_size=g.batch_size, resolution=backbone.resolution, desc=f"generate {round_name}")
+    out = round_dir(round_name)
+    write_samples(plan, images, out / "images", out / "samples.parquet")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,38 @@
+"""Stage score@round: IS, TS (and DINO) for every generated image of the round."""
+
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import typer
+
+from dbdpo.artifacts import read_parquet, write_parquet
+from dbdpo.data import load_concept, text_prompt
+from dbdpo.sampling import SAMPLE_COLUMNS
+from dbdpo.scoring import build_scorers, score_images
+from stages.common import PARAMS_OPTION, ROUND_OPTION, round_dir, setup, user_errors
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
+    """Score rounds/<round>/images against the concept images and the prompts.
+
+    Writes rounds/<round>/scores.parquet: one row per image, raw scores (pair normalizes).
+    """
+    cfg = setup(params, round_name)
+    out = round_dir(round_name)
+    with user_errors():
+        samples = read_parquet(out / "samples.parquet", SAMPLE_COLUMNS)
+        concept = [c.image for c in load_concept(cfg.concept)]
+        ts_text = partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)
+        scorers = build_scorers(cfg.score, concept, {"TS": ts_text})
+    scores = score_images(samples["path"].to_list(), samples["template"].to_list(), scorers,
+                          cfg.score.batch_size, desc=f"score {round_name}")
+    table = pd.concat([samples[["image_id", "prompt_id", "prompt", "path"]], scores], axis=1)
+    write_parquet(table, out / "scores.parquet")
+
+
+if __name__ == "__main__":
+    app()
