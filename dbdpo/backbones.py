@@ -2,8 +2,9 @@
 
 The embedded `tiny` backbone is a real `StableDiffusionPipeline` (UNet2DConditionModel,
 AutoencoderKL, CLIPTextModel, the real CLIP BPE tokenizer) built offline from the configs
-below with a fixed seed, so every stage treats it exactly like SD. Its weights are random:
-images are noise-like and exist to exercise the code, not to look like anything.
+below with a fixed seed, so every stage treats it exactly like SD. UNet and text encoder are
+random; the VAE is trained on procedural shapes (scripts/train_tiny_vae.py) so that what the
+UNet learns shows up as colors and shapes. It exercises the code; it draws nothing real.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dbdpo.config import ModelConfig
@@ -36,6 +38,12 @@ log = logging.getLogger(__name__)
 class BackboneError(RuntimeError):
     """The requested backbone cannot be loaded (missing weights, offline, wrong kind)."""
 
+
+# Trained by scripts/train_tiny_backbone.py on captioned procedural shapes: a random VAE
+# decodes every latent to the same grey and a random UNet does not denoise, which would hide
+# whatever finetune and DPO teach. The text encoder stays random (frozen, as in SD).
+TINY_VAE_WEIGHTS = Path(__file__).parent / "assets" / "tiny_vae.safetensors"
+TINY_UNET_WEIGHTS = Path(__file__).parent / "assets" / "tiny_unet.safetensors"
 
 # Sizes measured in ENVIRONMENT.md: ~1M UNet params, 8 images x 20 steps in ~3.5 s on 2 cores.
 TINY_UNET = dict(
@@ -59,6 +67,8 @@ TINY_VAE = dict(
     latent_channels=4,
     norm_num_groups=32,
     sample_size=64,
+    # 1 / RMS of the trained VAE's latents on its training images: unit-scale diffusion space.
+    scaling_factor=0.293,
 )
 TINY_TEXT = dict(
     hidden_size=32,
@@ -152,11 +162,18 @@ def clip_tokenizer() -> CLIPTokenizer:
     )
 
 
-def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """The embedded backbone: identical weights for the same seed, no files, no network."""
+def build_tiny_pipeline(seed: int = 0, pretrained_unet: bool = True) -> StableDiffusionPipeline:
+    """The embedded backbone: identical weights for the same seed, no network.
+
+    The text encoder is random (seeded); VAE and UNet load their shipped trained weights
+    (`pretrained_unet=False` keeps the UNet random: the starting point of its training).
+    """
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**TINY_UNET)
     vae = AutoencoderKL(**TINY_VAE)
+    vae.load_state_dict(load_file(str(TINY_VAE_WEIGHTS)))
+    if pretrained_unet:
+        unet.load_state_dict(load_file(str(TINY_UNET_WEIGHTS)))
     text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
     pipe = StableDiffusionPipeline(
         vae=vae,

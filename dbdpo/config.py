@@ -47,7 +47,7 @@ class FinetuneConfig:
     class_prompt: str = "a photo of a {class_noun}"
     num_class_images: int = 8
     prior_loss_weight: float = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: str = "fp32"
     gradient_checkpointing: bool = False
     seed: int = 0
 
@@ -100,7 +100,7 @@ class DpoConfig:
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
     lora_rank: int = 4
-    mixed_precision: str = "no"
+    mixed_precision: str = "fp32"
     gradient_checkpointing: bool = False
     seed: int = 0
 
@@ -228,6 +228,10 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         raise ConfigError(f"{path}: {e}") from None
 
 
+# fp32, not accelerate's "no": DVC's `-S` rewrites params.yaml unquoted, and YAML 1.1 reads
+# a bare `no` as false.
+PRECISIONS = ("fp32", "fp16", "bf16")
+
 # --- validation --------------------------------------------------------------------------
 
 
@@ -260,7 +264,7 @@ def validate(c: Config) -> None:
         _positive(getattr(c.finetune, key), f"finetune.{key}")
     _require(c.finetune.prior_loss_weight >= 0, "finetune.prior_loss_weight",
              c.finetune.prior_loss_weight, "a value >= 0")
-    _one_of(c.finetune.mixed_precision, ("no", "fp16", "bf16"), "finetune.mixed_precision")
+    _one_of(c.finetune.mixed_precision, PRECISIONS, "finetune.mixed_precision")
 
     _positive(c.generate.num_prompts, "generate.num_prompts")
     _require(c.generate.images_per_prompt >= 2, "generate.images_per_prompt",
@@ -290,7 +294,7 @@ def validate(c: Config) -> None:
     for key in ("beta", "steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
                 "lora_rank"):
         _positive(getattr(c.dpo, key), f"dpo.{key}")
-    _one_of(c.dpo.mixed_precision, ("no", "fp16", "bf16"), "dpo.mixed_precision")
+    _one_of(c.dpo.mixed_precision, PRECISIONS, "dpo.mixed_precision")
 
     names = c.round_names()
     for i, name in enumerate(names):

@@ -69,7 +69,7 @@ def _prepare(backbone: Backbone, rank: int, adapter: str, lr: float, mixed_preci
     if checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     accelerator = Accelerator(
-        mixed_precision=mixed_precision if torch.cuda.is_available() else "no",
+        mixed_precision="no" if mixed_precision == "fp32" or not torch.cuda.is_available() else mixed_precision,
         gradient_accumulation_steps=grad_accum,
         cpu=not torch.cuda.is_available(),
     )

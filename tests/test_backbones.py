@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from dbdpo.backbones import BackboneError, build_tiny_pipeline, clip_tokenizer, load_backbone
+from dbdpo.config import ModelConfig
+
+
+def test_tokenizer_is_the_real_clip_bpe():
+    # ids of OpenAI CLIP / open_clip for this prompt (ENVIRONMENT.md)
+    assert clip_tokenizer()("a photo of sks dog").input_ids == [49406, 320, 1125, 539, 48136, 1929, 49407]
+    assert clip_tokenizer().model_max_length == 77
+
+
+def test_tiny_backbone_is_a_deterministic_sd_pipeline():
+    a, b = load_backbone(ModelConfig()), load_backbone(ModelConfig())
+    assert isinstance(a.pipe, StableDiffusionPipeline) and a.kind == "tiny"
+    assert a.resolution == 64 and a.prediction_type == "epsilon"
+    for module in ("unet", "vae", "text_encoder"):
+        pa, pb = getattr(a.pipe, module).state_dict(), getattr(b.pipe, module).state_dict()
+        assert all(torch.equal(pa[k], pb[k]) for k in pa), module
+    # the seed drives the random text encoder; UNet and VAE are the shipped trained weights
+    other = build_tiny_pipeline(seed=1)
+    assert not torch.equal(other.text_encoder.get_input_embeddings().weight,
+                           a.pipe.text_encoder.get_input_embeddings().weight)
+    assert torch.equal(other.unet.conv_in.weight, a.pipe.unet.conv_in.weight)
+
+
+def test_tiny_vae_decodes_latents_to_distinct_images():
+    """The shipped VAE is trained: different latents give visibly different images."""
+    vae = build_tiny_pipeline().vae
+    latents = torch.randn(4, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # as the pipeline decodes: unit-scale latents / scaling_factor
+        images = vae.decode(latents / vae.config.scaling_factor).sample
+    per_image_mean = images.mean(dim=(1, 2, 3))
+    assert images.std().item() > 0.2
+    assert (per_image_mean.max() - per_image_mean.min()).item() > 0.02
+
+
+def _one_image(pipe) -> np.ndarray:
+    out = pipe("a photo of sks toy", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+               output_type="np")
+    return out.images[0]
+
+
+def test_local_directory_loads_through_the_sd_code_path(tmp_path):
+    tiny = build_tiny_pipeline()
+    tiny.save_pretrained(tmp_path / "sd")
+    loaded = load_backbone(ModelConfig(backbone="sd", path=str(tmp_path / "sd")))
+    assert loaded.kind == "sd" and loaded.resolution == 64
+    np.testing.assert_allclose(_one_image(loaded.pipe), _one_image(build_tiny_pipeline()), atol=1e-5)
+
+
+def test_uncached_hub_id_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneError, match=r"not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        load_backbone(ModelConfig(backbone="sd", path="stabilityai/stable-diffusion-2-1-base"))
+
+
+def test_missing_local_path_is_a_clear_error(tmp_path):
+    with pytest.raises(BackboneError, match="is not a directory with a diffusers pipeline"):
+        load_backbone(ModelConfig(backbone="sd", path=str(tmp_path / "nowhere")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackboneError, match="does not hold a loadable StableDiffusionPipeline"):
+        load_backbone(ModelConfig(backbone="sd", path=str(tmp_path / "empty")))

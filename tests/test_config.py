@@ -1,0 +1,75 @@
+import pytest
+import yaml
+
+from dbdpo.config import ConfigError, config_from_dict, load_config
+
+
+def params(**overrides):
+    """The repository's params.yaml with `group.key` overrides."""
+    with open("params.yaml") as f:
+        raw = yaml.safe_load(f)
+    for dotted, value in overrides.items():
+        group, key = dotted.split("__")
+        raw[group][key] = value
+    return raw
+
+
+def test_repository_params_load(in_repo):
+    cfg = load_config("params.yaml")
+    assert cfg.filter.kind == "angle" and cfg.filter.angle == 25.0
+    assert cfg.pair.lambda_ == 0.5
+    assert cfg.round_names() == ["round_1"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"pair__lambda": 1.5}, r"pair.lambda=1.5 is invalid: expected a value in \[0, 1\]"),
+    ({"filter__angle": 0}, r"filter.angle=0.0 is invalid: expected a half-width in degrees in \(0, 180\]"),
+    ({"filter__angle": 181}, r"filter.angle=181.0"),
+    ({"generate__images_per_prompt": 1}, r"generate.images_per_prompt=1 is invalid: expected at least 2"),
+    ({"filter__kind": "cone"}, r"filter.kind='cone' is invalid: expected one of none \| threshold \| angle"),
+    ({"filter__angel": 30}, r"unknown key filter.angel; the keys of filter are"),
+    ({"dpo__steps": "many"}, r"dpo.steps: expected an integer, got 'many'"),
+    ({"dpo__beta": "lots"}, r"dpo.beta: expected a number, got 'lots'"),
+    ({"model__backbone": "sdxl"}, r"model.path=None is invalid: expected a hub id or local directory"),
+    ({"pair__normalize": "rank"}, r"pair.normalize='rank'"),
+])
+def test_bad_values_name_the_key(in_repo, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(params(**overrides))
+
+
+def test_yaml_exponent_without_dot_is_a_float(in_repo):
+    # YAML 1.1 reads 1e-4 as a string; `dvc exp run -S dpo.learning_rate=1e-4` must still work.
+    cfg = config_from_dict(params(dpo__learning_rate="1e-4"))
+    assert cfg.dpo.learning_rate == 1e-4
+
+
+def test_unknown_group_and_round_chain(in_repo):
+    raw = params()
+    raw["filters"] = {}
+    with pytest.raises(ConfigError, match="unknown key filters"):
+        config_from_dict(raw)
+    raw = params()
+    raw["rounds"] = {"round_1": {"start": "round_0"}, "round_2": {"start": "round_0"}}
+    with pytest.raises(ConfigError, match=r"rounds.round_2.start='round_0' is invalid: expected round_1"):
+        config_from_dict(raw)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "params.yaml")
+
+
+def test_params_survive_dvcs_yaml_rewrite(in_repo, tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel (YAML 1.2), dropping quotes: a value
+    like "no" came back as a bare `no`, which PyYAML (1.1) reads as False."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    with open("params.yaml") as f:
+        data = rt.load(f)
+    data["filter"]["angle"] = 30
+    with open(tmp_path / "params.yaml", "w") as f:
+        rt.dump(data, f)
+    cfg = load_config(tmp_path / "params.yaml")
+    assert cfg.filter.angle == 30.0 and cfg.dpo.mixed_precision == "fp32"

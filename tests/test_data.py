@@ -1,0 +1,89 @@
+import pytest
+import torch
+from PIL import Image
+
+from dbdpo.config import ConceptConfig
+from dbdpo.data import DataError, eval_prompts, load_concept, render, text_prompt, to_tensor, train_prompts
+
+
+def concept_dir(tmp_path, images):
+    for name, img in images.items():
+        img.save(tmp_path / name)
+    return ConceptConfig(dir=str(tmp_path), min_size=32)
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    rgba = Image.new("RGBA", (40, 40), (255, 0, 0, 0))  # fully transparent red
+    cfg = concept_dir(tmp_path, {"a_gray.png": Image.new("L", (40, 40), 128), "b_rgba.png": rgba,
+                                 "c_cmyk.jpg": Image.new("CMYK", (40, 40), (0, 255, 255, 0))})
+    images = load_concept(cfg)
+    assert [i.path.name for i in images] == ["a_gray.png", "b_rgba.png", "c_cmyk.jpg"]
+    assert all(i.image.mode == "RGB" for i in images)
+    assert images[0].image.getpixel((0, 0)) == (128, 128, 128)
+    assert images[1].image.getpixel((0, 0)) == (255, 255, 255)  # transparency -> white, not black
+    r, g, b = images[2].image.getpixel((0, 0))
+    assert r > 200 and g < 60 and b < 60  # CMYK (0,255,255,0) is red
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    img = Image.new("RGB", (60, 40), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    (loaded,) = load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))
+    assert loaded.image.size == (40, 60)
+
+
+def test_tiny_image_is_rejected_naming_the_file(tmp_path):
+    cfg = concept_dir(tmp_path, {"ok.png": Image.new("RGB", (64, 64)), "small.png": Image.new("RGB", (64, 16))})
+    with pytest.raises(DataError, match=r"small.png: 64x16 px is smaller than concept.min_size=32"):
+        load_concept(cfg)
+
+
+def test_non_image_and_corrupt_files_are_rejected(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"notes.txt: not an image file"):
+        load_concept(ConceptConfig(dir=str(tmp_path)))
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match=r"broken.png: not a readable image"):
+        load_concept(ConceptConfig(dir=str(tmp_path)))
+
+
+def test_missing_or_empty_dir(tmp_path):
+    with pytest.raises(DataError, match="is not a directory"):
+        load_concept(ConceptConfig(dir=str(tmp_path / "nope")))
+    with pytest.raises(DataError, match="holds no images"):
+        load_concept(ConceptConfig(dir=str(tmp_path)))
+
+
+def test_embedded_concept_loads(in_repo):
+    images = load_concept(ConceptConfig())
+    assert len(images) == 6 and all(i.image.size == (128, 128) for i in images)
+
+
+def test_to_tensor_range_and_shape():
+    img = Image.new("RGB", (100, 50), (255, 0, 127))
+    x = to_tensor([img], 32)
+    assert x.shape == (1, 3, 32, 32)
+    assert x[0, 0].min().item() == 1.0 and x[0, 1].max().item() == -1.0
+    assert torch.allclose(x[0, 2], torch.full((32, 32), 127 / 127.5 - 1))
+
+
+def test_prompts_render_and_ts_variants():
+    cfg = ConceptConfig(token="sks", class_noun="toy")
+    t = "a {token} {class_noun} in the jungle"
+    assert render(t, cfg) == "a sks toy in the jungle"
+    assert text_prompt(t, cfg, "with_class") == "a toy in the jungle"
+    assert text_prompt(t, cfg, "without_concept") == "a in the jungle"
+
+
+def test_prompt_sets(in_repo):
+    cfg = ConceptConfig()
+    assert len(eval_prompts(cfg, 25)) == 25
+    assert len(eval_prompts(ConceptConfig(kind="live"), 25)) == 25
+    r1, r2 = train_prompts(cfg, 1, 8), train_prompts(cfg, 2, 8)
+    assert len(r1) == 8 and not set(r1) & set(r2)  # rounds use disjoint prompts
+    assert not set(train_prompts(cfg, 1, 50)) & set(eval_prompts(cfg, 25))  # held-out
+    with pytest.raises(DataError, match="round 3 needs prompts 40..59 but the pool has 50"):
+        train_prompts(cfg, 3, 20)

@@ -1,0 +1,104 @@
+"""The pipeline through the real `dvc` CLI, in a temporary git copy of this repository."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+# Small enough for CI, big enough that every stage does real work.
+FAST_PARAMS = {
+    "finetune": {"steps": 20},
+    "generate": {"num_prompts": 2, "images_per_prompt": 4, "steps": 4},
+    "filter": {"angle": 60},
+    "dpo": {"steps": 4, "batch_size": 2},
+    "evaluate": {"num_prompts": 2, "images_per_prompt": 1, "steps": 4, "grid_prompts": 2},
+}
+
+
+def run(args, cwd, check=True):
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A fresh clone-like copy: the repo's git-visible files, minimal params, one commit."""
+    root = tmp_path_factory.mktemp("project")
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        src = REPO / name
+        if src.is_file() and not name.startswith(("models/", "rounds/", "eval/")) and name != "dvc.lock":
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / name)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for group, values in FAST_PARAMS.items():
+        params[group].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "init"], root)
+    return root
+
+
+def test_repro_then_noop_then_angle_experiment(project):
+    first = run(["dvc", "repro"], project)
+    for stage in ("finetune", "generate@round_1", "score@round_1", "pair@round_1", "dpo@round_1", "evaluate"):
+        assert f"Running stage '{stage}'" in first.stdout
+
+    # artifacts and their schemas
+    assert (project / "models/round_0/pytorch_lora_weights.safetensors").is_file()
+    assert (project / "models/round_1/pytorch_lora_weights.safetensors").is_file()
+    samples = pd.read_parquet(project / "rounds/round_1/samples.parquet")
+    assert list(samples.columns) == ["image_id", "prompt_id", "template", "prompt", "seed", "path"]
+    assert len(samples) == 8 and samples["seed"].is_unique
+    scores = pd.read_parquet(project / "rounds/round_1/scores.parquet")
+    assert {"IS", "TS", "DINO"} <= set(scores.columns) and len(scores) == 8
+    pairs = pd.read_parquet(project / "rounds/round_1/pairs.parquet")
+    assert len(pairs) > 0 and (pairs["winner_id"] != pairs["loser_id"]).all()
+    assert pairs["angle"].between(-15, 105).all()  # center 45 +- 60
+    assert list(pd.read_parquet(project / "rounds/round_1/pickapic.parquet").columns) == [
+        "jpg_0", "jpg_1", "label_0", "caption"]
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert list(metrics) == ["final", "round_0", "round_1"]
+    assert metrics["final"] == metrics["round_1"] and set(metrics["final"]) >= {"IS", "TS", "DINO"}
+    assert sorted(p.name for p in (project / "eval/grids").iterdir()) == ["prompt_00.png", "prompt_01.png"]
+    assert not list(project.rglob(".tmp-*"))
+
+    second = run(["dvc", "repro"], project)
+    assert "Data and pipelines are up to date" in second.stdout
+    assert "Running stage" not in second.stdout
+
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    exp = run(["dvc", "exp", "run", "-S", "filter.angle=30"], project)
+    out = exp.stdout
+    for skipped in ("finetune", "generate@round_1", "score@round_1"):
+        assert f"Stage '{skipped}' didn't change, skipping" in out
+        assert f"Running stage '{skipped}'" not in out
+    for rerun in ("pair@round_1", "dpo@round_1", "evaluate"):
+        assert f"Running stage '{rerun}'" in out
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    text = json.dumps(shown)
+    assert '"final"' in text and '"IS"' in text and '"TS"' in text
+    assert '"angle": 30' in text
+
+
+def test_bad_param_fails_before_any_work(project):
+    result = run(["dvc", "exp", "run", "-S", "pair.lambda=1.5"], project, check=False)
+    assert result.returncode != 0
+    assert "pair.lambda=1.5 is invalid: expected a value in [0, 1]" in result.stdout + result.stderr

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dbdpo.config import ScoreConfig
+from dbdpo.scoring import ClipSimilarity, ScorerError, build_scorers, load_open_clip, normalize, score_images
+
+
+def images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_is_and_ts_are_the_papers_cosines():
+    model, preprocess, tokenizer = load_open_clip("tiny", None)
+    concept, generated = images(3, seed=1), images(2, seed=2)
+    texts = ["a toy in the jungle", "a toy in the snow"]
+    scorer = ClipSimilarity(model, preprocess, tokenizer, concept, {"TS": lambda t: t})
+    out = scorer(generated, texts)
+    with torch.no_grad():
+        g = F.normalize(model.encode_image(torch.stack([preprocess(i) for i in generated])), dim=-1)
+        c = F.normalize(model.encode_image(torch.stack([preprocess(i) for i in concept])), dim=-1)
+        t = F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+    expected_is = [np.mean([float(g[i] @ c[j]) for j in range(3)]) for i in range(2)]
+    expected_ts = [float(g[i] @ t[i]) for i in range(2)]
+    np.testing.assert_allclose(out["IS"], expected_is, atol=1e-6)
+    np.testing.assert_allclose(out["TS"], expected_ts, atol=1e-6)
+
+
+def test_a_concept_image_has_is_one_against_itself():
+    model, preprocess, tokenizer = load_open_clip("tiny", None)
+    (img,) = images(1)
+    scorer = ClipSimilarity(model, preprocess, tokenizer, [img], {"TS": lambda t: t})
+    assert scorer([img], ["x"])["IS"][0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_score_images_reads_files_and_runs_every_scorer(tmp_path):
+    paths = []
+    for i, img in enumerate(images(5)):
+        img.save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    scorers = build_scorers(ScoreConfig(), images(2, seed=3), {"TS": lambda t: t.upper(), "TS_raw": lambda t: t})
+    table = score_images(paths, ["a toy"] * 5, scorers, batch_size=2)
+    assert list(table.columns) == ["IS", "TS", "TS_raw", "DINO"] and len(table) == 5
+    assert table["DINO"].between(-1, 1).all() and table["IS"].between(-1, 1).all()
+    single = score_images(paths[3:4], ["a toy"], scorers, batch_size=2)
+    np.testing.assert_allclose(single.iloc[0].to_numpy(), table.iloc[3].to_numpy(), atol=1e-6)
+
+
+def test_normalization_exact():
+    x = np.array([1.0, 2.0, 3.0, 6.0])
+    np.testing.assert_allclose(normalize(x, "zscore"), (x - 3.0) / np.sqrt(3.5))
+    np.testing.assert_allclose(normalize(x, "minmax"), [0.0, 0.2, 0.4, 1.0])
+    np.testing.assert_array_equal(normalize(x, "none"), x)
+    np.testing.assert_array_equal(normalize(np.ones(3), "zscore"), np.zeros(3))
+
+
+def test_unknown_clip_model_and_missing_weights_are_clear_errors(tmp_path):
+    with pytest.raises(ScorerError, match="score.clip_model='ViT-Nope' is not an open_clip model"):
+        load_open_clip("ViT-Nope", None)
+    with pytest.raises(ScorerError, match="set score.clip_pretrained to its local path"):
+        load_open_clip("ViT-B-32", str(tmp_path / "missing.safetensors"))

@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+
+from dbdpo.backbones import Backbone, build_tiny_pipeline
+from dbdpo.config import DpoConfig, FinetuneConfig
+from dbdpo.lora import merge_into
+from dbdpo.losses import diffusion_dpo_loss
+from dbdpo.training import PreferenceData, dpo_errors, encode_prompts, train_dpo, train_dreambooth
+from tests.test_lora import random_lora
+
+
+def tiny() -> Backbone:
+    return Backbone(build_tiny_pipeline(), "tiny")
+
+
+def random_preferences(backbone: Backbone, num_images=6, num_pairs=5) -> PreferenceData:
+    g = torch.Generator().manual_seed(0)
+    return PreferenceData(
+        latents=torch.randn(num_images, 4, 32, 32, generator=g),
+        text=encode_prompts(backbone, ["a photo of sks toy", "a sks toy in the snow"]),
+        winner=torch.randint(0, num_images, (num_pairs,), generator=g),
+        loser=torch.randint(0, num_images, (num_pairs,), generator=g),
+        prompt=torch.randint(0, 2, (num_pairs,), generator=g),
+    )
+
+
+def test_step_zero_policy_equals_reference_exactly():
+    """A fresh DPO adapter (B = 0) must leave the model unchanged: inside = 0, loss = log 2."""
+    backbone = tiny()
+    merge_into(backbone.pipe.unet, random_lora(0))  # a non-trivial start model
+    _, rows = train_dpo(backbone, random_preferences(backbone), DpoConfig(steps=1, batch_size=3))
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)
+    assert rows[0]["reward_margin"] == 0.0 and rows[0]["implicit_accuracy"] == 0.0
+    assert rows[0]["policy_error"] == rows[0]["reference_error"]
+
+
+def test_reference_is_the_rounds_start_model_not_the_base():
+    start = random_lora(0)
+    backbone = tiny()
+    merge_into(backbone.pipe.unet, start)
+    data = random_preferences(backbone)
+    cfg = DpoConfig(steps=1, batch_size=3, seed=5)
+    _, rows = train_dpo(backbone, data, cfg)
+
+    # Recompute the step-0 reference error with independent copies of start and base models,
+    # drawing the same batch, noise and timesteps as train_dpo does.
+    def reference_error(unet) -> float:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        idx = torch.randint(0, len(data.winner), (cfg.batch_size,), generator=gen)
+        noise = torch.randn((cfg.batch_size, 4, 32, 32), generator=gen)
+        t = torch.randint(0, 1000, (cfg.batch_size,), generator=gen)
+        with torch.no_grad():
+            w, l = dpo_errors(unet, tiny().training_scheduler(), data, idx, noise, t, "cpu")
+        return torch.cat([w, l]).mean().item()
+
+    start_model = tiny()
+    merge_into(start_model.pipe.unet, start)
+    assert rows[0]["reference_error"] == pytest.approx(reference_error(start_model.pipe.unet), abs=1e-6)
+    assert rows[0]["reference_error"] != pytest.approx(reference_error(tiny().pipe.unet), abs=1e-4)
+
+
+def test_dpo_training_changes_only_the_adapter_and_lowers_the_loss():
+    backbone = tiny()
+    base_weights = {k: v.clone() for k, v in backbone.pipe.unet.state_dict().items()}
+    data = random_preferences(backbone, num_images=4, num_pairs=2)
+    data = PreferenceData(data.latents, data.text, winner=torch.tensor([0, 1]), loser=torch.tensor([2, 3]),
+                          prompt=torch.tensor([0, 1]))
+    state, _ = train_dpo(backbone, data, DpoConfig(steps=60, batch_size=4, learning_rate=3e-3, beta=5000))
+    assert any(v.abs().max() > 0 for k, v in state.items() if "lora_B" in k)
+    unet = backbone.pipe.unet
+    for key, value in unet.state_dict().items():
+        if "lora" not in key:
+            assert torch.equal(value, base_weights[key.replace(".base_layer", "")]), key
+
+    # The DPO loss on a fixed held-out draw of noise and timesteps: log 2 before training.
+    g = torch.Generator().manual_seed(123)
+    idx = torch.arange(2).repeat(32)
+    noise, t = torch.randn(64, 4, 32, 32, generator=g), torch.randint(0, 1000, (64,), generator=g)
+    scheduler = backbone.training_scheduler()
+    with torch.no_grad():
+        policy = dpo_errors(unet, scheduler, data, idx, noise, t, "cpu")
+        unet.disable_adapters()
+        reference = dpo_errors(unet, scheduler, data, idx, noise, t, "cpu")
+    loss, _ = diffusion_dpo_loss(*policy, *reference, beta=5000)
+    assert loss.item() < math.log(2) - 0.1
+
+
+def test_dreambooth_lowers_the_denoising_loss_on_the_concept(in_repo):
+    from dbdpo.config import ConceptConfig
+    from dbdpo.data import load_concept
+
+    concept = [c.image for c in load_concept(ConceptConfig(dir="data/concept"))]
+    state, rows = train_dreambooth(tiny(), concept, "a photo of sks toy",
+                                   FinetuneConfig(steps=60, batch_size=2, learning_rate=3e-3))
+    assert len(state) == 64 and rows[0]["step"] == 0
+    early = sum(r["loss"] for r in rows[:15]) / 15
+    late = sum(r["loss"] for r in rows[-15:]) / 15
+    assert late < early
