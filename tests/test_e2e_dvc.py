@@ -41,7 +41,8 @@ def project(tmp_path_factory):
                             capture_output=True, text=True, check=True).stdout.split()
     for name in listed:
         src = REPO / name
-        if src.is_file() and not name.startswith(("models/", "rounds/", "eval/")) and name != "dvc.lock":
+        outputs = name.startswith(("models/", "rounds/", "eval/")) or name in ("dvc.lock", "metrics.json")
+        if src.is_file() and not outputs:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, root / name)
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -92,10 +93,20 @@ def test_repro_then_noop_then_angle_experiment(project):
     for rerun in ("pair@round_1", "dpo@round_1", "evaluate"):
         assert f"Running stage '{rerun}'" in out
 
+    # dvc exp show: the baseline commit and the experiment, each with its own IS / TS
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
-    text = json.dumps(shown)
-    assert '"final"' in text and '"IS"' in text and '"TS"' in text
-    assert '"angle": 30' in text
+    baseline = next(row for row in shown if row["rev"] != "workspace")
+    experiment = baseline["experiments"][0]["revs"][0]["data"]
+
+    def final(data):
+        return data["metrics"]["metrics.json"]["data"]["final"]
+
+    def angle(data):
+        return data["params"]["params.yaml"]["data"]["filter"]["angle"]
+
+    assert angle(baseline["data"]) == 60 and angle(experiment) == 30
+    assert {"IS", "TS"} <= set(final(baseline["data"])) and {"IS", "TS"} <= set(final(experiment))
+    assert final(baseline["data"]) == metrics["final"]
 
 
 def test_bad_param_fails_before_any_work(project):
