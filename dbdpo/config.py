@@ -251,6 +251,11 @@ def _positive(value, key: str) -> None:
 def validate(c: Config) -> None:
     """Range and consistency checks; raises ConfigError naming the first bad key."""
     _one_of(c.model.backbone, ("tiny", "sd", "sdxl"), "model.backbone")
+    if c.model.backbone == "sdxl":
+        raise ConfigError(
+            "model.backbone=sdxl: the loader reads SDXL pipelines, but finetune/dpo do not yet feed "
+            "its second text encoder and add_time_ids; use tiny or sd (SD 1.x / 2.x) for now"
+        )
     if c.model.backbone != "tiny":
         _require(bool(c.model.path), "model.path", c.model.path,
                  f"a hub id or local directory for backbone {c.model.backbone}")

@@ -30,7 +30,8 @@ def test_repository_params_load(in_repo):
     ({"filter__angel": 30}, r"unknown key filter.angel; the keys of filter are"),
     ({"dpo__steps": "many"}, r"dpo.steps: expected an integer, got 'many'"),
     ({"dpo__beta": "lots"}, r"dpo.beta: expected a number, got 'lots'"),
-    ({"model__backbone": "sdxl"}, r"model.path=None is invalid: expected a hub id or local directory"),
+    ({"model__backbone": "sd"}, r"model.path=None is invalid: expected a hub id or local directory"),
+    ({"model__backbone": "sdxl"}, r"model.backbone=sdxl: the loader reads SDXL pipelines, but finetune/dpo"),
     ({"pair__normalize": "rank"}, r"pair.normalize='rank'"),
 ])
 def test_bad_values_name_the_key(in_repo, overrides, message):

@@ -39,3 +39,14 @@ def test_write_samples_is_atomic_and_complete(tmp_path):
         write_samples(plan, images[:1], tmp_path / "again", tmp_path / "again.parquet")
     assert not (tmp_path / "again").exists() and not (tmp_path / "again.parquet").exists()
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_fixed_seeds_give_byte_identical_artifacts(tmp_path):
+    plan = plan_samples(["t"], ["a photo of sks toy"], 2, seed=3)
+    kw = dict(steps=3, guidance_scale=7.5, batch_size=2, resolution=64)
+    for run in ("a", "b"):
+        write_samples(plan, generate(build_tiny_pipeline(), plan, **kw), tmp_path / run / "images",
+                      tmp_path / run / "samples.parquet")
+    for name in ("p0000_k00.png", "p0000_k01.png"):
+        assert (tmp_path / "a/images" / name).read_bytes() == (tmp_path / "b/images" / name).read_bytes()

@@ -7,7 +7,7 @@ from dbdpo.backbones import Backbone, build_tiny_pipeline
 from dbdpo.config import DpoConfig, FinetuneConfig
 from dbdpo.lora import merge_into
 from dbdpo.losses import diffusion_dpo_loss
-from dbdpo.training import PreferenceData, dpo_errors, encode_prompts, train_dpo, train_dreambooth
+from dbdpo.training import PreferenceData, dpo_errors, encode_prompts, train_dpo, train_dreambooth, training_target
 from tests.test_lora import random_lora
 
 
@@ -98,3 +98,35 @@ def test_dreambooth_lowers_the_denoising_loss_on_the_concept(in_repo):
     early = sum(r["loss"] for r in rows[:15]) / 15
     late = sum(r["loss"] for r in rows[-15:]) / 15
     assert late < early
+
+
+def test_training_target_epsilon_and_v_prediction_by_hand():
+    """v = sqrt(a_t) * eps - sqrt(1 - a_t) * x0 (Salimans & Ho 2022), a_t = alphas_cumprod[t]."""
+    from diffusers import DDPMScheduler
+
+    from dbdpo.backbones import SD_SCHEDULE
+
+    schedule = {k: v for k, v in SD_SCHEDULE.items() if k != "set_alpha_to_one"}
+    x0, eps = torch.full((2, 1, 1, 1), 2.0), torch.full((2, 1, 1, 1), 0.5)
+    t = torch.tensor([0, 999])
+    eps_sched = DDPMScheduler(**schedule)
+    assert torch.equal(training_target(eps_sched, x0, eps, t), eps)
+    v_sched = DDPMScheduler(**{**schedule, "prediction_type": "v_prediction"})
+    a = v_sched.alphas_cumprod[t].view(2, 1, 1, 1)
+    expected = a.sqrt() * 0.5 - (1 - a).sqrt() * 2.0
+    torch.testing.assert_close(training_target(v_sched, x0, eps, t), expected)
+    # at t=0 almost all signal: v ~ eps - 0.03*x0; at t=999 almost all noise: v ~ -x0
+    assert training_target(v_sched, x0, eps, t)[1].item() == pytest.approx(-2.0, abs=0.2)
+
+
+def test_prior_preservation_adds_the_class_loss(in_repo):
+    from dbdpo.config import ConceptConfig
+    from dbdpo.data import load_concept
+
+    concept = [c.image for c in load_concept(ConceptConfig(dir="data/concept"))]
+    cfg = FinetuneConfig(steps=3, batch_size=2)
+    _, plain = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg)
+    _, prior = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg, class_images=concept[:2],
+                                class_prompt="a photo of a toy")
+    assert all(r["loss"] == r["instance_loss"] for r in plain)
+    assert all(r["loss"] > r["instance_loss"] for r in prior)
