@@ -108,7 +108,7 @@ def text_prompt(template: str, cfg: ConceptConfig, mode: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def train_prompts(cfg: ConceptConfig, round_index: int, num_prompts: int) -> list[str]:
+def train_prompts(round_index: int, num_prompts: int) -> list[str]:
     """Round `round_index` (1-based) gets its own disjoint slice of the training pool."""
     pool = load_prompt_templates(PROMPTS_DIR / "train.txt")
     start, stop = (round_index - 1) * num_prompts, round_index * num_prompts

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 
 from dbdpo.artifacts import atomic_dir
-
-log = logging.getLogger(__name__)
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"

@@ -41,7 +41,6 @@ def plan_samples(templates: list[str], prompts: list[str], images_per_prompt: in
 def generate(pipe, requests: list[SampleRequest], *, steps: int, guidance_scale: float,
              batch_size: int, resolution: int, desc: str = "generate") -> list[Image.Image]:
     """Run the pipeline over `requests` in batches; returns PIL images in request order."""
-    device = pipe.unet.device
     images: list[Image.Image] = []
     for start in tqdm(range(0, len(requests), batch_size), desc=desc, unit="batch"):
         batch = requests[start : start + batch_size]

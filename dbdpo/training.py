@@ -101,6 +101,8 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
                                             cfg.mixed_precision, 1, cfg.gradient_checkpointing)
     device = accelerator.device
     gen = torch.Generator().manual_seed(cfg.seed)
+    log.info("finetune: %d concept images, %d class images, %d steps", len(latents),
+             0 if prior_latents is None else len(prior_latents), cfg.steps)
 
     def denoising_error(batch_latents: torch.Tensor, batch_text: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(batch_latents.shape, generator=gen)
@@ -189,6 +191,8 @@ def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig) -> tuple
     device = accelerator.device
     gen = torch.Generator().manual_seed(cfg.seed)
     num_pairs = len(data.winner)
+    log.info("dpo: %d pairs over %d images and %d prompts, %d steps of %d pairs, beta=%g",
+             num_pairs, len(data.latents), len(data.text), cfg.steps, cfg.batch_size, cfg.beta)
     rows = []
     for step in tqdm(range(cfg.steps), desc="dpo", unit="step"):
         step_stats = []

@@ -25,7 +25,7 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     index = cfg.round_names().index(round_name) + 1
     g = cfg.generate
     with user_errors():
-        templates = train_prompts(cfg.concept, index, g.num_prompts)
+        templates = train_prompts(index, g.num_prompts)
         start = load_lora(model_dir(cfg.rounds[round_name].start))
         backbone = load_backbone(cfg.model)
     merge_into(backbone.pipe.unet, start)
