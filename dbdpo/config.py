@@ -107,7 +107,11 @@ class DpoConfig:
 
 @dataclass(frozen=True)
 class RoundConfig:
+    """One round: its start model and the knobs it overrides, e.g.
+    `round_2: {start: round_1, generate: {num_prompts: 16}, dpo: {beta: 5000}}`."""
+
     start: str = "round_0"
+    overrides: dict[str, dict] = field(default_factory=dict)  # group -> {params.yaml key: value}
 
 
 @dataclass(frozen=True)
@@ -135,8 +139,30 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def round_names(self) -> list[str]:
-        """Rounds in params order: round i samples its own i-th slice of the prompt pool."""
+        """Rounds in params order (each starts from the previous one's model)."""
         return list(self.rounds)
+
+    def for_round(self, name: str) -> Config:
+        """This config with round `name`'s overrides applied to its groups."""
+        merged = {}
+        for group, values in self.rounds[name].overrides.items():
+            base = getattr(self, group)
+            current = {_yaml_name(f.name): getattr(base, f.name) for f in dataclasses.fields(base)}
+            merged[group] = _build(type(base), {**current, **values}, f"rounds.{name}.{group}")
+        return dataclasses.replace(self, **merged)
+
+    def prompt_slice(self, name: str) -> tuple[int, int]:
+        """[start, stop) of round `name` in the training prompt pool: rounds never share prompts."""
+        start = 0
+        for other in self.round_names():
+            count = self.for_round(other).generate.num_prompts
+            if other == name:
+                return start, start + count
+            start += count
+        raise KeyError(name)
+
+
+ROUND_GROUPS = ("generate", "pair", "filter", "dpo")  # the groups a round may override
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -189,6 +215,25 @@ def _build(cls, data, prefix: str):
     return cls(**values)
 
 
+def _build_round(data, prefix: str) -> RoundConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping like {{start: round_0}}, got {data!r}")
+    unknown = sorted(set(data) - {"start", *ROUND_GROUPS})
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}.{unknown[0]}; a round has start and may override "
+                          f"{', '.join(ROUND_GROUPS)}")
+    if not isinstance(data.get("start"), str):
+        raise ConfigError(f"{prefix}.start: expected the previous round's name (round_0 for the first)")
+    hints = typing.get_type_hints(Config)
+    overrides = {}
+    for group in ROUND_GROUPS:
+        if group in data:
+            values = data[group] or {}
+            _build(hints[group], values, f"{prefix}.{group}")  # key and type check, before use
+            overrides[group] = values
+    return RoundConfig(start=data["start"], overrides=overrides)
+
+
 def config_from_dict(raw: dict) -> Config:
     """Build and validate a Config from the parsed params.yaml mapping."""
     if not isinstance(raw, dict):
@@ -208,9 +253,7 @@ def config_from_dict(raw: dict) -> Config:
         rounds = raw["rounds"]
         if not isinstance(rounds, dict) or not rounds:
             raise ConfigError("rounds: expected a non-empty mapping like {round_1: {start: round_0}}")
-        groups["rounds"] = {
-            str(k): _build(RoundConfig, v, f"rounds.{k}") for k, v in rounds.items()
-        }
+        groups["rounds"] = {str(k): _build_round(v, f"rounds.{k}") for k, v in rounds.items()}
     config = Config(**groups)
     validate(config)
     return config
@@ -250,6 +293,23 @@ def _positive(value, key: str) -> None:
 
 def validate(c: Config) -> None:
     """Range and consistency checks; raises ConfigError naming the first bad key."""
+    validate_groups(c)
+    names = c.round_names()
+    for i, name in enumerate(names):
+        _require(name.startswith("round_") and name != "round_0", f"rounds.{name}", name,
+                 "a round name round_<n> other than round_0 (the DreamBooth model)")
+        expected = "round_0" if i == 0 else names[i - 1]
+        _require(c.rounds[name].start == expected, f"rounds.{name}.start",
+                 c.rounds[name].start, f"{expected} (the previous round's model)")
+        if c.rounds[name].overrides:
+            try:
+                validate_groups(c.for_round(name))
+            except ConfigError as e:
+                raise ConfigError(f"rounds.{name} overrides: {e}") from None
+
+
+def validate_groups(c: Config) -> None:
+    """Checks of the stage groups (also run on each round's overridden config)."""
     _one_of(c.model.backbone, ("tiny", "sd", "sdxl"), "model.backbone")
     if c.model.backbone == "sdxl":
         raise ConfigError(
@@ -300,14 +360,6 @@ def validate(c: Config) -> None:
                 "lora_rank"):
         _positive(getattr(c.dpo, key), f"dpo.{key}")
     _one_of(c.dpo.mixed_precision, PRECISIONS, "dpo.mixed_precision")
-
-    names = c.round_names()
-    for i, name in enumerate(names):
-        _require(name.startswith("round_") and name != "round_0", f"rounds.{name}", name,
-                 "a round name round_<n> other than round_0 (the DreamBooth model)")
-        expected = "round_0" if i == 0 else names[i - 1]
-        _require(c.rounds[name].start == expected, f"rounds.{name}.start",
-                 c.rounds[name].start, f"{expected} (the previous round's model)")
 
     for key in ("images_per_prompt", "num_prompts", "steps", "batch_size", "grid_prompts"):
         _positive(getattr(c.evaluate, key), f"evaluate.{key}")

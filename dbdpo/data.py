@@ -108,14 +108,13 @@ def text_prompt(template: str, cfg: ConceptConfig, mode: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def train_prompts(round_index: int, num_prompts: int) -> list[str]:
-    """Round `round_index` (1-based) gets its own disjoint slice of the training pool."""
+def train_prompts(start: int, stop: int) -> list[str]:
+    """Prompts [start, stop) of the training pool (each round gets its own disjoint slice)."""
     pool = load_prompt_templates(PROMPTS_DIR / "train.txt")
-    start, stop = (round_index - 1) * num_prompts, round_index * num_prompts
     if stop > len(pool):
         raise DataError(
-            f"{PROMPTS_DIR / 'train.txt'}: round {round_index} needs prompts {start}..{stop - 1} "
-            f"but the pool has {len(pool)}; lower generate.num_prompts or add prompts"
+            f"{PROMPTS_DIR / 'train.txt'}: this round needs prompts {start}..{stop - 1} but the pool "
+            f"has {len(pool)}; lower generate.num_prompts, use fewer rounds, or add prompts"
         )
     return pool[start:stop]
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from dbdpo.artifacts import atomic_file
 from dbdpo.backbones import Backbone
 from dbdpo.config import ConceptConfig, EvaluateConfig
 from dbdpo.data import render
@@ -77,19 +78,48 @@ def pareto_front(is_values: np.ndarray, ts_values: np.ndarray) -> np.ndarray:
     return front
 
 
-def grid_row(images: list[Image.Image], pad: int = 2) -> Image.Image:
-    """Images side by side on a white strip (one column per round)."""
-    w, h = images[0].size
-    row = Image.new("RGB", (len(images) * (w + pad) - pad, h), (255, 255, 255))
-    for i, img in enumerate(images):
-        row.paste(img, (i * (w + pad), 0))
+GRID_SCALE = 2  # tiny 64 px samples are upscaled (nearest) so a person can see them
+LABEL_HEIGHT = 14
+
+
+def grid_row(images: list[Image.Image], labels: list[str], pad: int = 4) -> Image.Image:
+    """Images side by side on a white strip, each with its label (round name) above it."""
+    w, h = (side * GRID_SCALE for side in images[0].size)
+    row = Image.new("RGB", (len(images) * (w + pad) - pad, h + LABEL_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(row)
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        row.paste(img.resize((w, h), Image.Resampling.NEAREST), (i * (w + pad), LABEL_HEIGHT))
+        draw.text((i * (w + pad) + 2, 1), label, fill=(0, 0, 0))
     return row
 
 
 def comparison_grids(samples: list[RoundSamples], num_prompts: int, images_per_prompt: int) -> dict[int, Image.Image]:
     """{prompt_id: row of that prompt's first-seed image in every round, round 0 first}."""
-    grids = {}
-    for prompt_id in range(num_prompts):
-        index = prompt_id * images_per_prompt
-        grids[prompt_id] = grid_row([s.images[index] for s in samples])
-    return grids
+    labels = [s.name for s in samples]
+    return {p: grid_row([s.images[p * images_per_prompt] for s in samples], labels) for p in range(num_prompts)}
+
+
+def tradeoff_figure(names: list[str], is_values: list[float], ts_values: list[float], path: Path) -> None:
+    """IS vs TS, one labelled point per round, the Pareto front drawn through its points (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = pareto_front(is_values, ts_values)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    ax.plot(ts_values, is_values, color="0.7", zorder=1)  # the path the rounds took
+    ax.scatter(ts_values, is_values, c=["tab:red" if f else "tab:blue" for f in front], zorder=2)
+    order = sorted((t, i) for t, i, f in zip(ts_values, is_values, front) if f)
+    ax.step([t for t, _ in order], [i for _, i in order], where="post", color="tab:red", linestyle="--",
+            label="Pareto front")
+    for name, t, i in zip(names, ts_values, is_values):
+        ax.annotate(name, (t, i), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("TS (text similarity)")
+    ax.set_ylabel("IS (image similarity)")
+    ax.set_title("IS-TS trade-off per round")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -22,6 +22,7 @@ ROUND_OPTION = typer.Option(..., "--round", help="round name from params.yaml `r
 MODELS = Path("models")
 ROUNDS = Path("rounds")
 EVAL = Path("eval")
+LOGS = Path("logs")
 
 
 def model_dir(round_name: str) -> Path:

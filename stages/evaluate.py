@@ -9,7 +9,14 @@ import typer
 from dbdpo.artifacts import atomic_dir, write_csv, write_json, write_parquet
 from dbdpo.backbones import load_backbone
 from dbdpo.data import eval_prompts, load_concept, text_prompt
-from dbdpo.evaluation import RoundModel, comparison_grids, pareto_front, round_means, sample_and_score
+from dbdpo.evaluation import (
+    RoundModel,
+    comparison_grids,
+    pareto_front,
+    round_means,
+    sample_and_score,
+    tradeoff_figure,
+)
 from dbdpo.lora import load_lora
 from dbdpo.scoring import build_scorers
 from stages.common import EVAL, PARAMS_OPTION, model_dir, setup, user_errors
@@ -22,7 +29,8 @@ TS_MODES = ("with_class", "without_concept")
 @app.command()
 def main(params: Path = PARAMS_OPTION) -> None:
     """Writes metrics.json (IS/TS/DINO per round, `final` = last round), eval/tradeoff.csv,
-    eval/scores.parquet, eval/images/<round>/ and eval/grids/ (same seed, every round)."""
+    eval/tradeoff.png, eval/scores.parquet, eval/images/<round>/ and eval/grids/ (same seed,
+    every round)."""
     cfg = setup(params)
     e = cfg.evaluate
     names = ["round_0", *cfg.round_names()]
@@ -44,6 +52,8 @@ def main(params: Path = PARAMS_OPTION) -> None:
     front = pareto_front([means[n]["IS"] for n in names], [means[n]["TS"] for n in names])
     write_csv([{"round": n, "IS": means[n]["IS"], "TS": means[n]["TS"], "pareto": bool(f)}
                for n, f in zip(names, front)], EVAL / "tradeoff.csv")
+    tradeoff_figure(names, [means[n]["IS"] for n in names], [means[n]["TS"] for n in names],
+                    EVAL / "tradeoff.png")
     with atomic_dir(EVAL / "grids") as grid_dir:
         for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt).items():
             grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")

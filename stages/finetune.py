@@ -10,7 +10,7 @@ from dbdpo.data import load_concept
 from dbdpo.lora import save_lora
 from dbdpo.sampling import generate, plan_samples
 from dbdpo.training import train_dreambooth
-from stages.common import PARAMS_OPTION, model_dir, round_dir, setup, user_errors
+from stages.common import LOGS, PARAMS_OPTION, model_dir, setup, user_errors
 
 app = typer.Typer(add_completion=False)
 
@@ -19,7 +19,7 @@ app = typer.Typer(add_completion=False)
 def main(params: Path = PARAMS_OPTION) -> None:
     """DreamBooth-finetune a LoRA on concept.dir with the instance prompt (V* = concept.token).
 
-    Writes models/round_0/ (diffusers LoRA, safetensors) and rounds/round_0/train/log.csv.
+    Writes models/round_0/ (diffusers LoRA, safetensors) and logs/finetune.csv.
     """
     cfg = setup(params)
     with user_errors():
@@ -39,7 +39,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     state, log_rows = train_dreambooth(backbone, [c.image for c in concept], ft.instance_prompt.format(**names),
                                        ft, class_images, class_prompt)
     save_lora(backbone.pipe, state, model_dir("round_0"))
-    write_csv(log_rows, round_dir("round_0") / "train" / "log.csv")
+    write_csv(log_rows, LOGS / "finetune.csv")
 
 
 if __name__ == "__main__":

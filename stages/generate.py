@@ -17,15 +17,17 @@ SEEDS_PER_ROUND = 1_000_000  # round r's seeds start at generate.seed + r * this
 
 @app.command()
 def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
-    """Sample the round's start model on its own slice of data/prompts/train.txt.
+    """Sample the round's start model on its own slice of data/prompts/train.txt
+    (round 1 the first generate.num_prompts prompts, round 2 the next ones, ...).
 
     Writes rounds/<round>/images/*.png and rounds/<round>/samples.parquet.
     """
-    cfg = setup(params, round_name)
+    base = setup(params, round_name)
+    cfg = base.for_round(round_name)
     index = cfg.round_names().index(round_name) + 1
     g = cfg.generate
     with user_errors():
-        templates = train_prompts(index, g.num_prompts)
+        templates = train_prompts(*base.prompt_slice(round_name))
         start = load_lora(model_dir(cfg.rounds[round_name].start))
         backbone = load_backbone(cfg.model)
     merge_into(backbone.pipe.unet, start)

@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False)
 def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Writes rounds/<round>/pairs.parquet, pickapic.parquet (diffusers DPO layout) and
     pair_summary.json (pairs kept by each step, a DVC metric)."""
-    cfg = setup(params, round_name)
+    cfg = setup(params, round_name).for_round(round_name)
     out = round_dir(round_name)
     with user_errors():
         scores = read_parquet(out / "scores.parquet", ["image_id", "prompt_id", "prompt", "path", "IS", "TS"])

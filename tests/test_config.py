@@ -74,3 +74,31 @@ def test_params_survive_dvcs_yaml_rewrite(in_repo, tmp_path):
         rt.dump(data, f)
     cfg = load_config(tmp_path / "params.yaml")
     assert cfg.filter.angle == 30.0 and cfg.dpo.mixed_precision == "fp32"
+
+
+def two_rounds(round_2: dict) -> dict:
+    raw = params()
+    raw["rounds"] = {"round_1": {"start": "round_0"}, "round_2": {"start": "round_1", **round_2}}
+    return raw
+
+
+def test_round_overrides_apply_to_that_round_only(in_repo):
+    cfg = config_from_dict(two_rounds({"generate": {"num_prompts": 3}, "dpo": {"beta": 5000},
+                                       "filter": {"angle": 40}}))
+    r1, r2 = cfg.for_round("round_1"), cfg.for_round("round_2")
+    assert (r1.generate.num_prompts, r1.dpo.beta, r1.filter.angle) == (8, 2500.0, 25.0)
+    assert (r2.generate.num_prompts, r2.dpo.beta, r2.filter.angle) == (3, 5000.0, 40.0)
+    assert r2.generate.images_per_prompt == r1.generate.images_per_prompt  # not overridden
+    # disjoint prompt slices that follow each round's own N
+    assert cfg.prompt_slice("round_1") == (0, 8) and cfg.prompt_slice("round_2") == (8, 11)
+
+
+@pytest.mark.parametrize("round_2, message", [
+    ({"dpo": {"betta": 1}}, r"unknown key rounds.round_2.dpo.betta"),
+    ({"score": {"batch_size": 2}}, r"unknown key rounds.round_2.score; a round has start and may override"),
+    ({"pair": {"lambda": -1}}, r"rounds.round_2 overrides: pair.lambda=-1.0 is invalid"),
+    ({"generate": {"images_per_prompt": "six"}}, r"rounds.round_2.generate.images_per_prompt: expected an integer"),
+])
+def test_bad_round_overrides_name_the_round(in_repo, round_2, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(two_rounds(round_2))

@@ -82,8 +82,8 @@ def test_prompt_sets(in_repo):
     cfg = ConceptConfig()
     assert len(eval_prompts(cfg, 25)) == 25
     assert len(eval_prompts(ConceptConfig(kind="live"), 25)) == 25
-    r1, r2 = train_prompts(1, 8), train_prompts(2, 8)
+    r1, r2 = train_prompts(0, 8), train_prompts(8, 16)
     assert len(r1) == 8 and not set(r1) & set(r2)  # rounds use disjoint prompts
-    assert not set(train_prompts(1, 50)) & set(eval_prompts(cfg, 25))  # held-out
-    with pytest.raises(DataError, match="round 3 needs prompts 40..59 but the pool has 50"):
-        train_prompts(3, 20)
+    assert not set(train_prompts(0, 50)) & set(eval_prompts(cfg, 25))  # held-out
+    with pytest.raises(DataError, match="this round needs prompts 40..59 but the pool has 50"):
+        train_prompts(40, 60)

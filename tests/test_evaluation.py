@@ -1,0 +1,27 @@
+import numpy as np
+from PIL import Image
+
+from dbdpo.evaluation import GRID_SCALE, LABEL_HEIGHT, grid_row, pareto_front, tradeoff_figure
+
+
+def test_pareto_front_maximizes_both():
+    is_values = [1.0, 2.0, 0.5, 1.0, 0.0]
+    ts_values = [1.0, 0.0, 0.5, 1.0, 3.0]
+    # c (0.5, 0.5) is beaten by a on both; a and its twin d tie (neither beats the other)
+    assert pareto_front(is_values, ts_values).tolist() == [True, True, False, True, True]
+
+
+def test_grid_row_places_each_round_side_by_side():
+    images = [Image.new("RGB", (8, 8), color) for color in ((255, 0, 0), (0, 0, 255))]
+    row = np.asarray(grid_row(images, ["round_0", "round_1"], pad=4))
+    side = 8 * GRID_SCALE
+    assert row.shape == (side + LABEL_HEIGHT, 2 * side + 4, 3)
+    assert row[LABEL_HEIGHT + 1, 1].tolist() == [255, 0, 0]
+    assert row[LABEL_HEIGHT + 1, side + 4 + 1].tolist() == [0, 0, 255]
+    assert (row[:LABEL_HEIGHT] < 128).any()  # the labels are drawn
+
+
+def test_tradeoff_figure_is_a_png(tmp_path):
+    tradeoff_figure(["round_0", "round_1", "round_2"], [0.8, 0.85, 0.84], [0.20, 0.22, 0.25], tmp_path / "t.png")
+    with Image.open(tmp_path / "t.png") as img:
+        assert img.format == "PNG" and img.size == (500, 400)
