@@ -18,7 +18,8 @@ def test_repository_params_load(in_repo):
     cfg = load_config("params.yaml")
     assert cfg.filter.kind == "angle" and cfg.filter.angle == 25.0
     assert cfg.pair.lambda_ == 0.5
-    assert cfg.round_names() == ["round_1"]
+    assert cfg.round_names() == ["round_1", "round_2"]
+    assert cfg.rounds["round_2"].start == "round_1"
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -21,6 +21,9 @@ FAST_PARAMS = {
     "dpo": {"steps": 4, "batch_size": 2},
     "evaluate": {"num_prompts": 2, "images_per_prompt": 1, "steps": 4, "grid_prompts": 2},
 }
+ROUND_1 = ("generate@round_1", "score@round_1", "pair@round_1", "dpo@round_1")
+ROUND_2 = ("generate@round_2", "score@round_2", "pair@round_2", "dpo@round_2")
+ROUND_3 = ("generate@round_3", "score@round_3", "pair@round_3", "dpo@round_3")
 
 
 def run(args, cwd, check=True):
@@ -47,6 +50,7 @@ def project(tmp_path_factory):
     params = yaml.safe_load((root / "params.yaml").read_text())
     for group, values in FAST_PARAMS.items():
         params[group].update(values)
+    params["rounds"] = {"round_1": {"start": "round_0"}, "round_2": {"start": "round_1"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
@@ -56,7 +60,7 @@ def project(tmp_path_factory):
 
 def test_repro_then_noop_then_angle_experiment(project):
     first = run(["dvc", "repro"], project)
-    for stage in ("finetune", "generate@round_1", "score@round_1", "pair@round_1", "dpo@round_1", "evaluate"):
+    for stage in ("finetune", *ROUND_1, *ROUND_2, "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
 
     # artifacts and their schemas
@@ -73,8 +77,11 @@ def test_repro_then_noop_then_angle_experiment(project):
     assert list(pd.read_parquet(project / "rounds/round_1/pickapic.parquet").columns) == [
         "jpg_0", "jpg_1", "label_0", "caption"]
     metrics = json.loads((project / "metrics.json").read_text())
-    assert list(metrics) == ["final", "round_0", "round_1"]
-    assert metrics["final"] == metrics["round_1"] and set(metrics["final"]) >= {"IS", "TS", "DINO"}
+    assert list(metrics) == ["final", "round_0", "round_1", "round_2"]
+    assert metrics["final"] == metrics["round_2"] and set(metrics["final"]) >= {"IS", "TS", "DINO"}
+    # round 2 sampled the next slice of the prompt pool, from the round-1 model
+    r2 = pd.read_parquet(project / "rounds/round_2/samples.parquet")
+    assert not set(r2["template"]) & set(samples["template"])
     assert sorted(p.name for p in (project / "eval/grids").iterdir()) == ["prompt_00.png", "prompt_01.png"]
     assert not list(project.rglob(".tmp-*"))
 
@@ -89,7 +96,7 @@ def test_repro_then_noop_then_angle_experiment(project):
     for skipped in ("finetune", "generate@round_1", "score@round_1"):
         assert f"Stage '{skipped}' didn't change, skipping" in out
         assert f"Running stage '{skipped}'" not in out
-    for rerun in ("pair@round_1", "dpo@round_1", "evaluate"):
+    for rerun in ("pair@round_1", "dpo@round_1", *ROUND_2, "evaluate"):
         assert f"Running stage '{rerun}'" in out
 
     # dvc exp show: the baseline commit and the experiment, each with its own IS / TS
@@ -112,3 +119,51 @@ def test_bad_param_fails_before_any_work(project):
     result = run(["dvc", "exp", "run", "-S", "pair.lambda=1.5"], project, check=False)
     assert result.returncode != 0
     assert "pair.lambda=1.5 is invalid: expected a value in [0, 1]" in result.stdout + result.stderr
+
+
+def file_state(root, paths):
+    """(content, mtime) of every file under `paths`: what a rerun would change."""
+    state = {}
+    for path in paths:
+        for f in sorted((root / path).rglob("*")) if (root / path).is_dir() else [root / path]:
+            if f.is_file():
+                state[str(f.relative_to(root))] = (f.read_bytes(), f.stat().st_mtime_ns)
+    return state
+
+
+def test_adding_a_round_reruns_only_that_round_and_evaluate(project):
+    run(["git", "checkout", "--", "."], project)  # back to the baseline commit's workspace
+    run(["dvc", "checkout", "--force"], project)
+    earlier = ["models/round_0", "models/round_1", "models/round_2", "rounds/round_1", "rounds/round_2"]
+    before = file_state(project, earlier)
+    assert len(before) > 20
+
+    out = run(["dvc", "exp", "run", "-S", "+rounds.round_3.start=round_2"], project).stdout
+    for stage in ("finetune", *ROUND_1, *ROUND_2):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    for stage in (*ROUND_3, "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    assert file_state(project, earlier) == before
+
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert list(metrics) == ["final", "round_0", "round_1", "round_2", "round_3"]
+    assert metrics["final"] == metrics["round_3"]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    baseline = next(row for row in shown if row["rev"] != "workspace")
+    newest = baseline["experiments"][0]["revs"][0]["data"]
+    per_round = newest["metrics"]["metrics.json"]["data"]
+    assert all({"IS", "TS"} <= set(per_round[f"round_{r}"]) for r in range(4))
+
+    # dvc plots show: the declared plots and the images, in one HTML page
+    run(["dvc", "plots", "show", "-o", "plots_html"], project)
+    html = (project / "plots_html/index.html").read_text()
+    for declared in ("IS-TS trade-off", "logs/dpo/round_1.csv", "logs/dpo/round_3.csv", "logs/finetune.csv",
+                     "implicit_accuracy"):
+        assert declared in html
+    images = sorted(p.name for p in (project / "plots_html/static").iterdir())
+    assert images == ["workspace_eval_grids_prompt_00.png", "workspace_eval_grids_prompt_01.png",
+                      "workspace_eval_tradeoff.png"]
+    from PIL import Image
+
+    with Image.open(project / "eval/grids/prompt_00.png") as grid:  # four rounds side by side
+        assert grid.width == 4 * 64 * 2 + 3 * 4

@@ -25,4 +25,4 @@ def test_bad_params_and_unknown_round_exit_2_with_one_line(in_repo, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {bad}: pair.lambda=2.0 is invalid: expected a value in [0, 1]"
     result = subprocess.run([sys.executable, "-m", "stages.generate", "--round", "round_9"], capture_output=True, text=True)
-    assert result.returncode == 2 and "--round round_9: not in params.yaml rounds (round_1)" in result.stderr
+    assert result.returncode == 2 and "--round round_9: not in params.yaml rounds (round_1, round_2)" in result.stderr
