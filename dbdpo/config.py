@@ -70,10 +70,13 @@ class ScoreConfig:
     ts_prompt: str = "with_class"
     batch_size: int = 32
     seed: int = 0
+    # RankDPO's reward ensemble: score column -> weight (ranked lists, pair.mode=rank)
+    rewards: dict[str, float] = field(default_factory=lambda: {"IS": 1.0, "TS": 1.0})
 
 
 @dataclass(frozen=True)
 class PairConfig:
+    mode: str = "pairs"  # pairs (DreamBoothDPO) | rank (RankDPO ranked lists)
     lambda_: float = 0.5  # `lambda` in params.yaml
     normalize: str = "zscore"
     max_per_prompt: int = 6
@@ -93,7 +96,8 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class DpoConfig:
-    loss: str = "diffusion_dpo"
+    loss: str = "diffusion_dpo"  # diffusion_dpo | rank_dpo
+    rank_weighting: str = "dcg"  # rank_dpo pair weights: dcg (the paper's) | unit
     beta: float = 2500.0
     steps: int = 100
     learning_rate: float = 1e-3
@@ -181,6 +185,10 @@ def _coerce(value, annotation, key: str):
         if value is None and type(None) in args:
             return None
         annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping of names to numbers, got {value!r}")
+        return {k: _coerce(v, float, f"{key}.{k}") for k, v in value.items()}
     if annotation is float and not isinstance(value, bool) and isinstance(value, (int, str)):
         # YAML 1.1 reads `1e-4` (no dot) as a string: accept any spelling float() accepts.
         try:
@@ -338,8 +346,14 @@ def validate_groups(c: Config) -> None:
         _positive(getattr(c.generate, key), f"generate.{key}")
 
     _one_of(c.score.ts_prompt, ("with_class", "without_concept"), "score.ts_prompt")
+    _require(bool(c.score.rewards) and all(w > 0 for w in c.score.rewards.values()), "score.rewards",
+             c.score.rewards, "a non-empty mapping of score names (IS, TS, DINO) to weights > 0")
+    if "DINO" in c.score.rewards:
+        _require(c.score.dino_model is not None, "score.rewards", c.score.rewards,
+                 "no DINO unless score.dino_model is set")
     _positive(c.score.batch_size, "score.batch_size")
 
+    _one_of(c.pair.mode, ("pairs", "rank"), "pair.mode")
     _require(0.0 <= c.pair.lambda_ <= 1.0, "pair.lambda", c.pair.lambda_, "a value in [0, 1]")
     _one_of(c.pair.normalize, ("zscore", "minmax", "none"), "pair.normalize")
     _positive(c.pair.max_per_prompt, "pair.max_per_prompt")
@@ -355,7 +369,11 @@ def validate_groups(c: Config) -> None:
                  (c.filter.angle_min, c.filter.angle_max), "-180 <= angle_min < angle_max <= 180")
     _require(c.filter.min_norm >= 0, "filter.min_norm", c.filter.min_norm, "a value >= 0")
 
-    _one_of(c.dpo.loss, ("diffusion_dpo",), "dpo.loss")
+    _one_of(c.dpo.loss, ("diffusion_dpo", "rank_dpo"), "dpo.loss")
+    _one_of(c.dpo.rank_weighting, ("dcg", "unit"), "dpo.rank_weighting")
+    expected_mode = "rank" if c.dpo.loss == "rank_dpo" else "pairs"
+    _require(c.pair.mode == expected_mode, "pair.mode", c.pair.mode,
+             f"{expected_mode} with dpo.loss={c.dpo.loss} (set both: -S dpo.loss=rank_dpo -S pair.mode=rank)")
     for key in ("beta", "steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
                 "lora_rank"):
         _positive(getattr(c.dpo, key), f"dpo.{key}")

@@ -45,3 +45,53 @@ def diffusion_dpo_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, reference
         reference_error=torch.cat([reference_w, reference_l]).mean().item(),
     )
     return loss, stats
+
+
+def dcg_discount(ranks: torch.Tensor) -> torch.Tensor:
+    """D(tau) = log(1 + tau), tau = 1 for the best-ranked item."""
+    return torch.log1p(ranks.float())
+
+
+def model_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """(B, K) -> (B, K) ranks 1..K of each image under the model: the lowest s = e_theta - e_ref
+    (the image the policy denoises best relative to the reference) ranks first; ties by index."""
+    order = torch.argsort(scores, dim=1, stable=True)
+    return torch.argsort(order, dim=1, stable=True) + 1
+
+
+def rank_dpo_loss(policy: torch.Tensor, reference: torch.Tensor, preference: torch.Tensor, beta: float,
+                  weighting: str = "dcg") -> tuple[torch.Tensor, DpoStats]:
+    """RankDPO (Kag et al. 2024, arXiv 2410.18013, Sec. 3.3), as DESIGN.md states it.
+
+    policy, reference: (B, K) per-image errors e_theta, e_ref of K images of one prompt (shared
+    timestep per prompt). preference: (B, K) psi_i, the fraction of (reward model, other image)
+    comparisons image i wins. With s_i = e_theta(x_i) - e_ref(x_i):
+        L = mean_B  sum_{i,j: psi_i > psi_j}  Delta_ij * -log sigmoid(-beta/2 * (s_i - s_j))
+        Delta_ij = |2^psi_i - 2^psi_j| * |1/D(tau_i) - 1/D(tau_j)|,  D(tau) = log(1 + tau)
+    tau: ranks under the current model's s (no gradient through the weights).
+    weighting="unit" sets Delta = 1: for K = 2 this is exactly Diffusion-DPO.
+    """
+    s = policy - reference
+    better = preference.unsqueeze(2) > preference.unsqueeze(1)  # (B, K, K): i preferred over j
+    logits = -0.5 * beta * (s.unsqueeze(2) - s.unsqueeze(1))  # (B, K, K)
+    if weighting == "unit":
+        weights = torch.ones_like(logits)
+    elif weighting == "dcg":
+        with torch.no_grad():
+            gain = torch.exp2(preference.float())
+            inv_discount = 1.0 / dcg_discount(model_ranks(s.detach()))
+            weights = (gain.unsqueeze(2) - gain.unsqueeze(1)).abs() * (
+                inv_discount.unsqueeze(2) - inv_discount.unsqueeze(1)).abs()
+    else:
+        raise ValueError(f"unknown RankDPO weighting {weighting!r}: expected dcg | unit")
+    terms = -F.logsigmoid(logits) * weights * better
+    loss = terms.sum(dim=(1, 2)).mean()
+    pair_logits = logits[better]
+    stats = DpoStats(
+        loss=loss.item(),
+        implicit_accuracy=(pair_logits > 0).float().mean().item() if pair_logits.numel() else 0.0,
+        reward_margin=pair_logits.mean().item() if pair_logits.numel() else 0.0,
+        policy_error=policy.mean().item(),
+        reference_error=reference.mean().item(),
+    )
+    return loss, stats

@@ -142,3 +142,35 @@ def to_pickapic(pairs: pd.DataFrame) -> pd.DataFrame:
         "label_0": np.ones(len(pairs)),
         "caption": pairs["prompt"].to_list(),
     })
+
+
+RANKED_COLUMNS = ["prompt_id", "prompt", "image_id", "path", "rank", "psi", "ensemble"]
+
+
+def ranked_lists(scores: pd.DataFrame, rewards: dict[str, float], method: str) -> pd.DataFrame:
+    """RankDPO's ranked lists (Kag et al. 2024, Sec. 3.2): every prompt's K images, best first.
+
+    ensemble = sum_r w_r * normalize(score_r) / sum_r w_r (normalized per round, `method`);
+    rank 1 = highest ensemble, ties broken by image_id. psi_i = fraction of the (reward, other
+    image of the prompt) comparisons image i wins, a tie counting one half.
+    """
+    missing = [r for r in rewards if r not in scores.columns]
+    if missing:
+        raise PairingError(f"score.rewards names {missing}, which scores.parquet lacks (has: "
+                           f"{', '.join(c for c in scores.columns if c not in ('image_id', 'prompt_id', 'prompt', 'path'))})")
+    total = sum(rewards.values())
+    frame = scores[["prompt_id", "prompt", "image_id", "path"]].copy()
+    frame["ensemble"] = sum(w * normalize(scores[r].to_numpy(), method) for r, w in rewards.items()) / total
+    psi = np.zeros(len(scores))
+    for _, group in scores.groupby("prompt_id", sort=True):
+        rows = scores.index.get_indexer(group.index)
+        if len(rows) < 2:
+            raise PairingError(f"prompt {int(group['prompt_id'].iat[0])} has one image: RankDPO needs K >= 2")
+        for r in rewards:
+            values = scores[r].to_numpy()[rows]
+            wins = (values[:, None] > values[None, :]).sum(1) + 0.5 * ((values[:, None] == values[None, :]).sum(1) - 1)
+            psi[rows] += wins / (len(rewards) * (len(rows) - 1))
+    frame["psi"] = psi
+    frame = frame.sort_values(["prompt_id", "ensemble", "image_id"], ascending=[True, False, True])
+    frame["rank"] = frame.groupby("prompt_id").cumcount() + 1
+    return frame[RANKED_COLUMNS].reset_index(drop=True)

@@ -23,7 +23,7 @@ from dbdpo.backbones import Backbone
 from dbdpo.config import DpoConfig, FinetuneConfig
 from dbdpo.data import load_image_rgb, to_tensor
 from dbdpo.lora import LoraState, add_lora, lora_state
-from dbdpo.losses import diffusion_dpo_loss, per_sample_error
+from dbdpo.losses import diffusion_dpo_loss, per_sample_error, rank_dpo_loss
 
 log = logging.getLogger(__name__)
 
@@ -178,39 +178,129 @@ def dpo_errors(unet, scheduler, data: PreferenceData, pair_idx: torch.Tensor, no
     return per_sample_error(pred, target.to(device)).chunk(2)
 
 
-def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig) -> tuple[LoraState, list[dict]]:
-    """Diffusion-DPO on a fresh LoRA; the reference is the UNet as given (the start model).
+def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, desc: str):
+    """The DPO loop shared by Diffusion-DPO and RankDPO, on a fresh LoRA named "dpo".
 
-    Returns the DPO LoRA (relative to the start model) and one log row per optimizer step.
+    draw(gen, num_timesteps) -> batch; errors(unet, scheduler, batch, device) -> per-image
+    errors; loss_fn(policy_errors, reference_errors, batch) -> (loss, DpoStats). The reference pass is
+    the same UNet with the adapter disabled, under no_grad, on the same batch, noise and t.
     """
     scheduler = backbone.training_scheduler()
     accelerator, unet, optimizer = _prepare(backbone, cfg.lora_rank, "dpo", cfg.learning_rate,
                                             cfg.mixed_precision, cfg.gradient_accumulation_steps,
                                             cfg.gradient_checkpointing)
     base = accelerator.unwrap_model(unet)
-    device = accelerator.device
     gen = torch.Generator().manual_seed(cfg.seed)
-    num_pairs = len(data.winner)
-    log.info("dpo: %d pairs over %d images and %d prompts, %d steps of %d pairs, beta=%g",
-             num_pairs, len(data.latents), len(data.text), cfg.steps, cfg.batch_size, cfg.beta)
     rows = []
-    for step in tqdm(range(cfg.steps), desc="dpo", unit="step"):
+    for step in tqdm(range(cfg.steps), desc=desc, unit="step"):
         step_stats = []
         for _ in range(cfg.gradient_accumulation_steps):
             with accelerator.accumulate(unet):
-                pair_idx = torch.randint(0, num_pairs, (cfg.batch_size,), generator=gen)
-                noise = torch.randn((cfg.batch_size, *data.latents.shape[1:]), generator=gen)
-                t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=gen)
+                batch = draw(gen, scheduler.config.num_train_timesteps)
                 with accelerator.autocast():
-                    policy_w, policy_l = dpo_errors(unet, scheduler, data, pair_idx, noise, t, device)
+                    policy = errors(unet, scheduler, batch, accelerator.device)
                     with torch.no_grad():
                         base.disable_adapters()  # reference = start model, same weights
-                        ref_w, ref_l = dpo_errors(unet, scheduler, data, pair_idx, noise, t, device)
+                        reference = errors(unet, scheduler, batch, accelerator.device)
                         base.enable_adapters()
-                loss, stats = diffusion_dpo_loss(policy_w, policy_l, ref_w, ref_l, cfg.beta)
+                loss, stats = loss_fn(policy, reference, batch)
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_stats.append(asdict(stats))
         rows.append({"step": step, **{k: float(np.mean([s[k] for s in step_stats])) for k in step_stats[0]}})
     return lora_state(base, "dpo"), rows
+
+
+def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig) -> tuple[LoraState, list[dict]]:
+    """Diffusion-DPO on a fresh LoRA; the reference is the UNet as given (the start model).
+
+    Returns the DPO LoRA (relative to the start model) and one log row per optimizer step.
+    """
+    log.info("dpo: %d pairs over %d images and %d prompts, %d steps of %d pairs, beta=%g",
+             len(data.winner), len(data.latents), len(data.text), cfg.steps, cfg.batch_size, cfg.beta)
+
+    def draw(gen, num_timesteps):
+        pair_idx = torch.randint(0, len(data.winner), (cfg.batch_size,), generator=gen)
+        noise = torch.randn((cfg.batch_size, *data.latents.shape[1:]), generator=gen)
+        return pair_idx, noise, torch.randint(0, num_timesteps, (cfg.batch_size,), generator=gen)
+
+    def errors(unet, scheduler, batch, device):
+        return torch.stack(dpo_errors(unet, scheduler, data, *batch, device))  # (2, B): winners, losers
+
+    def loss_fn(policy, reference, batch):
+        return diffusion_dpo_loss(policy[0], policy[1], reference[0], reference[1], cfg.beta)
+
+    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "dpo")
+
+
+# --- RankDPO -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankedData:
+    """Ranked lists, precomputed once per round.
+
+    latents: (I, 4, h, w) one per image; text: (P, 77, D) one per prompt; images: (L, K)
+    indices into latents, best first; preference: (L, K) psi of each; prompt: (L,) indices.
+    """
+
+    latents: torch.Tensor
+    text: torch.Tensor
+    images: torch.Tensor
+    preference: torch.Tensor
+    prompt: torch.Tensor
+
+
+def ranked_data(backbone: Backbone, lists: list[tuple[str, list[str], list[float]]]) -> RankedData:
+    """lists: (prompt, K image paths best first, their psi). Each image and prompt encoded once."""
+    paths = [p for _, list_paths, _ in lists for p in list_paths]
+    prompts = sorted({prompt for prompt, _, _ in lists})
+    prompt_index = {p: i for i, p in enumerate(prompts)}
+    if len({len(list_paths) for _, list_paths, _ in lists}) != 1:
+        raise ValueError("every ranked list must hold the same number K of images")
+    images = [load_image_rgb(Path(p), min_size=1) for p in paths]
+    k = len(lists[0][1])
+    return RankedData(
+        latents=encode_images(backbone, images),
+        text=encode_prompts(backbone, prompts),
+        images=torch.arange(len(paths)).view(len(lists), k),
+        preference=torch.tensor([psi for _, _, psi in lists], dtype=torch.float32),
+        prompt=torch.tensor([prompt_index[prompt] for prompt, _, _ in lists]),
+    )
+
+
+def rank_errors(unet, scheduler, data: RankedData, list_idx: torch.Tensor, noise: torch.Tensor,
+                timesteps: torch.Tensor, device) -> torch.Tensor:
+    """(B, K) per-image errors of B ranked lists in one batched forward; one timestep per list
+    (shared by its K images), one noise per image (DESIGN.md, RankDPO)."""
+    batch, k = data.images[list_idx].shape
+    latents = data.latents[data.images[list_idx].flatten()]
+    noise = noise.flatten(0, 1)
+    t = timesteps.repeat_interleave(k)
+    noisy = scheduler.add_noise(latents, noise, t)
+    target = training_target(scheduler, latents, noise, t)
+    text = data.text[data.prompt[list_idx]].repeat_interleave(k, dim=0)
+    pred = unet(noisy.to(device), t.to(device), text.to(device)).sample
+    return per_sample_error(pred, target.to(device)).view(batch, k)
+
+
+def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig) -> tuple[LoraState, list[dict]]:
+    """RankDPO on a fresh LoRA (cfg.batch_size ranked lists a step); reference = the start model."""
+    num_lists, k = data.images.shape
+    log.info("rank_dpo: %d lists of %d images, %d steps of %d lists, beta=%g, %s weights",
+             num_lists, k, cfg.steps, cfg.batch_size, cfg.beta, cfg.rank_weighting)
+
+    def draw(gen, num_timesteps):
+        list_idx = torch.randint(0, num_lists, (cfg.batch_size,), generator=gen)
+        noise = torch.randn((cfg.batch_size, k, *data.latents.shape[1:]), generator=gen)
+        return list_idx, noise, torch.randint(0, num_timesteps, (cfg.batch_size,), generator=gen)
+
+    def errors(unet, scheduler, batch, device):
+        return rank_errors(unet, scheduler, data, *batch, device)
+
+    def loss_fn(policy, reference, batch):
+        preference = data.preference[batch[0]].to(policy.device)
+        return rank_dpo_loss(policy, reference, preference, cfg.beta, cfg.rank_weighting)
+
+    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "rank_dpo")

@@ -1,4 +1,5 @@
-"""Stage dpo@round: Diffusion-DPO LoRA on the round's pairs, reference = the start model."""
+"""Stage dpo@round: a DPO LoRA on the round's preferences, reference = the round's start model
+(Diffusion-DPO on pairs, or RankDPO on ranked lists: dpo.loss)."""
 
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import typer
 from dbdpo.artifacts import read_parquet, write_csv, write_json
 from dbdpo.backbones import load_backbone
 from dbdpo.lora import load_lora, merge_into, save_lora, stack
-from dbdpo.training import preference_data, train_dpo
+from dbdpo.training import preference_data, ranked_data, train_dpo, train_rank_dpo
 from stages.common import LOGS, PARAMS_OPTION, ROUND_OPTION, model_dir, round_dir, setup, user_errors
 
 app = typer.Typer(add_completion=False)
@@ -20,13 +21,21 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     cfg = setup(params, round_name).for_round(round_name)
     out = round_dir(round_name)
     with user_errors():
-        pairs = read_parquet(out / "pairs.parquet", ["winner_path", "loser_path", "prompt"])
+        if cfg.dpo.loss == "rank_dpo":
+            ranked = read_parquet(out / "preferences" / "ranked.parquet", ["prompt_id", "prompt", "path", "rank", "psi"])
+        else:
+            pairs = read_parquet(out / "preferences" / "pairs.parquet", ["winner_path", "loser_path", "prompt"])
         start = load_lora(model_dir(cfg.rounds[round_name].start))
         backbone = load_backbone(cfg.model)
     merge_into(backbone.pipe.unet, start)  # the reference: exactly the round's start model
-    data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
-                           pairs["prompt"].to_list())
-    dpo_state, log_rows = train_dpo(backbone, data, cfg.dpo)
+    if cfg.dpo.loss == "rank_dpo":
+        lists = [(g["prompt"].iat[0], g["path"].to_list(), g["psi"].to_list())
+                 for _, g in ranked.sort_values(["prompt_id", "rank"]).groupby("prompt_id", sort=True)]
+        dpo_state, log_rows = train_rank_dpo(backbone, ranked_data(backbone, lists), cfg.dpo)
+    else:
+        data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
+                               pairs["prompt"].to_list())
+        dpo_state, log_rows = train_dpo(backbone, data, cfg.dpo)
     save_lora(backbone.pipe, stack(start, dpo_state), model_dir(round_name))
     write_csv(log_rows, LOGS / "dpo" / f"{round_name}.csv")
     last = log_rows[-max(1, len(log_rows) // 10):]  # mean of the last 10% of steps

@@ -1,11 +1,12 @@
-"""Stage pair@round: winner/loser pairs from the round's scores, filtered and capped."""
+"""Stage pair@round: the round's preferences from its scores: filtered winner/loser pairs
+(pair.mode=pairs, DreamBoothDPO) or every prompt's ranked list (pair.mode=rank, RankDPO)."""
 
 from pathlib import Path
 
 import typer
 
-from dbdpo.artifacts import read_parquet, write_json, write_parquet
-from dbdpo.pairs import build_pairs, to_pickapic
+from dbdpo.artifacts import atomic_dir, read_parquet, write_json
+from dbdpo.pairs import build_pairs, ranked_lists, to_pickapic
 from stages.common import PARAMS_OPTION, ROUND_OPTION, round_dir, setup, user_errors
 
 app = typer.Typer(add_completion=False)
@@ -13,17 +14,26 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
-    """Writes rounds/<round>/pairs.parquet, pickapic.parquet (diffusers DPO layout) and
-    pair_summary.json (pairs kept by each step, a DVC metric)."""
+    """Writes rounds/<round>/preferences/ (pairs.parquet + pickapic.parquet, the diffusers DPO
+    layout, or ranked.parquet) and pair_summary.json (what was kept, a DVC metric)."""
     cfg = setup(params, round_name).for_round(round_name)
     out = round_dir(round_name)
     with user_errors():
         scores = read_parquet(out / "scores.parquet", ["image_id", "prompt_id", "prompt", "path", "IS", "TS"])
-        pairs, summary = build_pairs(scores, cfg.pair, cfg.filter)
-    write_parquet(pairs, out / "pairs.parquet")
-    write_parquet(to_pickapic(pairs), out / "pickapic.parquet")
-    write_json(summary.as_metrics(), out / "pair_summary.json")
-    typer.echo(f"{round_name}: {summary.kept} pairs ({summary.as_metrics()})")
+        if cfg.pair.mode == "rank":
+            ranked = ranked_lists(scores, cfg.score.rewards, cfg.pair.normalize)
+            summary = {"lists": int(ranked["prompt_id"].nunique()), "images_per_list": int(ranked["rank"].max())}
+        else:
+            pairs, pair_summary = build_pairs(scores, cfg.pair, cfg.filter)
+            summary = pair_summary.as_metrics()
+    with atomic_dir(out / "preferences") as tmp:
+        if cfg.pair.mode == "rank":
+            ranked.to_parquet(tmp / "ranked.parquet", index=False)
+        else:
+            pairs.to_parquet(tmp / "pairs.parquet", index=False)
+            to_pickapic(pairs).to_parquet(tmp / "pickapic.parquet", index=False)
+    write_json(summary, out / "pair_summary.json")
+    typer.echo(f"{round_name}: {summary}")
 
 
 if __name__ == "__main__":

