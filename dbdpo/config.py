@@ -67,6 +67,7 @@ class ScoreConfig:
     clip_model: str = "tiny"
     clip_pretrained: str | None = None
     dino_model: str | None = "tiny"
+    pickscore_model: str | None = None
     ts_prompt: str = "with_class"
     batch_size: int = 32
     seed: int = 0
@@ -347,10 +348,12 @@ def validate_groups(c: Config) -> None:
 
     _one_of(c.score.ts_prompt, ("with_class", "without_concept"), "score.ts_prompt")
     _require(bool(c.score.rewards) and all(w > 0 for w in c.score.rewards.values()), "score.rewards",
-             c.score.rewards, "a non-empty mapping of score names (IS, TS, DINO) to weights > 0")
-    if "DINO" in c.score.rewards:
-        _require(c.score.dino_model is not None, "score.rewards", c.score.rewards,
-                 "no DINO unless score.dino_model is set")
+             c.score.rewards, "a non-empty mapping of score names to weights > 0")
+    available = {"IS", "TS"} | ({"DINO"} if c.score.dino_model else set()) | (
+        {"PickScore"} if c.score.pickscore_model else set())
+    _require(set(c.score.rewards) <= available, "score.rewards", c.score.rewards,
+             f"names among {', '.join(sorted(available))} (DINO needs score.dino_model, "
+             "PickScore needs score.pickscore_model)")
     _positive(c.score.batch_size, "score.batch_size")
 
     _one_of(c.pair.mode, ("pairs", "rank"), "pair.mode")

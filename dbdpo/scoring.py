@@ -146,14 +146,63 @@ class DinoSimilarity:
         return {"DINO": (self.embed(images) @ self.concept.T).mean(dim=1).numpy()}
 
 
+def load_pickscore(name: str, seed: int = 0):
+    """(CLIPModel, CLIPProcessor) of PickScore (Kirstain et al. 2023) from a hub id or a local
+    directory holding both, or `tiny`: a seeded random CLIPModel of the same class."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    if name == "tiny":
+        from dbdpo.backbones import clip_tokenizer
+
+        torch.manual_seed(seed)
+        config = CLIPConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             max_position_embeddings=77, vocab_size=49408),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=64, patch_size=16),
+            projection_dim=32,
+        )
+        processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 64},
+                                                                     crop_size={"height": 64, "width": 64}),
+                                  tokenizer=clip_tokenizer())
+        return CLIPModel(config).eval(), processor
+    try:
+        return CLIPModel.from_pretrained(name).eval(), CLIPProcessor.from_pretrained(name)
+    except Exception as e:
+        raise ScorerError(
+            f"score.pickscore_model={name!r}: cannot load ({type(e).__name__}). Offline, download "
+            "yuvalkirstain/PickScore_v1 and the processor of laion/CLIP-ViT-H-14-laion2B-s32B-b79K into one "
+            "directory on a connected machine and set score.pickscore_model to it."
+        ) from None
+
+
+class PickScore:
+    """PickScore reward: exp(logit_scale) * cos(E_I(x), E_T(prompt)) of a preference-tuned CLIP."""
+
+    def __init__(self, model, processor, to_text: Callable[[str], str]):
+        self.model, self.processor, self.to_text = model, processor, to_text
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image], texts: list[str]) -> dict[str, np.ndarray]:
+        inputs = self.processor(images=images, text=[self.to_text(t) for t in texts], return_tensors="pt",
+                                padding="max_length", truncation=True, max_length=77)
+        out = self.model(**inputs)
+        image = F.normalize(out.image_embeds.float(), dim=-1)
+        text = F.normalize(out.text_embeds.float(), dim=-1)
+        return {"PickScore": (self.model.logit_scale.exp() * (image * text).sum(-1)).numpy()}
+
+
 def build_scorers(cfg: ScoreConfig, concept_images: list[Image.Image],
                   text_columns: dict[str, Callable[[str], str]]) -> list[Scorer]:
-    """CLIP IS/TS (one TS column per entry of `text_columns`), plus DINO unless disabled."""
-    clip = ClipSimilarity(*load_open_clip(cfg.clip_model, cfg.clip_pretrained, cfg.seed),
-                          concept_images, text_columns)
-    if cfg.dino_model is None:
-        return [clip]
-    return [clip, DinoSimilarity(load_dino(cfg.dino_model, cfg.seed), concept_images)]
+    """CLIP IS/TS (one TS column per entry of `text_columns`), DINO unless disabled, and
+    PickScore when `score.pickscore_model` is set (scored against the "TS" text)."""
+    scorers: list[Scorer] = [ClipSimilarity(*load_open_clip(cfg.clip_model, cfg.clip_pretrained, cfg.seed),
+                                            concept_images, text_columns)]
+    if cfg.dino_model is not None:
+        scorers.append(DinoSimilarity(load_dino(cfg.dino_model, cfg.seed), concept_images))
+    if cfg.pickscore_model is not None:
+        scorers.append(PickScore(*load_pickscore(cfg.pickscore_model, cfg.seed), text_columns["TS"]))
+    return scorers
 
 
 def score_images(paths: list[str], texts: list[str], scorers: list[Scorer], batch_size: int,

@@ -34,6 +34,9 @@ def test_repository_params_load(in_repo):
     ({"model__backbone": "sd"}, r"model.path=None is invalid: expected a hub id or local directory"),
     ({"model__backbone": "sdxl"}, r"model.backbone=sdxl: the loader reads SDXL pipelines, but finetune/dpo"),
     ({"pair__normalize": "rank"}, r"pair.normalize='rank'"),
+    ({"score__rewards": {"IS": 1.0, "PickScore": 1.0}}, r"PickScore needs score.pickscore_model"),
+    ({"score__rewards": {"IS": 0}}, r"score.rewards=\{'IS': 0.0\} is invalid: expected a non-empty mapping"),
+    ({"dpo__loss": "rank_dpo"}, r"pair.mode='pairs' is invalid: expected rank with dpo.loss=rank_dpo"),
 ])
 def test_bad_values_name_the_key(in_repo, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -62,3 +62,33 @@ def test_unknown_clip_model_and_missing_weights_are_clear_errors(tmp_path):
         load_open_clip("ViT-Nope", None)
     with pytest.raises(ScorerError, match="set score.clip_pretrained to its local path"):
         load_open_clip("ViT-B-32", str(tmp_path / "missing.safetensors"))
+
+
+def test_pickscore_is_scaled_clip_cosine_and_joins_the_scorers(tmp_path):
+    from dbdpo.scoring import PickScore, load_pickscore
+
+    model, processor = load_pickscore("tiny")
+    generated = images(3, seed=4)
+    texts = ["a toy in the snow", "a toy on a beach", "a toy"]
+    out = PickScore(model, processor, lambda t: t)(generated, texts)["PickScore"]
+    with torch.no_grad():
+        inputs = processor(images=generated, text=texts, return_tensors="pt", padding="max_length", max_length=77)
+        # transformers 5: the get_*_features outputs carry the projected embedding as pooler_output
+        img = F.normalize(model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output, dim=-1)
+        txt = F.normalize(model.get_text_features(input_ids=inputs["input_ids"],
+                                                  attention_mask=inputs["attention_mask"]).pooler_output, dim=-1)
+    expected = model.logit_scale.exp().item() * (img * txt).sum(-1).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    scorers = build_scorers(ScoreConfig(pickscore_model="tiny", dino_model=None), images(1), {"TS": lambda t: t})
+    paths = []
+    for i, img in enumerate(generated):
+        img.save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    assert list(score_images(paths, texts, scorers, batch_size=2).columns) == ["IS", "TS", "PickScore"]
+
+
+def test_missing_pickscore_weights_say_what_to_download(tmp_path):
+    from dbdpo.scoring import load_pickscore
+
+    with pytest.raises(ScorerError, match="download yuvalkirstain/PickScore_v1"):
+        load_pickscore(str(tmp_path / "nope"))
