@@ -24,6 +24,7 @@ from dbdpo.artifacts import atomic_dir, atomic_file
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the adapter config (r, alpha, targets)
 
 LoraState = dict[str, torch.Tensor]  # "<module>.lora_A.weight" (r, in) / ".lora_B.weight" (out, r)
 
@@ -66,6 +67,21 @@ def save_lora(pipe, state: LoraState, directory: Path) -> None:
         type(pipe).save_lora_weights(
             tmp, unet_lora_layers=state, unet_lora_adapter_metadata=metadata, safe_serialization=True
         )
+        _keep_one_metadata_key(tmp / WEIGHT_NAME)
+
+
+def _keep_one_metadata_key(path: Path) -> None:
+    """Rewrite a safetensors file with only diffusers' `lora_adapter_metadata` key.
+
+    safetensors writes the `__metadata__` keys in a per-process hash order, so the file
+    diffusers writes ({"format": "pt", "lora_adapter_metadata": ...}) gets different bytes
+    from run to run, and DVC would rerun every downstream stage for nothing. With one key
+    the bytes depend only on the tensors. `load_lora_weights` reads only that key.
+    """
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = {k: v for k, v in (f.metadata() or {}).items() if k == LORA_METADATA_KEY}
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def load_lora(directory: Path) -> LoraState:
@@ -74,7 +90,7 @@ def load_lora(directory: Path) -> LoraState:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no LoRA weights (did the stage that writes {directory} run?)")
     with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
+        meta = json.loads((f.metadata() or {}).get(LORA_METADATA_KEY, "{}"))
         state = {k.removeprefix("unet."): f.get_tensor(k).float() for k in f.keys() if k.startswith("unet.")}
     rank = lora_rank(state)
     scale = float(meta.get("unet.lora_alpha", rank)) / float(meta.get("unet.r", rank))
@@ -102,8 +118,9 @@ def to_kohya(state: LoraState) -> dict[str, torch.Tensor]:
 def save_kohya(state: LoraState, path: Path, dtype: torch.dtype = torch.float16) -> None:
     """Write `state` as one kohya-format .safetensors file (fp16 by default, as those tools ship)."""
     tensors = {k: v.to(dtype) for k, v in to_kohya(state).items()}
-    rank = lora_rank(state)
-    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank)}
+    # One metadata key only: with several, safetensors orders them per process and the same
+    # LoRA would export to different bytes (rank and alpha are in the tensors anyway).
+    metadata = {"ss_network_module": "networks.lora"}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
