@@ -59,7 +59,7 @@ def test_missing_or_empty_dir(tmp_path):
 
 def test_embedded_concept_loads(in_repo):
     images = load_concept(ConceptConfig())
-    assert len(images) == 6 and all(i.image.size == (128, 128) for i in images)
+    assert len(images) == 6 and all(i.image.size == (64, 64) for i in images)
 
 
 def test_to_tensor_range_and_shape():
@@ -80,10 +80,10 @@ def test_prompts_render_and_ts_variants():
 
 def test_prompt_sets(in_repo):
     cfg = ConceptConfig()
-    assert len(eval_prompts(cfg, 25)) == 25
-    assert len(eval_prompts(ConceptConfig(kind="live"), 25)) == 25
+    assert len(eval_prompts(cfg, 20)) == 20
+    assert len(eval_prompts(ConceptConfig(kind="live"), 20)) == 20
     r1, r2 = train_prompts(0, 8), train_prompts(8, 16)
     assert len(r1) == 8 and not set(r1) & set(r2)  # rounds use disjoint prompts
-    assert not set(train_prompts(0, 50)) & set(eval_prompts(cfg, 25))  # held-out
-    with pytest.raises(DataError, match="this round needs prompts 40..59 but the pool has 50"):
-        train_prompts(40, 60)
+    assert not set(train_prompts(0, 210)) & set(eval_prompts(cfg, 20))  # held-out
+    with pytest.raises(DataError, match="this round needs prompts 200..259 but the pool has 210"):
+        train_prompts(200, 260)

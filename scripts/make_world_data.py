@@ -1,0 +1,43 @@
+"""Write the proving ground's data files: data/concept/*.png and data/prompts/*.txt.
+
+Deterministic: `python scripts/make_world_data.py` rewrites them byte for byte (a test checks
+the committed files against dbdpo.world_data).
+"""
+
+from pathlib import Path
+
+from dbdpo.world import render
+from dbdpo.world_data import (
+    CONCEPT_VIEWS,
+    concept_views,
+    eval_templates,
+    train_templates,
+)
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+TRAIN_HEADER = """# Training prompt pool of the proving ground (scripts/make_world_data.py): 210 prompts on the
+# world's 14 training contexts, none of which an evaluation prompt uses. Round i takes its own
+# consecutive slice of generate.num_prompts prompts.
+"""
+EVAL_HEADER = """# DreamBooth-style evaluation prompts (Ruiz et al. 2023, Sec. 4.1) on the world's 10 held-out
+# contexts (scripts/make_world_data.py): each context plain, then with a color the concept lacks.
+"""
+
+
+def main() -> None:
+    concept = DATA / "concept"
+    concept.mkdir(parents=True, exist_ok=True)
+    for old in concept.glob("*.png"):
+        old.unlink()
+    for i, view in enumerate(concept_views(CONCEPT_VIEWS)):
+        render(view).save(concept / f"toy_{i:02d}.png")
+    prompts = DATA / "prompts"
+    prompts.mkdir(parents=True, exist_ok=True)
+    (prompts / "train.txt").write_text(TRAIN_HEADER + "\n".join(train_templates()) + "\n")
+    for kind in ("object", "live"):
+        (prompts / f"eval_{kind}.txt").write_text(EVAL_HEADER + "\n".join(eval_templates()) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The proving ground's world and its shipped models: the renderer is deterministic, the
+committed data files are what the world produces, and the trained CLIP passes its quality gates
+on held-out scenes (so IS and TS of a default run measure something)."""
+
+import hashlib
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dbdpo.scoring import WORLD_CLIP, load_open_clip
+from dbdpo.world import CLASSES, CONCEPT, render, sample_scene
+from dbdpo.world_contexts import CONTEXTS, EVAL_CONTEXTS, TRAIN_CONTEXTS
+from dbdpo.world_data import concept_views, eval_templates, train_templates
+from dbdpo.world_eval import concept_auc, context_retrieval_accuracy, roc_auc
+from tests.conftest import REPO
+
+
+def test_world_has_the_promised_size():
+    assert len(CLASSES) >= 4 and CONCEPT.object_class in CLASSES
+    assert len(CONTEXTS) >= 16 and not set(EVAL_CONTEXTS) & set(TRAIN_CONTEXTS)
+
+
+def test_render_is_a_pure_function_of_the_scene():
+    scene = sample_scene(random.Random(3))
+    a, b = np.asarray(render(scene)), np.asarray(render(scene))
+    assert a.shape == (64, 64, 3) and np.array_equal(a, b)
+    assert not np.array_equal(a, np.asarray(render(sample_scene(random.Random(4)))))
+
+
+def test_sampled_scenes_never_draw_the_concept():
+    rng = random.Random(0)
+    assert not any(sample_scene(rng).ring for _ in range(2000))
+    assert all(view.ring for view in concept_views(6))
+
+
+def test_prompt_pools_hold_out_the_eval_contexts():
+    train, evaluation = train_templates(), eval_templates()
+    assert len(train) == len(set(train)) >= 200  # four rounds of N=50 without reuse
+    for context in EVAL_CONTEXTS:
+        assert not any(t.endswith(CONTEXTS[context].phrase) for t in train), context
+        assert any(t.endswith(CONTEXTS[context].phrase) for t in evaluation), context
+    assert all("{token} {class_noun}" in t for t in train + evaluation)
+
+
+def test_committed_data_files_are_what_the_world_makes(tmp_path):
+    """scripts/make_world_data.py reproduces data/ byte for byte."""
+    def digests():
+        return {p.relative_to(REPO / "data").as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+                for p in sorted((REPO / "data").rglob("*")) if p.is_file()}
+
+    committed = digests()
+    subprocess.run([sys.executable, "scripts/make_world_data.py"], cwd=REPO, check=True)
+    assert digests() == committed
+
+
+def test_roc_auc_by_hand():
+    assert roc_auc(np.array([3.0, 2.0]), np.array([1.0, 2.0])) == pytest.approx((1 + 1 + 1 + 0.5) / 4)
+
+
+@pytest.fixture(scope="module")
+def world_clip():
+    model, _, tokenizer = load_open_clip(WORLD_CLIP, None)
+    return model, tokenizer
+
+
+def test_world_clip_retrieves_class_and_context(world_clip):
+    """TS gate: top-1 image -> text retrieval among the 120 "a <class> <context>" captions
+    (every caption of one class differs from the others in context) on held-out scenes."""
+    model, tokenizer = world_clip
+    assert context_retrieval_accuracy(model, tokenizer, n=300, seed=2024) >= 0.80
+
+
+def test_world_clip_is_ranks_the_concept_above_other_toys(world_clip):
+    """IS gate: new photos of the concept on held-out contexts score above other toys."""
+    from PIL import Image
+
+    model, _ = world_clip
+    concept = [Image.open(p).convert("RGB") for p in sorted((REPO / "data/concept").glob("*.png"))]
+    assert concept_auc(model, concept, n=100, seed=7) >= 0.95
