@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 
 Scorer = Callable[[list[Image.Image], list[str]], dict[str, np.ndarray]]
 TINY_CLIP = "dbdpo-tiny-clip"
-_CONFIG_DIR = Path(__file__).parent / "configs"
+# The proving ground's scorer: an open_clip architecture registered from dbdpo/configs, with
+# weights trained on the world by scripts/train_world_clip.py (docs/proving_ground.md).
+WORLD_CLIP = "dbdpo-world-clip"
+WORLD_CLIP_WEIGHTS = Path(__file__).parent / "assets" / "world_clip.safetensors"
+CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class ScorerError(RuntimeError):
@@ -39,12 +43,23 @@ class ScorerError(RuntimeError):
 
 
 def load_open_clip(model_name: str, pretrained: str | None, seed: int = 0):
-    """(model, preprocess, tokenizer) from open_clip; `tiny` is a seeded random 3.4M-param CLIP."""
+    """(model, preprocess, tokenizer) from open_clip.
+
+    `model_name` is any open_clip name (ViT-B-32 ...), `dbdpo-world-clip` (the proving
+    ground's trained CLIP; `pretrained` null means its shipped weights) or `tiny` (a seeded
+    random 3.4M-param CLIP for code-path tests, never a default). `pretrained` is an
+    open_clip tag or a local weights file.
+    """
     import open_clip
 
+    open_clip.add_model_config(CONFIG_DIR)
     if model_name == "tiny":
-        open_clip.add_model_config(_CONFIG_DIR / f"{TINY_CLIP}.json")
-        model_name, pretrained = TINY_CLIP, None
+        if pretrained is not None:
+            raise ScorerError(f"score.clip_pretrained={pretrained!r} with score.clip_model=tiny: the tiny CLIP "
+                              "is random by definition; set score.clip_pretrained: null")
+        model_name = TINY_CLIP
+    elif model_name == WORLD_CLIP and pretrained is None:
+        pretrained = str(WORLD_CLIP_WEIGHTS)
     if model_name not in open_clip.list_models():
         raise ScorerError(f"score.clip_model={model_name!r} is not an open_clip model name (e.g. ViT-B-32)")
     torch.manual_seed(seed)
@@ -154,7 +169,7 @@ def load_pickscore(name: str, seed: int = 0):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     if name == "tiny":
-        from dbdpo.backbones import clip_tokenizer
+        from dbdpo.tiny import clip_tokenizer
 
         torch.manual_seed(seed)
         config = CLIPConfig(
