@@ -1,26 +1,14 @@
 """Load a Stable Diffusion pipeline: SD 1.x/2.x or SDXL (hub id or local dir), or the tiny one.
 
-The embedded `tiny` backbone is a real `StableDiffusionPipeline` (UNet2DConditionModel,
-AutoencoderKL, CLIPTextModel, the real CLIP BPE tokenizer) built offline from the configs
-below with a fixed seed, so every stage treats it exactly like SD. Its VAE and UNet are
-trained on procedural shapes (scripts/train_tiny_backbone.py) so that what the UNet learns
-shows up as colors and shapes; the text encoder is random. It draws nothing real.
-
-Two more tiny architectures stand in for the paper's real backbones in tests: `sd2`
-(v-prediction, linear attention projections, like SD 2.x) and `sdxl` (two text encoders, the
-pooled text embedding and size/crop micro-conditioning, like SDXL). `save_tiny_pipeline`
-writes them as ordinary diffusers folders, which load as `backbone: sd` / `sdxl` through
-exactly the code that loads the real checkpoints.
+`tiny` (the default) is the proving ground's backbone, built by `dbdpo.tiny` from shipped
+weights; `sd` / `sdxl` load real checkpoints. Every stage treats them the same way.
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,89 +19,17 @@ from diffusers import (
     DDPMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
-from safetensors.torch import load_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from dbdpo.config import ModelConfig
 from dbdpo.lora import LoraState, merge_into
+from dbdpo.tiny import build_tiny_pipeline
 
 log = logging.getLogger(__name__)
 
 
 class BackboneError(RuntimeError):
     """The requested backbone cannot be loaded (missing weights, offline, wrong kind)."""
-
-
-# Trained by scripts/train_tiny_backbone.py on captioned procedural shapes: a random VAE
-# decodes every latent to the same grey and a random UNet does not denoise, which would hide
-# whatever finetune and DPO teach. The text encoder stays random (frozen, as in SD).
-TINY_VAE_WEIGHTS = Path(__file__).parent / "assets" / "tiny_vae.safetensors"
-TINY_UNET_WEIGHTS = Path(__file__).parent / "assets" / "tiny_unet.safetensors"
-
-# Sizes measured in ENVIRONMENT.md: ~1M UNet params, 8 images x 20 steps in ~3.5 s on 2 cores.
-TINY_UNET = dict(
-    sample_size=32,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=8,
-    norm_num_groups=32,
-)
-TINY_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    block_out_channels=(32, 64),
-    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=64,
-    # 1 / RMS of the trained VAE's latents on its training images: unit-scale diffusion space.
-    scaling_factor=0.293,
-)
-TINY_TEXT = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    vocab_size=49408,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-    projection_dim=32,
-)
-# SD 2.x's UNet: linear (not 1x1-conv) attention projections. Trained for v-prediction.
-TINY_SD2_UNET = {**TINY_UNET, "use_linear_projection": True}
-# SDXL's UNet: cross-attention over both text encoders' states (32 + 32), and an added
-# embedding of the pooled text_encoder_2 output (32) and the six size/crop ids (6 x 8).
-TINY_SDXL_UNET = {
-    **TINY_UNET,
-    "use_linear_projection": True,
-    "cross_attention_dim": 64,
-    "addition_embed_type": "text_time",
-    "addition_time_embed_dim": 8,
-    "projection_class_embeddings_input_dim": 6 * 8 + 32,
-}
-# The SD 1.x/2.x training schedule (scaled-linear betas, 1000 steps).
-SD_SCHEDULE = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    prediction_type="epsilon",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-)
-V_SCHEDULE = {**SD_SCHEDULE, "prediction_type": "v_prediction"}
-TINY_ARCHS = ("sd", "sd2", "sdxl")
 
 
 @dataclass
@@ -136,102 +52,6 @@ class Backbone:
     def training_scheduler(self) -> DDPMScheduler:
         """The forward-noising schedule the UNet was trained with."""
         return DDPMScheduler.from_config(self.pipe.scheduler.config)
-
-
-@functools.cache
-def clip_tokenizer_files() -> Path:
-    """Write CLIP's vocab.json/merges.txt, rebuilt from the BPE file open_clip ships.
-
-    Same construction as open_clip's SimpleTokenizer (and OpenAI's CLIP): 256 byte symbols,
-    their `</w>` forms, the first 48,894 merges, then the two special tokens = 49,408 ids.
-    """
-    import open_clip
-
-    bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-    byte_symbols = list(_bytes_to_unicode().values())
-    vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    out = Path(tempfile.mkdtemp(prefix="dbdpo-clip-bpe-"))
-    (out / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}))
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
-    return out
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP reversible byte -> printable unicode map."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
-
-
-def clip_tokenizer() -> CLIPTokenizer:
-    files = clip_tokenizer_files()
-    # model_max_length is not stored in a bare vocab: CLIP's text context is 77 tokens.
-    return CLIPTokenizer(
-        str(files / "vocab.json"), str(files / "merges.txt"), model_max_length=TINY_TEXT["max_position_embeddings"]
-    )
-
-
-def build_tiny_pipeline(seed: int = 0, pretrained_unet: bool = True,
-                        arch: str = "sd") -> StableDiffusionPipeline | StableDiffusionXLPipeline:
-    """A tiny pipeline of architecture `arch`: identical weights for the same seed, no network.
-
-    sd (the default backbone): text encoder random (seeded), VAE and UNet the shipped trained
-    weights (`pretrained_unet=False` keeps the UNet random: the start of its training).
-    sd2 / sdxl: the trained VAE, a random (seeded) UNet of that architecture and random text
-    encoders; they prove the code paths, they do not draw shapes.
-    """
-    if arch not in TINY_ARCHS:
-        raise ValueError(f"tiny architecture {arch!r}: expected one of {', '.join(TINY_ARCHS)}")
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**{"sd": TINY_UNET, "sd2": TINY_SD2_UNET, "sdxl": TINY_SDXL_UNET}[arch])
-    vae = AutoencoderKL(**TINY_VAE)
-    vae.load_state_dict(load_file(str(TINY_VAE_WEIGHTS)))
-    if arch == "sd" and pretrained_unet:
-        unet.load_state_dict(load_file(str(TINY_UNET_WEIGHTS)))
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT))
-    if arch == "sdxl":
-        pipe = StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT)),
-            tokenizer=clip_tokenizer(),
-            tokenizer_2=clip_tokenizer(),
-            unet=unet,
-            scheduler=DDIMScheduler(**SD_SCHEDULE),
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=clip_tokenizer(),
-            unet=unet,
-            scheduler=DDIMScheduler(**(V_SCHEDULE if arch == "sd2" else SD_SCHEDULE)),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def save_tiny_pipeline(arch: str, directory: Path, seed: int = 0) -> Path:
-    """Write the tiny `arch` pipeline as a diffusers folder (safetensors), loadable as
-    `backbone: sd` (arch sd, sd2) or `backbone: sdxl` with `model.path: <directory>`."""
-    build_tiny_pipeline(seed, arch=arch).save_pretrained(directory, safe_serialization=True)
-    return Path(directory)
 
 
 def _resolve_pretrained(path: str, revision: str | None, key: str = "model.path") -> Path:
@@ -340,7 +160,7 @@ def load_backbone(cfg: ModelConfig, lora: LoraState | None = None, precision: st
     (epsilon for SD 1.x / SDXL, v_prediction for SD 2.x 768).
     """
     if cfg.backbone == "tiny":
-        pipe, kind = build_tiny_pipeline(cfg.seed), "tiny"
+        pipe, kind = build_tiny_pipeline(), "tiny"
     else:
         pipe, kind = _load_pretrained(cfg), cfg.backbone
     resolution = cfg.resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)

@@ -28,7 +28,6 @@ class ModelConfig:
     vae: str | None = None  # a separate AutoencoderKL (hub id or local dir), e.g. an fp16-safe SDXL VAE
     resolution: int | None = None  # pixels; None = the UNet's native size (SD2.1 768, SDXL 1024)
     precision: str = "fp32"  # weights when sampling (generate, evaluate) on a GPU
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,9 +67,9 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    clip_model: str = "tiny"
+    clip_model: str = "dbdpo-world-clip"
     clip_pretrained: str | None = None
-    dino_model: str | None = "tiny"
+    dino_model: str | None = None
     pickscore_model: str | None = None
     ts_prompt: str = "with_class"
     batch_size: int = 32
@@ -126,7 +125,7 @@ class RoundConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     images_per_prompt: int = 2
-    num_prompts: int = 25
+    num_prompts: int = 20
     steps: int = 20
     guidance_scale: float = 7.5
     batch_size: int = 8
@@ -353,6 +352,9 @@ def validate_groups(c: Config) -> None:
     for key in ("steps", "batch_size"):
         _positive(getattr(c.generate, key), f"generate.{key}")
 
+    _require(not (c.score.clip_model == "tiny" and c.score.clip_pretrained is not None), "score.clip_pretrained",
+             c.score.clip_pretrained, "null with score.clip_model=tiny (a random CLIP for code-path tests); "
+             "name the weights' architecture in score.clip_model instead")
     _one_of(c.score.ts_prompt, ("with_class", "without_concept"), "score.ts_prompt")
     _require(bool(c.score.rewards) and all(w > 0 for w in c.score.rewards.values()), "score.rewards",
              c.score.rewards, "a non-empty mapping of score names to weights > 0")

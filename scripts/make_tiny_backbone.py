@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.backbones import TINY_ARCHS, save_tiny_pipeline
+from dbdpo.tiny import TINY_ARCHS, save_tiny_pipeline
 
 
 def main(arch: str = typer.Argument(..., help=f"one of {', '.join(TINY_ARCHS)}"),

@@ -23,7 +23,7 @@ def in_repo(monkeypatch):
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """The tiny SD2 (v-prediction) and SDXL pipelines saved as diffusers folders, once per run:
     they load as `backbone: sd` / `sdxl` through the code that loads the real checkpoints."""
-    from dbdpo.backbones import save_tiny_pipeline
+    from dbdpo.tiny import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny-pipelines")
     return {arch: save_tiny_pipeline(arch, root / arch) for arch in ("sd2", "sdxl")}

@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from safetensors.torch import load_file
 
-from dbdpo.backbones import BackboneError, build_tiny_pipeline, clip_tokenizer, load_backbone
+from dbdpo.backbones import BackboneError, load_backbone
 from dbdpo.config import ModelConfig
+from dbdpo.tiny import WORLD_WEIGHTS, build_tiny_pipeline, clip_tokenizer
 
 
 def test_tokenizer_is_the_real_clip_bpe():
@@ -20,17 +22,17 @@ def test_tiny_backbone_is_a_deterministic_sd_pipeline():
     for module in ("unet", "vae", "text_encoder"):
         pa, pb = getattr(a.pipe, module).state_dict(), getattr(b.pipe, module).state_dict()
         assert all(torch.equal(pa[k], pb[k]) for k in pa), module
-    # the seed drives the random text encoder; UNet and VAE are the shipped trained weights
-    other = build_tiny_pipeline(seed=1)
-    assert not torch.equal(other.text_encoder.get_input_embeddings().weight,
-                           a.pipe.text_encoder.get_input_embeddings().weight)
-    assert torch.equal(other.unet.conv_in.weight, a.pipe.unet.conv_in.weight)
+        # every part is the shipped trained world model, not a random init
+        shipped = load_file(str(WORLD_WEIGHTS[module]))
+        assert set(shipped) == set(pa) and all(torch.equal(shipped[k].float(), pa[k]) for k in pa), module
+    untrained = build_tiny_pipeline(trained=False)
+    assert not torch.equal(untrained.unet.conv_in.weight, a.pipe.unet.conv_in.weight)
 
 
 def test_tiny_vae_decodes_latents_to_distinct_images():
     """The shipped VAE is trained: different latents give visibly different images."""
     vae = build_tiny_pipeline().vae
-    latents = torch.randn(4, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    latents = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # as the pipeline decodes: unit-scale latents / scaling_factor
         images = vae.decode(latents / vae.config.scaling_factor).sample
     per_image_mean = images.mean(dim=(1, 2, 3))
@@ -118,7 +120,7 @@ def test_incomplete_or_mismatched_pipeline_folders_fail_before_loading(tiny_dirs
 def test_weight_variant_and_a_separate_vae(tiny_dirs, tmp_path):
     from diffusers import AutoencoderKL
 
-    from dbdpo.backbones import TINY_VAE, build_tiny_pipeline
+    from dbdpo.tiny import WORLD_VAE, build_tiny_pipeline
 
     build_tiny_pipeline(arch="sdxl").save_pretrained(tmp_path / "fp16", variant="fp16")
     assert (tmp_path / "fp16/unet/diffusion_pytorch_model.fp16.safetensors").is_file()
@@ -132,7 +134,7 @@ def test_weight_variant_and_a_separate_vae(tiny_dirs, tmp_path):
     torch.testing.assert_close(variant.pipe.unet.conv_in.weight, default.pipe.unet.conv_in.weight, atol=1e-3, rtol=1e-3)
 
     torch.manual_seed(5)
-    AutoencoderKL(**TINY_VAE).save_pretrained(tmp_path / "vae")  # e.g. an fp16-safe VAE
+    AutoencoderKL(**WORLD_VAE).save_pretrained(tmp_path / "vae")  # e.g. an fp16-safe VAE
     with_vae = load_backbone(ModelConfig(backbone="sdxl", path=str(tiny_dirs["sdxl"]), vae=str(tmp_path / "vae")))
     assert torch.equal(with_vae.pipe.vae.encoder.conv_in.weight,
                        AutoencoderKL.from_pretrained(tmp_path / "vae").encoder.conv_in.weight)

@@ -40,6 +40,9 @@ def test_repository_params_load(in_repo):
     ({"score__rewards": {"IS": 1.0, "PickScore": 1.0}}, r"PickScore needs score.pickscore_model"),
     ({"score__rewards": {"IS": 0}}, r"score.rewards=\{'IS': 0.0\} is invalid: expected a non-empty mapping"),
     ({"dpo__loss": "rank_dpo"}, r"pair.mode='pairs' is invalid: expected rank with dpo.loss=rank_dpo"),
+    # a weights file silently dropped would score with a random CLIP
+    ({"score__clip_model": "tiny", "score__clip_pretrained": "/w/clip.safetensors"},
+     r"score.clip_pretrained='/w/clip.safetensors' is invalid: expected null with score.clip_model=tiny"),
 ])
 def test_bad_values_name_the_key(in_repo, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -23,6 +23,7 @@ STAGES = ("finetune", "generate@round_1", "score@round_1", "pair@round_1", "dpo@
 def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, arch, kind):
     params = fast_params(rounds=1)
     params["model"].update(backbone=kind, path=str(tiny_dirs[arch]))
+    params["score"]["dino_model"] = "tiny"  # the DINO column's code path, on a random ViT
     copy_project(tmp_path, params)
     out = run(["dvc", "repro"], tmp_path).stdout
     for stage in STAGES:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from dbdpo.backbones import build_tiny_pipeline, load_backbone
+from dbdpo.backbones import load_backbone
 from dbdpo.config import ModelConfig
 from dbdpo.lora import (
     add_lora,
@@ -16,6 +16,7 @@ from dbdpo.lora import (
     save_lora,
     stack,
 )
+from dbdpo.tiny import build_tiny_pipeline
 
 ARCHS = [("sd2", "sd"), ("sdxl", "sdxl")]  # tiny architecture, the backbone kind it loads as
 
@@ -30,8 +31,8 @@ def random_lora(seed: int, rank: int = 4, arch: str = "sd"):
 
 def unet_output(unet):
     g = torch.Generator().manual_seed(0)
-    sample = torch.randn(2, 4, 32, 32, generator=g)
-    text = torch.randn(2, 77, 32, generator=g)
+    sample = torch.randn(2, 4, 16, 16, generator=g)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
     with torch.no_grad():
         return unet(sample, torch.tensor([10, 500]), text).sample
 
@@ -147,7 +148,7 @@ def test_kohya_export_loads_with_the_same_output(tiny_dirs, tmp_path, arch, kind
     save_kohya(state, tmp_path / "concept.safetensors", dtype=torch.float32)
     with safe_open(str(tmp_path / "concept.safetensors"), framework="pt") as f:
         keys = set(f.keys())
-        assert f.metadata()["ss_network_dim"] == "4"
+        assert f.metadata() == {"ss_network_module": "networks.lora"}
     prefix = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_out_0"
     assert {f"{prefix}.lora_down.weight", f"{prefix}.lora_up.weight", f"{prefix}.alpha"} <= keys
     assert len(keys) == 3 * len(state) // 2
@@ -155,3 +156,34 @@ def test_kohya_export_loads_with_the_same_output(tiny_dirs, tmp_path, arch, kind
     pipe = load_backbone(cfg).pipe  # diffusers converts kohya keys on load, as ComfyUI/A1111 do
     pipe.load_lora_weights(str(tmp_path), weight_name="concept.safetensors")
     np.testing.assert_allclose(pipeline_image(pipe), pipeline_image(load_backbone(cfg, lora=state).pipe), atol=1e-4)
+
+
+SAVE_IN_A_FRESH_PROCESS = """
+import sys, torch
+from dbdpo.tiny import build_tiny_pipeline
+from dbdpo.lora import save_kohya, save_lora
+from tests.test_lora import random_lora
+state = random_lora(0, arch="sd2")
+save_lora(build_tiny_pipeline(arch="sd2"), state, sys.argv[1])
+save_kohya(state, sys.argv[2])
+"""
+
+
+def test_saved_loras_are_byte_identical_across_processes(tmp_path):
+    """safetensors orders metadata keys per process: with diffusers' two keys, 6 processes
+    gave several md5s of the same tensors, and DVC reran every stage downstream."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    digests = set()
+    for i in range(4):
+        lora, kohya = tmp_path / f"lora{i}", tmp_path / f"kohya{i}.safetensors"
+        subprocess.run([sys.executable, "-c", SAVE_IN_A_FRESH_PROCESS, str(lora), str(kohya)], cwd=REPO, check=True)
+        digests.add(tuple(hashlib.md5(f.read_bytes()).hexdigest() for f in (lora / "pytorch_lora_weights.safetensors",
+                                                                             kohya)))
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "lora0/pytorch_lora_weights.safetensors"), framework="pt") as f:
+        assert list(f.metadata()) == ["lora_adapter_metadata"]  # what load_lora_weights reads

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dbdpo.backbones import build_tiny_pipeline
 from dbdpo.sampling import SAMPLE_COLUMNS, generate, plan_samples, write_samples
+from dbdpo.tiny import build_tiny_pipeline
 
 
 def test_plan_gives_each_image_its_own_seed():

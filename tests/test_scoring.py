@@ -41,7 +41,8 @@ def test_score_images_reads_files_and_runs_every_scorer(tmp_path):
     for i, img in enumerate(images(5)):
         img.save(tmp_path / f"{i}.png")
         paths.append(str(tmp_path / f"{i}.png"))
-    scorers = build_scorers(ScoreConfig(), images(2, seed=3), {"TS": lambda t: t.upper(), "TS_raw": lambda t: t})
+    scorers = build_scorers(ScoreConfig(dino_model="tiny"), images(2, seed=3),
+                            {"TS": lambda t: t.upper(), "TS_raw": lambda t: t})
     table = score_images(paths, ["a toy"] * 5, scorers, batch_size=2)
     assert list(table.columns) == ["IS", "TS", "TS_raw", "DINO"] and len(table) == 5
     assert table["DINO"].between(-1, 1).all() and table["IS"].between(-1, 1).all()

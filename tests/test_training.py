@@ -27,7 +27,7 @@ def tiny() -> Backbone:
 def random_preferences(backbone: Backbone, num_images=6, num_pairs=5) -> PreferenceData:
     g = torch.Generator().manual_seed(0)
     return PreferenceData(
-        latents=torch.randn(num_images, 4, 32, 32, generator=g),
+        latents=torch.randn(num_images, 4, 16, 16, generator=g),
         sizes=torch.tensor([[64.0, 64, 0, 0, 64, 64]]).repeat(num_images, 1) if backbone.is_sdxl else None,
         text=encode_prompts(backbone, ["a photo of sks toy", "a sks toy in the snow"]),
         winner=torch.randint(0, num_images, (num_pairs,), generator=g),
@@ -59,7 +59,7 @@ def test_reference_is_the_rounds_start_model_not_the_base():
     def reference_error(unet) -> float:
         gen = torch.Generator().manual_seed(cfg.seed)
         idx = torch.randint(0, len(data.winner), (cfg.batch_size,), generator=gen)
-        noise = torch.randn((cfg.batch_size, 4, 32, 32), generator=gen)
+        noise = torch.randn((cfg.batch_size, 4, 16, 16), generator=gen)
         t = torch.randint(0, 1000, (cfg.batch_size,), generator=gen)
         with torch.no_grad():
             w, l = dpo_errors(unet, tiny().training_scheduler(), data, idx, noise, t, "cpu")
@@ -87,7 +87,7 @@ def test_dpo_training_changes_only_the_adapter_and_lowers_the_loss():
     # The DPO loss on a fixed held-out draw of noise and timesteps: log 2 before training.
     g = torch.Generator().manual_seed(123)
     idx = torch.arange(2).repeat(32)
-    noise, t = torch.randn(64, 4, 32, 32, generator=g), torch.randint(0, 1000, (64,), generator=g)
+    noise, t = torch.randn(64, 4, 16, 16, generator=g), torch.randint(0, 1000, (64,), generator=g)
     scheduler = backbone.training_scheduler()
     with torch.no_grad():
         policy = dpo_errors(unet, scheduler, data, idx, noise, t, "cpu")
@@ -114,7 +114,7 @@ def test_training_target_epsilon_and_v_prediction_by_hand():
     """v = sqrt(a_t) * eps - sqrt(1 - a_t) * x0 (Salimans & Ho 2022), a_t = alphas_cumprod[t]."""
     from diffusers import DDPMScheduler
 
-    from dbdpo.backbones import SD_SCHEDULE
+    from dbdpo.tiny import SD_SCHEDULE
 
     schedule = {k: v for k, v in SD_SCHEDULE.items() if k != "set_alpha_to_one"}
     x0, eps = torch.full((2, 1, 1, 1), 2.0), torch.full((2, 1, 1, 1), 0.5)
@@ -151,7 +151,7 @@ def test_dpo_errors_regress_the_velocity_on_v_prediction_backbones(tiny_dirs):
     data = random_preferences(backbone)
     g = torch.Generator().manual_seed(7)
     pair_idx, t = torch.tensor([0, 3]), torch.tensor([50, 900])
-    noise = torch.randn(2, 4, 32, 32, generator=g)
+    noise = torch.randn(2, 4, 16, 16, generator=g)
     unet = backbone.pipe.unet
     with torch.no_grad():
         winner_error, loser_error = dpo_errors(unet, scheduler, data, pair_idx, noise, t, "cpu")
@@ -182,7 +182,7 @@ def test_sdxl_pooled_text_and_size_ids_reach_the_unet(tiny_dirs):
     assert data.text.hidden.shape == (2, 77, 64) and data.text.pooled.shape == (2, 32)  # 32 + 32 states
     scheduler, unet = backbone.training_scheduler(), backbone.pipe.unet
     g = torch.Generator().manual_seed(0)
-    args = (torch.tensor([0, 1]), torch.randn(2, 4, 32, 32, generator=g), torch.tensor([100, 600]), "cpu")
+    args = (torch.tensor([0, 1]), torch.randn(2, 4, 16, 16, generator=g), torch.tensor([100, 600]), "cpu")
     with torch.no_grad():
         base = torch.cat(dpo_errors(unet, scheduler, data, *args))
         cropped = PreferenceData(data.latents, data.sizes + torch.tensor([0.0, 0, 40, 0, 0, 0]), data.text,
