@@ -41,10 +41,10 @@ class ConceptConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    steps: int = 300
-    learning_rate: float = 1e-3
-    batch_size: int = 2
-    lora_rank: int = 4
+    steps: int = 600
+    learning_rate: float = 5e-3
+    batch_size: int = 4
+    lora_rank: int = 16
     instance_prompt: str = "a photo of {token} {class_noun}"
     prior_preservation: bool = False
     class_prompt: str = "a photo of a {class_noun}"
