@@ -87,9 +87,9 @@ def test_tiny_sdxl_loads_as_sdxl_with_two_text_encoders(tiny_dirs):
 def test_resolution_override_and_its_validation(tiny_dirs):
     backbone = load_backbone(ModelConfig(backbone="sdxl", path=str(tiny_dirs["sdxl"]), resolution=32))
     assert backbone.resolution == 32
-    # the tiny VAE downsamples 2x and the UNet once more: pixels in steps of 4 (SD: 8 x 8 = 64)
-    with pytest.raises(BackboneError, match="model.resolution=38: this UNet needs a multiple of 4 pixels"):
-        load_backbone(ModelConfig(resolution=38))
+    # the world VAE downsamples 4x and its UNet twice more: pixels in steps of 16 (SD: 8 x 8 = 64)
+    with pytest.raises(BackboneError, match="model.resolution=40: this UNet needs a multiple of 16 pixels"):
+        load_backbone(ModelConfig(resolution=40))
 
 
 def test_incomplete_or_mismatched_pipeline_folders_fail_before_loading(tiny_dirs, tmp_path):
