@@ -15,15 +15,16 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
 from dbdpo.world import CLASSES, CONCEPT, render, sample_scene
 from dbdpo.world_contexts import CONTEXTS, EVAL_CONTEXTS
 from dbdpo.world_data import concept_views
 
-# open_clip's (OpenAI CLIP's) pixel normalization, as its preprocess applies it.
-CLIP_MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
-CLIP_STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+# open_clip's own pixel normalization constants, as its preprocess applies them.
+CLIP_MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)
+CLIP_STD = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
 
 
 def pixels(images: list[Image.Image]) -> torch.Tensor:

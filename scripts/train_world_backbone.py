@@ -17,21 +17,20 @@ import math
 import random
 import time
 
-import numpy as np
 import torch
 from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
+from dbdpo.data import to_tensor
 from dbdpo.tiny import SD_SCHEDULE, WORLD_WEIGHTS, build_tiny_pipeline, load_world_part
-from dbdpo.world import captions, render, sample_scene
+from dbdpo.world import SIZE, captions, render, sample_scene
 
 log = logging.getLogger("train_world_backbone")
 
 
 def to_batch(images) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1]: the pipeline's pixel range."""
-    arrays = np.stack([np.asarray(img, dtype=np.float32) / 127.5 - 1 for img in images])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
+    """(B, 3, 64, 64) in [-1, 1]: the pipeline's pixel range, as every stage prepares images."""
+    return to_tensor(images, SIZE)
 
 
 def cosine_with_warmup(optimizer, steps: int):
