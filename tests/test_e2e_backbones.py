@@ -21,7 +21,7 @@ STAGES = ("finetune", "generate@round_1", "score@round_1", "pair@round_1", "dpo@
 
 @pytest.mark.parametrize("arch, kind", [("sd2", "sd"), ("sdxl", "sdxl")])
 def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, arch, kind):
-    params = fast_params(rounds=1)
+    params = fast_params()
     params["model"].update(backbone=kind, path=str(tiny_dirs[arch]))
     params["score"]["dino_model"] = "tiny"  # the DINO column's code path, on a random ViT
     copy_project(tmp_path, params)
