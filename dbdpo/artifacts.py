@@ -1,7 +1,9 @@
 """Atomic artifact writes: build next to the target, then rename into place.
 
 A stage killed halfway leaves only a `.tmp-*` sibling, never a half-written file or
-directory under the real name that a later stage (or DVC) would take as complete.
+directory under the real name that a later stage (or DVC) would take as complete; the next
+write of the same target removes such leftovers. Outputs get the modes the user's umask
+gives (mkstemp/mkdtemp create 0600/0700, which another user's tool could not read).
 """
 
 from __future__ import annotations
@@ -17,17 +19,57 @@ from pathlib import Path
 import pandas as pd
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(root: Path) -> None:
+    """chmod `root` and everything under it as if created by open()/mkdir() under the umask."""
+    mask = _umask()
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for path in paths:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Temp siblings of `target` from an earlier, killed write (SIGKILL skips every cleanup)."""
+    for prefix in (".tmp-", ".old-"):
+        for stale in target.parent.glob(f"{prefix}{target.name}-*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def remove_outputs(*paths: Path) -> None:
+    """Delete a stage's previous outputs once its inputs are read and checked, before it works.
+
+    As `dvc repro` does before running a stage, and for the same reason: a stage that then
+    fails (run by hand, say) must not leave last run's outputs for the next stage to take
+    as this run's.
+    """
+    for path in map(Path, paths):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temp directory; on success it replaces `target` whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _apply_umask(tmp)
     if target.exists():
         # rename() cannot replace a non-empty directory: move the old one aside first.
         old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=target.parent))
@@ -43,6 +85,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
     """Yield a temp path in the target's directory; on success it is renamed to `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target)
     fd, name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
@@ -51,6 +94,7 @@ def atomic_file(target: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _apply_umask(tmp)
     os.replace(tmp, target)
 
 

@@ -7,6 +7,8 @@ raised before any model is built, so a bad sweep value costs a second, not a tra
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -208,7 +210,8 @@ def _coerce(value, annotation, key: str):
     return value
 
 
-def _build(cls, data, prefix: str):
+def _build(cls, data, prefix: str, complete: bool = False):
+    """cls from a params mapping; `complete`: every key must be given (no silent code default)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -220,6 +223,10 @@ def _build(cls, data, prefix: str):
         raise ConfigError(
             f"unknown key {prefix}.{unknown[0]}; the keys of {prefix} are: {', '.join(known)}"
         )
+    missing = [name for name in known if name not in data]
+    if complete and missing:
+        raise ConfigError(f"missing key {prefix}.{missing[0]}: every key of every group must be set "
+                          "(copy it from the repository's params.yaml)")
     values = {}
     for name, f in known.items():
         if name in data:
@@ -256,16 +263,17 @@ def config_from_dict(raw: dict) -> Config:
         raise ConfigError(f"unknown key {unknown[0]}; the groups are: {', '.join(top)}")
     hints = typing.get_type_hints(Config)
     groups = {}
+    missing = [name for name in top if name not in raw]
+    if missing:
+        raise ConfigError(f"missing group {missing[0]}: params.yaml must set every group ({', '.join(top)}); "
+                          "copy it from the repository's params.yaml")
     for name in top:
-        if name == "rounds":
-            continue
-        if name in raw:
-            groups[name] = _build(hints[name], raw[name], name)
-    if "rounds" in raw:
-        rounds = raw["rounds"]
-        if not isinstance(rounds, dict) or not rounds:
-            raise ConfigError("rounds: expected a non-empty mapping like {round_1: {start: round_0}}")
-        groups["rounds"] = {str(k): _build_round(v, f"rounds.{k}") for k, v in rounds.items()}
+        if name != "rounds":
+            groups[name] = _build(hints[name], raw[name], name, complete=True)
+    rounds = raw["rounds"]
+    if not isinstance(rounds, dict) or not rounds:
+        raise ConfigError("rounds: expected a non-empty mapping like {round_1: {start: round_0}}")
+    groups["rounds"] = {str(k): _build_round(v, f"rounds.{k}") for k, v in rounds.items()}
     config = Config(**groups)
     validate(config)
     return config
@@ -303,13 +311,33 @@ def _positive(value, key: str) -> None:
     _require(value > 0, key, value, "a value > 0")
 
 
+def _finite_floats(c: Config) -> None:
+    """inf / nan pass every `> 0` check and then poison training: refuse them up front."""
+    for group in dataclasses.fields(c):
+        value = getattr(c, group.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            items = v.items() if isinstance(v, dict) else [(None, v)]
+            for sub, x in items:
+                if isinstance(x, float) and not math.isfinite(x):
+                    key = f"{group.name}.{f.name.rstrip('_')}" + (f".{sub}" if sub is not None else "")
+                    _require(False, key, x, "a finite number")
+
+
+# A round name reaches DVC's shell command line (`--round ${key}`): only these characters.
+ROUND_NAME = re.compile(r"round_[1-9][0-9]*")
+
+
 def validate(c: Config) -> None:
     """Range and consistency checks; raises ConfigError naming the first bad key."""
     validate_groups(c)
     names = c.round_names()
     for i, name in enumerate(names):
-        _require(name.startswith("round_") and name != "round_0", f"rounds.{name}", name,
-                 "a round name round_<n> other than round_0 (the DreamBooth model)")
+        _require(ROUND_NAME.fullmatch(name) is not None, f"rounds.{name}", name,
+                 "a round name round_<n> with n = 1, 2, ... and nothing else (round_0 is the "
+                 "DreamBooth model)")
         expected = "round_0" if i == 0 else names[i - 1]
         _require(c.rounds[name].start == expected, f"rounds.{name}.start",
                  c.rounds[name].start, f"{expected} (the previous round's model)")
@@ -322,6 +350,7 @@ def validate(c: Config) -> None:
 
 def validate_groups(c: Config) -> None:
     """Checks of the stage groups (also run on each round's overridden config)."""
+    _finite_floats(c)
     _one_of(c.model.backbone, ("tiny", "sd", "sdxl"), "model.backbone")
     if c.model.resolution is not None:
         _require(c.model.resolution > 0 and c.model.resolution % 8 == 0, "model.resolution",

@@ -7,6 +7,7 @@ Prompt files hold one template a line with `{token}` and `{class_noun}` placehol
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,21 @@ class ConceptImage:
     image: Image.Image  # RGB, EXIF orientation applied
 
 
+def _wide_gray_to_rgb(img: Image.Image) -> Image.Image:
+    """16/32-bit integer and float grayscale to 8-bit RGB, scaled by the mode's range.
+
+    PIL's own convert clips them at 255, so a 16-bit PNG (0..65535) turns all white.
+    Integer images: 0..65535 (0..255 if no value exceeds 255); float: 0..1 (0..255 likewise).
+    """
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("F"):
+        full = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
+    else:
+        full = 255.0 if values.max(initial=0.0) <= 255 else 65535.0
+    gray = np.clip(np.round(values / full * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.stack([gray] * 3, axis=-1), mode="RGB")
+
+
 def load_image_rgb(path: Path, min_size: int) -> Image.Image:
     """Open one image as upright RGB, or raise DataError naming the file and the fix."""
     try:
@@ -42,8 +58,12 @@ def load_image_rgb(path: Path, min_size: int) -> Image.Image:
                 rgba = img.convert("RGBA")
                 img = Image.new("RGB", rgba.size, (255, 255, 255))
                 img.paste(rgba, mask=rgba.getchannel("A"))
+            elif img.mode.startswith(("I", "F")):
+                img = _wide_gray_to_rgb(img)
             else:
-                img = img.convert("RGB")  # L, CMYK, P, I;16 ... all have an RGB form
+                img = img.convert("RGB")  # L, CMYK, P, YCbCr ... all have an RGB form
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: {e}; downscale the photo (the models see at most 1024 px)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{path}: not a readable image ({e}); remove it or re-save it as PNG/JPEG") from None
     if min(img.size) < min_size:
@@ -80,14 +100,34 @@ def to_tensor(images: list[Image.Image], resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+PLACEHOLDERS = {"token", "class_noun"}
+
+
 def load_prompt_templates(path: Path) -> list[str]:
+    """The non-empty, non-comment lines of a UTF-8 prompt file, each checked to render:
+    placeholders {token} (required) and {class_noun} only; a literal brace is written {{ }}."""
     if not path.is_file():
         raise DataError(f"{path}: prompt file not found")
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    templates = [ln for ln in lines if ln and not ln.startswith("#")]
-    for t in templates:
-        if "{token}" not in t:
-            raise DataError(f"{path}: prompt {t!r} lacks the {{token}} placeholder")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 ({e.reason}); re-save the file as UTF-8") from None
+    templates = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        t = raw.strip()
+        if not t or t.startswith("#"):
+            continue
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(t) if name is not None}
+        except ValueError as e:
+            raise DataError(f"{path}:{number}: {t!r}: {e}; write a literal brace as {{{{ or }}}}") from None
+        if names - PLACEHOLDERS:
+            raise DataError(f"{path}:{number}: {t!r} uses {{{sorted(names - PLACEHOLDERS)[0]}}}; the "
+                            "placeholders are {token} and {class_noun}")
+        if "token" not in names:
+            raise DataError(f"{path}:{number}: prompt {t!r} lacks the {{token}} placeholder")
+        templates.append(t)
     if not templates:
         raise DataError(f"{path}: no prompts")
     return templates

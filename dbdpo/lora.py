@@ -26,6 +26,10 @@ TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the adapter config (r, alpha, targets)
 
+class LoraError(ValueError):
+    """A LoRA file that must not be used (non-finite values)."""
+
+
 LoraState = dict[str, torch.Tensor]  # "<module>.lora_A.weight" (r, in) / ".lora_B.weight" (out, r)
 
 
@@ -59,8 +63,18 @@ def stack(first: LoraState, second: LoraState) -> LoraState:
     return out
 
 
+def check_finite_lora(state: LoraState, where: str) -> None:
+    """Refuse a LoRA with inf/NaN entries (a diverged run): it would draw black images."""
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if not torch.isfinite(v).all()}
+    if bad:
+        raise LoraError(f"{where}: {sum(bad.values())} non-finite LoRA values in {len(bad)} tensors "
+                         f"(first: {next(iter(bad))}); the training that made it diverged, rerun it "
+                         "with a lower learning rate")
+
+
 def save_lora(pipe, state: LoraState, directory: Path) -> None:
     """Write `state` in diffusers' LoRA format (safetensors), loadable by `pipe.load_lora_weights`."""
+    check_finite_lora(state, str(directory))
     rank = lora_rank(state)
     metadata = {"r": rank, "lora_alpha": rank, "target_modules": TARGET_MODULES}
     with atomic_dir(directory) as tmp:
@@ -92,6 +106,7 @@ def load_lora(directory: Path) -> LoraState:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get(LORA_METADATA_KEY, "{}"))
         state = {k.removeprefix("unet."): f.get_tensor(k).float() for k in f.keys() if k.startswith("unet.")}
+    check_finite_lora(state, str(path))
     rank = lora_rank(state)
     scale = float(meta.get("unet.lora_alpha", rank)) / float(meta.get("unet.r", rank))
     if scale != 1.0:

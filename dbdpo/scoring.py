@@ -233,7 +233,12 @@ def score_images(paths: list[str], texts: list[str], scorers: list[Scorer], batc
         batch_texts = texts[start : start + batch_size]
         for scorer in scorers:
             for name, values in scorer(images, batch_texts).items():
-                columns.setdefault(name, []).append(np.asarray(values, dtype=np.float64))
+                values = np.asarray(values, dtype=np.float64)
+                if not np.isfinite(values).all():
+                    bad = batch_paths[int(np.flatnonzero(~np.isfinite(values))[0])]
+                    raise ScorerError(f"{bad}: {name} is not finite (a blank or broken image?); "
+                                      "no score table is written with it")
+                columns.setdefault(name, []).append(values)
     return pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
 
 

@@ -32,6 +32,19 @@ log = logging.getLogger(__name__)
 ENCODE_BATCH = 16
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient became inf/NaN: stop before any weight is written."""
+
+
+def check_finite(loss: torch.Tensor, params: list[torch.Tensor], step: int, desc: str, hint: str) -> None:
+    """Raise TrainingDiverged if the step's loss or any gradient is not finite (call after backward)."""
+    grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params)
+    if not (bool(torch.isfinite(loss)) and grads_ok):
+        what = "loss" if not torch.isfinite(loss) else "gradient"
+        raise TrainingDiverged(f"{desc} diverged at step {step}: the {what} is not finite "
+                               f"(loss {loss.item():.4g}); {hint}")
+
+
 @torch.no_grad()
 def encode_images(backbone: Backbone, images: list[Image.Image]) -> torch.Tensor:
     """(N, 4, h, w) scaled VAE latents (posterior mean: deterministic), computed in batches."""
@@ -63,7 +76,8 @@ def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, times
 
 
 def _prepare(backbone: Backbone, rank: int, adapter: str, lr: float, grad_accum: int, checkpointing: bool):
-    """Freeze the pipeline, add the trainable LoRA, hand UNet + optimizer to accelerate.
+    """Freeze the pipeline, add the trainable LoRA, hand UNet + optimizer to accelerate;
+    returns (accelerator, unet, optimizer, trainable parameters).
 
     Mixed precision follows the frozen weights, which `load_backbone` cast to the stage's
     `mixed_precision` on a GPU: fp16/bf16 weights run under autocast to that dtype, while
@@ -90,7 +104,7 @@ def _prepare(backbone: Backbone, rank: int, adapter: str, lr: float, grad_accum:
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
     unet.train()
-    return accelerator, unet, optimizer
+    return accelerator, unet, optimizer, params
 
 
 def _rows(sizes: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
@@ -119,8 +133,9 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     else:
         prior_latents = prior_sizes = prior_text = None
 
-    accelerator, unet, optimizer = _prepare(backbone, cfg.lora_rank, "dreambooth", cfg.learning_rate, 1,
-                                            cfg.gradient_checkpointing)
+    accelerator, unet, optimizer, params = _prepare(backbone, cfg.lora_rank, "dreambooth", cfg.learning_rate, 1,
+                                                    cfg.gradient_checkpointing)
+    hint = f"lower finetune.learning_rate (now {cfg.learning_rate:g})"
     device = accelerator.device
     gen = torch.Generator().manual_seed(cfg.seed)
     log.info("finetune: %d concept images, %d class images, %d steps", len(latents),
@@ -146,6 +161,7 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
                 loss = loss + cfg.prior_loss_weight * denoising_error(prior_latents[pidx], prior_text,
                                                                       _rows(prior_sizes, pidx))
         accelerator.backward(loss)
+        check_finite(loss, params, step, "finetune", hint)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         rows.append({"step": step, "loss": loss.item(), "instance_loss": instance_loss.item()})
@@ -213,9 +229,10 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     the same UNet with the adapter disabled, under no_grad, on the same batch, noise and t.
     """
     scheduler = backbone.training_scheduler()
-    accelerator, unet, optimizer = _prepare(backbone, cfg.lora_rank, "dpo", cfg.learning_rate,
-                                            cfg.gradient_accumulation_steps,
-                                            cfg.gradient_checkpointing)
+    accelerator, unet, optimizer, params = _prepare(backbone, cfg.lora_rank, "dpo", cfg.learning_rate,
+                                                    cfg.gradient_accumulation_steps,
+                                                    cfg.gradient_checkpointing)
+    hint = f"lower dpo.learning_rate (now {cfg.learning_rate:g}) or dpo.beta (now {cfg.beta:g})"
     base = accelerator.unwrap_model(unet)
     gen = torch.Generator().manual_seed(cfg.seed)
     rows = []
@@ -232,6 +249,7 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
                         base.enable_adapters()
                 loss, stats = loss_fn(policy, reference, batch)
                 accelerator.backward(loss)
+                check_finite(loss, params, step, desc, hint)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_stats.append(asdict(stats))

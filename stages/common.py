@@ -13,8 +13,10 @@ import typer
 from dbdpo.backbones import BackboneError
 from dbdpo.config import Config, ConfigError, load_config
 from dbdpo.data import DataError
+from dbdpo.lora import LoraError
 from dbdpo.pairs import PairingError
 from dbdpo.scoring import ScorerError
+from dbdpo.training import TrainingDiverged
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
 ROUND_OPTION = typer.Option(..., "--round", help="round name from params.yaml `rounds`, e.g. round_1")
@@ -57,5 +59,6 @@ def user_errors() -> Iterator[None]:
     """Turn the library's input errors (bad data, params, missing weights) into one clean line."""
     try:
         yield
-    except (ConfigError, DataError, BackboneError, ScorerError, PairingError, FileNotFoundError) as e:
+    except (ConfigError, DataError, BackboneError, ScorerError, PairingError, LoraError, TrainingDiverged,
+            FileNotFoundError) as e:
         fail(str(e))

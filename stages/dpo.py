@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.artifacts import read_parquet, write_csv, write_json
+from dbdpo.artifacts import read_parquet, remove_outputs, write_csv, write_json
 from dbdpo.backbones import load_backbone
 from dbdpo.lora import load_lora, save_lora, stack
 from dbdpo.training import preference_data, ranked_data, train_dpo, train_rank_dpo
@@ -28,14 +28,16 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
         start = load_lora(model_dir(cfg.rounds[round_name].start))
         # the start LoRA merged: the reference is exactly the round's start model
         backbone = load_backbone(cfg.model, lora=start, precision=cfg.dpo.mixed_precision)
-    if cfg.dpo.loss == "rank_dpo":
-        lists = [(g["prompt"].iat[0], g["path"].to_list(), g["psi"].to_list())
-                 for _, g in ranked.sort_values(["prompt_id", "rank"]).groupby("prompt_id", sort=True)]
-        dpo_state, log_rows = train_rank_dpo(backbone, ranked_data(backbone, lists), cfg.dpo)
-    else:
-        data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
-                               pairs["prompt"].to_list())
-        dpo_state, log_rows = train_dpo(backbone, data, cfg.dpo)
+    remove_outputs(model_dir(round_name), LOGS / "dpo" / f"{round_name}.csv", out / "train" / "metrics.json")
+    with user_errors():  # a diverged run stops here, before anything is written
+        if cfg.dpo.loss == "rank_dpo":
+            lists = [(g["prompt"].iat[0], g["path"].to_list(), g["psi"].to_list())
+                     for _, g in ranked.sort_values(["prompt_id", "rank"]).groupby("prompt_id", sort=True)]
+            dpo_state, log_rows = train_rank_dpo(backbone, ranked_data(backbone, lists), cfg.dpo)
+        else:
+            data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
+                                   pairs["prompt"].to_list())
+            dpo_state, log_rows = train_dpo(backbone, data, cfg.dpo)
     save_lora(backbone.pipe, stack(start, dpo_state), model_dir(round_name))
     write_csv(log_rows, LOGS / "dpo" / f"{round_name}.csv")
     last = log_rows[-max(1, len(log_rows) // 10):]  # mean of the last 10% of steps

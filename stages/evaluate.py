@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from dbdpo.artifacts import atomic_dir, write_csv, write_json, write_parquet
+from dbdpo.artifacts import atomic_dir, remove_outputs, write_csv, write_json, write_parquet
 from dbdpo.backbones import load_backbone
 from dbdpo.data import eval_prompts, load_concept, text_prompt
 from dbdpo.evaluation import (
@@ -43,6 +43,8 @@ def main(params: Path = PARAMS_OPTION) -> None:
         text_columns |= {f"TS_{m}": partial(text_prompt, cfg=cfg.concept, mode=m) for m in TS_MODES}
         scorers = build_scorers(cfg.score, concept, text_columns)
         backbone = load_backbone(cfg.model, precision=cfg.model.precision)
+    remove_outputs(EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png",
+                   EVAL / "grids", Path("metrics.json"))
 
     with atomic_dir(EVAL / "images") as image_dir:
         samples = sample_and_score(backbone, models, templates, cfg.concept, e, scorers, image_dir)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.artifacts import write_csv
+from dbdpo.artifacts import remove_outputs, write_csv
 from dbdpo.backbones import load_backbone
 from dbdpo.data import load_concept
 from dbdpo.lora import save_lora
@@ -25,6 +25,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with user_errors():
         concept = load_concept(cfg.concept)
         backbone = load_backbone(cfg.model, precision=cfg.finetune.mixed_precision)
+    remove_outputs(model_dir("round_0"), LOGS / "finetune.csv")
     ft = cfg.finetune
     names = dict(token=cfg.concept.token, class_noun=cfg.concept.class_noun)
     class_images, class_prompt = None, None
@@ -36,8 +37,9 @@ def main(params: Path = PARAMS_OPTION) -> None:
                                 guidance_scale=cfg.generate.guidance_scale,
                                 batch_size=cfg.generate.batch_size, resolution=backbone.resolution,
                                 desc="class images")
-    state, log_rows = train_dreambooth(backbone, [c.image for c in concept], ft.instance_prompt.format(**names),
-                                       ft, class_images, class_prompt)
+    with user_errors():  # a diverged run stops here, before anything is written
+        state, log_rows = train_dreambooth(backbone, [c.image for c in concept],
+                                           ft.instance_prompt.format(**names), ft, class_images, class_prompt)
     save_lora(backbone.pipe, state, model_dir("round_0"))
     write_csv(log_rows, LOGS / "finetune.csv")
 

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import typer
 
+from dbdpo.artifacts import remove_outputs
 from dbdpo.backbones import load_backbone
-from dbdpo.data import render, train_prompts
+from dbdpo.data import DataError, render, train_prompts
 from dbdpo.lora import load_lora
 from dbdpo.sampling import generate, plan_samples, write_samples
 from stages.common import PARAMS_OPTION, ROUND_OPTION, model_dir, round_dir, setup, user_errors
@@ -27,14 +28,21 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     index = cfg.round_names().index(round_name) + 1
     g = cfg.generate
     with user_errors():
+        # every round's slice up front: a pool too small for round 4 fails before round 1 runs
+        for name in base.round_names():
+            try:
+                train_prompts(*base.prompt_slice(name))
+            except DataError as e:
+                raise DataError(f"rounds.{name}: {e}") from None
         templates = train_prompts(*base.prompt_slice(round_name))
         start = load_lora(model_dir(cfg.rounds[round_name].start))
         backbone = load_backbone(cfg.model, lora=start, precision=cfg.model.precision)
+    out = round_dir(round_name)
+    remove_outputs(out / "images", out / "samples.parquet")
     prompts = [render(t, cfg.concept) for t in templates]
     plan = plan_samples(templates, prompts, g.images_per_prompt, g.seed + index * SEEDS_PER_ROUND)
     images = generate(backbone.pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
                       batch_size=g.batch_size, resolution=backbone.resolution, desc=f"generate {round_name}")
-    out = round_dir(round_name)
     write_samples(plan, images, out / "images", out / "samples.parquet")
 
 

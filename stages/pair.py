@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.artifacts import atomic_dir, read_parquet, write_json
+from dbdpo.artifacts import atomic_dir, read_parquet, remove_outputs, write_json
 from dbdpo.pairs import build_pairs, ranked_lists, to_pickapic
 from stages.common import PARAMS_OPTION, ROUND_OPTION, round_dir, setup, user_errors
 
@@ -20,6 +20,7 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     out = round_dir(round_name)
     with user_errors():
         scores = read_parquet(out / "scores.parquet", ["image_id", "prompt_id", "prompt", "path", "IS", "TS"])
+        remove_outputs(out / "preferences", out / "pair_summary.json")
         if cfg.pair.mode == "rank":
             ranked = ranked_lists(scores, cfg.score.rewards, cfg.pair.normalize)
             summary = {"lists": int(ranked["prompt_id"].nunique()), "images_per_list": int(ranked["rank"].max())}

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from dbdpo.artifacts import read_parquet, write_parquet
+from dbdpo.artifacts import read_parquet, remove_outputs, write_parquet
 from dbdpo.data import load_concept, text_prompt
 from dbdpo.sampling import SAMPLE_COLUMNS
 from dbdpo.scoring import build_scorers, score_images
@@ -28,8 +28,9 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
         concept = [c.image for c in load_concept(cfg.concept)]
         ts_text = partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)
         scorers = build_scorers(cfg.score, concept, {"TS": ts_text})
-    scores = score_images(samples["path"].to_list(), samples["template"].to_list(), scorers,
-                          cfg.score.batch_size, desc=f"score {round_name}")
+        remove_outputs(out / "scores.parquet")
+        scores = score_images(samples["path"].to_list(), samples["template"].to_list(), scorers,
+                              cfg.score.batch_size, desc=f"score {round_name}")
     table = pd.concat([samples[["image_id", "prompt_id", "prompt", "path"]], scores], axis=1)
     write_parquet(table, out / "scores.parquet")
 

@@ -43,6 +43,12 @@ def test_repository_params_load(in_repo):
     # a weights file silently dropped would score with a random CLIP
     ({"score__clip_model": "tiny", "score__clip_pretrained": "/w/clip.safetensors"},
      r"score.clip_pretrained='/w/clip.safetensors' is invalid: expected null with score.clip_model=tiny"),
+    # inf / nan pass "> 0" and would train to a NaN LoRA
+    ({"dpo__learning_rate": float("inf")}, r"dpo.learning_rate=inf is invalid: expected a finite number"),
+    ({"dpo__beta": yaml.safe_load("x: .inf")["x"]}, r"dpo.beta=inf is invalid: expected a finite number"),
+    ({"finetune__learning_rate": float("nan")}, r"finetune.learning_rate=nan is invalid: expected a finite number"),
+    ({"pair__lambda": float("nan")}, r"pair.lambda=nan is invalid: expected a finite number"),
+    ({"score__rewards": {"IS": float("inf")}}, r"score.rewards.IS=inf is invalid: expected a finite number"),
 ])
 def test_bad_values_name_the_key(in_repo, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -63,6 +69,26 @@ def test_unknown_group_and_round_chain(in_repo):
     raw = params()
     raw["rounds"] = {"round_1": {"start": "round_0"}, "round_2": {"start": "round_0"}}
     with pytest.raises(ConfigError, match=r"rounds.round_2.start='round_0' is invalid: expected round_1"):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize("name", ["round_1$(touch pwned)", "round_1; rm -rf x", "round_x", "round_01", "r1"])
+def test_round_names_are_refused_unless_round_n(in_repo, name):
+    """DVC pastes the round name into a shell command line: only round_<n> may get there."""
+    raw = params()
+    raw["rounds"] = {name: {"start": "round_0"}}
+    with pytest.raises(ConfigError, match=r"expected a round name round_<n> with n = 1, 2, \.\.\. and nothing else"):
+        config_from_dict(raw)
+
+
+def test_missing_group_or_key_is_an_error_not_a_code_default(in_repo):
+    raw = params()
+    del raw["dpo"]
+    with pytest.raises(ConfigError, match=r"missing group dpo: params.yaml must set every group"):
+        config_from_dict(raw)
+    raw = params()
+    del raw["dpo"]["beta"]
+    with pytest.raises(ConfigError, match=r"missing key dpo.beta: every key of every group must be set"):
         config_from_dict(raw)
 
 

@@ -1,9 +1,19 @@
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from dbdpo.config import ConceptConfig
-from dbdpo.data import DataError, eval_prompts, load_concept, render, text_prompt, to_tensor, train_prompts
+from dbdpo.data import (
+    DataError,
+    eval_prompts,
+    load_concept,
+    load_prompt_templates,
+    render,
+    text_prompt,
+    to_tensor,
+    train_prompts,
+)
 
 
 def concept_dir(tmp_path, images):
@@ -23,6 +33,29 @@ def test_modes_are_converted_to_rgb(tmp_path):
     assert images[1].image.getpixel((0, 0)) == (255, 255, 255)  # transparency -> white, not black
     r, g, b = images[2].image.getpixel((0, 0))
     assert r > 200 and g < 60 and b < 60  # CMYK (0,255,255,0) is red
+
+
+@pytest.mark.parametrize("name, array, mode, expected", [
+    ("gray16.png", np.full((40, 40), 32896, np.uint16), None, 128),   # 16-bit PNG opens as I;16
+    ("gray32.tif", np.full((40, 40), 65535, np.int32), "I", 255),
+    ("gray8_in_32.tif", np.full((40, 40), 100, np.int32), "I", 100),  # 8-bit values stored wide
+    ("float.tif", np.full((40, 40), 0.25, np.float32), "F", 64),
+])
+def test_wide_grayscale_keeps_its_brightness(tmp_path, name, array, mode, expected):
+    """PIL's convert("RGB") clips 16/32-bit values at 255: a mid-gray 16-bit PNG came out white."""
+    Image.fromarray(array, mode=mode).save(tmp_path / name)
+    (loaded,) = load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))
+    assert loaded.image.mode == "RGB" and loaded.image.getpixel((0, 0)) == (expected,) * 3
+
+
+def test_gray_alpha_and_palette_transparency_composite_on_white(tmp_path):
+    Image.new("LA", (40, 40), (100, 0)).save(tmp_path / "a_la.png")  # transparent gray
+    palette = Image.new("P", (40, 40), 0)
+    palette.putpalette([10, 20, 30] * 256)
+    palette.save(tmp_path / "b_p.png", transparency=0)
+    Image.new("LA", (40, 40), (100, 255)).save(tmp_path / "c_la_opaque.png")
+    pixels = [i.image.getpixel((0, 0)) for i in load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))]
+    assert pixels == [(255, 255, 255), (255, 255, 255), (100, 100, 100)]
 
 
 def test_exif_rotation_is_applied(tmp_path):
@@ -87,3 +120,29 @@ def test_prompt_sets(in_repo):
     assert not set(train_prompts(0, 210)) & set(eval_prompts(cfg, 20))  # held-out
     with pytest.raises(DataError, match="this round needs prompts 200..259 but the pool has 210"):
         train_prompts(200, 260)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"# pool\na {token} toy\na {token} {class_noun} {\n", r"prompts.txt:3: 'a \{token\} \{class_noun\} \{': .*"
+                                                       r"write a literal brace as \{\{ or \}\}"),
+    (b"a {token} toy\na {token} toy in the {place}\n", r"prompts.txt:2: .* uses \{place\}; the placeholders are"),
+    (b"a {token} toy\na toy on the beach\n", r"prompts.txt:2: prompt 'a toy on the beach' lacks the \{token\}"),
+    (b"a {token} toy\na {token} caf\xe9\n", r"prompts.txt:2: not UTF-8 .*re-save the file as UTF-8"),
+])
+def test_bad_prompt_files_name_the_file_and_line(tmp_path, content, message):
+    (tmp_path / "prompts.txt").write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_prompt_templates(tmp_path / "prompts.txt")
+
+
+def test_literal_braces_render(tmp_path):
+    (tmp_path / "prompts.txt").write_text("a {token} {class_noun} with a {{heart}} sign\n")
+    (template,) = load_prompt_templates(tmp_path / "prompts.txt")
+    assert render(template, ConceptConfig()) == "a sks toy with a {heart} sign"
+
+
+def test_a_decompression_bomb_names_the_file(tmp_path, monkeypatch):
+    Image.new("RGB", (100, 100)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 100x100 > 2x the limit: PIL refuses it
+    with pytest.raises(DataError, match=r"huge.png: Image size \(10000 pixels\) exceeds limit .*downscale the photo"):
+        load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))

@@ -2,10 +2,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from dbdpo.backbones import load_backbone
 from dbdpo.config import ModelConfig
 from dbdpo.lora import (
+    WEIGHT_NAME,
+    LoraError,
     add_lora,
     load_lora,
     lora_rank,
@@ -43,6 +46,25 @@ def test_save_load_roundtrip_is_exact(tmp_path):
     loaded = load_lora(tmp_path / "lora")
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_non_finite_lora_is_neither_written_nor_read(tmp_path):
+    state = random_lora(0)
+    key = next(k for k in state if k.endswith("lora_B.weight"))
+    state[key][0, 0] = float("nan")
+    with pytest.raises(LoraError, match=r"lora: 1 non-finite LoRA values in 1 tensors .*lower learning rate"):
+        save_lora(build_tiny_pipeline(), state, tmp_path / "lora")
+    assert not (tmp_path / "lora").exists() and not list(tmp_path.glob(".tmp-*"))
+
+    # a file written by another tool (or an older dbdpo) with an inf in it
+    save_lora(build_tiny_pipeline(), random_lora(1), tmp_path / "ok")
+    path = tmp_path / "ok" / WEIGHT_NAME
+    with safe_open(str(path), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors[next(iter(tensors))][0, 0] = float("inf")
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(LoraError, match=f"{path}: 1 non-finite LoRA values"):
+        load_lora(tmp_path / "ok")
 
 
 def test_merge_matches_diffusers_load_lora_weights(tmp_path):

@@ -50,6 +50,25 @@ def test_score_images_reads_files_and_runs_every_scorer(tmp_path):
     np.testing.assert_allclose(single.iloc[0].to_numpy(), table.iloc[3].to_numpy(), atol=1e-6)
 
 
+def test_a_non_finite_score_names_the_image_and_writes_nothing(tmp_path):
+    """A scorer that divides by the image's brightness gives NaN on an all-black image (what a
+    diverged model draws); it must stop the stage, not reach the pairs."""
+    from PIL import Image
+
+    paths = []
+    for i, color in enumerate([(120, 60, 30), (0, 0, 0)]):
+        Image.new("RGB", (8, 8), color).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+
+    def redness_share(imgs, texts):
+        pixels = np.stack([np.asarray(img, dtype=np.float64) for img in imgs])
+        with np.errstate(invalid="ignore"):
+            return {"IS": pixels[..., 0].sum(axis=(1, 2)) / pixels.sum(axis=(1, 2, 3))}
+
+    with pytest.raises(ScorerError, match=f"{tmp_path / '1.png'}: IS is not finite"):
+        score_images(paths, ["a toy"] * 2, [redness_share], batch_size=2)
+
+
 def test_normalization_exact():
     x = np.array([1.0, 2.0, 3.0, 6.0])
     np.testing.assert_allclose(normalize(x, "zscore"), (x - 3.0) / np.sqrt(3.5))

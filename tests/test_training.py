@@ -11,6 +11,7 @@ from dbdpo.losses import diffusion_dpo_loss
 from dbdpo.training import (
     PreferenceData,
     RankedData,
+    TrainingDiverged,
     dpo_errors,
     train_dpo,
     train_dreambooth,
@@ -36,6 +37,14 @@ def random_preferences(backbone: Backbone, num_images=6, num_pairs=5) -> Prefere
     )
 
 
+def random_ranked(backbone: Backbone) -> RankedData:
+    """Two ranked lists of K = 3 random latents, best first."""
+    data = random_preferences(backbone)
+    return RankedData(latents=data.latents, sizes=data.sizes, text=data.text,
+                      images=torch.tensor([[0, 1, 2], [3, 4, 5]]),
+                      preference=torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.5, 0.0]]), prompt=torch.tensor([0, 1]))
+
+
 def test_step_zero_policy_equals_reference_exactly():
     """A fresh DPO adapter (B = 0) must leave the model unchanged: inside = 0, loss = log 2."""
     backbone = tiny()
@@ -44,6 +53,31 @@ def test_step_zero_policy_equals_reference_exactly():
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)
     assert rows[0]["reward_margin"] == 0.0 and rows[0]["implicit_accuracy"] == 0.0
     assert rows[0]["policy_error"] == rows[0]["reference_error"]
+
+
+@pytest.mark.parametrize("loss", ["diffusion_dpo", "rank_dpo"])
+def test_diverged_dpo_stops_with_the_step_and_the_params_to_lower(loss):
+    """lr 1e30: Adam's first update (about lr in size) blows the LoRA up, so the next step's
+    loss or gradient is inf/NaN."""
+    backbone = tiny()
+    cfg = DpoConfig(loss=loss, steps=20, batch_size=2, learning_rate=1e30, beta=1e9)
+    with pytest.raises(TrainingDiverged, match=r"(dpo|rank_dpo) diverged at step [0-9]+: the (loss|gradient) is "
+                                               r"not finite .*lower dpo.learning_rate \(now 1e\+30\) or dpo.beta "
+                                               r"\(now 1e\+09\)"):
+        if loss == "diffusion_dpo":
+            train_dpo(backbone, random_preferences(backbone), cfg)
+        else:
+            train_rank_dpo(backbone, random_ranked(backbone), cfg)
+
+
+def test_diverged_dreambooth_stops_with_the_step_and_the_param_to_lower():
+    from PIL import Image
+
+    images = [Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]
+    cfg = FinetuneConfig(steps=20, batch_size=2, learning_rate=1e30, lora_rank=4)
+    with pytest.raises(TrainingDiverged, match=r"finetune diverged at step [0-9]+: .*lower finetune.learning_rate "
+                                               r"\(now 1e\+30\)"):
+        train_dreambooth(tiny(), images, "a photo of sks toy", cfg)
 
 
 def test_reference_is_the_rounds_start_model_not_the_base():
@@ -214,11 +248,7 @@ def test_dreambooth_and_dpo_train_on_real_architectures(tiny_dirs, in_repo, arch
 
     # RankDPO: lists of K = 3 images share a timestep; same conditioning path
     backbone = load_backbone(cfg, lora=state)
-    data = random_preferences(backbone)
-    ranked = RankedData(latents=data.latents, sizes=data.sizes, text=data.text,
-                        images=torch.tensor([[0, 1, 2], [3, 4, 5]]),
-                        preference=torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.5, 0.0]]), prompt=torch.tensor([0, 1]))
-    state, rows = train_rank_dpo(backbone, ranked, DpoConfig(loss="rank_dpo", steps=3, batch_size=2))
+    state, rows = train_rank_dpo(backbone, random_ranked(backbone), DpoConfig(loss="rank_dpo", steps=3, batch_size=2))
     assert all(math.isfinite(r["loss"]) for r in rows) and len(rows) == 3
     assert any(v.abs().max() > 0 for k, v in state.items() if "lora_B" in k)
 

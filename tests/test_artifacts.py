@@ -1,0 +1,43 @@
+import os
+import stat
+
+import pytest
+
+from dbdpo.artifacts import atomic_dir, atomic_file, write_json
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_outputs_get_the_umask_modes_not_mkstemps_private_ones(tmp_path, umask_022):
+    write_json({"a": 1}, tmp_path / "m.json")
+    with atomic_dir(tmp_path / "lora") as d:
+        (d / "w.safetensors").write_bytes(b"x")
+        (d / "sub").mkdir()
+    assert mode(tmp_path / "m.json") == 0o644
+    assert mode(tmp_path / "lora") == 0o755 and mode(tmp_path / "lora/sub") == 0o755
+    assert mode(tmp_path / "lora/w.safetensors") == 0o644
+
+
+def test_leftovers_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
+    # what a SIGKILL during a write leaves behind (no except/finally runs)
+    (tmp_path / ".tmp-images-abc123").mkdir()
+    (tmp_path / ".tmp-images-abc123/p0000_k00.png").write_bytes(b"half")
+    (tmp_path / ".old-images-def456").mkdir()
+    (tmp_path / ".tmp-scores.parquet-xyz").write_bytes(b"half")
+    (tmp_path / ".tmp-other-keep").mkdir()  # another target's: not ours to remove
+    with atomic_dir(tmp_path / "images") as d:
+        (d / "p0000_k00.png").write_bytes(b"whole")
+    with atomic_file(tmp_path / "scores.parquet") as f:
+        f.write_bytes(b"table")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other-keep", "images", "scores.parquet"]
+    assert (tmp_path / "images/p0000_k00.png").read_bytes() == b"whole"
+

@@ -1,0 +1,34 @@
+"""dvc.yaml's wiring, read by DVC itself (no stage runs): what each stage depends on."""
+
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def stage_deps(root) -> dict[str, set[str]]:
+    """Every stage of the project at `root` -> the paths DVC watches for it."""
+    code = ("import json, sys; from dvc.repo import Repo; r = Repo('.'); "
+            "print(json.dumps({s.addressing: [d.fs_path for d in s.deps] for s in r.index.stages}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    return {name: set(paths) for name, paths in yaml.safe_load(out).items()}
+
+
+def test_a_concept_dir_outside_the_repo_is_a_dependency(tmp_path):
+    """`dvc exp run -S concept.dir=/data/my_dog`: replacing those photos must rerun what reads them."""
+    project, photos = tmp_path / "project", tmp_path / "my_dog"
+    project.mkdir()
+    photos.mkdir()
+    (project / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["concept"]["dir"] = str(photos)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
+
+    deps = stage_deps(project)
+    readers = {name for name, paths in deps.items() if str(photos) in paths}
+    assert readers == {"finetune", "score@round_1", "score@round_2", "evaluate"}
+    assert not any(str(REPO / "data/concept") in paths or str(project / "data/concept") in paths
+                   for paths in deps.values())
