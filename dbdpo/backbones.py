@@ -22,14 +22,12 @@ from diffusers import (
 )
 
 from dbdpo.config import ModelConfig
+from dbdpo.devices import compute_device
+from dbdpo.errors import BackboneError
 from dbdpo.lora import LoraState, merge_into
 from dbdpo.tiny import build_tiny_pipeline
 
 log = logging.getLogger(__name__)
-
-
-class BackboneError(RuntimeError):
-    """The requested backbone cannot be loaded (missing weights, offline, wrong kind)."""
 
 
 @dataclass
@@ -142,11 +140,6 @@ def check_weights(folder: Path, shown: str, variant: str | None) -> None:
 
 
 PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def compute_device() -> torch.device:
-    """The GPU when there is one: every stage samples and trains there."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_backbone(cfg: ModelConfig, lora: LoraState | None = None, precision: str = "fp32",

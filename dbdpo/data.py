@@ -16,13 +16,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dbdpo.config import ConceptConfig
+from dbdpo.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 PROMPTS_DIR = Path("data/prompts")
-
-
-class DataError(ValueError):
-    """A concept image or prompt file cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)

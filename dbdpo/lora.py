@@ -21,14 +21,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dbdpo.artifacts import atomic_dir, atomic_file
+from dbdpo.errors import LoraError
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the adapter config (r, alpha, targets)
-
-class LoraError(ValueError):
-    """A LoRA file that must not be used (non-finite values)."""
-
 
 LoraState = dict[str, torch.Tensor]  # "<module>.lora_A.weight" (r, in) / ".lora_B.weight" (out, r)
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from dbdpo.config import FilterConfig, PairConfig
-from dbdpo.scoring import normalize
+from dbdpo.errors import PairingError
 
 PAIR_COLUMNS = [
     "prompt_id", "prompt", "winner_id", "loser_id", "winner_path", "loser_path",
@@ -29,8 +29,21 @@ PAIR_COLUMNS = [
 ]
 
 
-class PairingError(ValueError):
-    """No pair survived: the message has the counts per step and the param to loosen."""
+def normalize(values: np.ndarray, method: str) -> np.ndarray:
+    """Per-round normalization before pairing: zscore (population std), minmax, or none.
+
+    A constant column maps to zeros (no preference signal) rather than dividing by zero.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if method == "none":
+        return values
+    if method == "zscore":
+        std = values.std()
+        return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+    if method == "minmax":
+        span = values.max() - values.min()
+        return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+    raise ValueError(f"unknown normalization {method!r}: expected zscore | minmax | none")
 
 
 @dataclass(frozen=True)

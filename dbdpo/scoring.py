@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dbdpo.backbones import compute_device
 from dbdpo.config import ScoreConfig
 from dbdpo.data import load_image_rgb
+from dbdpo.devices import compute_device
+from dbdpo.errors import ScorerError
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,6 @@ TINY_CLIP = "dbdpo-tiny-clip"
 WORLD_CLIP = "dbdpo-world-clip"
 WORLD_CLIP_WEIGHTS = Path(__file__).parent / "assets" / "world_clip.safetensors"
 CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-class ScorerError(RuntimeError):
-    """A scoring model cannot be loaded; the message says what to download and where."""
 
 
 def load_open_clip(model_name: str, pretrained: str | None, seed: int = 0):
@@ -240,20 +237,3 @@ def score_images(paths: list[str], texts: list[str], scorers: list[Scorer], batc
                                       "no score table is written with it")
                 columns.setdefault(name, []).append(values)
     return pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
-
-
-def normalize(values: np.ndarray, method: str) -> np.ndarray:
-    """Per-round normalization before pairing: zscore (population std), minmax, or none.
-
-    A constant column maps to zeros (no preference signal) rather than dividing by zero.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if method == "none":
-        return values
-    if method == "zscore":
-        std = values.std()
-        return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
-    if method == "minmax":
-        span = values.max() - values.min()
-        return (values - values.min()) / span if span > 0 else np.zeros_like(values)
-    raise ValueError(f"unknown normalization {method!r}: expected zscore | minmax | none")

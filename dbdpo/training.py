@@ -24,16 +24,13 @@ from dbdpo.backbones import Backbone
 from dbdpo.conditioning import TextConditioning, encode_prompts, image_size_ids, predict
 from dbdpo.config import DpoConfig, FinetuneConfig
 from dbdpo.data import load_image_rgb, to_tensor
+from dbdpo.errors import TrainingDiverged
 from dbdpo.lora import LoraState, add_lora, lora_state
 from dbdpo.losses import diffusion_dpo_loss, per_sample_error, rank_dpo_loss
 
 log = logging.getLogger(__name__)
 
 ENCODE_BATCH = 16
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss or gradient became inf/NaN: stop before any weight is written."""
 
 
 def check_finite(loss: torch.Tensor, params: list[torch.Tensor], step: int, desc: str, hint: str) -> None:

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.backbones import BackboneError
 from dbdpo.config import Config, ConfigError, load_config
-from dbdpo.data import DataError
-from dbdpo.lora import LoraError
-from dbdpo.pairs import PairingError
-from dbdpo.scoring import ScorerError
-from dbdpo.training import TrainingDiverged
+from dbdpo.errors import (
+    BackboneError,
+    DataError,
+    LoraError,
+    PairingError,
+    ScorerError,
+    TrainingDiverged,
+)
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
 ROUND_OPTION = typer.Option(..., "--round", help="round name from params.yaml `rounds`, e.g. round_1")

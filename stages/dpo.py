@@ -9,7 +9,15 @@ from dbdpo.artifacts import read_parquet, remove_outputs, write_csv, write_json
 from dbdpo.backbones import load_backbone
 from dbdpo.lora import load_lora, save_lora, stack
 from dbdpo.training import preference_data, ranked_data, train_dpo, train_rank_dpo
-from stages.common import LOGS, PARAMS_OPTION, ROUND_OPTION, model_dir, round_dir, setup, user_errors
+from stages.common import (
+    LOGS,
+    PARAMS_OPTION,
+    ROUND_OPTION,
+    model_dir,
+    round_dir,
+    setup,
+    user_errors,
+)
 
 app = typer.Typer(add_completion=False)
 

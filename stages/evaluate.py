@@ -6,7 +6,13 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from dbdpo.artifacts import atomic_dir, remove_outputs, write_csv, write_json, write_parquet
+from dbdpo.artifacts import (
+    atomic_dir,
+    remove_outputs,
+    write_csv,
+    write_json,
+    write_parquet,
+)
 from dbdpo.backbones import load_backbone
 from dbdpo.data import eval_prompts, load_concept, text_prompt
 from dbdpo.evaluation import (

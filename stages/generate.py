@@ -9,7 +9,14 @@ from dbdpo.backbones import load_backbone
 from dbdpo.data import DataError, render, train_prompts
 from dbdpo.lora import load_lora
 from dbdpo.sampling import generate, plan_samples, write_samples
-from stages.common import PARAMS_OPTION, ROUND_OPTION, model_dir, round_dir, setup, user_errors
+from stages.common import (
+    PARAMS_OPTION,
+    ROUND_OPTION,
+    model_dir,
+    round_dir,
+    setup,
+    user_errors,
+)
 
 app = typer.Typer(add_completion=False)
 

@@ -1,7 +1,13 @@
 import numpy as np
 from PIL import Image
 
-from dbdpo.evaluation import GRID_SCALE, LABEL_HEIGHT, grid_row, pareto_front, tradeoff_figure
+from dbdpo.evaluation import (
+    GRID_SCALE,
+    LABEL_HEIGHT,
+    grid_row,
+    pareto_front,
+    tradeoff_figure,
+)
 
 
 def test_pareto_front_maximizes_both():

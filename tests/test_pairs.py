@@ -5,7 +5,15 @@ import pandas as pd
 import pytest
 
 from dbdpo.config import FilterConfig, PairConfig
-from dbdpo.pairs import PairingError, angle_window, build_pairs, candidate_pairs, cap, filter_mask, to_pickapic
+from dbdpo.pairs import (
+    PairingError,
+    angle_window,
+    build_pairs,
+    candidate_pairs,
+    cap,
+    filter_mask,
+    to_pickapic,
+)
 
 
 def table(rows, prompt_id=0):

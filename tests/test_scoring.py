@@ -5,7 +5,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dbdpo.config import ScoreConfig
-from dbdpo.scoring import ClipSimilarity, ScorerError, build_scorers, load_open_clip, normalize, score_images
+from dbdpo.pairs import normalize
+from dbdpo.scoring import (
+    ClipSimilarity,
+    ScorerError,
+    build_scorers,
+    load_open_clip,
+    score_images,
+)
 
 
 def images(n, seed=0):
