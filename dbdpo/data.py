@@ -145,15 +145,19 @@ def text_prompt(template: str, cfg: ConceptConfig, mode: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def train_prompts(start: int, stop: int) -> list[str]:
-    """Prompts [start, stop) of the training pool (each round gets its own disjoint slice)."""
-    pool = load_prompt_templates(PROMPTS_DIR / "train.txt")
-    if stop > len(pool):
-        raise DataError(
-            f"{PROMPTS_DIR / 'train.txt'}: this round needs prompts {start}..{stop - 1} but the pool "
-            f"has {len(pool)}; lower generate.num_prompts, use fewer rounds, or add prompts"
-        )
-    return pool[start:stop]
+def train_prompts(slices: dict[str, tuple[int, int]]) -> dict[str, list[str]]:
+    """Each round's prompts [start, stop) of the training pool (rounds get disjoint slices),
+    every slice checked, the pool read once: a pool too small for the last round fails
+    before the first round samples anything."""
+    path = PROMPTS_DIR / "train.txt"
+    pool = load_prompt_templates(path)
+    for name, (start, stop) in slices.items():
+        if stop > len(pool):
+            raise DataError(
+                f"rounds.{name}: {path}: this round needs prompts {start}..{stop - 1} but the pool "
+                f"has {len(pool)}; lower generate.num_prompts, use fewer rounds, or add prompts"
+            )
+    return {name: pool[start:stop] for name, (start, stop) in slices.items()}
 
 
 def eval_prompts(cfg: ConceptConfig, num_prompts: int) -> list[str]:

@@ -6,7 +6,7 @@ import typer
 
 from dbdpo.artifacts import remove_outputs
 from dbdpo.backbones import load_backbone
-from dbdpo.data import DataError, render, train_prompts
+from dbdpo.data import render, train_prompts
 from dbdpo.lora import load_lora
 from dbdpo.sampling import generate, plan_samples, write_samples
 from stages.common import (
@@ -35,13 +35,7 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     index = cfg.round_names().index(round_name) + 1
     g = cfg.generate
     with user_errors():
-        # every round's slice up front: a pool too small for round 4 fails before round 1 runs
-        for name in base.round_names():
-            try:
-                train_prompts(*base.prompt_slice(name))
-            except DataError as e:
-                raise DataError(f"rounds.{name}: {e}") from None
-        templates = train_prompts(*base.prompt_slice(round_name))
+        templates = train_prompts({name: base.prompt_slice(name) for name in base.round_names()})[round_name]
         start = load_lora(model_dir(cfg.rounds[round_name].start))
         backbone = load_backbone(cfg.model, lora=start, precision=cfg.model.precision)
     out = round_dir(round_name)

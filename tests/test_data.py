@@ -115,11 +115,13 @@ def test_prompt_sets(in_repo):
     cfg = ConceptConfig()
     assert len(eval_prompts(cfg, 20)) == 20
     assert len(eval_prompts(ConceptConfig(kind="live"), 20)) == 20
-    r1, r2 = train_prompts(0, 8), train_prompts(8, 16)
+    rounds = train_prompts({"round_1": (0, 8), "round_2": (8, 16)})
+    r1, r2 = rounds["round_1"], rounds["round_2"]
     assert len(r1) == 8 and not set(r1) & set(r2)  # rounds use disjoint prompts
-    assert not set(train_prompts(0, 210)) & set(eval_prompts(cfg, 20))  # held-out
-    with pytest.raises(DataError, match="this round needs prompts 200..259 but the pool has 210"):
-        train_prompts(200, 260)
+    assert not set(train_prompts({"all": (0, 210)})["all"]) & set(eval_prompts(cfg, 20))  # held-out
+    with pytest.raises(DataError, match="rounds.round_9: data/prompts/train.txt: this round needs prompts 200..259 "
+                                        "but the pool has 210"):
+        train_prompts({"round_1": (0, 8), "round_9": (200, 260)})
 
 
 @pytest.mark.parametrize("content, message", [
