@@ -1,9 +1,10 @@
-"""DPO step: ours vs the diffusers-script approach, same tiny backbone, batch and steps.
+"""DPO step on the proving ground's backbone (CPU): ours vs diffusers' script step.
 
-ours     : latents and text embeddings precomputed once; winner+loser in one batched
-           forward; reference = same UNet with the DPO adapter disabled (no copy).
-baseline : every step encodes the images with the VAE and the prompts with the text
-           encoder, and keeps a separate deep-copied reference UNet (train_diffusion_dpo.py).
+ours     : latents and text embeddings computed once (timed here too); winner+loser in one
+           batched forward; reference = the same UNet with the DPO adapter disabled.
+baseline : diffusers' train_diffusion_dpo.py step as its code does it (bench/diffusers_dpo.py):
+           the same batched forward and adapter toggle, plus a VAE encode of both images and
+           a text encode every step, and its gradient clipping.
 
     python bench/dpo_step.py [--steps 30] [--batch-size 4]
 
@@ -14,21 +15,22 @@ Each variant runs in its own subprocess so peak memory is measured separately.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from dbdpo.backbones import load_backbone
-from dbdpo.conditioning import encode_prompts
-from dbdpo.config import DpoConfig, ModelConfig
-from dbdpo.lora import add_lora
-from dbdpo.losses import diffusion_dpo_loss, per_sample_error
-from dbdpo.training import PreferenceData, encode_images, train_dpo, training_target
+sys.path.insert(0, str(Path(__file__).parent))
+from diffusers_dpo import diffusers_dpo  # noqa: E402
+
+from dbdpo.backbones import load_backbone  # noqa: E402
+from dbdpo.conditioning import encode_prompts  # noqa: E402
+from dbdpo.config import DpoConfig, ModelConfig  # noqa: E402
+from dbdpo.training import PreferenceData, encode_images, train_dpo  # noqa: E402
 
 PROMPTS = ["a photo of sks toy on a table", "a photo of sks toy in the snow"]
 
@@ -64,35 +66,15 @@ def run_baseline(steps: int, batch_size: int) -> dict:
     from dbdpo.data import to_tensor
 
     backbone = load_backbone(ModelConfig())
-    pipe = backbone.pipe
-    scheduler = backbone.training_scheduler()
     images = make_images(2 * batch_size)
+    pixels = to_tensor(images, backbone.resolution)
+    pair_pixels = torch.cat([pixels[:batch_size], pixels[batch_size:]], dim=1)  # (B, 6, H, W): winner, loser
+    prompts = [PROMPTS[i % 2] for i in range(batch_size)]
+    cfg = DpoConfig()
     start_rss = peak_rss_mb()
     t0 = time.perf_counter()
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
-        m.requires_grad_(False)
-    reference = copy.deepcopy(pipe.unet)  # the script keeps a second, frozen UNet
-    add_lora(pipe.unet, 4, "dpo")
-    params = [p for p in pipe.unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(0)
-    pixels = to_tensor(images, backbone.resolution)
-    prompts = [PROMPTS[i % 2] for i in range(batch_size)]
-    for _ in range(steps):
-        with torch.no_grad():  # re-encoded every step
-            latents = pipe.vae.encode(pixels).latent_dist.sample(gen) * pipe.vae.config.scaling_factor
-            text = encode_prompts(backbone, prompts).hidden.repeat(2, 1, 1)
-        noise = torch.randn(latents[:batch_size].shape, generator=gen).repeat(2, 1, 1, 1)
-        t = torch.randint(0, 1000, (batch_size,), generator=gen).repeat(2)
-        noisy = scheduler.add_noise(latents, noise, t)
-        target = training_target(scheduler, latents, noise, t)
-        policy_w, policy_l = per_sample_error(pipe.unet(noisy, t, text).sample, target).chunk(2)
-        with torch.no_grad():
-            ref_w, ref_l = per_sample_error(reference(noisy, t, text).sample, target).chunk(2)
-        loss, _ = diffusion_dpo_loss(policy_w, policy_l, ref_w, ref_l, 2500.0)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    diffusers_dpo(backbone.pipe, pair_pixels, prompts, steps, mixed_precision="no", gradient_checkpointing=False,
+                  rank=cfg.lora_rank, learning_rate=cfg.learning_rate, beta=cfg.beta)
     return {"seconds": time.perf_counter() - t0, "peak_rss_growth_mb": peak_rss_mb() - start_rss}
 
 

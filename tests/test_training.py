@@ -293,3 +293,36 @@ def test_fp16_vae_encodes_in_fp32_when_its_config_says_force_upcast():
     assert seen == [torch.float32]
     assert latents.dtype == torch.float32 and backbone.pipe.vae.dtype == torch.float16  # restored
     torch.testing.assert_close(latents, reference, atol=2e-2, rtol=1e-2)  # fp16-rounded weights only
+
+
+def test_check_finite_leaves_overflowing_scaled_gradients_to_the_grad_scaler():
+    from dbdpo.training import check_finite
+
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.tensor([1.0, float("inf"), 0.0])
+    finite_loss = torch.tensor(0.5)
+    # fp16 loss scaling: the scaler skips this step and lowers the scale, training goes on
+    check_finite(finite_loss, [param], 7, "dpo", "lower dpo.learning_rate", grads_scaled=True)
+    with pytest.raises(TrainingDiverged, match="dpo diverged at step 7: the gradient is not finite"):
+        check_finite(finite_loss, [param], 7, "dpo", "lower dpo.learning_rate")
+    with pytest.raises(TrainingDiverged, match="the loss is not finite"):
+        check_finite(torch.tensor(float("nan")), [param], 7, "dpo", "lower dpo.learning_rate", grads_scaled=True)
+    param.grad = torch.tensor([1.0, float("nan"), 0.0])
+    with pytest.raises(TrainingDiverged, match="the gradient is not finite"):
+        check_finite(finite_loss, [param], 7, "dpo", "lower dpo.learning_rate")
+
+
+@pytest.mark.parametrize("arch", ["sd", "sdxl"])
+def test_predict_feeds_a_half_precision_unet_its_own_dtype(arch):
+    """Cached latents and text states are fp32; a bf16 UNet gets them in bf16 (as diffusers'
+    scripts feed it), not fp32 activations under autocast. Outside autocast a dtype mismatch
+    would raise."""
+    from dbdpo.conditioning import predict
+    from dbdpo.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(arch=arch)
+    text = encode_prompts(Backbone(pipe, arch, 64), ["a photo of sks toy"])
+    unet = pipe.unet.to(torch.bfloat16)
+    size = torch.tensor([[64.0, 64, 0, 0, 64, 64]]) if arch == "sdxl" else None
+    out = predict(unet, torch.randn(1, 4, 16, 16), torch.tensor([10]), text, size, "cpu")
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()

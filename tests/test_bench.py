@@ -1,0 +1,77 @@
+"""The benchmarks' peer (diffusers' DPO step) and the real-size path, run small on the CPU."""
+
+import importlib.util
+import math
+import sys
+
+import pytest
+import torch
+
+from dbdpo.architectures import PUBLISHED_PARAMETERS, arch_config, parameter_counts
+from dbdpo.tiny import build_tiny_pipeline
+from tests.conftest import REPO
+
+
+def bench_module(name: str):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def test_full_architectures_have_the_published_parameter_counts():
+    counts = {arch: parameter_counts(arch) for arch in PUBLISHED_PARAMETERS}
+    assert counts == PUBLISHED_PARAMETERS
+    # the figures as the model cards and the SDXL paper (Table 1) round them
+    assert counts["sd2-base"]["unet"] // 10**6 == 865
+    assert round(counts["sdxl"]["unet"] / 1e9, 1) == 2.6
+    assert (counts["sdxl"]["text_encoder"] + counts["sdxl"]["text_encoder_2"]) // 10**6 == 817
+    assert arch_config("sd21")["scheduler"]["prediction_type"] == "v_prediction"
+    with pytest.raises(ValueError, match="expected one of sd2-base, sd21, sdxl"):
+        parameter_counts("sd3")
+
+
+@pytest.mark.parametrize("arch", ["sd", "sdxl"])
+def test_diffusers_dpo_starts_at_log2_trains_and_leaves_the_unet_as_it_found_it(arch):
+    diffusers_dpo = bench_module("diffusers_dpo").diffusers_dpo
+    pipe = build_tiny_pipeline(arch=arch)
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, 6, 64, 64, generator=g) * 2 - 1
+    sample = torch.randn(1, 4, 16, 16, generator=g)
+    text = torch.randn(1, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    added = ({"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+             if arch == "sdxl" else None)
+    before = pipe.unet(sample, torch.tensor([500]), text, added_cond_kwargs=added).sample
+
+    rows = diffusers_dpo(pipe, pixels, ["a photo of sks toy", "a sks toy in the snow"], 3, mixed_precision="no",
+                         gradient_checkpointing=False, rank=4, learning_rate=1e-2, beta=2500.0)
+
+    # gaussian LoRA init has B = 0: policy == reference, so -log sigmoid(0) and no accuracy
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert rows[0]["implicit_acc"] == 0.0
+    assert rows[2]["loss"] != pytest.approx(math.log(2), abs=1e-6)  # the LoRA moved
+    assert not getattr(pipe.unet, "peft_config", {})
+    after = pipe.unet(sample, torch.tensor([500]), text, added_cond_kwargs=added).sample
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_scale_bench_runs_every_path_on_the_full_sd2_architecture(tmp_path):
+    scale = bench_module("scale")
+    out = tmp_path / "scale.json"
+    rows = scale.main(["--archs", "sd2-base", "--resolution", "64", "--pairs", "1", "--checkpointing", "off",
+                       "--warmup", "0", "--steps", "1", "--sample-steps", "1", "--sample-batch", "1",
+                       "--out", str(out)])
+    parts = {(r["part"], r.get("variant")): r for r in rows}
+    assert set(parts) == {("cache", None), ("dpo", "diffusers"), ("dpo", "ours"), ("finetune", None),
+                          ("sample", None)}
+    ours, peer = parts[("dpo", "ours")], parts[("dpo", "diffusers")]
+    assert ours["steps_per_s"] > 0 and peer["steps_per_s"] > 0
+    # the peer VAE-encodes both images and text-encodes the prompt every step; ours does not
+    assert peer["tflop_per_step"] > ours["tflop_per_step"] > 0
+    assert parts[("sample", None)]["images_per_s"] > 0 and parts[("finetune", None)]["steps_per_s"] > 0
+    assert out.is_file() and '"arch": "sd2-base"' in out.read_text()
