@@ -24,3 +24,7 @@ class LoraError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """A loss or gradient became inf/NaN: stop before any weight is written."""
+
+
+class StaleInputError(RuntimeError):
+    """An input was made from upstream artifacts that changed since: rerun the stage named."""

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from dbdpo.artifacts import atomic_dir, atomic_file
 from dbdpo.errors import LoraError
+from dbdpo.provenance import RECORD_FILE
 
 TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -69,8 +70,9 @@ def check_finite_lora(state: LoraState, where: str) -> None:
                          "with a lower learning rate")
 
 
-def save_lora(pipe, state: LoraState, directory: Path) -> None:
-    """Write `state` in diffusers' LoRA format (safetensors), loadable by `pipe.load_lora_weights`."""
+def save_lora(pipe, state: LoraState, directory: Path, made_from: dict[str, str] | None = None) -> None:
+    """Write `state` in diffusers' LoRA format (safetensors), loadable by `pipe.load_lora_weights`,
+    with `made_from` (see dbdpo.provenance) beside it when given."""
     check_finite_lora(state, str(directory))
     rank = lora_rank(state)
     metadata = {"r": rank, "lora_alpha": rank, "target_modules": TARGET_MODULES}
@@ -79,6 +81,8 @@ def save_lora(pipe, state: LoraState, directory: Path) -> None:
             tmp, unet_lora_layers=state, unet_lora_adapter_metadata=metadata, safe_serialization=True
         )
         _keep_one_metadata_key(tmp / WEIGHT_NAME)
+        if made_from is not None:
+            (tmp / RECORD_FILE).write_text(json.dumps(made_from, indent=2) + "\n")
 
 
 def _keep_one_metadata_key(path: Path) -> None:

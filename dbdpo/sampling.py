@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dbdpo.artifacts import atomic_dir, write_parquet
+from dbdpo.provenance import RECORD_KEY
 
 SAMPLE_COLUMNS = ["image_id", "prompt_id", "template", "prompt", "seed", "path"]
 
@@ -59,8 +60,9 @@ def generate(pipe, requests: list[SampleRequest], *, steps: int, guidance_scale:
 
 
 def write_samples(requests: list[SampleRequest], images: list[Image.Image], image_dir: Path,
-                  manifest: Path) -> pd.DataFrame:
-    """PNG per image into `image_dir`, then the manifest; both atomic, manifest last."""
+                  manifest: Path, made_from: dict[str, str] | None = None) -> pd.DataFrame:
+    """PNG per image into `image_dir`, then the manifest; both atomic, manifest last. The
+    manifest carries `made_from` (dbdpo.provenance) in its parquet metadata."""
     with atomic_dir(image_dir) as tmp:
         for r, img in zip(requests, images, strict=True):
             img.save(tmp / f"{r.image_id}.png")
@@ -70,5 +72,7 @@ def write_samples(requests: list[SampleRequest], images: list[Image.Image], imag
         for r in requests
     ]
     frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    if made_from is not None:
+        frame.attrs[RECORD_KEY] = made_from
     write_parquet(frame, manifest)
     return frame

@@ -17,8 +17,10 @@ from dbdpo.errors import (
     LoraError,
     PairingError,
     ScorerError,
+    StaleInputError,
     TrainingDiverged,
 )
+from dbdpo.provenance import check_made_from, folder_record
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
 ROUND_OPTION = typer.Option(..., "--round", help="round name from params.yaml `rounds`, e.g. round_1")
@@ -36,6 +38,22 @@ def model_dir(round_name: str) -> Path:
 
 def round_dir(round_name: str) -> Path:
     return ROUNDS / round_name
+
+
+def writer(artifact: str, round_name: str) -> str:
+    """The DVC stage that writes `artifact` of a round, e.g. "pair@round_1"; round_0's model is finetune's."""
+    return "finetune" if (artifact, round_name) == ("model", "round_0") else f"{STAGE_OF[artifact]}@{round_name}"
+
+
+STAGE_OF = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}
+
+
+def checked_model(round_name: str) -> Path:
+    """models/<round>, refused (StaleInputError) if what it was made from has changed since."""
+    folder = model_dir(round_name)
+    if folder.is_dir():
+        check_made_from(folder, folder_record(folder), writer("model", round_name))
+    return folder
 
 
 def setup(params: Path, round_name: str | None = None) -> Config:
@@ -62,5 +80,5 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ConfigError, DataError, BackboneError, ScorerError, PairingError, LoraError, TrainingDiverged,
-            FileNotFoundError) as e:
+            StaleInputError, FileNotFoundError) as e:
         fail(str(e))

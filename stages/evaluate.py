@@ -25,7 +25,7 @@ from dbdpo.evaluation import (
 )
 from dbdpo.lora import load_lora
 from dbdpo.scoring import build_scorers
-from stages.common import EVAL, PARAMS_OPTION, model_dir, setup, user_errors
+from stages.common import EVAL, PARAMS_OPTION, checked_model, setup, user_errors
 
 app = typer.Typer(add_completion=False)
 
@@ -43,7 +43,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with user_errors():
         templates = eval_prompts(cfg.concept, e.num_prompts)
         concept = [c.image for c in load_concept(cfg.concept)]
-        models = [RoundModel(n, load_lora(model_dir(n))) for n in names]
+        models = [RoundModel(n, load_lora(checked_model(n))) for n in names]
         # "TS" is the configured variant; both variants are reported by name as well.
         text_columns = {"TS": partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)}
         text_columns |= {f"TS_{m}": partial(text_prompt, cfg=cfg.concept, mode=m) for m in TS_MODES}

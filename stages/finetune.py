@@ -8,6 +8,7 @@ from dbdpo.artifacts import remove_outputs, write_csv
 from dbdpo.backbones import load_backbone
 from dbdpo.data import load_concept
 from dbdpo.lora import save_lora
+from dbdpo.provenance import made_from
 from dbdpo.sampling import generate, plan_samples
 from dbdpo.training import train_dreambooth
 from stages.common import LOGS, PARAMS_OPTION, model_dir, setup, user_errors
@@ -40,7 +41,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with user_errors():  # a diverged run stops here, before anything is written
         state, log_rows = train_dreambooth(backbone, [c.image for c in concept],
                                            ft.instance_prompt.format(**names), ft, class_images, class_prompt)
-    save_lora(backbone.pipe, state, model_dir("round_0"))
+    save_lora(backbone.pipe, state, model_dir("round_0"), made_from=made_from(Path(cfg.concept.dir)))
     write_csv(log_rows, LOGS / "finetune.csv")
 
 

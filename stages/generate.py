@@ -8,11 +8,12 @@ from dbdpo.artifacts import remove_outputs
 from dbdpo.backbones import load_backbone
 from dbdpo.data import render, train_prompts
 from dbdpo.lora import load_lora
+from dbdpo.provenance import made_from
 from dbdpo.sampling import generate, plan_samples, write_samples
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
-    model_dir,
+    checked_model,
     round_dir,
     setup,
     user_errors,
@@ -36,7 +37,8 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     g = cfg.generate
     with user_errors():
         templates = train_prompts({name: base.prompt_slice(name) for name in base.round_names()})[round_name]
-        start = load_lora(model_dir(cfg.rounds[round_name].start))
+        start_dir = checked_model(cfg.rounds[round_name].start)
+        start = load_lora(start_dir)
         backbone = load_backbone(cfg.model, lora=start, precision=cfg.model.precision)
     out = round_dir(round_name)
     remove_outputs(out / "images", out / "samples.parquet")
@@ -44,7 +46,7 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     plan = plan_samples(templates, prompts, g.images_per_prompt, g.seed + index * SEEDS_PER_ROUND)
     images = generate(backbone.pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
                       batch_size=g.batch_size, resolution=backbone.resolution, desc=f"generate {round_name}")
-    write_samples(plan, images, out / "images", out / "samples.parquet")
+    write_samples(plan, images, out / "images", out / "samples.parquet", made_from=made_from(start_dir))
 
 
 if __name__ == "__main__":

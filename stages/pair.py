@@ -7,7 +7,15 @@ import typer
 
 from dbdpo.artifacts import atomic_dir, read_parquet, remove_outputs, write_json
 from dbdpo.pairs import build_pairs, ranked_lists, to_pickapic
-from stages.common import PARAMS_OPTION, ROUND_OPTION, round_dir, setup, user_errors
+from dbdpo.provenance import RECORD_FILE, RECORD_KEY, check_made_from, made_from
+from stages.common import (
+    PARAMS_OPTION,
+    ROUND_OPTION,
+    round_dir,
+    setup,
+    user_errors,
+    writer,
+)
 
 app = typer.Typer(add_completion=False)
 
@@ -20,6 +28,7 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     out = round_dir(round_name)
     with user_errors():
         scores = read_parquet(out / "scores.parquet", ["image_id", "prompt_id", "prompt", "path", "IS", "TS"])
+        check_made_from(out / "scores.parquet", scores.attrs.get(RECORD_KEY), writer("scores", round_name))
         remove_outputs(out / "preferences", out / "pair_summary.json")
         if cfg.pair.mode == "rank":
             ranked = ranked_lists(scores, cfg.score.rewards, cfg.pair.normalize)
@@ -27,12 +36,13 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
         else:
             pairs, pair_summary = build_pairs(scores, cfg.pair, cfg.filter)
             summary = pair_summary.as_metrics()
-    with atomic_dir(out / "preferences") as tmp:
+    with user_errors(), atomic_dir(out / "preferences") as tmp:  # the export reads every image
         if cfg.pair.mode == "rank":
             ranked.to_parquet(tmp / "ranked.parquet", index=False)
         else:
             pairs.to_parquet(tmp / "pairs.parquet", index=False)
             to_pickapic(pairs).to_parquet(tmp / "pickapic.parquet", index=False)
+        write_json(made_from(out / "scores.parquet"), tmp / RECORD_FILE)
     write_json(summary, out / "pair_summary.json")
     typer.echo(f"{round_name}: {summary}")
 

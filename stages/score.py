@@ -8,9 +8,17 @@ import typer
 
 from dbdpo.artifacts import read_parquet, remove_outputs, write_parquet
 from dbdpo.data import load_concept, text_prompt
+from dbdpo.provenance import RECORD_KEY, check_made_from, made_from
 from dbdpo.sampling import SAMPLE_COLUMNS
 from dbdpo.scoring import build_scorers, score_images
-from stages.common import PARAMS_OPTION, ROUND_OPTION, round_dir, setup, user_errors
+from stages.common import (
+    PARAMS_OPTION,
+    ROUND_OPTION,
+    round_dir,
+    setup,
+    user_errors,
+    writer,
+)
 
 app = typer.Typer(add_completion=False)
 
@@ -25,6 +33,7 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     out = round_dir(round_name)
     with user_errors():
         samples = read_parquet(out / "samples.parquet", SAMPLE_COLUMNS)
+        check_made_from(out / "samples.parquet", samples.attrs.get(RECORD_KEY), writer("samples", round_name))
         concept = [c.image for c in load_concept(cfg.concept)]
         ts_text = partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)
         scorers = build_scorers(cfg.score, concept, {"TS": ts_text})
@@ -32,6 +41,7 @@ def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
         scores = score_images(samples["path"].to_list(), samples["template"].to_list(), scorers,
                               cfg.score.batch_size, desc=f"score {round_name}")
     table = pd.concat([samples[["image_id", "prompt_id", "prompt", "path"]], scores], axis=1)
+    table.attrs = {RECORD_KEY: made_from(out / "samples.parquet", Path(cfg.concept.dir))}
     write_parquet(table, out / "scores.parquet")
 
 

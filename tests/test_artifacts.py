@@ -41,3 +41,20 @@ def test_leftovers_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other-keep", "images", "scores.parquet"]
     assert (tmp_path / "images/p0000_k00.png").read_bytes() == b"whole"
 
+
+
+def test_a_folder_digest_follows_content_and_names_not_location(tmp_path):
+    from dbdpo.provenance import digest
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        (folder / "sub").mkdir(parents=True)
+        (folder / "x.bin").write_bytes(b"weights")
+        (folder / "sub" / "y.txt").write_text("pairs")
+    assert digest(a) == digest(b)  # same files, another place
+    (b / "sub" / "y.txt").write_text("other pairs")
+    assert digest(a) != digest(b)
+    (b / "sub" / "y.txt").write_text("pairs")
+    (b / "x.bin").rename(b / "z.bin")
+    assert digest(a) != digest(b)  # a renamed file is another folder
+    assert digest(a / "x.bin") == "63f4f1e9b725370f459720575cd5f953"  # md5 of the bytes

@@ -2,11 +2,16 @@
 code 2 and one line. Run in-process with Typer's runner (a subprocess costs ~12 s of imports)."""
 
 import importlib
+import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
+
+from dbdpo.provenance import RECORD_FILE, RECORD_KEY, digest, made_from
+from tests.conftest import REPO
 
 STAGES = ["finetune", "generate", "score", "pair", "dpo", "evaluate"]
 
@@ -49,21 +54,87 @@ def test_a_prompt_pool_too_small_for_a_later_round_fails_before_round_1_runs(in_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]  # nothing written
 
 
-def test_a_stage_that_fails_leaves_no_previous_output_behind(in_repo, tmp_path, monkeypatch):
+def scores_frame() -> pd.DataFrame:
+    return pd.DataFrame({"image_id": [f"p{p}_k{k}" for p in range(2) for k in range(3)],
+                         "prompt_id": [p for p in range(2) for _ in range(3)], "prompt": ["a sks toy"] * 6,
+                         "path": [f"{i}.png" for i in range(6)], "IS": [0.1, 0.2, 0.3] * 2,
+                         "TS": [0.1, 0.25, 0.3] * 2})  # IS and TS rise together: pairs the angle filter keeps
+
+
+@pytest.fixture
+def scored_round(in_repo, tmp_path, monkeypatch):
+    """A project in tmp_path whose round_1 has samples and scores made from them (as score
+    writes them); returns the round's folder."""
+    (tmp_path / "params.yaml").write_text((in_repo / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "rounds/round_1"
+    out.mkdir(parents=True)
+    (out / "samples.parquet").write_bytes(b"the manifest score read")
+    for i in range(6):  # the images the scores name (pair's Pick-a-Pic export reads their bytes)
+        (tmp_path / f"{i}.png").write_bytes(b"image %d" % i)
+    frame = scores_frame()
+    frame.attrs = {RECORD_KEY: made_from(Path("rounds/round_1/samples.parquet"))}
+    frame.to_parquet(out / "scores.parquet")
+    return out
+
+
+def test_a_stage_that_fails_leaves_no_previous_output_behind(scored_round):
     """pair run by hand with a filter that keeps nothing: last run's preferences must not stay
     for `python -m stages.dpo` to train on as if they were this run's."""
-    params = yaml.safe_load((in_repo / "params.yaml").read_text())
+    params = yaml.safe_load(Path("params.yaml").read_text())
     params["filter"].update(kind="threshold", threshold=100.0)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    out = tmp_path / "rounds/round_1"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    out = scored_round
     (out / "preferences").mkdir(parents=True)
     (out / "preferences/pairs.parquet").write_bytes(b"last run's pairs")
     (out / "pair_summary.json").write_text("{}")
-    pd.DataFrame({"image_id": [f"p{p}_k{k}" for p in range(2) for k in range(3)],
-                  "prompt_id": [p for p in range(2) for _ in range(3)], "prompt": ["a sks toy"] * 6,
-                  "path": [f"{i}.png" for i in range(6)], "IS": [0.1, 0.2, 0.3] * 2,
-                  "TS": [0.3, 0.2, 0.1] * 2}).to_parquet(out / "scores.parquet")
-    monkeypatch.chdir(tmp_path)
     result = invoke("pair", "--round", "round_1")
     assert result.exit_code == 2 and "error: no preference pairs left" in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["scores.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["samples.parquet", "scores.parquet"]
+
+
+def test_pair_refuses_scores_made_from_a_manifest_that_changed_since(scored_round):
+    """generate (or score's input) rerun by hand, score not: pair must not pair stale scores."""
+    (scored_round / "samples.parquet").write_bytes(b"a newer manifest")
+    result = invoke("pair", "--round", "round_1")
+    assert result.exit_code == 2
+    assert ("error: rounds/round_1/scores.parquet was made from another rounds/round_1/samples.parquet "
+            "(it changed since); rerun score@round_1 before this stage") in result.stderr
+    assert sorted(p.name for p in scored_round.iterdir()) == ["samples.parquet", "scores.parquet"]
+
+
+def test_pair_refuses_scores_that_do_not_record_their_inputs(scored_round):
+    scores_frame().to_parquet(scored_round / "scores.parquet")  # as an older version wrote it
+    result = invoke("pair", "--round", "round_1")
+    assert result.exit_code == 2
+    assert ("error: rounds/round_1/scores.parquet does not record what it was made from (an older version "
+            "wrote it); rerun score@round_1") in result.stderr
+
+
+def test_pair_records_its_scores_and_dpo_refuses_the_preferences_once_scores_change(scored_round):
+    assert invoke("pair", "--round", "round_1").exit_code == 0
+    assert json.loads((scored_round / "preferences" / RECORD_FILE).read_text()) == {
+        "rounds/round_1/scores.parquet": digest(scored_round / "scores.parquet")}
+    frame = scores_frame().assign(IS=[0.3, 0.2, 0.1] * 2)  # score rerun by hand, pair not
+    frame.attrs = {RECORD_KEY: made_from(Path("rounds/round_1/samples.parquet"))}
+    frame.to_parquet(scored_round / "scores.parquet")
+    result = invoke("dpo", "--round", "round_1")
+    assert result.exit_code == 2
+    assert ("error: rounds/round_1/preferences was made from another rounds/round_1/scores.parquet "
+            "(it changed since); rerun pair@round_1 before this stage") in result.stderr
+    assert not Path("models").exists()
+
+
+def test_generate_refuses_a_start_model_whose_preferences_changed_since(scored_round):
+    assert invoke("pair", "--round", "round_1").exit_code == 0
+    model = Path("models/round_1")
+    model.mkdir(parents=True)
+    (model / RECORD_FILE).write_text(json.dumps(made_from(Path("rounds/round_1/preferences"))))
+    (scored_round / "preferences" / "pairs.parquet").write_bytes(b"pairs from a later pair run")
+    Path("data").mkdir()
+    Path("data/prompts").symlink_to(REPO / "data/prompts")
+    result = invoke("generate", "--round", "round_2")
+    assert result.exit_code == 2
+    assert ("error: models/round_1 was made from another rounds/round_1/preferences (it changed since); "
+            "rerun dpo@round_1 before this stage") in result.stderr
+    assert not Path("rounds/round_2").exists()
