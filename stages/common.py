@@ -23,7 +23,9 @@ from dbdpo.errors import (
 from dbdpo.provenance import check_made_from, folder_record
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
-ROUND_OPTION = typer.Option(..., "--round", help="round name from params.yaml `rounds`, e.g. round_1")
+ROUND_OPTION = typer.Option(None, "--round", show_default=False,
+                            help="round name from params.yaml `rounds`, e.g. round_1 (under dvc repro: "
+                                 "from DVC_STAGE, e.g. generate@round_1)")
 
 MODELS = Path("models")
 ROUNDS = Path("rounds")
@@ -54,6 +56,20 @@ def checked_model(round_name: str) -> Path:
     if folder.is_dir():
         check_made_from(folder, folder_record(folder), writer("model", round_name))
     return folder
+
+
+def stage_round(round_name: str | None, stage: str) -> str:
+    """The round to run: --round when given, else the one DVC names in DVC_STAGE
+    ("generate@round_1"). dvc.yaml passes no round on the command line, so no params.yaml
+    key (a round name) is ever pasted into a shell command."""
+    if round_name is not None:
+        return round_name
+    dvc_stage = os.environ.get("DVC_STAGE", "")
+    name, _, key = dvc_stage.partition("@")
+    if name != stage or not key:
+        fail(f"--round is required (e.g. --round round_1) when {stage} runs outside dvc repro"
+             + (f"; DVC_STAGE={dvc_stage!r} is not a {stage}@<round> stage" if dvc_stage else ""))
+    return key
 
 
 def setup(params: Path, round_name: str | None = None) -> Config:

@@ -18,6 +18,7 @@ from stages.common import (
     model_dir,
     round_dir,
     setup,
+    stage_round,
     user_errors,
     writer,
 )
@@ -26,9 +27,10 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
-def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
+def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Writes models/<round>/ (start LoRA stacked with the DPO LoRA: one file, relative to the
     base backbone), logs/dpo/<round>.csv (per step) and rounds/<round>/train/metrics.json."""
+    round_name = stage_round(round_name, "dpo")
     cfg = setup(params, round_name).for_round(round_name)
     out = round_dir(round_name)
     with user_errors():

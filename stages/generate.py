@@ -16,6 +16,7 @@ from stages.common import (
     checked_model,
     round_dir,
     setup,
+    stage_round,
     user_errors,
 )
 
@@ -25,12 +26,13 @@ SEEDS_PER_ROUND = 1_000_000  # round r's seeds start at generate.seed + r * this
 
 
 @app.command()
-def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
+def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Sample the round's start model on its own slice of data/prompts/train.txt
     (round 1 the first generate.num_prompts prompts, round 2 the next ones, ...).
 
     Writes rounds/<round>/images/*.png and rounds/<round>/samples.parquet.
     """
+    round_name = stage_round(round_name, "generate")
     base = setup(params, round_name)
     cfg = base.for_round(round_name)
     index = cfg.round_names().index(round_name) + 1

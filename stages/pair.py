@@ -13,6 +13,7 @@ from stages.common import (
     ROUND_OPTION,
     round_dir,
     setup,
+    stage_round,
     user_errors,
     writer,
 )
@@ -21,9 +22,10 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
-def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
+def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Writes rounds/<round>/preferences/ (pairs.parquet + pickapic.parquet, the diffusers DPO
     layout, or ranked.parquet) and pair_summary.json (what was kept, a DVC metric)."""
+    round_name = stage_round(round_name, "pair")
     cfg = setup(params, round_name).for_round(round_name)
     out = round_dir(round_name)
     with user_errors():

@@ -16,6 +16,7 @@ from stages.common import (
     ROUND_OPTION,
     round_dir,
     setup,
+    stage_round,
     user_errors,
     writer,
 )
@@ -24,11 +25,12 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
-def main(round_name: str = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
+def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Score rounds/<round>/images against the concept images and the prompts.
 
     Writes rounds/<round>/scores.parquet: one row per image, raw scores (pair normalizes).
     """
+    round_name = stage_round(round_name, "score")
     cfg = setup(params, round_name)
     out = round_dir(round_name)
     with user_errors():

@@ -32,3 +32,23 @@ def test_a_concept_dir_outside_the_repo_is_a_dependency(tmp_path):
     assert readers == {"finetune", "score@round_1", "score@round_2", "evaluate"}
     assert not any(str(REPO / "data/concept") in paths or str(project / "data/concept") in paths
                    for paths in deps.values())
+
+
+def test_no_params_value_reaches_a_shell_command(tmp_path):
+    """A hostile round name (`dvc exp run -S`, a pulled params.yaml) must not run as shell: DVC
+    pastes `${...}` into cmd unquoted, so no cmd templates a param; rounds come from DVC_STAGE."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    hostile = "round_2'; touch pwned; '"
+    params["rounds"] = {"round_1": {"start": "round_0"}, hostile: {"start": "round_1"}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
+    code = ("import json; from dvc.repo import Repo; r = Repo('.'); "
+            "print(json.dumps({s.addressing: s.cmd for s in r.index.stages}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, check=True)
+    cmds = yaml.safe_load(out.stdout)
+    assert f"generate@{hostile}" in cmds  # DVC did make a stage of it
+    assert {name: cmd for name, cmd in cmds.items()} == {name: f"python -m stages.{name.split('@')[0]}"
+                                                          for name in cmds}

@@ -138,3 +138,16 @@ def test_generate_refuses_a_start_model_whose_preferences_changed_since(scored_r
     assert ("error: models/round_1 was made from another rounds/round_1/preferences (it changed since); "
             "rerun dpo@round_1 before this stage") in result.stderr
     assert not Path("rounds/round_2").exists()
+
+
+def test_a_round_stage_takes_its_round_from_dvc_stage_or_needs_round(scored_round):
+    """dvc.yaml passes no round on the command line: DVC's DVC_STAGE (pair@round_1) names it."""
+    runner = CliRunner()
+    pair = importlib.import_module("stages.pair").app
+    result = runner.invoke(pair, [], env={"DVC_STAGE": "pair@round_1"})
+    assert result.exit_code == 0 and (scored_round / "preferences" / "pairs.parquet").is_file()
+    result = runner.invoke(pair, [], env={"DVC_STAGE": ""})
+    assert result.exit_code == 2
+    assert "error: --round is required (e.g. --round round_1) when pair runs outside dvc repro" in result.stderr
+    result = runner.invoke(pair, [], env={"DVC_STAGE": "score@round_1"})
+    assert result.exit_code == 2 and "DVC_STAGE='score@round_1' is not a pair@<round> stage" in result.stderr
