@@ -42,12 +42,12 @@ def round_dir(round_name: str) -> Path:
     return ROUNDS / round_name
 
 
+STAGE_OF = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}
+
+
 def writer(artifact: str, round_name: str) -> str:
     """The DVC stage that writes `artifact` of a round, e.g. "pair@round_1"; round_0's model is finetune's."""
     return "finetune" if (artifact, round_name) == ("model", "round_0") else f"{STAGE_OF[artifact]}@{round_name}"
-
-
-STAGE_OF = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}
 
 
 def checked_model(round_name: str) -> Path:
