@@ -47,6 +47,7 @@ class FinetuneConfig:
     learning_rate: float = 5e-3
     batch_size: int = 4
     lora_rank: int = 16
+    lora_targets: str = "attention"  # attention | unet (dbdpo.lora.TARGET_SETS)
     instance_prompt: str = "a photo of {token} {class_noun}"
     prior_preservation: bool = False
     class_prompt: str = "a photo of a {class_noun}"
@@ -110,6 +111,7 @@ class DpoConfig:
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
     lora_rank: int = 4
+    lora_targets: str = "attention"  # attention | unet (dbdpo.lora.TARGET_SETS)
     mixed_precision: str = "fp32"
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -294,6 +296,7 @@ def load_config(path: str | Path = "params.yaml") -> Config:
 # fp32, not accelerate's "no": DVC's `-S` rewrites params.yaml unquoted, and YAML 1.1 reads
 # a bare `no` as false.
 PRECISIONS = ("fp32", "fp16", "bf16")
+LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS
 
 # --- validation --------------------------------------------------------------------------
 
@@ -374,6 +377,7 @@ def validate_groups(c: Config) -> None:
     _require(c.finetune.prior_loss_weight >= 0, "finetune.prior_loss_weight",
              c.finetune.prior_loss_weight, "a value >= 0")
     _one_of(c.finetune.mixed_precision, PRECISIONS, "finetune.mixed_precision")
+    _one_of(c.finetune.lora_targets, LORA_TARGETS, "finetune.lora_targets")
 
     _positive(c.generate.num_prompts, "generate.num_prompts")
     _require(c.generate.images_per_prompt >= 2, "generate.images_per_prompt",
@@ -419,6 +423,7 @@ def validate_groups(c: Config) -> None:
                 "lora_rank"):
         _positive(getattr(c.dpo, key), f"dpo.{key}")
     _one_of(c.dpo.mixed_precision, PRECISIONS, "dpo.mixed_precision")
+    _one_of(c.dpo.lora_targets, LORA_TARGETS, "dpo.lora_targets")
 
     for key in ("images_per_prompt", "num_prompts", "steps", "batch_size", "grid_prompts"):
         _positive(getattr(c.evaluate, key), f"evaluate.{key}")

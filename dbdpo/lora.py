@@ -24,16 +24,26 @@ from dbdpo.artifacts import atomic_dir, atomic_file
 from dbdpo.errors import LoraError
 from dbdpo.provenance import RECORD_FILE
 
-TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+# Which UNet layers an adapter trains (`finetune.lora_targets`, `dpo.lora_targets`).
+# attention: the four attention projections, as diffusers' DreamBooth and DPO LoRA scripts.
+# unet: also the transformer blocks' in/out and feed-forward projections and every ResNet
+#   block's convolutions and time projection (LoCon-style). Measured on the proving ground
+#   (docs/proving_ground.md): DreamBooth with attention-only LoRA barely learns the concept.
+TARGET_SETS = {
+    "attention": ["to_q", "to_k", "to_v", "to_out.0"],
+    "unet": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+             "conv1", "conv2", "conv_shortcut", "time_emb_proj"],
+}
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the adapter config (r, alpha, targets)
 
 LoraState = dict[str, torch.Tensor]  # "<module>.lora_A.weight" (r, in) / ".lora_B.weight" (out, r)
 
 
-def add_lora(unet: torch.nn.Module, rank: int, adapter_name: str) -> None:
-    """Attach a trainable LoRA (B = 0, so the model starts unchanged) to the attention layers."""
-    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=TARGET_MODULES)
+def add_lora(unet: torch.nn.Module, rank: int, adapter_name: str, targets: str = "attention") -> None:
+    """Attach a trainable LoRA (B = 0, so the model starts unchanged) to the layers of the
+    target set `targets` (a key of TARGET_SETS)."""
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=TARGET_SETS[targets])
     unet.add_adapter(config, adapter_name=adapter_name)
 
 
@@ -50,15 +60,31 @@ def lora_rank(state: LoraState) -> int:
     return ranks.pop()
 
 
+def _zeros_like_rank(value: torch.Tensor, key: str, rank: int) -> torch.Tensor:
+    """A zero A (rank, in, ...) or B (out, rank, ...) shaped like `value` but of rank `rank`."""
+    shape = list(value.shape)
+    shape[0 if key.endswith("lora_A.weight") else 1] = rank
+    return value.new_zeros(shape)
+
+
 def stack(first: LoraState, second: LoraState) -> LoraState:
-    """One LoRA whose update is the sum of both updates (ranks add up)."""
-    if set(first) != set(second):
-        raise ValueError("cannot stack LoRAs that target different modules")
+    """One LoRA whose update is the sum of both updates (ranks add up).
+
+    A layer only one of them targets gets zero rows in the other's part, which add nothing:
+    a DreamBooth LoRA on every UNet layer stacks with a DPO LoRA on the attention layers.
+    """
+    r1, r2 = lora_rank(first), lora_rank(second)
     out = {}
-    for key, value in first.items():
-        dim = 0 if key.endswith("lora_A.weight") else 1
-        out[key] = torch.cat([value, second[key]], dim=dim)
+    for key in sorted(set(first) | set(second)):
+        a = first[key] if key in first else _zeros_like_rank(second[key], key, r1)
+        b = second[key] if key in second else _zeros_like_rank(first[key], key, r2)
+        out[key] = torch.cat([a, b], dim=0 if key.endswith("lora_A.weight") else 1)
     return out
+
+
+def target_modules(state: LoraState) -> list[str]:
+    """The full names of the layers `state` adapts, as peft's `target_modules` reads them."""
+    return sorted(k.removesuffix(".lora_A.weight") for k in state if k.endswith("lora_A.weight"))
 
 
 def check_finite_lora(state: LoraState, where: str) -> None:
@@ -75,7 +101,7 @@ def save_lora(pipe, state: LoraState, directory: Path, made_from: dict[str, str]
     with `made_from` (see dbdpo.provenance) beside it when given."""
     check_finite_lora(state, str(directory))
     rank = lora_rank(state)
-    metadata = {"r": rank, "lora_alpha": rank, "target_modules": TARGET_MODULES}
+    metadata = {"r": rank, "lora_alpha": rank, "target_modules": target_modules(state)}
     with atomic_dir(directory) as tmp:
         type(pipe).save_lora_weights(
             tmp, unet_lora_layers=state, unet_lora_adapter_metadata=metadata, safe_serialization=True
@@ -143,7 +169,9 @@ def save_kohya(state: LoraState, path: Path, dtype: torch.dtype = torch.float16)
 
 @torch.no_grad()
 def merge_into(unet: torch.nn.Module, state: LoraState) -> None:
-    """Add each `B @ A` into the base Linear weight it targets (the UNet must have no adapter).
+    """Add each `B @ A` into the base Linear or Conv2d weight it targets (the UNet must have
+    no adapter). For a conv, A is (r, in, kh, kw) and B is (out, r, 1, 1): the update is
+    their product over r, an (out, in, kh, kw) kernel.
 
     The sum is taken in fp32 and rounded once: adding a small update to fp16/bf16 weights
     in their own precision would round much of it away.
@@ -154,9 +182,10 @@ def merge_into(unet: torch.nn.Module, state: LoraState) -> None:
             continue
         name = key.removesuffix(".lora_A.weight")
         layer = modules.get(name)
-        if not isinstance(layer, torch.nn.Linear):
-            raise KeyError(f"LoRA targets {name!r}, which is not a Linear layer of this UNet")
-        update = state[f"{name}.lora_B.weight"].float() @ state[key].float()
+        if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            raise KeyError(f"LoRA targets {name!r}, which is not a Linear or Conv2d layer of this UNet")
+        down, up = state[key].float(), state[f"{name}.lora_B.weight"].float()
+        update = torch.einsum("or,ri...->oi...", up.flatten(1), down)
         layer.weight.copy_(layer.weight.float() + update.to(layer.weight.device))
 
 

@@ -130,7 +130,8 @@ def encoders_offloaded(pipe) -> Iterator[None]:
             module.to(device)
 
 
-def _prepare(backbone: Backbone, rank: int, adapter: str, lr: float, grad_accum: int, checkpointing: bool):
+def _prepare(backbone: Backbone, rank: int, targets: str, adapter: str, lr: float, grad_accum: int,
+             checkpointing: bool):
     """Freeze the pipeline, add the trainable LoRA, hand UNet + optimizer to accelerate;
     returns (accelerator, unet, optimizer, trainable parameters).
 
@@ -143,7 +144,7 @@ def _prepare(backbone: Backbone, rank: int, adapter: str, lr: float, grad_accum:
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
-    add_lora(pipe.unet, rank, adapter)
+    add_lora(pipe.unet, rank, adapter, targets)
     for param in pipe.unet.parameters():
         if param.requires_grad:
             param.data = param.data.float()
@@ -189,8 +190,8 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     else:
         prior_latents = prior_sizes = prior_text = None
 
-    accelerator, unet, optimizer, params = _prepare(backbone, cfg.lora_rank, "dreambooth", cfg.learning_rate, 1,
-                                                    cfg.gradient_checkpointing)
+    accelerator, unet, optimizer, params = _prepare(backbone, cfg.lora_rank, cfg.lora_targets, "dreambooth",
+                                                    cfg.learning_rate, 1, cfg.gradient_checkpointing)
     hint = f"lower finetune.learning_rate (now {cfg.learning_rate:g})"
     device = accelerator.device
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -289,7 +290,7 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     the same UNet with the adapter disabled, under no_grad, on the same batch, noise and t.
     """
     scheduler = backbone.training_scheduler()
-    accelerator, unet, optimizer, params = _prepare(backbone, cfg.lora_rank, "dpo", cfg.learning_rate,
+    accelerator, unet, optimizer, params = _prepare(backbone, cfg.lora_rank, cfg.lora_targets, "dpo", cfg.learning_rate,
                                                     cfg.gradient_accumulation_steps,
                                                     cfg.gradient_checkpointing)
     hint = f"lower dpo.learning_rate (now {cfg.learning_rate:g}) or dpo.beta (now {cfg.beta:g})"

@@ -5,8 +5,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dbdpo.backbones import load_backbone
-from dbdpo.config import ModelConfig
+from dbdpo.config import LORA_TARGETS, ModelConfig
 from dbdpo.lora import (
+    TARGET_SETS,
     WEIGHT_NAME,
     LoraError,
     add_lora,
@@ -24,10 +25,10 @@ from dbdpo.tiny import build_tiny_pipeline
 ARCHS = [("sd2", "sd"), ("sdxl", "sdxl")]  # tiny architecture, the backbone kind it loads as
 
 
-def random_lora(seed: int, rank: int = 4, arch: str = "sd"):
+def random_lora(seed: int, rank: int = 4, arch: str = "sd", targets: str = "attention"):
     """A LoRA with non-zero B (a fresh adapter has B = 0 and changes nothing)."""
     pipe = build_tiny_pipeline(arch=arch)
-    add_lora(pipe.unet, rank, "x")
+    add_lora(pipe.unet, rank, "x", targets)
     g = torch.Generator().manual_seed(seed)
     return {k: 0.2 * torch.randn(v.shape, generator=g) for k, v in lora_state(pipe.unet, "x").items()}
 
@@ -67,8 +68,26 @@ def test_non_finite_lora_is_neither_written_nor_read(tmp_path):
         load_lora(tmp_path / "ok")
 
 
-def test_merge_matches_diffusers_load_lora_weights(tmp_path):
-    state = random_lora(0)
+def test_target_sets_are_the_configs_choices():
+    assert tuple(TARGET_SETS) == LORA_TARGETS
+
+
+def test_unet_target_set_adapts_convs_and_feed_forwards():
+    state = random_lora(0, targets="unet")
+    modules = dict(build_tiny_pipeline().unet.named_modules())
+    kinds = {type(modules[k.removesuffix(".lora_A.weight")]).__name__ for k in state if k.endswith("lora_A.weight")}
+    assert kinds == {"Linear", "Conv2d"}
+    conv = "down_blocks.0.resnets.0.conv1"
+    assert state[f"{conv}.lora_A.weight"].shape == (4, 64, 3, 3)  # (r, in, kh, kw)
+    assert state[f"{conv}.lora_B.weight"].shape == (64, 4, 1, 1)  # (out, r, 1, 1)
+    assert {"down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2", "mid_block.resnets.0.time_emb_proj"} <= {
+        k.removesuffix(".lora_A.weight") for k in state}
+    assert len(state) > 2 * len(random_lora(0))
+
+
+@pytest.mark.parametrize("targets", ["attention", "unet"])
+def test_merge_matches_diffusers_load_lora_weights(tmp_path, targets):
+    state = random_lora(0, targets=targets)
     save_lora(build_tiny_pipeline(), state, tmp_path / "lora")
     by_diffusers = build_tiny_pipeline()
     by_diffusers.load_lora_weights(tmp_path / "lora")
@@ -97,10 +116,30 @@ def test_stacked_lora_equals_applying_both(tmp_path):
     torch.testing.assert_close(unet_output(pipe.unet), unet_output(stacked.unet), atol=1e-5, rtol=1e-4)
 
 
-def test_merged_context_restores_base_weights_exactly():
+def test_stack_of_different_target_sets_equals_applying_both(tmp_path):
+    """A DreamBooth LoRA on every UNet layer, then a DPO LoRA on the attention layers only."""
+    dreambooth, dpo = random_lora(1, rank=3, targets="unet"), random_lora(2, rank=2)
+    both = stack(dreambooth, dpo)
+    assert lora_rank(both) == 5 and set(both) == set(dreambooth)
+    conv = "down_blocks.0.resnets.0.conv1"
+    assert torch.equal(both[f"{conv}.lora_A.weight"][3:], torch.zeros(2, 64, 3, 3))  # dpo adds nothing there
+    one_by_one = build_tiny_pipeline()
+    merge_into(one_by_one.unet, dreambooth)
+    merge_into(one_by_one.unet, dpo)
+    stacked = build_tiny_pipeline()
+    merge_into(stacked.unet, both)
+    torch.testing.assert_close(unet_output(stacked.unet), unet_output(one_by_one.unet), atol=1e-5, rtol=1e-4)
+    save_lora(build_tiny_pipeline(), both, tmp_path / "stacked")
+    pipe = build_tiny_pipeline()
+    pipe.load_lora_weights(tmp_path / "stacked")
+    torch.testing.assert_close(unet_output(pipe.unet), unet_output(stacked.unet), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("targets", ["attention", "unet"])
+def test_merged_context_restores_base_weights_exactly(targets):
     pipe = build_tiny_pipeline()
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    with merged(pipe.unet, random_lora(3)):
+    with merged(pipe.unet, random_lora(3, targets=targets)):
         assert not torch.equal(pipe.unet.state_dict()["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"],
                                before["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"])
     assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
@@ -147,10 +186,11 @@ def pipeline_image(pipe) -> np.ndarray:
     return out.images[0]
 
 
+@pytest.mark.parametrize("targets", ["attention", "unet"])
 @pytest.mark.parametrize("arch,kind", ARCHS)
-def test_lora_round_trips_through_the_pipelines_own_loader(tiny_dirs, tmp_path, arch, kind):
+def test_lora_round_trips_through_the_pipelines_own_loader(tiny_dirs, tmp_path, arch, kind, targets):
     cfg = ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))
-    state = random_lora(0, arch=arch)
+    state = random_lora(0, arch=arch, targets=targets)
     save_lora(load_backbone(cfg).pipe, state, tmp_path / "lora")
     loaded = load_lora(tmp_path / "lora")
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
@@ -163,10 +203,11 @@ def test_lora_round_trips_through_the_pipelines_own_loader(tiny_dirs, tmp_path, 
     np.testing.assert_allclose(pipeline_image(load_backbone(cfg, lora=state).pipe), first, atol=1e-4)
 
 
+@pytest.mark.parametrize("targets", ["attention", "unet"])
 @pytest.mark.parametrize("arch,kind", ARCHS)
-def test_kohya_export_loads_with_the_same_output(tiny_dirs, tmp_path, arch, kind):
+def test_kohya_export_loads_with_the_same_output(tiny_dirs, tmp_path, arch, kind, targets):
     cfg = ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))
-    state = random_lora(1, arch=arch)
+    state = random_lora(1, arch=arch, targets=targets)
     save_kohya(state, tmp_path / "concept.safetensors", dtype=torch.float32)
     with safe_open(str(tmp_path / "concept.safetensors"), framework="pt") as f:
         keys = set(f.keys())

@@ -6,7 +6,7 @@ import torch
 from dbdpo.backbones import Backbone, load_backbone
 from dbdpo.conditioning import TextConditioning, encode_prompts
 from dbdpo.config import DpoConfig, FinetuneConfig, ModelConfig
-from dbdpo.lora import merge_into
+from dbdpo.lora import TARGET_SETS, merge_into
 from dbdpo.losses import diffusion_dpo_loss
 from dbdpo.training import (
     PreferenceData,
@@ -131,15 +131,18 @@ def test_dpo_training_changes_only_the_adapter_and_lowers_the_loss():
     assert loss.item() < math.log(2) - 0.1
 
 
-def test_dreambooth_lowers_the_denoising_loss_on_the_concept(in_repo):
+@pytest.mark.parametrize("targets, lr", [("attention", 3e-3), ("unet", 1e-3)])
+def test_dreambooth_lowers_the_denoising_loss_on_the_concept(in_repo, targets, lr):
     from dbdpo.config import ConceptConfig
     from dbdpo.data import load_concept
 
     concept = [c.image for c in load_concept(ConceptConfig(dir="data/concept"))]
     state, rows = train_dreambooth(tiny(), concept, "a photo of sks toy",
-                                   FinetuneConfig(steps=60, batch_size=2, learning_rate=3e-3))
-    targets = [n for n, _ in tiny().pipe.unet.named_modules() if n.endswith(("to_q", "to_k", "to_v", "to_out.0"))]
-    assert len(state) == 2 * len(targets) and rows[0]["step"] == 0  # A and B of every attention projection
+                                   FinetuneConfig(steps=60, batch_size=2, learning_rate=lr, lora_targets=targets))
+    layers = [n for n, _ in tiny().pipe.unet.named_modules()
+              if any(n == t or n.endswith("." + t) for t in TARGET_SETS[targets])]
+    assert len(state) == 2 * len(layers) and rows[0]["step"] == 0  # A and B of every targeted layer
+    assert any(".resnets." in k for k in state) == (targets == "unet")
     early = sum(r["loss"] for r in rows[:15]) / 15
     late = sum(r["loss"] for r in rows[-15:]) / 15
     assert late < early
