@@ -105,6 +105,7 @@ class FilterConfig:
 class DpoConfig:
     loss: str = "diffusion_dpo"  # diffusion_dpo | rank_dpo
     rank_weighting: str = "dcg"  # rank_dpo pair weights: dcg (the paper's) | unit
+    rank_by: str = "preference"  # rank_dpo DCG ranks: preference (psi, the paper's) | model (current s)
     beta: float = 2500.0
     steps: int = 100
     learning_rate: float = 1e-3
@@ -416,6 +417,7 @@ def validate_groups(c: Config) -> None:
 
     _one_of(c.dpo.loss, ("diffusion_dpo", "rank_dpo"), "dpo.loss")
     _one_of(c.dpo.rank_weighting, ("dcg", "unit"), "dpo.rank_weighting")
+    _one_of(c.dpo.rank_by, ("preference", "model"), "dpo.rank_by")
     expected_mode = "rank" if c.dpo.loss == "rank_dpo" else "pairs"
     _require(c.pair.mode == expected_mode, "pair.mode", c.pair.mode,
              f"{expected_mode} with dpo.loss={c.dpo.loss} (set both: -S dpo.loss=rank_dpo -S pair.mode=rank)")

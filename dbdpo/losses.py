@@ -59,18 +59,32 @@ def model_ranks(scores: torch.Tensor) -> torch.Tensor:
     return torch.argsort(order, dim=1, stable=True) + 1
 
 
+def preference_ranks(preference: torch.Tensor) -> torch.Tensor:
+    """(B, K) -> (B, K) ranks 1..K by the ground-truth preference psi: the highest psi ranks
+    first; ties by index (Karthik et al. 2024, Algorithm 2: "determine ranking tau by sorting
+    images based on phi(x_i)")."""
+    return model_ranks(-preference)
+
+
+RANK_BY = ("preference", "model")
+
+
 def rank_dpo_loss(policy: torch.Tensor, reference: torch.Tensor, preference: torch.Tensor, beta: float,
-                  weighting: str = "dcg") -> tuple[torch.Tensor, DpoStats]:
-    """RankDPO (Kag et al. 2024, arXiv 2410.18013, Sec. 3.3), as DESIGN.md states it.
+                  weighting: str = "dcg", rank_by: str = "preference") -> tuple[torch.Tensor, DpoStats]:
+    """RankDPO (Karthik et al. 2024, arXiv 2410.18013 v2, Sec. 3.3 and Algorithm 2).
 
     policy, reference: (B, K) per-image errors e_theta, e_ref of K images of one prompt (shared
     timestep per prompt). preference: (B, K) psi_i, the fraction of (reward model, other image)
-    comparisons image i wins. With s_i = e_theta(x_i) - e_ref(x_i):
+    comparisons image i strictly wins (Algorithm 1). With s_i = e_theta(x_i) - e_ref(x_i):
         L = mean_B  sum_{i,j: psi_i > psi_j}  Delta_ij * -log sigmoid(-beta/2 * (s_i - s_j))
-        Delta_ij = |2^psi_i - 2^psi_j| * |1/D(tau_i) - 1/D(tau_j)|,  D(tau) = log(1 + tau)
-    tau: ranks under the current model's s (no gradient through the weights).
-    weighting="unit" sets Delta = 1: for K = 2 this is exactly Diffusion-DPO.
+        Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|,  G = 2^psi - 1,  D(tau) = log(1 + tau)
+    tau: the ranks by psi (rank_by="preference", the paper's), or under the current model's s
+    (rank_by="model", the LambdaLoss/LiPO form; no gradient through the weights). The paper
+    writes sigma(-beta (s_i - s_j)); beta/2 here, so that beta means the same as in
+    Diffusion-DPO. weighting="unit" sets Delta = 1: for K = 2 this is exactly Diffusion-DPO.
     """
+    if rank_by not in RANK_BY:
+        raise ValueError(f"unknown RankDPO ranking {rank_by!r}: expected {' | '.join(RANK_BY)}")
     s = policy - reference
     better = preference.unsqueeze(2) > preference.unsqueeze(1)  # (B, K, K): i preferred over j
     logits = -0.5 * beta * (s.unsqueeze(2) - s.unsqueeze(1))  # (B, K, K)
@@ -78,8 +92,9 @@ def rank_dpo_loss(policy: torch.Tensor, reference: torch.Tensor, preference: tor
         weights = torch.ones_like(logits)
     elif weighting == "dcg":
         with torch.no_grad():
-            gain = torch.exp2(preference.float())
-            inv_discount = 1.0 / dcg_discount(model_ranks(s.detach()))
+            gain = torch.exp2(preference.float()) - 1
+            ranks = preference_ranks(preference) if rank_by == "preference" else model_ranks(s.detach())
+            inv_discount = 1.0 / dcg_discount(ranks)
             weights = (gain.unsqueeze(2) - gain.unsqueeze(1)).abs() * (
                 inv_discount.unsqueeze(2) - inv_discount.unsqueeze(1)).abs()
     else:

@@ -161,11 +161,11 @@ RANKED_COLUMNS = ["prompt_id", "prompt", "image_id", "path", "rank", "psi", "ens
 
 
 def ranked_lists(scores: pd.DataFrame, rewards: dict[str, float], method: str) -> pd.DataFrame:
-    """RankDPO's ranked lists (Kag et al. 2024, Sec. 3.2): every prompt's K images, best first.
+    """RankDPO's ranked lists (Karthik et al. 2024, Sec. 3.2): every prompt's K images, best first.
 
     ensemble = sum_r w_r * normalize(score_r) / sum_r w_r (normalized per round, `method`);
     rank 1 = highest ensemble, ties broken by image_id. psi_i = fraction of the (reward, other
-    image of the prompt) comparisons image i wins, a tie counting one half.
+    image of the prompt) comparisons image i strictly wins; a tie wins nothing (Algorithm 1).
     """
     missing = [r for r in rewards if r not in scores.columns]
     if missing:
@@ -181,7 +181,7 @@ def ranked_lists(scores: pd.DataFrame, rewards: dict[str, float], method: str) -
             raise PairingError(f"prompt {int(group['prompt_id'].iat[0])} has one image: RankDPO needs K >= 2")
         for r in rewards:
             values = scores[r].to_numpy()[rows]
-            wins = (values[:, None] > values[None, :]).sum(1) + 0.5 * ((values[:, None] == values[None, :]).sum(1) - 1)
+            wins = (values[:, None] > values[None, :]).sum(1)
             psi[rows] += wins / (len(rewards) * (len(rows) - 1))
     frame["psi"] = psi
     frame = frame.sort_values(["prompt_id", "ensemble", "image_id"], ascending=[True, False, True])

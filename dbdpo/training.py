@@ -404,8 +404,8 @@ def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig,
                    on_step: StepCallback | None = None) -> tuple[LoraState, list[dict]]:
     """RankDPO on a fresh LoRA (cfg.batch_size ranked lists a step); reference = the start model."""
     num_lists, k = data.images.shape
-    log.info("rank_dpo: %d lists of %d images, %d steps of %d lists, beta=%g, %s weights",
-             num_lists, k, cfg.steps, cfg.batch_size, cfg.beta, cfg.rank_weighting)
+    log.info("rank_dpo: %d lists of %d images, %d steps of %d lists, beta=%g, %s weights ranked by %s",
+             num_lists, k, cfg.steps, cfg.batch_size, cfg.beta, cfg.rank_weighting, cfg.rank_by)
 
     def draw(gen, num_timesteps):
         list_idx = torch.randint(0, num_lists, (cfg.batch_size,), generator=gen)
@@ -417,6 +417,6 @@ def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig,
 
     def loss_fn(policy, reference, batch):
         preference = data.preference[batch[0]].to(policy.device)
-        return rank_dpo_loss(policy, reference, preference, cfg.beta, cfg.rank_weighting)
+        return rank_dpo_loss(policy, reference, preference, cfg.beta, cfg.rank_weighting, cfg.rank_by)
 
     return _preference_loop(backbone, cfg, draw, errors, loss_fn, "rank_dpo", on_step)

@@ -75,3 +75,30 @@ def test_scale_bench_runs_every_path_on_the_full_sd2_architecture(tmp_path):
     assert peer["tflop_per_step"] > ours["tflop_per_step"] > 0
     assert parts[("sample", None)]["images_per_s"] > 0 and parts[("finetune", None)]["steps_per_s"] > 0
     assert out.is_file() and '"arch": "sd2-base"' in out.read_text()
+
+
+@pytest.mark.slow
+def test_claims_bench_measures_every_variant(tmp_path, in_repo):
+    """bench/claims.py end to end at toy sizes: every claim's row, on both prompt sets."""
+    import json
+
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["finetune"].update(steps=2, batch_size=1)
+    params["generate"].update(num_prompts=2, images_per_prompt=3, steps=2)
+    params["filter"]["angle"] = 90  # the whole half-plane: toy rounds keep their pairs
+    params["dpo"].update(steps=2, batch_size=2)
+    params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    result = bench_module("claims").main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "c.json")])
+    table = result["table"]
+    assert list(table) == ["base (class prompt)", "round_0", "lambda=0.5 angle, round 1", "lambda=0.5 angle, round 2",
+                           "lambda=0.5 threshold, round 1", "lambda=0 angle, round 1", "lambda=1 angle, round 1",
+                           "lambda=0.5 angle, 1 round of 2N"]
+    assert all(v == {"held-out": 2, "held-in": 6} for v in result["images"].values())
+    # gains are relative to round_0: zero for round_0 itself, finite for every other model
+    assert all(abs(x) < 1e-9 for where in table["round_0"].values() for x in where.values())
+    assert all(math.isfinite(x) for sets in table.values() for where in sets.values() for x in where.values())
+    assert json.loads((tmp_path / "c.json").read_text())["table"] == table

@@ -67,7 +67,7 @@ def test_gradient_step_lowers_the_loss():
 
 # --- RankDPO -------------------------------------------------------------------------------
 
-from dbdpo.losses import model_ranks, rank_dpo_loss  # noqa: E402
+from dbdpo.losses import model_ranks, preference_ranks, rank_dpo_loss  # noqa: E402
 
 
 def test_rank_dpo_with_k2_and_unit_weights_is_diffusion_dpo():
@@ -96,25 +96,43 @@ def test_model_ranks():
     assert model_ranks(torch.tensor([[0.0, 0.0]])).tolist() == [[1, 2]]  # ties by index
 
 
-def test_rank_dpo_k4_exact_value():
-    # s = policy - reference = [0.0, 0.1, -0.1, 0.2]; model ranks tau = [2, 3, 1, 4]
-    # psi = [1, 2/3, 1/3, 0] (image 0 best); beta = 2 -> logit_ij = -(s_i - s_j)
+def test_preference_ranks():
+    assert preference_ranks(torch.tensor([[1 / 3, 1.0, 0.0, 2 / 3]])).tolist() == [[3, 1, 4, 2]]
+    assert preference_ranks(torch.tensor([[0.5, 0.5]])).tolist() == [[1, 2]]  # ties by index
+
+
+@pytest.mark.parametrize("rank_by, tau, value", [
+    ("preference", [1, 2, 3, 4], 1.20339),  # the paper's: ranks by psi
+    ("model", [2, 3, 1, 4], 0.86111),  # ranks by the current s (LambdaLoss / LiPO)
+])
+def test_rank_dpo_k4_exact_value(rank_by, tau, value):
+    # s = policy - reference = [0.0, 0.1, -0.1, 0.2]; psi = [1, 2/3, 1/3, 0] (image 0 best)
+    # beta = 2 -> logit_ij = -(s_i - s_j); gain G = 2^psi - 1
     policy = torch.tensor([[0.5, 0.6, 0.4, 0.7]])
     reference = torch.full((1, 4), 0.5)
     psi = torch.tensor([[1.0, 2 / 3, 1 / 3, 0.0]])
-    s, tau = [0.0, 0.1, -0.1, 0.2], [2, 3, 1, 4]
+    s = [0.0, 0.1, -0.1, 0.2]
     expected = 0.0
     for i in range(4):
         for j in range(4):
             if psi[0, i] > psi[0, j]:
-                delta = abs(2 ** psi[0, i].item() - 2 ** psi[0, j].item()) * abs(
+                delta = abs((2 ** psi[0, i].item() - 1) - (2 ** psi[0, j].item() - 1)) * abs(
                     1 / math.log(1 + tau[i]) - 1 / math.log(1 + tau[j]))
                 expected += delta * math.log1p(math.exp(s[i] - s[j]))
-    loss, stats = rank_dpo_loss(policy, reference, psi, beta=2.0)
+    loss, stats = rank_dpo_loss(policy, reference, psi, beta=2.0, rank_by=rank_by)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
-    assert expected == pytest.approx(0.86111, abs=1e-5)
+    assert expected == pytest.approx(value, abs=1e-5)
     # ordered pairs (i better than j) with s_i < s_j: (0,1), (0,3), (1,3), (2,3) -> 4 of 6
     assert stats.implicit_accuracy == pytest.approx(4 / 6)
+
+
+def test_rank_dpo_default_ranks_by_preference_and_refuses_unknown_rankings():
+    policy, reference = torch.tensor([[0.5, 0.6, 0.4, 0.7]]), torch.full((1, 4), 0.5)
+    psi = torch.tensor([[1.0, 2 / 3, 1 / 3, 0.0]])
+    default, _ = rank_dpo_loss(policy, reference, psi, beta=2.0)
+    assert default.item() == rank_dpo_loss(policy, reference, psi, beta=2.0, rank_by="preference")[0].item()
+    with pytest.raises(ValueError, match=r"unknown RankDPO ranking 'ensemble': expected preference \| model"):
+        rank_dpo_loss(policy, reference, psi, beta=2.0, rank_by="ensemble")
 
 
 def test_rank_dpo_is_invariant_to_permuting_the_images():

@@ -164,8 +164,8 @@ def test_ranked_lists_order_psi_and_ties():
     np.testing.assert_allclose(ranked["ensemble"], [3.0, 1.0, 1.0, -0.5])
     only_ts = ranked_lists(scores, {"TS": 1.0}, "none")
     assert only_ts["image_id"].tolist() == ["a", "c", "b", "d"]
-    tied = ranked_lists(table([("x", 1.0, 1.0), ("y", 1.0, 1.0)]), {"IS": 1.0}, "none")
-    assert tied["psi"].tolist() == [0.5, 0.5]
+    tied = ranked_lists(table([("x", 1.0, 1.0), ("y", 1.0, 1.0), ("z", 0.0, 0.0)]), {"IS": 1.0}, "none")
+    assert tied["psi"].tolist() == [0.5, 0.5, 0.0]  # strict wins: x and y beat z only (Algorithm 1)
 
 
 def test_ranked_lists_reject_unknown_rewards():

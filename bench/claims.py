@@ -1,0 +1,186 @@
+"""The papers' claims on the proving ground, measured: one table, no assertion.
+
+Runs the method in-process on the params file (the world's defaults unless --params says
+otherwise), with the same seeds for every variant, and reports each model's mean IS, TS and
+S_0.5 = (IS + TS) / 2 as gains over round_0 in units of round_0's std (per image), on two
+prompt sets:
+  held-out : the evaluation prompts (contexts no training prompt uses), `evaluate` seeds;
+  held-in  : round 1's own training prompts, with seeds no round trained on.
+
+  a. DreamBooth works        round_0 vs the base model prompted with the class noun
+  b. DPO improves S_0.5      lambda=0.5, angle filter: one round, and every round of params
+  c. lambda steers           lambda=0 vs lambda=1 (angle window around each direction)
+  d. angle vs threshold      lambda=0.5, filter.kind threshold (filter.threshold) vs angle
+  e. rounds vs one big round the params' rounds of N prompts vs one round of (rounds x N)
+                             prompts from round_0 with as many DPO steps as all rounds together
+
+    python bench/claims.py [--params params.yaml] [--out claims.json]
+
+About 15 minutes on 2 CPU cores with the default params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from dbdpo.backbones import load_backbone
+from dbdpo.config import Config, load_config
+from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
+from dbdpo.lora import LoraState, merged, stack
+from dbdpo.pairs import build_pairs
+from dbdpo.sampling import generate, plan_samples, write_samples
+from dbdpo.scoring import build_scorers, score_images
+from dbdpo.training import preference_data, train_dpo, train_dreambooth
+
+log = logging.getLogger("claims")
+HELD_IN_SEED = 777_000_000  # no round samples these seeds (rounds use generate.seed + r * 1e6)
+
+
+class Bench:
+    """The run's shared pieces: config, scorers, prompt sets, a scratch folder for images."""
+
+    def __init__(self, cfg: Config, work: Path):
+        self.cfg, self.work = cfg, work
+        concept = [c.image for c in load_concept(cfg.concept)]
+        ts = partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)
+        self.scorers = build_scorers(cfg.score, concept, {"TS": ts})
+        slices = {name: cfg.prompt_slice(name) for name in cfg.round_names()}
+        self.round_prompts = list(train_prompts(slices).values())  # one list per round
+        self.held_out = eval_prompts(cfg.concept, cfg.evaluate.num_prompts)
+        self.backbone = load_backbone(cfg.model)
+
+    def sample(self, lora: LoraState | None, templates: list[str], per_prompt: int, seed: int,
+               name: str, class_prompt: bool = False, settings=None) -> pd.DataFrame:
+        """Images of `lora` (None: the base model) for `templates`, written and scored.
+        class_prompt: render without the instance token ("a toy in the snow"), as the base
+        model is prompted for claim (a). settings: steps, guidance_scale and batch_size
+        (cfg.generate unless given: cfg.evaluate for the held-out prompts)."""
+        concept = dataclasses.replace(self.cfg.concept, token="") if class_prompt else self.cfg.concept
+        prompts = [" ".join(render(t, concept).split()) for t in templates]
+        plan = plan_samples(templates, prompts, per_prompt, seed)
+        g = settings or self.cfg.generate
+        with merged(self.backbone.pipe.unet, lora or {}):
+            images = generate(self.backbone.pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
+                              batch_size=g.batch_size, resolution=self.backbone.resolution, desc=name)
+        samples = write_samples(plan, images, self.work / name, self.work / f"{name}.parquet")
+        scores = score_images(samples["path"].to_list(), samples["template"].to_list(), self.scorers,
+                              self.cfg.score.batch_size, desc=f"score {name}")
+        return pd.concat([samples, scores], axis=1)
+
+    def dpo(self, start: LoraState, scores: pd.DataFrame, cfg: Config, steps: int) -> LoraState:
+        """One DPO round from `start` on `scores`' images: pairs by cfg.pair / cfg.filter."""
+        pairs, summary = build_pairs(scores, cfg.pair, cfg.filter)
+        log.info("pairs: %s", summary.as_metrics())
+        backbone = load_backbone(cfg.model, lora=start)
+        data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
+                               pairs["prompt"].to_list())
+        state, _ = train_dpo(backbone, data, dataclasses.replace(cfg.dpo, steps=steps))
+        return stack(start, state)
+
+    def dreambooth(self) -> LoraState:
+        """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage."""
+        cfg = self.cfg
+        concept = [c.image for c in load_concept(cfg.concept)]
+        prompt = cfg.finetune.instance_prompt.format(token=cfg.concept.token, class_noun=cfg.concept.class_noun)
+        state, _ = train_dreambooth(load_backbone(cfg.model), concept, prompt, cfg.finetune)
+        return state
+
+    def round_scores(self, model: LoraState, templates: list[str], r: int, name: str) -> pd.DataFrame:
+        """Round r's scored training images, seeded as the generate stage seeds round r."""
+        g = self.cfg.generate
+        return self.sample(model, templates, g.images_per_prompt, g.seed + r * 1_000_000, name)
+
+    def measure(self, lora: LoraState | None, name: str, class_prompt: bool = False,
+                sets: tuple[str, ...] = ("held-out", "held-in")) -> dict[str, pd.DataFrame]:
+        """Scored images on the held-out prompts (evaluate's seeds and settings) and on round
+        1's prompts with seeds no round trains on (held-in)."""
+        e, g = self.cfg.evaluate, self.cfg.generate
+        out = {}
+        if "held-out" in sets:
+            out["held-out"] = self.sample(lora, self.held_out, e.images_per_prompt, e.seed, f"{name}_out",
+                                          class_prompt, settings=e)
+        if "held-in" in sets:
+            out["held-in"] = self.sample(lora, self.round_prompts[0], g.images_per_prompt, HELD_IN_SEED,
+                                         f"{name}_in", class_prompt)
+        return out
+
+
+def with_pairing(cfg: Config, lam: float, kind: str) -> Config:
+    return dataclasses.replace(cfg, pair=dataclasses.replace(cfg.pair, lambda_=lam),
+                               filter=dataclasses.replace(cfg.filter, kind=kind))
+
+
+def gains(scores: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
+    """Mean IS, TS and S_0.5 of `scores` minus the reference's, in the reference's std."""
+    z = {k: (scores[k].to_numpy() - reference[k].mean()) / reference[k].std() for k in ("IS", "TS")}
+    return {"IS": float(z["IS"].mean()), "TS": float(z["TS"].mean()), "S_0.5": float((z["IS"] + z["TS"]).mean() / 2)}
+
+
+def run(cfg: Config, work: Path) -> dict:
+    t0 = time.time()
+    bench = Bench(cfg, work)
+    steps, rounds, default = cfg.dpo.steps, len(bench.round_prompts), with_pairing(cfg, 0.5, "angle")
+    measured = {"base (class prompt)": bench.measure(None, "base", class_prompt=True)}
+    round_0 = bench.dreambooth()
+    measured["round_0"] = bench.measure(round_0, "round_0")
+    first = bench.round_scores(round_0, bench.round_prompts[0], 1, "round_1")  # shared by every 1-round variant
+    model = round_0
+    for r, templates in enumerate(bench.round_prompts, start=1):  # (b): the params' rounds
+        scores = first if r == 1 else bench.round_scores(model, templates, r, f"round_{r}")
+        model = bench.dpo(model, scores, default, steps)
+        measured[f"lambda=0.5 angle, round {r}"] = bench.measure(model, f"angle_{r}")
+    for tag, (lam, kind) in {"threshold": (0.5, "threshold"), "lambda_0": (0.0, "angle"),
+                             "lambda_1": (1.0, "angle")}.items():  # (d), (c)
+        model = bench.dpo(round_0, first, with_pairing(cfg, lam, kind), steps)
+        measured[f"lambda={lam:g} {kind}, round 1"] = bench.measure(model, tag)
+    if rounds > 1:  # (e): all rounds' prompts in one round from round_0, as many DPO steps as all rounds
+        scores = bench.round_scores(round_0, sum(bench.round_prompts, []), 1, "one_round")
+        model = bench.dpo(round_0, scores, default, steps * rounds)
+        measured[f"lambda=0.5 angle, 1 round of {rounds}N"] = bench.measure(model, "one_round")
+    reference = measured["round_0"]
+    table = {name: {where: gains(scores, reference[where]) for where, scores in sets.items()}
+             for name, sets in measured.items()}
+    return {"table": table, "minutes": (time.time() - t0) / 60, "rounds": rounds,
+            "N": cfg.generate.num_prompts, "K": cfg.generate.images_per_prompt,
+            "images": {name: {where: len(s) for where, s in sets.items()} for name, sets in measured.items()}}
+
+
+def print_table(result: dict) -> None:
+    print(f"gains over round_0 in round_0 stds (N={result['N']} prompts x K={result['K']} a round; "
+          f"{result['minutes']:.1f} min)")
+    print(f"{'model':36s} | {'held-out IS':>11s} {'TS':>6s} {'S_0.5':>6s} | {'held-in IS':>10s} {'TS':>6s} {'S_0.5':>6s}")
+    for name, sets in result["table"].items():
+        o, i = sets["held-out"], sets["held-in"]
+        print(f"{name:36s} | {o['IS']:+11.3f} {o['TS']:+6.3f} {o['S_0.5']:+6.3f} | "
+              f"{i['IS']:+10.3f} {i['TS']:+6.3f} {i['S_0.5']:+6.3f}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", type=Path, help="also write the table as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    for name in ("claims", "dbdpo"):  # not open_clip's INFO lines on the root logger
+        logging.getLogger(name).setLevel(logging.INFO)
+    cfg = load_config(args.params)
+    with tempfile.TemporaryDirectory() as work:
+        result = run(cfg, Path(work))
+    print_table(result)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
