@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import tempfile
 import time
 from functools import partial
@@ -38,12 +37,18 @@ from dbdpo.config import Config, load_config
 from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
 from dbdpo.lora import LoraState, merged, stack
 from dbdpo.pairs import build_pairs
-from dbdpo.sampling import generate, plan_samples, write_samples
+from dbdpo.sampling import (
+    SEEDS_PER_ROUND,
+    generate,
+    plan_samples,
+    round_seed,
+    write_samples,
+)
 from dbdpo.scoring import build_scorers, score_images
 from dbdpo.training import preference_data, train_dpo, train_dreambooth
 
 log = logging.getLogger("claims")
-HELD_IN_SEED = 777_000_000  # no round samples these seeds (rounds use generate.seed + r * 1e6)
+HELD_IN_SEED = 777 * SEEDS_PER_ROUND  # no round samples these seeds (dbdpo.sampling.round_seed)
 
 
 class Bench:
@@ -51,9 +56,9 @@ class Bench:
 
     def __init__(self, cfg: Config, work: Path):
         self.cfg, self.work = cfg, work
-        concept = [c.image for c in load_concept(cfg.concept)]
+        self.concept_images = [c.image for c in load_concept(cfg.concept)]
         ts = partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)
-        self.scorers = build_scorers(cfg.score, concept, {"TS": ts})
+        self.scorers = build_scorers(cfg.score, self.concept_images, {"TS": ts})
         slices = {name: cfg.prompt_slice(name) for name in cfg.round_names()}
         self.round_prompts = list(train_prompts(slices).values())  # one list per round
         self.held_out = eval_prompts(cfg.concept, cfg.evaluate.num_prompts)
@@ -62,11 +67,11 @@ class Bench:
     def sample(self, lora: LoraState | None, templates: list[str], per_prompt: int, seed: int,
                name: str, class_prompt: bool = False, settings=None) -> pd.DataFrame:
         """Images of `lora` (None: the base model) for `templates`, written and scored.
-        class_prompt: render without the instance token ("a toy in the snow"), as the base
-        model is prompted for claim (a). settings: steps, guidance_scale and batch_size
-        (cfg.generate unless given: cfg.evaluate for the held-out prompts)."""
-        concept = dataclasses.replace(self.cfg.concept, token="") if class_prompt else self.cfg.concept
-        prompts = [" ".join(render(t, concept).split()) for t in templates]
+        class_prompt: the prompt with the class noun and no instance token ("a toy in the
+        snow"), as the base model is prompted for claim (a). settings: steps, guidance_scale
+        and batch_size (cfg.generate unless given: cfg.evaluate for the held-out prompts)."""
+        prompts = [text_prompt(t, self.cfg.concept, "with_class") if class_prompt else render(t, self.cfg.concept)
+                   for t in templates]
         plan = plan_samples(templates, prompts, per_prompt, seed)
         g = settings or self.cfg.generate
         with merged(self.backbone.pipe.unet, lora or {}):
@@ -90,15 +95,14 @@ class Bench:
     def dreambooth(self) -> LoraState:
         """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage."""
         cfg = self.cfg
-        concept = [c.image for c in load_concept(cfg.concept)]
         prompt = cfg.finetune.instance_prompt.format(token=cfg.concept.token, class_noun=cfg.concept.class_noun)
-        state, _ = train_dreambooth(load_backbone(cfg.model), concept, prompt, cfg.finetune)
+        state, _ = train_dreambooth(load_backbone(cfg.model), self.concept_images, prompt, cfg.finetune)
         return state
 
     def round_scores(self, model: LoraState, templates: list[str], r: int, name: str) -> pd.DataFrame:
         """Round r's scored training images, seeded as the generate stage seeds round r."""
         g = self.cfg.generate
-        return self.sample(model, templates, g.images_per_prompt, g.seed + r * 1_000_000, name)
+        return self.sample(model, templates, g.images_per_prompt, round_seed(g.seed, r), name)
 
     def measure(self, lora: LoraState | None, name: str, class_prompt: bool = False,
                 sets: tuple[str, ...] = ("held-out", "held-in")) -> dict[str, pd.DataFrame]:
@@ -183,4 +187,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

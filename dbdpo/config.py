@@ -298,6 +298,7 @@ def load_config(path: str | Path = "params.yaml") -> Config:
 # a bare `no` as false.
 PRECISIONS = ("fp32", "fp16", "bf16")
 LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS
+RANK_BY = ("preference", "model")  # RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
 
 # --- validation --------------------------------------------------------------------------
 
@@ -417,7 +418,7 @@ def validate_groups(c: Config) -> None:
 
     _one_of(c.dpo.loss, ("diffusion_dpo", "rank_dpo"), "dpo.loss")
     _one_of(c.dpo.rank_weighting, ("dcg", "unit"), "dpo.rank_weighting")
-    _one_of(c.dpo.rank_by, ("preference", "model"), "dpo.rank_by")
+    _one_of(c.dpo.rank_by, RANK_BY, "dpo.rank_by")
     expected_mode = "rank" if c.dpo.loss == "rank_dpo" else "pairs"
     _require(c.pair.mode == expected_mode, "pair.mode", c.pair.mode,
              f"{expected_mode} with dpo.loss={c.dpo.loss} (set both: -S dpo.loss=rank_dpo -S pair.mode=rank)")

@@ -193,8 +193,7 @@ def merge_into(unet: torch.nn.Module, state: LoraState) -> None:
 def merged(unet: torch.nn.Module, state: LoraState) -> Iterator[None]:
     """Merge `state` for the duration of the block, then restore the exact base weights."""
     modules = dict(unet.named_modules())
-    names = [k.removesuffix(".lora_A.weight") for k in state if k.endswith("lora_A.weight")]
-    saved = {n: modules[n].weight.detach().clone() for n in names if n in modules}
+    saved = {n: modules[n].weight.detach().clone() for n in target_modules(state) if n in modules}
     merge_into(unet, state)
     try:
         yield

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dbdpo.config import RANK_BY
+
 
 def per_sample_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """||target - prediction||^2 averaged over C, H, W: (B, C, H, W) -> (B,), in fp32."""
@@ -64,9 +66,6 @@ def preference_ranks(preference: torch.Tensor) -> torch.Tensor:
     first; ties by index (Karthik et al. 2024, Algorithm 2: "determine ranking tau by sorting
     images based on phi(x_i)")."""
     return model_ranks(-preference)
-
-
-RANK_BY = ("preference", "model")
 
 
 def rank_dpo_loss(policy: torch.Tensor, reference: torch.Tensor, preference: torch.Tensor, beta: float,

@@ -9,7 +9,7 @@ from dbdpo.backbones import load_backbone
 from dbdpo.data import render, train_prompts
 from dbdpo.lora import load_lora
 from dbdpo.provenance import made_from
-from dbdpo.sampling import generate, plan_samples, write_samples
+from dbdpo.sampling import generate, plan_samples, round_seed, write_samples
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
@@ -21,8 +21,6 @@ from stages.common import (
 )
 
 app = typer.Typer(add_completion=False)
-
-SEEDS_PER_ROUND = 1_000_000  # round r's seeds start at generate.seed + r * this: no reuse
 
 
 @app.command()
@@ -45,7 +43,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     out = round_dir(round_name)
     remove_outputs(out / "images", out / "samples.parquet")
     prompts = [render(t, cfg.concept) for t in templates]
-    plan = plan_samples(templates, prompts, g.images_per_prompt, g.seed + index * SEEDS_PER_ROUND)
+    plan = plan_samples(templates, prompts, g.images_per_prompt, round_seed(g.seed, index))
     images = generate(backbone.pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
                       batch_size=g.batch_size, resolution=backbone.resolution, desc=f"generate {round_name}")
     write_samples(plan, images, out / "images", out / "samples.parquet", made_from=made_from(start_dir))
