@@ -1,6 +1,12 @@
-"""The real architectures through the real `dvc` CLI: tiny SD2 (v-prediction) and tiny SDXL
-folders loaded as `backbone: sd` / `sdxl`, and the SDXL preset failing fast without weights."""
+"""The real architectures through every stage: tiny SD2 (v-prediction) and tiny SDXL folders
+loaded as `backbone: sd` / `sdxl`, and the SDXL preset failing fast without weights.
 
+The stages run in-process, in dvc.yaml's order, with the commands `dvc repro` runs (a stage
+subprocess costs ~10 s of imports); tests/test_e2e_dvc.py runs the same commands through the
+`dvc` CLI on the default backbone.
+"""
+
+import importlib
 import json
 import math
 import shutil
@@ -8,6 +14,7 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from dbdpo.backbones import load_backbone
 from dbdpo.config import ModelConfig
@@ -19,15 +26,27 @@ pytestmark = pytest.mark.slow
 STAGES = ("finetune", "generate@round_1", "score@round_1", "pair@round_1", "dpo@round_1", "evaluate")
 
 
+def run_stages_in_process(project, monkeypatch) -> None:
+    """Each of dvc.yaml's one-round stages as `dvc repro` runs it: its Typer command, in the
+    project folder, with DVC_STAGE naming the round."""
+    dvc_yaml = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    monkeypatch.chdir(project)
+    for stage in STAGES:
+        name = stage.partition("@")[0]
+        wiring = dvc_yaml[name].get("do", dvc_yaml[name])
+        assert wiring["cmd"] == f"python -m stages.{name}"  # what follows is that command
+        monkeypatch.setenv("DVC_STAGE", stage)
+        result = CliRunner().invoke(importlib.import_module(f"stages.{name}").app, [])
+        assert result.exit_code == 0, f"{stage}: {result.output}\n{result.exception!r}"
+
+
 @pytest.mark.parametrize("arch, kind", [("sd2", "sd"), ("sdxl", "sdxl")])
-def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, arch, kind):
+def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, monkeypatch, arch, kind):
     params = fast_params()
     params["model"].update(backbone=kind, path=str(tiny_dirs[arch]))
     params["score"]["dino_model"] = "tiny"  # the DINO column's code path, on a random ViT
     copy_project(tmp_path, params)
-    out = run(["dvc", "repro"], tmp_path).stdout
-    for stage in STAGES:
-        assert f"Running stage '{stage}'" in out
+    run_stages_in_process(tmp_path, monkeypatch)
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics) == ["final", "round_0", "round_1"]
@@ -42,21 +61,38 @@ def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, arch, kind):
     assert pipe.get_list_adapters() == {"unet": ["default_0"]}
 
 
-@pytest.mark.parametrize("weights", ["absent folder", "folder without weights"])
-def test_sdxl_preset_without_local_weights_fails_fast_and_writes_nothing(tmp_path, tiny_dirs, weights):
-    model_dir = tmp_path / "sdxl-base"
-    if weights == "folder without weights":  # e.g. an interrupted download: configs only
-        shutil.copytree(tiny_dirs["sdxl"], model_dir, ignore=shutil.ignore_patterns("*.safetensors"))
+def sdxl_preset_project(tmp_path, model_dir=None):
     project = tmp_path / "project"
     project.mkdir()
-    copy_project(project, yaml.safe_load((REPO / "presets/sdxl.yaml").read_text()))
+    params = yaml.safe_load((REPO / "presets/sdxl.yaml").read_text())
+    if model_dir is not None:
+        params["model"]["path"] = str(model_dir)
+    copy_project(project, params)
+    return project
 
+
+def assert_nothing_written(project):
+    assert not (project / "models").exists() or not any((project / "models").rglob("*.safetensors"))
+    assert not list(project.rglob(".tmp-*"))
+
+
+def test_sdxl_preset_with_an_absent_model_folder_stops_dvc_at_finetune(tmp_path):
+    model_dir = tmp_path / "sdxl-base"
+    project = sdxl_preset_project(tmp_path)
     result = run(["dvc", "exp", "run", "-S", f"model.path={model_dir}"], project, check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Running stage 'finetune'" in output and "Running stage 'generate" not in output
-    expected = {"absent folder": f"model.path='{model_dir}' is not a directory with a diffusers pipeline",
-                "folder without weights": f"model.path='{model_dir}': no .safetensors weights in {model_dir}/unet"}
-    assert f"error: {expected[weights]}" in output
-    assert not (project / "models").exists() or not any((project / "models").rglob("*.safetensors"))
-    assert not list(project.rglob(".tmp-*"))
+    assert f"error: model.path='{model_dir}' is not a directory with a diffusers pipeline" in output
+    assert_nothing_written(project)
+
+
+def test_sdxl_preset_with_a_folder_without_weights_fails_fast(tmp_path, tiny_dirs):
+    model_dir = tmp_path / "sdxl-base"  # e.g. an interrupted download: configs only
+    shutil.copytree(tiny_dirs["sdxl"], model_dir, ignore=shutil.ignore_patterns("*.safetensors"))
+    project = sdxl_preset_project(tmp_path, model_dir)
+    result = CliRunner().invoke(importlib.import_module("stages.finetune").app, ["--params", str(project / "params.yaml")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: model.path='{model_dir}': no .safetensors weights in {model_dir}/unet")
+    assert_nothing_written(project)
