@@ -1,9 +1,10 @@
 """Write the proving ground's data files: data/concept/*.png and data/prompts/*.txt.
 
-Deterministic: `python scripts/make_world_data.py` rewrites them byte for byte (a test checks
-the committed files against dbdpo.world_data).
+Deterministic: `python scripts/make_world_data.py` rewrites them byte for byte (a test writes
+them to a scratch folder with `--out` and compares with the committed files).
 """
 
+import argparse
 from pathlib import Path
 
 from dbdpo.world import render
@@ -25,14 +26,17 @@ EVAL_HEADER = """# DreamBooth-style evaluation prompts (Ruiz et al. 2023, Sec. 4
 """
 
 
-def main() -> None:
-    concept = DATA / "concept"
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DATA, help="the data folder to write (default: the repository's)")
+    data = parser.parse_args(argv).out
+    concept = data / "concept"
     concept.mkdir(parents=True, exist_ok=True)
     for old in concept.glob("*.png"):
         old.unlink()
     for i, view in enumerate(concept_views(CONCEPT_VIEWS)):
         render(view).save(concept / f"toy_{i:02d}.png")
-    prompts = DATA / "prompts"
+    prompts = data / "prompts"
     prompts.mkdir(parents=True, exist_ok=True)
     (prompts / "train.txt").write_text(TRAIN_HEADER + "\n".join(train_templates()) + "\n")
     for kind in ("object", "live"):

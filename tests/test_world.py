@@ -46,14 +46,14 @@ def test_prompt_pools_hold_out_the_eval_contexts():
 
 
 def test_committed_data_files_are_what_the_world_makes(tmp_path):
-    """scripts/make_world_data.py reproduces data/ byte for byte."""
-    def digests():
-        return {p.relative_to(REPO / "data").as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
-                for p in sorted((REPO / "data").rglob("*")) if p.is_file()}
+    """scripts/make_world_data.py reproduces data/ byte for byte (written to a scratch folder:
+    the repository's own files stay untouched while other tests read them)."""
+    def digests(root):
+        return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
 
-    committed = digests()
-    subprocess.run([sys.executable, "scripts/make_world_data.py"], cwd=REPO, check=True)
-    assert digests() == committed
+    subprocess.run([sys.executable, "scripts/make_world_data.py", "--out", str(tmp_path)], cwd=REPO, check=True)
+    assert digests(tmp_path) == digests(REPO / "data")
 
 
 def test_roc_auc_by_hand():
