@@ -4,6 +4,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` (the README's command): one torch thread per worker, before torch loads, so
+    # N workers share the cores instead of N x cores threads spinning against each other. The
+    # stage subprocesses of the dvc tests inherit it. Results do not depend on the thread count
+    # (docs/proving_ground.md: DreamBooth, sampling and scoring give the same IS on 1 or 2).
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 from pathlib import Path  # noqa: E402
 
