@@ -1,0 +1,123 @@
+"""Training prompt pools at the papers' scale, composed from templates.
+
+The DreamBoothDPO authors sample thousands of concept-agnostic training prompts and give each
+round its own part of them; the default pool of the proving ground (data/prompts/train.txt)
+has 210, on the only contexts its tiny models know. For a real backbone, this composer writes
+a pool of any size from styles x attributes x actions x contexts, for an object or a live
+subject, deterministically (same arguments, same bytes), without duplicates, and without any
+context that an evaluation prompt uses (the evaluation stays on held-out contexts).
+
+Each line is a template with the {token} and {class_noun} placeholders, as every prompt file:
+the TS prompt drops them ("a photo of a in a library"), the generation prompt fills them in.
+
+    python -m dbdpo.prompts --class-noun dog --n 4000 --out data/prompts/train_dog.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import re
+from pathlib import Path
+
+from dbdpo.errors import DataError
+
+LIVE_NOUNS = {"dog", "cat", "puppy", "kitten", "bird", "horse", "rabbit", "hamster", "person", "man", "woman",
+              "boy", "girl", "baby", "child", "parrot", "fox", "bear", "monkey", "duck", "pig", "cow"}
+
+STYLES = ("a photo of", "a close-up photo of", "a wide-angle photo of", "a blurry photo of", "a black and white photo of",
+          "a watercolor painting of", "an oil painting of", "a pencil sketch of", "a 3D render of",
+          "a polaroid photo of", "a cinematic still of", "a toy-camera photo of", "")
+ATTRIBUTES = ("", "small", "large", "clean", "dusty", "old", "new", "glowing", "faded")
+ACTIONS = {
+    "object": ("", "next to a cup of coffee", "beside a stack of books", "half covered in autumn leaves",
+               "lit by warm lamplight", "casting a long shadow", "in soft morning light", "surrounded by flowers",
+               "next to a potted plant", "with raindrops on it", "seen from above"),
+    "live": ("", "sleeping", "running", "sitting", "jumping", "yawning", "playing with a ball",
+             "wearing a red scarf", "looking at the camera", "lying down", "wearing sunglasses"),
+}
+# Prepositional contexts; none is an evaluation context of the DreamBooth sets (jungle, snow,
+# beach, cobblestone street, pink fabric, wooden floor, city, mountain, blue house, wheat field,
+# sidewalk, water, milk, grass with sunflowers, mirror, dirt road, white rug, purple rug, ...).
+CONTEXTS = (
+    "in a library", "on a kitchen counter", "in a sunlit living room", "on a park bench", "in a forest clearing",
+    "on a wooden dock", "in a desert at sunset", "on a rooftop at night", "in a flower garden", "at a train station",
+    "in a cozy cafe", "on an office desk", "in a bathroom sink", "on a stone wall", "in a pumpkin patch",
+    "under a cherry blossom tree", "in a bamboo forest", "on a frozen lake", "in a rainy alley", "on a picnic blanket",
+    "in front of the Eiffel Tower", "in front of a red barn", "on a boat deck", "in a greenhouse", "on a balcony",
+    "in a museum hall", "on a bookshelf", "in a lavender field", "at a campfire", "on a sand dune",
+    "in a neon-lit arcade", "in a hot air balloon", "on a moss-covered rock", "in a vineyard", "on a windowsill",
+    "in a subway car", "on a tennis court", "in an art studio", "at a farmers market", "on a snowboard slope",
+    "in a candy shop", "on a chessboard", "in a space station", "on the moon", "in a medieval castle",
+    "on a bridge at dusk", "in a tulip field", "in a laundromat", "on a ferris wheel", "in a treehouse",
+    "on a basketball court", "in a bakery", "on a lily pad", "in an autumn forest", "at a music festival",
+    "on a stack of pillows", "in a canyon", "in a lighthouse", "on a marble table", "in a glass display case",
+)
+
+
+def article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def compose(style: str, attribute: str, action: str, context: str) -> str:
+    """One template: "[style] a [attribute] {token} {class_noun} [action] context"."""
+    subject = " ".join(w for w in (attribute, "{token}", "{class_noun}") if w)
+    if style:
+        style = f"{style} {article(subject)}"
+    else:
+        style = article(subject)
+    return " ".join(w for w in (style, subject, action, context) if w)
+
+
+def eval_contexts(eval_templates: list[str]) -> set[str]:
+    """What follows the subject in each evaluation template ("in the jungle", "on top of pink fabric")."""
+    return {t.split("{class_noun}", 1)[1].strip() for t in eval_templates if "{class_noun}" in t}
+
+
+def subject_kind(class_noun: str) -> str:
+    """live for a known animal or person noun (its prompts get actions such as "sleeping"), else object."""
+    return "live" if class_noun.lower() in LIVE_NOUNS else "object"
+
+
+def compose_pool(kind: str, n: int, eval_templates: list[str] = (), seed: int = 0) -> list[str]:
+    """`n` distinct templates for a `kind` subject (object | live), in a seeded order, none
+    on a context of `eval_templates`. Raises DataError when the combinations cannot give `n`."""
+    held_out = {re.sub(r"\s+", " ", c.lower()) for c in eval_contexts(list(eval_templates))}
+    contexts = [c for c in CONTEXTS if c.lower() not in held_out]
+    combos = sorted(set(itertools.product(STYLES, ATTRIBUTES, ACTIONS[kind], contexts)))
+    templates = sorted({compose(*c) for c in combos})
+    if n > len(templates):
+        raise DataError(f"asked for {n} prompts; the composer has {len(templates)} distinct {kind} prompts")
+    random.Random(seed).shuffle(templates)  # rounds take consecutive slices: mix contexts and styles
+    return templates[:n]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--class-noun", required=True, help="the concept's class, e.g. dog (live) or backpack")
+    parser.add_argument("--kind", choices=tuple(ACTIONS), help="object or live (default: from the class noun)")
+    parser.add_argument("--n", type=int, default=4000, help="prompts to write")
+    parser.add_argument("--eval", type=Path, nargs="*", default=[Path("data/prompts/eval_object.txt"),
+                                                                Path("data/prompts/eval_live.txt")],
+                        help="evaluation prompt files whose contexts stay out of the pool")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    from dbdpo.data import load_prompt_templates
+
+    held = [t for path in args.eval for t in load_prompt_templates(path)]
+    kind = args.kind or subject_kind(args.class_noun)
+    pool = compose_pool(kind, args.n, held, args.seed)
+    header = (f"# {len(pool)} training prompts for a {args.class_noun} ({kind}; python -m dbdpo.prompts, "
+              f"seed {args.seed});\n"
+              f"# no context of {', '.join(str(p) for p in args.eval)}. Round i takes its own slice.\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".tmp-{args.out.name}")
+    tmp.write_text(header + "\n".join(pool) + "\n", encoding="utf-8")
+    tmp.replace(args.out)
+    return args.out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The prompt composer: pools at the papers' scale, deterministic, held-out contexts kept out."""
+
+import re
+
+import pytest
+
+from dbdpo.config import ConceptConfig
+from dbdpo.data import load_prompt_templates, render, text_prompt
+from dbdpo.errors import DataError
+from dbdpo.prompts import (
+    CONTEXTS,
+    compose,
+    compose_pool,
+    eval_contexts,
+    main,
+    subject_kind,
+)
+from tests.conftest import REPO
+
+EVAL_FILES = [REPO / "data/prompts/eval_object.txt", REPO / "data/prompts/eval_live.txt"]
+
+
+def test_compose_reads_as_english():
+    assert compose("a photo of", "", "", "in a library") == "a photo of a {token} {class_noun} in a library"
+    assert compose("", "old", "sleeping", "on a balcony") == "an old {token} {class_noun} sleeping on a balcony"
+    assert compose("an oil painting of", "", "", "at a campfire") == "an oil painting of a {token} {class_noun} at a campfire"
+
+
+@pytest.mark.parametrize("class_noun, kind", [("dog", "live"), ("backpack", "object"), ("Cat", "live")])
+def test_the_class_noun_picks_the_subject_kind(class_noun, kind):
+    assert subject_kind(class_noun) == kind
+
+
+@pytest.mark.parametrize("kind", ["object", "live"])
+def test_a_pool_of_4000_is_distinct_deterministic_and_off_the_eval_contexts(kind):
+    held = [t for path in EVAL_FILES for t in load_prompt_templates(path)]
+    pool = compose_pool(kind, 4000, held)
+    assert len(pool) == 4000 and len(set(pool)) == 4000
+    assert pool == compose_pool(kind, 4000, held)  # same arguments, same order
+    assert pool != compose_pool(kind, 4000, held, seed=1)
+    assert all("{token} {class_noun}" in t and "  " not in t for t in pool)
+    assert not any(re.search(r"\ba [aeiou]", t) for t in pool)  # "an old", never "a old"
+    for context in eval_contexts(held):
+        assert not any(t.endswith(context) for t in pool), context
+    # every context and style appears early: a round's slice mixes them
+    assert len({c for c in CONTEXTS if any(t.endswith(c) for t in pool[:500])}) == len(CONTEXTS)
+    cfg = ConceptConfig(token="sks", class_noun="dog")
+    assert render(pool[0], cfg).count("sks dog") == 1 and "sks" not in text_prompt(pool[0], cfg, "with_class")
+
+
+def test_an_eval_context_is_removed_from_the_pool():
+    pool = compose_pool("object", 2000, ["a {token} {class_noun} in a library"])
+    assert not any(t.endswith("in a library") for t in pool)
+    assert any(t.endswith("in a library") for t in compose_pool("object", 2000))
+
+
+def test_asking_for_more_than_the_composer_holds_names_both_numbers():
+    with pytest.raises(DataError, match=r"asked for 10000000 prompts; the composer has \d+ distinct live prompts"):
+        compose_pool("live", 10_000_000)
+
+
+def test_the_command_writes_a_prompt_file_the_pipeline_loads(tmp_path):
+    out = main(["--class-noun", "dog", "--n", "2500", "--eval", *map(str, EVAL_FILES), "--out", str(tmp_path / "p.txt")])
+    templates = load_prompt_templates(out)
+    assert len(templates) == 2500 and out.read_text().startswith("# 2500 training prompts for a dog (live;")
+    first = out.read_bytes()
+    main(["--class-noun", "dog", "--n", "2500", "--eval", *map(str, EVAL_FILES), "--out", str(out)])
+    assert out.read_bytes() == first and not list(tmp_path.glob(".tmp-*"))
