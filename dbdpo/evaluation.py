@@ -1,4 +1,4 @@
-"""Held-out evaluation of every round's model: per-round means, Pareto front, sample grids."""
+"""Held-out evaluation of every round's model: per-round metrics, Pareto front, sample grids."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dbdpo.config import ConceptConfig, EvaluateConfig
 from dbdpo.data import render
 from dbdpo.lora import LoraState, merged
 from dbdpo.sampling import generate, plan_samples
-from dbdpo.scoring import Scorer, score_images
+from dbdpo.scoring import Scorer, score_loaded
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ class RoundSamples:
 
 def sample_and_score(backbone: Backbone, rounds: list[RoundModel], templates: list[str],
                      concept: ConceptConfig, cfg: EvaluateConfig, scorers: list[Scorer],
-                     image_dir: Path) -> list[RoundSamples]:
-    """Same prompts and seeds for every round, so differences come from the model alone."""
+                     image_dir: Path, score_batch_size: int) -> list[RoundSamples]:
+    """Same prompts and seeds for every round, so differences come from the model alone.
+    Each image is written to image_dir/<round>/ and scored as sampled (PNG is lossless: the
+    file holds the very pixels scored)."""
     prompts = [render(t, concept) for t in templates]
     plan = plan_samples(templates, prompts, cfg.images_per_prompt, cfg.seed)
     results = []
@@ -49,7 +51,7 @@ def sample_and_score(backbone: Backbone, rounds: list[RoundModel], templates: li
             path.parent.mkdir(parents=True, exist_ok=True)
             image.save(path)
             paths.append(str(path))
-        scores = score_images(paths, [r.template for r in plan], scorers, batch_size=64,
+        scores = score_loaded(images, paths, [r.template for r in plan], scorers, score_batch_size,
                               desc=f"score {model.name}")
         scores.insert(0, "seed", [r.seed for r in plan])
         scores.insert(0, "prompt_id", [r.prompt_id for r in plan])
@@ -58,12 +60,16 @@ def sample_and_score(backbone: Backbone, rounds: list[RoundModel], templates: li
     return results
 
 
-def round_means(samples: list[RoundSamples]) -> dict[str, dict[str, float]]:
-    """{round: {score: mean over all eval images}}."""
+def round_metrics(samples: list[RoundSamples]) -> dict[str, dict[str, float | int]]:
+    """{round: {score: mean, score_std: std over images (ddof 1), ..., images: count}} over all
+    of a round's evaluation images, so a difference can be judged against its noise (the
+    standard error of a mean is std / sqrt(images))."""
     out = {}
     for s in samples:
         numeric = s.scores.drop(columns=["round", "prompt_id", "seed"])
-        out[s.name] = {k: float(v) for k, v in numeric.mean().items()}
+        metrics: dict[str, float | int] = {k: float(v) for k, v in numeric.mean().items()}
+        metrics |= {f"{k}_std": float(v) for k, v in numeric.std(ddof=1).items()}
+        out[s.name] = metrics | {"images": len(numeric)}
     return out
 
 

@@ -222,17 +222,33 @@ def build_scorers(cfg: ScoreConfig, concept_images: list[Image.Image],
 
 def score_images(paths: list[str], texts: list[str], scorers: list[Scorer], batch_size: int,
                  desc: str = "score") -> pd.DataFrame:
-    """One row per image, one column per score name, in input order."""
+    """One row per image file, one column per score name, in input order; the files are read
+    one batch at a time."""
+    def load(start: int, stop: int) -> list[Image.Image]:
+        return [load_image_rgb(Path(p), min_size=1) for p in paths[start:stop]]
+
+    return _score(load, paths, texts, scorers, batch_size, desc)
+
+
+def score_loaded(images: list[Image.Image], labels: list[str], texts: list[str], scorers: list[Scorer],
+                 batch_size: int, desc: str = "score") -> pd.DataFrame:
+    """As score_images, for images already in memory (evaluate scores what it just sampled);
+    `labels` name an image in errors, e.g. the path it was written to."""
+    return _score(lambda start, stop: images[start:stop], labels, texts, scorers, batch_size, desc)
+
+
+def _score(load: Callable[[int, int], list[Image.Image]], labels: list[str], texts: list[str],
+           scorers: list[Scorer], batch_size: int, desc: str) -> pd.DataFrame:
     columns: dict[str, list[np.ndarray]] = {}
-    for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch"):
-        batch_paths = paths[start : start + batch_size]
-        images = [load_image_rgb(Path(p), min_size=1) for p in batch_paths]
+    for start in tqdm(range(0, len(labels), batch_size), desc=desc, unit="batch"):
+        images = load(start, start + batch_size)
+        batch_labels = labels[start : start + batch_size]
         batch_texts = texts[start : start + batch_size]
         for scorer in scorers:
             for name, values in scorer(images, batch_texts).items():
                 values = np.asarray(values, dtype=np.float64)
                 if not np.isfinite(values).all():
-                    bad = batch_paths[int(np.flatnonzero(~np.isfinite(values))[0])]
+                    bad = batch_labels[int(np.flatnonzero(~np.isfinite(values))[0])]
                     raise ScorerError(f"{bad}: {name} is not finite (a blank or broken image?); "
                                       "no score table is written with it")
                 columns.setdefault(name, []).append(values)

@@ -19,7 +19,7 @@ from dbdpo.evaluation import (
     RoundModel,
     comparison_grids,
     pareto_front,
-    round_means,
+    round_metrics,
     sample_and_score,
     tradeoff_figure,
 )
@@ -41,7 +41,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     e = cfg.evaluate
     names = ["round_0", *cfg.round_names()]
     with user_errors():
-        templates = eval_prompts(cfg.concept, e.num_prompts)
+        templates = eval_prompts(Path(e.prompts), e.num_prompts)
         concept = [c.image for c in load_concept(cfg.concept)]
         models = [RoundModel(n, load_lora(checked_model(n))) for n in names]
         # "TS" is the configured variant; both variants are reported by name as well.
@@ -53,20 +53,23 @@ def main(params: Path = PARAMS_OPTION) -> None:
                    EVAL / "grids", Path("metrics.json"))
 
     with atomic_dir(EVAL / "images") as image_dir:
-        samples = sample_and_score(backbone, models, templates, cfg.concept, e, scorers, image_dir)
+        samples = sample_and_score(backbone, models, templates, cfg.concept, e, scorers, image_dir,
+                                   cfg.score.batch_size)
     write_parquet(pd.concat([s.scores for s in samples], ignore_index=True), EVAL / "scores.parquet")
 
-    means = round_means(samples)
-    front = pareto_front([means[n]["IS"] for n in names], [means[n]["TS"] for n in names])
-    write_csv([{"round": n, "IS": means[n]["IS"], "TS": means[n]["TS"], "pareto": bool(f)}
+    metrics = round_metrics(samples)
+    front = pareto_front([metrics[n]["IS"] for n in names], [metrics[n]["TS"] for n in names])
+    write_csv([{"round": n, "IS": metrics[n]["IS"], "TS": metrics[n]["TS"], "pareto": bool(f)}
                for n, f in zip(names, front)], EVAL / "tradeoff.csv")
-    tradeoff_figure(names, [means[n]["IS"] for n in names], [means[n]["TS"] for n in names],
+    tradeoff_figure(names, [metrics[n]["IS"] for n in names], [metrics[n]["TS"] for n in names],
                     EVAL / "tradeoff.png")
     with atomic_dir(EVAL / "grids") as grid_dir:
         for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt).items():
             grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")
-    write_json({"final": means[names[-1]], **means}, Path("metrics.json"))
-    typer.echo(f"final ({names[-1]}): " + ", ".join(f"{k}={v:.4f}" for k, v in means[names[-1]].items()))
+    write_json({"final": metrics[names[-1]], **metrics}, Path("metrics.json"))
+    final = metrics[names[-1]]
+    typer.echo(f"final ({names[-1]}, {final['images']} images): "
+               + ", ".join(f"{k}={v:.4f}±{final[k + '_std']:.4f}" for k, v in final.items() if f"{k}_std" in final))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 import numpy as np
+import pandas as pd
+import pytest
 from PIL import Image
 
 from dbdpo.evaluation import (
     GRID_SCALE,
     LABEL_HEIGHT,
+    RoundSamples,
     grid_row,
     pareto_front,
+    round_metrics,
     tradeoff_figure,
 )
 
@@ -31,3 +35,14 @@ def test_tradeoff_figure_is_a_png(tmp_path):
     tradeoff_figure(["round_0", "round_1", "round_2"], [0.8, 0.85, 0.84], [0.20, 0.22, 0.25], tmp_path / "t.png")
     with Image.open(tmp_path / "t.png") as img:
         assert img.format == "PNG" and img.size == (500, 400)
+
+
+def test_round_metrics_give_mean_std_and_count_per_score():
+    scores = pd.DataFrame({"round": "round_1", "prompt_id": [0, 0, 1, 1], "seed": [5, 6, 5, 6],
+                           "IS": [0.1, 0.2, 0.3, 0.6], "TS": [0.5, 0.5, 0.5, 0.5]})
+    metrics = round_metrics([RoundSamples("round_1", [], scores)])["round_1"]
+    assert list(metrics) == ["IS", "TS", "IS_std", "TS_std", "images"]
+    assert metrics["IS"] == pytest.approx(0.3) and metrics["TS"] == pytest.approx(0.5)
+    # sample std (ddof 1): deviations -0.2, -0.1, 0, 0.3 -> sqrt(0.14 / 3)
+    assert metrics["IS_std"] == pytest.approx(np.sqrt(0.14 / 3)) and metrics["TS_std"] == 0.0
+    assert metrics["images"] == 4

@@ -12,6 +12,7 @@ from dbdpo.scoring import (
     build_scorers,
     load_open_clip,
     score_images,
+    score_loaded,
 )
 
 
@@ -55,6 +56,9 @@ def test_score_images_reads_files_and_runs_every_scorer(tmp_path):
     assert table["DINO"].between(-1, 1).all() and table["IS"].between(-1, 1).all()
     single = score_images(paths[3:4], ["a toy"], scorers, batch_size=2)
     np.testing.assert_allclose(single.iloc[0].to_numpy(), table.iloc[3].to_numpy(), atol=1e-6)
+    # evaluate scores what it sampled without reading it back: the same numbers (PNG is lossless)
+    in_memory = score_loaded(images(5), paths, ["a toy"] * 5, scorers, batch_size=2)
+    np.testing.assert_array_equal(in_memory.to_numpy(), table.to_numpy())
 
 
 def test_a_non_finite_score_names_the_image_and_writes_nothing(tmp_path):
@@ -74,6 +78,10 @@ def test_a_non_finite_score_names_the_image_and_writes_nothing(tmp_path):
 
     with pytest.raises(ScorerError, match=f"{tmp_path / '1.png'}: IS is not finite"):
         score_images(paths, ["a toy"] * 2, [redness_share], batch_size=2)
+    with pytest.raises(ScorerError, match="eval/images/round_1/p1_k0.png: IS is not finite"):
+        score_loaded([Image.new("RGB", (8, 8), c) for c in [(120, 60, 30), (0, 0, 0)]],
+                     ["eval/images/round_1/p0_k0.png", "eval/images/round_1/p1_k0.png"], ["a toy"] * 2,
+                     [redness_share], batch_size=1)
 
 
 def test_normalization_exact():
