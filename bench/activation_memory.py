@@ -25,7 +25,8 @@ from dbdpo.architectures import FULL_ARCHS, full_backbone  # noqa: E402
 from dbdpo.conditioning import encode_prompts, image_size_ids  # noqa: E402
 from dbdpo.config import DpoConfig  # noqa: E402
 from dbdpo.data import to_tensor  # noqa: E402
-from dbdpo.training import PreferenceData, encode_images, train_dpo  # noqa: E402
+from dbdpo.dpo import PreferenceData, train_dpo  # noqa: E402
+from dbdpo.training import encode_images  # noqa: E402
 
 
 def saved_bytes(run) -> tuple[collections.Counter, collections.Counter]:

@@ -30,7 +30,8 @@ from diffusers_dpo import diffusers_dpo  # noqa: E402
 from dbdpo.backbones import load_backbone  # noqa: E402
 from dbdpo.conditioning import encode_prompts  # noqa: E402
 from dbdpo.config import DpoConfig, ModelConfig  # noqa: E402
-from dbdpo.training import PreferenceData, encode_images, train_dpo  # noqa: E402
+from dbdpo.dpo import PreferenceData, train_dpo  # noqa: E402
+from dbdpo.training import encode_images  # noqa: E402
 
 PROMPTS = ["a photo of sks toy on a table", "a photo of sks toy in the snow"]
 

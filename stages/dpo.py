@@ -7,9 +7,9 @@ import typer
 
 from dbdpo.artifacts import read_parquet, remove_outputs, write_csv, write_json
 from dbdpo.backbones import load_backbone
+from dbdpo.dpo import preference_data, ranked_data, train_dpo, train_rank_dpo
 from dbdpo.lora import load_lora, save_lora, stack
 from dbdpo.provenance import check_made_from, folder_record, made_from
-from dbdpo.training import preference_data, ranked_data, train_dpo, train_rank_dpo
 from stages.common import (
     LOGS,
     PARAMS_OPTION,

@@ -17,11 +17,11 @@ from PIL import Image
 from dbdpo.backbones import load_backbone
 from dbdpo.config import ConceptConfig, DpoConfig, FilterConfig, ModelConfig, PairConfig
 from dbdpo.data import load_prompt_templates, render
+from dbdpo.dpo import preference_data, ranked_data, train_dpo, train_rank_dpo
 from dbdpo.lora import merged
 from dbdpo.pairs import build_pairs, ranked_lists
 from dbdpo.sampling import generate, plan_samples, write_samples
 from dbdpo.scoring import score_images
-from dbdpo.training import preference_data, ranked_data, train_dpo, train_rank_dpo
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

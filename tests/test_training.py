@@ -6,18 +6,10 @@ import torch
 from dbdpo.backbones import Backbone, load_backbone
 from dbdpo.conditioning import TextConditioning, encode_prompts
 from dbdpo.config import DpoConfig, FinetuneConfig, ModelConfig
+from dbdpo.dpo import PreferenceData, RankedData, dpo_errors, train_dpo, train_rank_dpo
 from dbdpo.lora import TARGET_SETS, merge_into
 from dbdpo.losses import diffusion_dpo_loss
-from dbdpo.training import (
-    PreferenceData,
-    RankedData,
-    TrainingDiverged,
-    dpo_errors,
-    train_dpo,
-    train_dreambooth,
-    train_rank_dpo,
-    training_target,
-)
+from dbdpo.training import TrainingDiverged, train_dreambooth, training_target
 from tests.test_lora import random_lora
 
 

@@ -1,0 +1,228 @@
+"""Preference training on a fresh LoRA: Diffusion-DPO on pairs and RankDPO on ranked lists.
+
+What a step reads (latents, text conditioning, SDXL size ids) is encoded once per round, before
+step 0 (dbdpo.training). The reference model is the same UNet with the "dpo" adapter disabled:
+the round's start model, merged into the base weights when the backbone was loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dbdpo.backbones import Backbone
+from dbdpo.conditioning import TextConditioning, encode_prompts, image_size_ids, predict
+from dbdpo.config import DpoConfig
+from dbdpo.data import load_image_rgb
+from dbdpo.lora import LoraState, lora_state
+from dbdpo.losses import diffusion_dpo_loss, per_sample_error, rank_dpo_loss
+from dbdpo.training import (
+    StepCallback,
+    check_finite,
+    encode_images,
+    prepare_lora_training,
+    select_rows,
+    training_mode,
+    training_target,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --- Diffusion-DPO -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreferenceData:
+    """Everything a DPO step reads, precomputed once per round.
+
+    latents: (I, 4, h, w) one per distinct image; sizes: (I, 6) SDXL size/crop ids or None;
+    text: P rows, one per distinct prompt; winner/loser/prompt: (N,) indices, one per pair.
+    """
+
+    latents: torch.Tensor
+    sizes: torch.Tensor | None
+    text: TextConditioning
+    winner: torch.Tensor
+    loser: torch.Tensor
+    prompt: torch.Tensor
+
+
+def preference_data(backbone: Backbone, winner_paths: list[str], loser_paths: list[str],
+                    prompts: list[str]) -> PreferenceData:
+    """Encode each distinct image and prompt once (an image is often in several pairs)."""
+    paths = sorted(set(winner_paths) | set(loser_paths))
+    path_index = {p: i for i, p in enumerate(paths)}
+    unique_prompts = sorted(set(prompts))
+    prompt_index = {p: i for i, p in enumerate(unique_prompts)}
+    images = [load_image_rgb(Path(p), min_size=1) for p in paths]
+    return PreferenceData(
+        latents=encode_images(backbone, images),
+        sizes=image_size_ids(backbone, images),
+        text=encode_prompts(backbone, unique_prompts),
+        winner=torch.tensor([path_index[p] for p in winner_paths]),
+        loser=torch.tensor([path_index[p] for p in loser_paths]),
+        prompt=torch.tensor([prompt_index[p] for p in prompts]),
+    )
+
+
+def dpo_errors(unet, scheduler, data: PreferenceData, pair_idx: torch.Tensor, noise: torch.Tensor,
+               timesteps: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample errors (B,), (B,) of winners and losers, in ONE batched UNet forward.
+
+    Winner and loser of a pair share the noise and timestep (Wallace et al. 2024, Eq. 14).
+    """
+    image_idx = torch.cat([data.winner[pair_idx], data.loser[pair_idx]])
+    latents = data.latents[image_idx]
+    noise2, t2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps])
+    noisy = scheduler.add_noise(latents, noise2, t2)
+    target = training_target(scheduler, latents, noise2, t2)
+    text = data.text.select(data.prompt[pair_idx].repeat(2))
+    pred = predict(unet, noisy, t2, text, select_rows(data.sizes, image_idx), device)
+    return per_sample_error(pred, target.to(device)).chunk(2)
+
+
+def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, desc: str,
+                     on_step: StepCallback | None):
+    """The DPO loop shared by Diffusion-DPO and RankDPO, on a fresh LoRA named "dpo".
+
+    draw(gen, num_timesteps) -> batch; errors(unet, scheduler, batch, device) -> per-image
+    errors; loss_fn(policy_errors, reference_errors, batch) -> (loss, DpoStats). The reference pass is
+    the same UNet with the adapter disabled, under no_grad, on the same batch, noise and t.
+    """
+    scheduler = backbone.training_scheduler()
+    accelerator, unet, optimizer, params = prepare_lora_training(
+        backbone, cfg.lora_rank, cfg.lora_targets, "dpo", cfg.learning_rate, cfg.gradient_accumulation_steps,
+        cfg.gradient_checkpointing)
+    hint = f"lower dpo.learning_rate (now {cfg.learning_rate:g}) or dpo.beta (now {cfg.beta:g})"
+    base = accelerator.unwrap_model(unet)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rows = []
+    with training_mode(backbone, accelerator):
+        for step in tqdm(range(cfg.steps), desc=desc, unit="step"):
+            step_stats = []
+            for _ in range(cfg.gradient_accumulation_steps):
+                with accelerator.accumulate(unet):
+                    batch = draw(gen, scheduler.config.num_train_timesteps)
+                    with accelerator.autocast():
+                        policy = errors(unet, scheduler, batch, accelerator.device)
+                        with torch.no_grad():
+                            base.disable_adapters()  # reference = start model, same weights
+                            reference = errors(unet, scheduler, batch, accelerator.device)
+                            base.enable_adapters()
+                    loss, stats = loss_fn(policy, reference, batch)
+                    accelerator.backward(loss)
+                    check_finite(loss, params, step, desc, hint, grads_scaled=accelerator.scaler is not None)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step_stats.append(asdict(stats))
+            rows.append({"step": step, **{k: float(np.mean([s[k] for s in step_stats])) for k in step_stats[0]}})
+            if on_step is not None:
+                on_step(rows[-1])
+    return lora_state(base, "dpo"), rows
+
+
+def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig,
+              on_step: StepCallback | None = None) -> tuple[LoraState, list[dict]]:
+    """Diffusion-DPO on a fresh LoRA; the reference is the UNet as given (the start model).
+
+    Returns the DPO LoRA (relative to the start model) and one log row per optimizer step
+    (also passed to `on_step`).
+    """
+    log.info("dpo: %d pairs over %d images and %d prompts, %d steps of %d pairs, beta=%g",
+             len(data.winner), len(data.latents), len(data.text), cfg.steps, cfg.batch_size, cfg.beta)
+
+    def draw(gen, num_timesteps):
+        pair_idx = torch.randint(0, len(data.winner), (cfg.batch_size,), generator=gen)
+        noise = torch.randn((cfg.batch_size, *data.latents.shape[1:]), generator=gen)
+        return pair_idx, noise, torch.randint(0, num_timesteps, (cfg.batch_size,), generator=gen)
+
+    def errors(unet, scheduler, batch, device):
+        return torch.stack(dpo_errors(unet, scheduler, data, *batch, device))  # (2, B): winners, losers
+
+    def loss_fn(policy, reference, batch):
+        return diffusion_dpo_loss(policy[0], policy[1], reference[0], reference[1], cfg.beta)
+
+    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "dpo", on_step)
+
+
+# --- RankDPO -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankedData:
+    """Ranked lists, precomputed once per round.
+
+    latents: (I, 4, h, w) one per image; sizes: (I, 6) SDXL size/crop ids or None; text: P
+    rows, one per prompt; images: (L, K) indices into latents, best first; preference: (L, K)
+    psi of each; prompt: (L,) indices into text.
+    """
+
+    latents: torch.Tensor
+    sizes: torch.Tensor | None
+    text: TextConditioning
+    images: torch.Tensor
+    preference: torch.Tensor
+    prompt: torch.Tensor
+
+
+def ranked_data(backbone: Backbone, lists: list[tuple[str, list[str], list[float]]]) -> RankedData:
+    """lists: (prompt, K image paths best first, their psi). Each image and prompt encoded once."""
+    paths = [p for _, list_paths, _ in lists for p in list_paths]
+    prompts = sorted({prompt for prompt, _, _ in lists})
+    prompt_index = {p: i for i, p in enumerate(prompts)}
+    if len({len(list_paths) for _, list_paths, _ in lists}) != 1:
+        raise ValueError("every ranked list must hold the same number K of images")
+    images = [load_image_rgb(Path(p), min_size=1) for p in paths]
+    k = len(lists[0][1])
+    return RankedData(
+        latents=encode_images(backbone, images),
+        sizes=image_size_ids(backbone, images),
+        text=encode_prompts(backbone, prompts),
+        images=torch.arange(len(paths)).view(len(lists), k),
+        preference=torch.tensor([psi for _, _, psi in lists], dtype=torch.float32),
+        prompt=torch.tensor([prompt_index[prompt] for prompt, _, _ in lists]),
+    )
+
+
+def rank_errors(unet, scheduler, data: RankedData, list_idx: torch.Tensor, noise: torch.Tensor,
+                timesteps: torch.Tensor, device) -> torch.Tensor:
+    """(B, K) per-image errors of B ranked lists in one batched forward; one timestep per list
+    (shared by its K images), one noise per image (DESIGN.md, RankDPO)."""
+    batch, k = data.images[list_idx].shape
+    image_idx = data.images[list_idx].flatten()
+    latents = data.latents[image_idx]
+    noise = noise.flatten(0, 1)
+    t = timesteps.repeat_interleave(k)
+    noisy = scheduler.add_noise(latents, noise, t)
+    target = training_target(scheduler, latents, noise, t)
+    text = data.text.select(data.prompt[list_idx].repeat_interleave(k))
+    pred = predict(unet, noisy, t, text, select_rows(data.sizes, image_idx), device)
+    return per_sample_error(pred, target.to(device)).view(batch, k)
+
+
+def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig,
+                   on_step: StepCallback | None = None) -> tuple[LoraState, list[dict]]:
+    """RankDPO on a fresh LoRA (cfg.batch_size ranked lists a step); reference = the start model."""
+    num_lists, k = data.images.shape
+    log.info("rank_dpo: %d lists of %d images, %d steps of %d lists, beta=%g, %s weights ranked by %s",
+             num_lists, k, cfg.steps, cfg.batch_size, cfg.beta, cfg.rank_weighting, cfg.rank_by)
+
+    def draw(gen, num_timesteps):
+        list_idx = torch.randint(0, num_lists, (cfg.batch_size,), generator=gen)
+        noise = torch.randn((cfg.batch_size, k, *data.latents.shape[1:]), generator=gen)
+        return list_idx, noise, torch.randint(0, num_timesteps, (cfg.batch_size,), generator=gen)
+
+    def errors(unet, scheduler, batch, device):
+        return rank_errors(unet, scheduler, data, *batch, device)
+
+    def loss_fn(policy, reference, batch):
+        preference = data.preference[batch[0]].to(policy.device)
+        return rank_dpo_loss(policy, reference, preference, cfg.beta, cfg.rank_weighting, cfg.rank_by)
+
+    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "rank_dpo", on_step)
