@@ -33,10 +33,12 @@ from pathlib import Path
 import pandas as pd
 
 from dbdpo.backbones import load_backbone
-from dbdpo.config import Config, load_config
+from dbdpo.config import Config
 from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
+from dbdpo.dpo import preference_data, train_dpo
 from dbdpo.lora import LoraState, merged, stack
 from dbdpo.pairs import build_pairs
+from dbdpo.params import load_config
 from dbdpo.sampling import (
     SEEDS_PER_ROUND,
     generate,
@@ -45,7 +47,7 @@ from dbdpo.sampling import (
     write_samples,
 )
 from dbdpo.scoring import build_scorers, score_images
-from dbdpo.training import preference_data, train_dpo, train_dreambooth
+from dbdpo.training import train_dreambooth
 
 log = logging.getLogger("claims")
 HELD_IN_SEED = 777 * SEEDS_PER_ROUND  # no round samples these seeds (dbdpo.sampling.round_seed)
@@ -60,8 +62,8 @@ class Bench:
         ts = partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)
         self.scorers = build_scorers(cfg.score, self.concept_images, {"TS": ts})
         slices = {name: cfg.prompt_slice(name) for name in cfg.round_names()}
-        self.round_prompts = list(train_prompts(slices).values())  # one list per round
-        self.held_out = eval_prompts(cfg.concept, cfg.evaluate.num_prompts)
+        self.round_prompts = list(train_prompts(Path(cfg.generate.prompts), slices).values())  # one list per round
+        self.held_out = eval_prompts(Path(cfg.evaluate.prompts), cfg.evaluate.num_prompts)
         self.backbone = load_backbone(cfg.model)
 
     def sample(self, lora: LoraState | None, templates: list[str], per_prompt: int, seed: int,

@@ -1,20 +1,14 @@
-"""Typed params: `params.yaml` is loaded once into these dataclasses, validated, passed down.
-
-Every error names the key (e.g. ``filter.angle``) and the value that would be accepted, and is
-raised before any model is built, so a bad sweep value costs a second, not a training run.
+"""Typed params: one dataclass per params.yaml group, built from a mapping with every value's
+type checked. dbdpo.params loads and validates params.yaml into them once; the stages pass
+them down.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
 
 
 class ConfigError(ValueError):
@@ -37,7 +31,6 @@ class ConceptConfig:
     dir: str = "data/concept"
     token: str = "sks"
     class_noun: str = "toy"
-    kind: str = "object"
     min_size: int = 32
 
 
@@ -60,6 +53,7 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
+    prompts: str = "data/prompts/train.txt"  # the training prompt pool; rounds take disjoint slices
     num_prompts: int = 8
     images_per_prompt: int = 4
     steps: int = 20
@@ -129,6 +123,7 @@ class RoundConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    prompts: str = "data/prompts/eval.txt"  # held-out prompts (contexts no training prompt uses)
     images_per_prompt: int = 2
     num_prompts: int = 20
     steps: int = 20
@@ -161,7 +156,7 @@ class Config:
         for group, values in self.rounds[name].overrides.items():
             base = getattr(self, group)
             current = {_yaml_name(f.name): getattr(base, f.name) for f in dataclasses.fields(base)}
-            merged[group] = _build(type(base), {**current, **values}, f"rounds.{name}.{group}")
+            merged[group] = build_group(type(base), {**current, **values}, f"rounds.{name}.{group}")
         return dataclasses.replace(self, **merged)
 
     def prompt_slice(self, name: str) -> tuple[int, int]:
@@ -178,7 +173,14 @@ class Config:
 ROUND_GROUPS = ("generate", "pair", "filter", "dpo")  # the groups a round may override
 
 
-# --- loading -----------------------------------------------------------------------------
+# fp32, not accelerate's "no": DVC's `-S` rewrites params.yaml unquoted, and YAML 1.1 reads
+# a bare `no` as false.
+PRECISIONS = ("fp32", "fp16", "bf16")
+LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS
+RANK_BY = ("preference", "model")  # RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
+
+
+# --- building from a mapping -----------------------------------------------------------------------------
 
 _YAML_NAMES = {"lambda_": "lambda"}
 
@@ -213,7 +215,7 @@ def _coerce(value, annotation, key: str):
     return value
 
 
-def _build(cls, data, prefix: str, complete: bool = False):
+def build_group(cls, data, prefix: str, complete: bool = False):
     """cls from a params mapping; `complete`: every key must be given (no silent code default)."""
     if data is None:
         data = {}
@@ -237,7 +239,7 @@ def _build(cls, data, prefix: str, complete: bool = False):
     return cls(**values)
 
 
-def _build_round(data, prefix: str) -> RoundConfig:
+def build_round(data, prefix: str) -> RoundConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix}: expected a mapping like {{start: round_0}}, got {data!r}")
     unknown = sorted(set(data) - {"start", *ROUND_GROUPS})
@@ -251,184 +253,6 @@ def _build_round(data, prefix: str) -> RoundConfig:
     for group in ROUND_GROUPS:
         if group in data:
             values = data[group] or {}
-            _build(hints[group], values, f"{prefix}.{group}")  # key and type check, before use
+            build_group(hints[group], values, f"{prefix}.{group}")  # key and type check, before use
             overrides[group] = values
     return RoundConfig(start=data["start"], overrides=overrides)
-
-
-def config_from_dict(raw: dict) -> Config:
-    """Build and validate a Config from the parsed params.yaml mapping."""
-    if not isinstance(raw, dict):
-        raise ConfigError("params.yaml: expected a mapping of stage groups")
-    top = {f.name: f for f in dataclasses.fields(Config)}
-    unknown = sorted(set(raw) - set(top))
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]}; the groups are: {', '.join(top)}")
-    hints = typing.get_type_hints(Config)
-    groups = {}
-    missing = [name for name in top if name not in raw]
-    if missing:
-        raise ConfigError(f"missing group {missing[0]}: params.yaml must set every group ({', '.join(top)}); "
-                          "copy it from the repository's params.yaml")
-    for name in top:
-        if name != "rounds":
-            groups[name] = _build(hints[name], raw[name], name, complete=True)
-    rounds = raw["rounds"]
-    if not isinstance(rounds, dict) or not rounds:
-        raise ConfigError("rounds: expected a non-empty mapping like {round_1: {start: round_0}}")
-    groups["rounds"] = {str(k): _build_round(v, f"rounds.{k}") for k, v in rounds.items()}
-    config = Config(**groups)
-    validate(config)
-    return config
-
-
-def load_config(path: str | Path = "params.yaml") -> Config:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found (run from the repository root)")
-    with path.open() as f:
-        raw = yaml.safe_load(f) or {}
-    try:
-        return config_from_dict(raw)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-
-
-# fp32, not accelerate's "no": DVC's `-S` rewrites params.yaml unquoted, and YAML 1.1 reads
-# a bare `no` as false.
-PRECISIONS = ("fp32", "fp16", "bf16")
-LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS
-RANK_BY = ("preference", "model")  # RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
-
-# --- validation --------------------------------------------------------------------------
-
-
-def _require(ok: bool, key: str, value, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
-
-
-def _one_of(value, choices: tuple, key: str) -> None:
-    _require(value in choices, key, value, "one of " + " | ".join(map(str, choices)))
-
-
-def _positive(value, key: str) -> None:
-    _require(value > 0, key, value, "a value > 0")
-
-
-def _finite_floats(c: Config) -> None:
-    """inf / nan pass every `> 0` check and then poison training: refuse them up front."""
-    for group in dataclasses.fields(c):
-        value = getattr(c, group.name)
-        if not dataclasses.is_dataclass(value):
-            continue
-        for f in dataclasses.fields(value):
-            v = getattr(value, f.name)
-            items = v.items() if isinstance(v, dict) else [(None, v)]
-            for sub, x in items:
-                if isinstance(x, float) and not math.isfinite(x):
-                    key = f"{group.name}.{f.name.rstrip('_')}" + (f".{sub}" if sub is not None else "")
-                    _require(False, key, x, "a finite number")
-
-
-# A round name reaches DVC's shell command line (`--round ${key}`): only these characters.
-ROUND_NAME = re.compile(r"round_[1-9][0-9]*")
-
-
-def validate(c: Config) -> None:
-    """Range and consistency checks; raises ConfigError naming the first bad key."""
-    validate_groups(c)
-    names = c.round_names()
-    for i, name in enumerate(names):
-        _require(ROUND_NAME.fullmatch(name) is not None, f"rounds.{name}", name,
-                 "a round name round_<n> with n = 1, 2, ... and nothing else (round_0 is the "
-                 "DreamBooth model)")
-        expected = "round_0" if i == 0 else names[i - 1]
-        _require(c.rounds[name].start == expected, f"rounds.{name}.start",
-                 c.rounds[name].start, f"{expected} (the previous round's model)")
-        if c.rounds[name].overrides:
-            try:
-                validate_groups(c.for_round(name))
-            except ConfigError as e:
-                raise ConfigError(f"rounds.{name} overrides: {e}") from None
-
-
-def validate_groups(c: Config) -> None:
-    """Checks of the stage groups (also run on each round's overridden config)."""
-    _finite_floats(c)
-    _one_of(c.model.backbone, ("tiny", "sd", "sdxl"), "model.backbone")
-    if c.model.resolution is not None:
-        _require(c.model.resolution > 0 and c.model.resolution % 8 == 0, "model.resolution",
-                 c.model.resolution, "null (the model's native size) or a positive multiple of 8 pixels")
-    _one_of(c.model.precision, PRECISIONS, "model.precision")
-    if c.model.backbone != "tiny":
-        _require(bool(c.model.path), "model.path", c.model.path,
-                 f"a hub id or local directory for backbone {c.model.backbone}")
-    else:
-        for key in ("path", "variant", "vae"):
-            _require(getattr(c.model, key) is None, f"model.{key}", getattr(c.model, key),
-                     "null with backbone tiny (it is built in); set model.backbone: sd or sdxl to load weights")
-    _one_of(c.concept.kind, ("object", "live"), "concept.kind")
-    _require(bool(c.concept.token.strip()), "concept.token", c.concept.token, "a non-empty token")
-    _require(bool(c.concept.class_noun.strip()), "concept.class_noun", c.concept.class_noun,
-             "a non-empty class noun")
-    _positive(c.concept.min_size, "concept.min_size")
-
-    for key in ("steps", "learning_rate", "batch_size", "lora_rank", "num_class_images"):
-        _positive(getattr(c.finetune, key), f"finetune.{key}")
-    _require(c.finetune.prior_loss_weight >= 0, "finetune.prior_loss_weight",
-             c.finetune.prior_loss_weight, "a value >= 0")
-    _one_of(c.finetune.mixed_precision, PRECISIONS, "finetune.mixed_precision")
-    _one_of(c.finetune.lora_targets, LORA_TARGETS, "finetune.lora_targets")
-
-    _positive(c.generate.num_prompts, "generate.num_prompts")
-    _require(c.generate.images_per_prompt >= 2, "generate.images_per_prompt",
-             c.generate.images_per_prompt, "at least 2 images per prompt to form pairs")
-    for key in ("steps", "batch_size"):
-        _positive(getattr(c.generate, key), f"generate.{key}")
-
-    _require(not (c.score.clip_model == "tiny" and c.score.clip_pretrained is not None), "score.clip_pretrained",
-             c.score.clip_pretrained, "null with score.clip_model=tiny (a random CLIP for code-path tests); "
-             "name the weights' architecture in score.clip_model instead")
-    _one_of(c.score.ts_prompt, ("with_class", "without_concept"), "score.ts_prompt")
-    _require(bool(c.score.rewards) and all(w > 0 for w in c.score.rewards.values()), "score.rewards",
-             c.score.rewards, "a non-empty mapping of score names to weights > 0")
-    available = {"IS", "TS"} | ({"DINO"} if c.score.dino_model else set()) | (
-        {"PickScore"} if c.score.pickscore_model else set())
-    _require(set(c.score.rewards) <= available, "score.rewards", c.score.rewards,
-             f"names among {', '.join(sorted(available))} (DINO needs score.dino_model, "
-             "PickScore needs score.pickscore_model)")
-    _positive(c.score.batch_size, "score.batch_size")
-
-    _one_of(c.pair.mode, ("pairs", "rank"), "pair.mode")
-    _require(0.0 <= c.pair.lambda_ <= 1.0, "pair.lambda", c.pair.lambda_, "a value in [0, 1]")
-    _one_of(c.pair.normalize, ("zscore", "minmax", "none"), "pair.normalize")
-    _positive(c.pair.max_per_prompt, "pair.max_per_prompt")
-    _positive(c.pair.max_total, "pair.max_total")
-
-    _one_of(c.filter.kind, ("none", "threshold", "angle"), "filter.kind")
-    _require(0.0 < c.filter.angle <= 180.0, "filter.angle", c.filter.angle,
-             "a half-width in degrees in (0, 180]")
-    if (c.filter.angle_min is None) != (c.filter.angle_max is None):
-        raise ConfigError("filter.angle_min and filter.angle_max must be set together (or both null)")
-    if c.filter.angle_min is not None:
-        _require(-180.0 <= c.filter.angle_min < c.filter.angle_max <= 180.0, "filter.angle_min",
-                 (c.filter.angle_min, c.filter.angle_max), "-180 <= angle_min < angle_max <= 180")
-    _require(c.filter.min_norm >= 0, "filter.min_norm", c.filter.min_norm, "a value >= 0")
-
-    _one_of(c.dpo.loss, ("diffusion_dpo", "rank_dpo"), "dpo.loss")
-    _one_of(c.dpo.rank_weighting, ("dcg", "unit"), "dpo.rank_weighting")
-    _one_of(c.dpo.rank_by, RANK_BY, "dpo.rank_by")
-    expected_mode = "rank" if c.dpo.loss == "rank_dpo" else "pairs"
-    _require(c.pair.mode == expected_mode, "pair.mode", c.pair.mode,
-             f"{expected_mode} with dpo.loss={c.dpo.loss} (set both: -S dpo.loss=rank_dpo -S pair.mode=rank)")
-    for key in ("beta", "steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
-                "lora_rank"):
-        _positive(getattr(c.dpo, key), f"dpo.{key}")
-    _one_of(c.dpo.mixed_precision, PRECISIONS, "dpo.mixed_precision")
-    _one_of(c.dpo.lora_targets, LORA_TARGETS, "dpo.lora_targets")
-
-    for key in ("images_per_prompt", "num_prompts", "steps", "batch_size", "grid_prompts"):
-        _positive(getattr(c.evaluate, key), f"evaluate.{key}")
-    _require(c.evaluate.grid_prompts <= c.evaluate.num_prompts, "evaluate.grid_prompts",
-             c.evaluate.grid_prompts, f"at most evaluate.num_prompts={c.evaluate.num_prompts}")

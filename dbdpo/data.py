@@ -19,7 +19,6 @@ from dbdpo.config import ConceptConfig
 from dbdpo.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-PROMPTS_DIR = Path("data/prompts")
 
 
 @dataclass(frozen=True)
@@ -145,11 +144,11 @@ def text_prompt(template: str, cfg: ConceptConfig, mode: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def train_prompts(slices: dict[str, tuple[int, int]]) -> dict[str, list[str]]:
-    """Each round's prompts [start, stop) of the training pool (rounds get disjoint slices),
-    every slice checked, the pool read once: a pool too small for the last round fails
-    before the first round samples anything."""
-    path = PROMPTS_DIR / "train.txt"
+def train_prompts(path: Path, slices: dict[str, tuple[int, int]]) -> dict[str, list[str]]:
+    """Each round's prompts [start, stop) of the training pool at `path` (rounds get disjoint
+    slices), every slice checked, the pool read once: a pool too small for the last round
+    fails before the first round samples anything."""
+    path = Path(path)
     pool = load_prompt_templates(path)
     for name, (start, stop) in slices.items():
         if stop > len(pool):
@@ -160,9 +159,9 @@ def train_prompts(slices: dict[str, tuple[int, int]]) -> dict[str, list[str]]:
     return {name: pool[start:stop] for name, (start, stop) in slices.items()}
 
 
-def eval_prompts(cfg: ConceptConfig, num_prompts: int) -> list[str]:
-    """The DreamBooth paper's held-out prompts for the concept's kind (object or live)."""
-    path = PROMPTS_DIR / f"eval_{cfg.kind}.txt"
+def eval_prompts(path: Path, num_prompts: int) -> list[str]:
+    """The first `num_prompts` held-out evaluation prompts of the file at `path`."""
+    path = Path(path)
     templates = load_prompt_templates(path)
     if num_prompts > len(templates):
         raise DataError(f"evaluate.num_prompts={num_prompts}: {path} has only {len(templates)} prompts")

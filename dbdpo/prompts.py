@@ -31,27 +31,28 @@ STYLES = ("a photo of", "a close-up photo of", "a wide-angle photo of", "a blurr
           "a polaroid photo of", "a cinematic still of", "a toy-camera photo of", "")
 ATTRIBUTES = ("", "small", "large", "clean", "dusty", "old", "new", "glowing", "faded")
 ACTIONS = {
-    "object": ("", "next to a cup of coffee", "beside a stack of books", "half covered in autumn leaves",
+    "object": ("", "next to a cup of coffee", "beside a stack of books", "half covered in sand",
                "lit by warm lamplight", "casting a long shadow", "in soft morning light", "surrounded by flowers",
                "next to a potted plant", "with raindrops on it", "seen from above"),
     "live": ("", "sleeping", "running", "sitting", "jumping", "yawning", "playing with a ball",
-             "wearing a red scarf", "looking at the camera", "lying down", "wearing sunglasses"),
+             "chasing a butterfly", "looking at the camera", "lying down", "next to a food bowl"),
 }
-# Prepositional contexts; none is an evaluation context of the DreamBooth sets (jungle, snow,
-# beach, cobblestone street, pink fabric, wooden floor, city, mountain, blue house, wheat field,
-# sidewalk, water, milk, grass with sunflowers, mirror, dirt road, white rug, purple rug, ...).
+# Prepositional contexts; none is an evaluation context of the DreamBooth sets
+# (data/prompts/dreambooth_*.txt: jungle, snow, beach, cobblestone street, pink fabric, wooden
+# floor, city, mountain, blue house, wheat field, autumn leaves, Eiffel Tower, water, milk,
+# sunflowers, mirror, sidewalk, dirt road, white or purple rug; hats, scarves and outfits).
 CONTEXTS = (
     "in a library", "on a kitchen counter", "in a sunlit living room", "on a park bench", "in a forest clearing",
     "on a wooden dock", "in a desert at sunset", "on a rooftop at night", "in a flower garden", "at a train station",
     "in a cozy cafe", "on an office desk", "in a bathroom sink", "on a stone wall", "in a pumpkin patch",
     "under a cherry blossom tree", "in a bamboo forest", "on a frozen lake", "in a rainy alley", "on a picnic blanket",
-    "in front of the Eiffel Tower", "in front of a red barn", "on a boat deck", "in a greenhouse", "on a balcony",
+    "in front of a lighthouse", "in front of a red barn", "on a boat deck", "in a greenhouse", "on a balcony",
     "in a museum hall", "on a bookshelf", "in a lavender field", "at a campfire", "on a sand dune",
     "in a neon-lit arcade", "in a hot air balloon", "on a moss-covered rock", "in a vineyard", "on a windowsill",
     "in a subway car", "on a tennis court", "in an art studio", "at a farmers market", "on a snowboard slope",
     "in a candy shop", "on a chessboard", "in a space station", "on the moon", "in a medieval castle",
     "on a bridge at dusk", "in a tulip field", "in a laundromat", "on a ferris wheel", "in a treehouse",
-    "on a basketball court", "in a bakery", "on a lily pad", "in an autumn forest", "at a music festival",
+    "on a basketball court", "in a bakery", "on a lily pad", "in a pine forest", "at a music festival",
     "on a stack of pillows", "in a canyon", "in a lighthouse", "on a marble table", "in a glass display case",
 )
 
@@ -72,7 +73,8 @@ def compose(style: str, attribute: str, action: str, context: str) -> str:
 
 def eval_contexts(eval_templates: list[str]) -> set[str]:
     """What follows the subject in each evaluation template ("in the jungle", "on top of pink fabric")."""
-    return {t.split("{class_noun}", 1)[1].strip() for t in eval_templates if "{class_noun}" in t}
+    contexts = {t.split("{class_noun}", 1)[1].strip() for t in eval_templates if "{class_noun}" in t}
+    return contexts - {""}  # "a red {token} {class_noun}": a property, no context
 
 
 def subject_kind(class_noun: str) -> str:
@@ -95,23 +97,28 @@ def compose_pool(kind: str, n: int, eval_templates: list[str] = (), seed: int = 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--class-noun", required=True, help="the concept's class, e.g. dog (live) or backpack")
-    parser.add_argument("--kind", choices=tuple(ACTIONS), help="object or live (default: from the class noun)")
+    parser.add_argument("--class-noun", help="the concept's class, e.g. dog (live) or backpack (object)")
+    parser.add_argument("--kind", choices=tuple(ACTIONS), help="object or live (default: from --class-noun)")
     parser.add_argument("--n", type=int, default=4000, help="prompts to write")
-    parser.add_argument("--eval", type=Path, nargs="*", default=[Path("data/prompts/eval_object.txt"),
-                                                                Path("data/prompts/eval_live.txt")],
+    parser.add_argument("--eval", type=Path, nargs="*", default=[Path("data/prompts/dreambooth_object.txt"),
+                                                                Path("data/prompts/dreambooth_live.txt")],
                         help="evaluation prompt files whose contexts stay out of the pool")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    from dbdpo.data import load_prompt_templates
+    if not (args.kind or args.class_noun):
+        parser.error("give --class-noun (e.g. dog) or --kind (object | live)")
+    from dbdpo.data import (
+        load_prompt_templates,  # here: dbdpo.data loads torch, --help should not
+    )
 
     held = [t for path in args.eval for t in load_prompt_templates(path)]
     kind = args.kind or subject_kind(args.class_noun)
     pool = compose_pool(kind, args.n, held, args.seed)
-    header = (f"# {len(pool)} training prompts for a {args.class_noun} ({kind}; python -m dbdpo.prompts, "
-              f"seed {args.seed});\n"
-              f"# no context of {', '.join(str(p) for p in args.eval)}. Round i takes its own slice.\n")
+    subject = f"a {args.class_noun} ({kind})" if args.class_noun else f"any {kind} subject"
+    header = (f"# {len(pool)} training prompts for {subject}: python -m dbdpo.prompts --kind {kind} --n {args.n} "
+              f"--seed {args.seed}.\n# No context of {', '.join(p.name for p in args.eval)}. Round i takes its own "
+              "slice of generate.num_prompts.\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".tmp-{args.out.name}")
     tmp.write_text(header + "\n".join(pool) + "\n", encoding="utf-8")

@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = data / "prompts"
     prompts.mkdir(parents=True, exist_ok=True)
     (prompts / "train.txt").write_text(TRAIN_HEADER + "\n".join(train_templates()) + "\n")
-    for kind in ("object", "live"):
-        (prompts / f"eval_{kind}.txt").write_text(EVAL_HEADER + "\n".join(eval_templates()) + "\n")
+    (prompts / "eval.txt").write_text(EVAL_HEADER + "\n".join(eval_templates()) + "\n")
 
 
 if __name__ == "__main__":

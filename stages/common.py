@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.config import Config, ConfigError, load_config
+from dbdpo.config import Config, ConfigError
 from dbdpo.errors import (
     BackboneError,
     DataError,
@@ -20,6 +20,7 @@ from dbdpo.errors import (
     StaleInputError,
     TrainingDiverged,
 )
+from dbdpo.params import load_config
 from dbdpo.provenance import check_made_from, folder_record
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")

@@ -25,7 +25,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
-    """Sample the round's start model on its own slice of data/prompts/train.txt
+    """Sample the round's start model on its own slice of the generate.prompts pool
     (round 1 the first generate.num_prompts prompts, round 2 the next ones, ...).
 
     Writes rounds/<round>/images/*.png and rounds/<round>/samples.parquet.
@@ -36,7 +36,8 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     index = cfg.round_names().index(round_name) + 1
     g = cfg.generate
     with user_errors():
-        templates = train_prompts({name: base.prompt_slice(name) for name in base.round_names()})[round_name]
+        slices = {name: base.prompt_slice(name) for name in base.round_names()}
+        templates = train_prompts(Path(base.generate.prompts), slices)[round_name]
         start_dir = checked_model(cfg.rounds[round_name].start)
         start = load_lora(start_dir)
         backbone = load_backbone(cfg.model, lora=start, precision=cfg.model.precision)

@@ -16,7 +16,7 @@ import dataclasses
 
 import pytest
 
-from dbdpo.config import load_config
+from dbdpo.params import load_config
 from tests.conftest import REPO
 from tests.test_bench import bench_module
 
@@ -33,7 +33,9 @@ C_IS_MARGIN = 0.15
 def measured(tmp_path_factory):
     claims = bench_module("claims")
     cfg = load_config(REPO / "params.yaml")
-    cfg = dataclasses.replace(cfg, concept=dataclasses.replace(cfg.concept, dir=str(REPO / cfg.concept.dir)))
+    cfg = dataclasses.replace(cfg, concept=dataclasses.replace(cfg.concept, dir=str(REPO / cfg.concept.dir)),
+                              generate=dataclasses.replace(cfg.generate, prompts=str(REPO / cfg.generate.prompts)),
+                              evaluate=dataclasses.replace(cfg.evaluate, prompts=str(REPO / cfg.evaluate.prompts)))
     bench = claims.Bench(cfg, tmp_path_factory.mktemp("claims"))
     round_0 = bench.dreambooth()
     first = bench.round_scores(round_0, bench.round_prompts[0], 1, "round_1")

@@ -1,7 +1,11 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
-from dbdpo.config import ConfigError, config_from_dict, load_config
+from dbdpo.config import ConfigError
+from dbdpo.data import eval_prompts, train_prompts
+from dbdpo.params import config_from_dict, load_config
 
 
 def params(**overrides):
@@ -27,6 +31,7 @@ def test_repository_params_load(in_repo):
     ({"filter__angle": 0}, r"filter.angle=0.0 is invalid: expected a half-width in degrees in \(0, 180\]"),
     ({"filter__angle": 181}, r"filter.angle=181.0"),
     ({"generate__images_per_prompt": 1}, r"generate.images_per_prompt=1 is invalid: expected at least 2"),
+    ({"generate__prompts": " "}, r"generate.prompts=' ' is invalid: expected the path of a prompt file"),
     ({"filter__kind": "cone"}, r"filter.kind='cone' is invalid: expected one of none \| threshold \| angle"),
     ({"filter__angel": 30}, r"unknown key filter.angel; the keys of filter are"),
     ({"dpo__steps": "many"}, r"dpo.steps: expected an integer, got 'many'"),
@@ -137,6 +142,8 @@ def test_round_overrides_apply_to_that_round_only(in_repo):
     ({"score": {"batch_size": 2}}, r"unknown key rounds.round_2.score; a round has start and may override"),
     ({"pair": {"lambda": -1}}, r"rounds.round_2 overrides: pair.lambda=-1.0 is invalid"),
     ({"generate": {"images_per_prompt": "six"}}, r"rounds.round_2.generate.images_per_prompt: expected an integer"),
+    ({"generate": {"prompts": "other.txt"}}, r"rounds.round_2.generate.prompts='other.txt' is invalid: expected no "
+                                             r"per-round pool: rounds take disjoint slices of the one generate.prompts"),
 ])
 def test_bad_round_overrides_name_the_round(in_repo, round_2, message):
     with pytest.raises(ConfigError, match=message):
@@ -153,13 +160,22 @@ def _key_paths(tree: dict, prefix: str = "") -> set[str]:
     return paths
 
 
-@pytest.mark.parametrize("name, backbone, precision", [("sd2", "sd", "fp16"), ("sdxl", "sdxl", "bf16")])
-def test_presets_are_complete_valid_params_files(in_repo, name, backbone, precision):
+@pytest.mark.parametrize("name, backbone, path, precision", [
+    ("sd2", "sd", "stabilityai/stable-diffusion-2-base", "fp16"),  # the paper's SD2: 512 px, eps
+    ("sd21", "sd", "stabilityai/stable-diffusion-2-1", "fp16"),  # 768 px, v-prediction
+    ("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "bf16")])
+def test_presets_are_complete_valid_params_files(in_repo, name, backbone, path, precision):
     """A preset replaces params.yaml: it must validate and hold every key params.yaml has, so
     `dvc exp run -S key=value` works on it exactly as on the default."""
     preset = in_repo / "presets" / f"{name}.yaml"
     cfg = load_config(preset)
-    assert cfg.model.backbone == backbone and cfg.model.path
+    assert (cfg.model.backbone, cfg.model.path) == (backbone, path)
+    # the composed pool and the DreamBooth paper's evaluation set, large enough for every round
+    slices = {r: cfg.prompt_slice(r) for r in cfg.round_names()}
+    assert len(train_prompts(Path(cfg.generate.prompts), slices)) == len(cfg.rounds)
+    assert cfg.generate.prompts.endswith("pool_object.txt") and cfg.evaluate.prompts.endswith("dreambooth_object.txt")
+    assert len(eval_prompts(Path(cfg.evaluate.prompts), cfg.evaluate.num_prompts)) == 25
+    assert cfg.evaluate.images_per_prompt == 10
     assert cfg.finetune.mixed_precision == cfg.dpo.mixed_precision == precision
     assert cfg.finetune.gradient_checkpointing and cfg.dpo.gradient_checkpointing
     assert cfg.generate.steps == cfg.evaluate.steps == 50 and cfg.generate.guidance_scale == 7.5

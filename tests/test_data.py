@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -112,16 +114,17 @@ def test_prompts_render_and_ts_variants():
 
 
 def test_prompt_sets(in_repo):
-    cfg = ConceptConfig()
-    assert len(eval_prompts(cfg, 20)) == 20
-    assert len(eval_prompts(ConceptConfig(kind="live"), 20)) == 20
-    rounds = train_prompts({"round_1": (0, 8), "round_2": (8, 16)})
+    train, held_out = Path("data/prompts/train.txt"), Path("data/prompts/eval.txt")
+    assert len(eval_prompts(held_out, 20)) == 20
+    with pytest.raises(DataError, match="evaluate.num_prompts=30: data/prompts/eval.txt has only 20 prompts"):
+        eval_prompts(held_out, 30)
+    rounds = train_prompts(train, {"round_1": (0, 8), "round_2": (8, 16)})
     r1, r2 = rounds["round_1"], rounds["round_2"]
     assert len(r1) == 8 and not set(r1) & set(r2)  # rounds use disjoint prompts
-    assert not set(train_prompts({"all": (0, 210)})["all"]) & set(eval_prompts(cfg, 20))  # held-out
+    assert not set(train_prompts(train, {"all": (0, 210)})["all"]) & set(eval_prompts(held_out, 20))  # held-out
     with pytest.raises(DataError, match="rounds.round_9: data/prompts/train.txt: this round needs prompts 200..259 "
                                         "but the pool has 210"):
-        train_prompts({"round_1": (0, 8), "round_9": (200, 260)})
+        train_prompts(train, {"round_1": (0, 8), "round_9": (200, 260)})
 
 
 @pytest.mark.parametrize("content, message", [

@@ -34,6 +34,26 @@ def test_a_concept_dir_outside_the_repo_is_a_dependency(tmp_path):
                    for paths in deps.values())
 
 
+def test_the_prompt_files_the_params_name_are_dependencies(tmp_path):
+    """`-S generate.prompts=data/prompts/pool_object.txt`: a new pool reruns generate (and what
+    follows), a new evaluation set reruns evaluate; the other prompt files are nobody's input."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["generate"]["prompts"] = "prompts/mine.txt"
+    params["evaluate"]["prompts"] = "prompts/held_out.txt"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
+
+    deps = stage_deps(project)
+    readers = {path: {name for name, paths in deps.items() if str(project / path) in paths}
+               for path in ("prompts/mine.txt", "prompts/held_out.txt")}
+    assert readers == {"prompts/mine.txt": {"generate@round_1", "generate@round_2"},
+                       "prompts/held_out.txt": {"evaluate"}}
+    assert not any("data/prompts" in path for paths in deps.values() for path in paths)
+
+
 def test_no_params_value_reaches_a_shell_command(tmp_path):
     """A hostile round name (`dvc exp run -S`, a pulled params.yaml) must not run as shell: DVC
     pastes `${...}` into cmd unquoted, so no cmd templates a param; rounds come from DVC_STAGE."""

@@ -17,7 +17,8 @@ from dbdpo.prompts import (
 )
 from tests.conftest import REPO
 
-EVAL_FILES = [REPO / "data/prompts/eval_object.txt", REPO / "data/prompts/eval_live.txt"]
+EVAL_FILES = [REPO / "data/prompts/dreambooth_object.txt", REPO / "data/prompts/dreambooth_live.txt",
+              REPO / "data/prompts/eval.txt"]
 
 
 def test_compose_reads_as_english():
@@ -62,7 +63,16 @@ def test_asking_for_more_than_the_composer_holds_names_both_numbers():
 def test_the_command_writes_a_prompt_file_the_pipeline_loads(tmp_path):
     out = main(["--class-noun", "dog", "--n", "2500", "--eval", *map(str, EVAL_FILES), "--out", str(tmp_path / "p.txt")])
     templates = load_prompt_templates(out)
-    assert len(templates) == 2500 and out.read_text().startswith("# 2500 training prompts for a dog (live;")
+    assert len(templates) == 2500 and out.read_text().startswith("# 2500 training prompts for a dog (live): ")
     first = out.read_bytes()
     main(["--class-noun", "dog", "--n", "2500", "--eval", *map(str, EVAL_FILES), "--out", str(out)])
     assert out.read_bytes() == first and not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("kind", ["object", "live"])
+def test_the_shipped_pools_are_the_composers_output(tmp_path, kind):
+    """data/prompts/pool_<kind>.txt (the presets' generate.prompts) is what the command writes."""
+    shipped = REPO / f"data/prompts/pool_{kind}.txt"
+    out = main(["--kind", kind, "--n", "4000", "--eval", *map(str, EVAL_FILES[:2]), "--out", str(tmp_path / "p.txt")])
+    assert out.read_text().splitlines()[2:] == shipped.read_text().splitlines()[2:]
+    assert len(load_prompt_templates(shipped)) == 4000

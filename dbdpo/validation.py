@@ -1,0 +1,147 @@
+"""Range and consistency checks of a built Config: each error names the first bad key, the
+value and what would be accepted."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+from dbdpo.config import LORA_TARGETS, PRECISIONS, RANK_BY, Config, ConfigError
+
+
+def _require(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def _one_of(value, choices: tuple, key: str) -> None:
+    _require(value in choices, key, value, "one of " + " | ".join(map(str, choices)))
+
+
+def _positive(value, key: str) -> None:
+    _require(value > 0, key, value, "a value > 0")
+
+
+def _finite_floats(c: Config) -> None:
+    """inf / nan pass every `> 0` check and then poison training: refuse them up front."""
+    for group in dataclasses.fields(c):
+        value = getattr(c, group.name)
+        if not dataclasses.is_dataclass(value):
+            continue
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            items = v.items() if isinstance(v, dict) else [(None, v)]
+            for sub, x in items:
+                if isinstance(x, float) and not math.isfinite(x):
+                    key = f"{group.name}.{f.name.rstrip('_')}" + (f".{sub}" if sub is not None else "")
+                    _require(False, key, x, "a finite number")
+
+
+# A round name reaches DVC's shell command line (`--round ${key}`): only these characters.
+ROUND_NAME = re.compile(r"round_[1-9][0-9]*")
+
+
+def validate(c: Config) -> None:
+    """Range and consistency checks; raises ConfigError naming the first bad key."""
+    validate_groups(c)
+    names = c.round_names()
+    for i, name in enumerate(names):
+        _require(ROUND_NAME.fullmatch(name) is not None, f"rounds.{name}", name,
+                 "a round name round_<n> with n = 1, 2, ... and nothing else (round_0 is the "
+                 "DreamBooth model)")
+        expected = "round_0" if i == 0 else names[i - 1]
+        _require(c.rounds[name].start == expected, f"rounds.{name}.start",
+                 c.rounds[name].start, f"{expected} (the previous round's model)")
+        _require("prompts" not in c.rounds[name].overrides.get("generate", {}), f"rounds.{name}.generate.prompts",
+                 c.rounds[name].overrides.get("generate", {}).get("prompts"),
+                 "no per-round pool: rounds take disjoint slices of the one generate.prompts file")
+        if c.rounds[name].overrides:
+            try:
+                validate_groups(c.for_round(name))
+            except ConfigError as e:
+                raise ConfigError(f"rounds.{name} overrides: {e}") from None
+
+
+def validate_groups(c: Config) -> None:
+    """Checks of the stage groups (also run on each round's overridden config)."""
+    _finite_floats(c)
+    _one_of(c.model.backbone, ("tiny", "sd", "sdxl"), "model.backbone")
+    if c.model.resolution is not None:
+        _require(c.model.resolution > 0 and c.model.resolution % 8 == 0, "model.resolution",
+                 c.model.resolution, "null (the model's native size) or a positive multiple of 8 pixels")
+    _one_of(c.model.precision, PRECISIONS, "model.precision")
+    if c.model.backbone != "tiny":
+        _require(bool(c.model.path), "model.path", c.model.path,
+                 f"a hub id or local directory for backbone {c.model.backbone}")
+    else:
+        for key in ("path", "variant", "vae"):
+            _require(getattr(c.model, key) is None, f"model.{key}", getattr(c.model, key),
+                     "null with backbone tiny (it is built in); set model.backbone: sd or sdxl to load weights")
+    _require(bool(c.concept.token.strip()), "concept.token", c.concept.token, "a non-empty token")
+    _require(bool(c.concept.class_noun.strip()), "concept.class_noun", c.concept.class_noun,
+             "a non-empty class noun")
+    _positive(c.concept.min_size, "concept.min_size")
+
+    for key in ("steps", "learning_rate", "batch_size", "lora_rank", "num_class_images"):
+        _positive(getattr(c.finetune, key), f"finetune.{key}")
+    _require(c.finetune.prior_loss_weight >= 0, "finetune.prior_loss_weight",
+             c.finetune.prior_loss_weight, "a value >= 0")
+    _one_of(c.finetune.mixed_precision, PRECISIONS, "finetune.mixed_precision")
+    _one_of(c.finetune.lora_targets, LORA_TARGETS, "finetune.lora_targets")
+
+    for key in ("generate.prompts", "evaluate.prompts"):
+        group, name = key.split(".")
+        value = getattr(getattr(c, group), name)
+        _require(bool(value.strip()), key, value, "the path of a prompt file (one template a line)")
+    _positive(c.generate.num_prompts, "generate.num_prompts")
+    _require(c.generate.images_per_prompt >= 2, "generate.images_per_prompt",
+             c.generate.images_per_prompt, "at least 2 images per prompt to form pairs")
+    for key in ("steps", "batch_size"):
+        _positive(getattr(c.generate, key), f"generate.{key}")
+
+    _require(not (c.score.clip_model == "tiny" and c.score.clip_pretrained is not None), "score.clip_pretrained",
+             c.score.clip_pretrained, "null with score.clip_model=tiny (a random CLIP for code-path tests); "
+             "name the weights' architecture in score.clip_model instead")
+    _one_of(c.score.ts_prompt, ("with_class", "without_concept"), "score.ts_prompt")
+    _require(bool(c.score.rewards) and all(w > 0 for w in c.score.rewards.values()), "score.rewards",
+             c.score.rewards, "a non-empty mapping of score names to weights > 0")
+    available = {"IS", "TS"} | ({"DINO"} if c.score.dino_model else set()) | (
+        {"PickScore"} if c.score.pickscore_model else set())
+    _require(set(c.score.rewards) <= available, "score.rewards", c.score.rewards,
+             f"names among {', '.join(sorted(available))} (DINO needs score.dino_model, "
+             "PickScore needs score.pickscore_model)")
+    _positive(c.score.batch_size, "score.batch_size")
+
+    _one_of(c.pair.mode, ("pairs", "rank"), "pair.mode")
+    _require(0.0 <= c.pair.lambda_ <= 1.0, "pair.lambda", c.pair.lambda_, "a value in [0, 1]")
+    _one_of(c.pair.normalize, ("zscore", "minmax", "none"), "pair.normalize")
+    _positive(c.pair.max_per_prompt, "pair.max_per_prompt")
+    _positive(c.pair.max_total, "pair.max_total")
+
+    _one_of(c.filter.kind, ("none", "threshold", "angle"), "filter.kind")
+    _require(0.0 < c.filter.angle <= 180.0, "filter.angle", c.filter.angle,
+             "a half-width in degrees in (0, 180]")
+    if (c.filter.angle_min is None) != (c.filter.angle_max is None):
+        raise ConfigError("filter.angle_min and filter.angle_max must be set together (or both null)")
+    if c.filter.angle_min is not None:
+        _require(-180.0 <= c.filter.angle_min < c.filter.angle_max <= 180.0, "filter.angle_min",
+                 (c.filter.angle_min, c.filter.angle_max), "-180 <= angle_min < angle_max <= 180")
+    _require(c.filter.min_norm >= 0, "filter.min_norm", c.filter.min_norm, "a value >= 0")
+
+    _one_of(c.dpo.loss, ("diffusion_dpo", "rank_dpo"), "dpo.loss")
+    _one_of(c.dpo.rank_weighting, ("dcg", "unit"), "dpo.rank_weighting")
+    _one_of(c.dpo.rank_by, RANK_BY, "dpo.rank_by")
+    expected_mode = "rank" if c.dpo.loss == "rank_dpo" else "pairs"
+    _require(c.pair.mode == expected_mode, "pair.mode", c.pair.mode,
+             f"{expected_mode} with dpo.loss={c.dpo.loss} (set both: -S dpo.loss=rank_dpo -S pair.mode=rank)")
+    for key in ("beta", "steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
+                "lora_rank"):
+        _positive(getattr(c.dpo, key), f"dpo.{key}")
+    _one_of(c.dpo.mixed_precision, PRECISIONS, "dpo.mixed_precision")
+    _one_of(c.dpo.lora_targets, LORA_TARGETS, "dpo.lora_targets")
+
+    for key in ("images_per_prompt", "num_prompts", "steps", "batch_size", "grid_prompts"):
+        _positive(getattr(c.evaluate, key), f"evaluate.{key}")
+    _require(c.evaluate.grid_prompts <= c.evaluate.num_prompts, "evaluate.grid_prompts",
+             c.evaluate.grid_prompts, f"at most evaluate.num_prompts={c.evaluate.num_prompts}")
