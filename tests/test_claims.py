@@ -17,10 +17,10 @@ import dataclasses
 import pytest
 
 from dbdpo.params import load_config
-from tests.conftest import REPO
+from tests.conftest import MEASURED_GROUP, REPO
 from tests.test_bench import bench_module
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, MEASURED_GROUP, pytest.mark.usefixtures("measured_threads")]
 
 # Measured by bench/claims.py on the default params (2026-11-26, 2-core CPU): (a) +0.554;
 # (b) S_0.5 +0.231 (IS +0.325, TS +0.136); (c) IS +0.165 vs -0.124, TS +0.051 vs +0.024.
@@ -30,7 +30,7 @@ C_IS_MARGIN = 0.15
 
 
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory):
+def measured(tmp_path_factory, measured_threads):
     claims = bench_module("claims")
     cfg = load_config(REPO / "params.yaml")
     cfg = dataclasses.replace(cfg, concept=dataclasses.replace(cfg.concept, dir=str(REPO / cfg.concept.dir)),

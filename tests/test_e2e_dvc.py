@@ -17,7 +17,8 @@ import yaml
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+# one project, its tests in order: one xdist worker runs the whole module
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dvc_project")]
 
 # Small enough for CI, big enough that every stage does real work.
 FAST_PARAMS = {
