@@ -193,7 +193,7 @@ def ranked_data(backbone: Backbone, lists: list[tuple[str, list[str], list[float
 def rank_errors(unet, scheduler, data: RankedData, list_idx: torch.Tensor, noise: torch.Tensor,
                 timesteps: torch.Tensor, device) -> torch.Tensor:
     """(B, K) per-image errors of B ranked lists in one batched forward; one timestep per list
-    (shared by its K images), one noise per image (DESIGN.md, RankDPO)."""
+    (shared by its K images), one noise per image (docs/design.md, RankDPO)."""
     batch, k = data.images[list_idx].shape
     image_idx = data.images[list_idx].flatten()
     latents = data.latents[image_idx]

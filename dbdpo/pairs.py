@@ -1,7 +1,7 @@
 """Preference pairs within a prompt: lambda-weighted winner, threshold or angle filter, caps.
 
 DreamBoothDPO (arXiv 2505.20975), Sec. 3.2, with the convention of its official pair
-collection (`--atan_min 20 --atan_max 70`), as written in DESIGN.md:
+collection (`--atan_min 20 --atan_max 70`), as written in docs/design.md:
   S_l(x)  = l * TS(x) + (1 - l) * IS(x)                          weighted score
   (w, l)  : same prompt, S_l(w) > S_l(l)                         winner / loser
   phi     = degrees(atan2(dIS, dTS)), dIS = IS(w)-IS(l), dTS = TS(w)-TS(l)

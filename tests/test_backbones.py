@@ -10,7 +10,7 @@ from dbdpo.tiny import WORLD_WEIGHTS, build_tiny_pipeline, clip_tokenizer
 
 
 def test_tokenizer_is_the_real_clip_bpe():
-    # ids of OpenAI CLIP / open_clip for this prompt (ENVIRONMENT.md)
+    # ids of OpenAI CLIP / open_clip for this prompt (docs/environment.md)
     assert clip_tokenizer()("a photo of sks dog").input_ids == [49406, 320, 1125, 539, 48136, 1929, 49407]
     assert clip_tokenizer().model_max_length == 77
 

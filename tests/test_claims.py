@@ -17,10 +17,10 @@ import dataclasses
 import pytest
 
 from dbdpo.params import load_config
-from tests.conftest import MEASURED_GROUP, REPO
+from tests.conftest import REPO
 from tests.test_bench import bench_module
 
-pytestmark = [pytest.mark.slow, MEASURED_GROUP, pytest.mark.usefixtures("measured_threads")]
+pytestmark = pytest.mark.slow
 
 # Measured by bench/claims.py on the default params (2026-11-26, 2-core CPU): (a) +0.554;
 # (b) S_0.5 +0.231 (IS +0.325, TS +0.136); (c) IS +0.165 vs -0.124, TS +0.051 vs +0.024.

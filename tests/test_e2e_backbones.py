@@ -19,25 +19,11 @@ from typer.testing import CliRunner
 from dbdpo.backbones import load_backbone
 from dbdpo.config import ModelConfig
 from tests.conftest import REPO
-from tests.test_e2e_dvc import copy_project, fast_params, run
+from tests.test_e2e_dvc import copy_project, fast_params, run, run_stages_in_process
 
 pytestmark = pytest.mark.slow
 
 STAGES = ("finetune", "generate@round_1", "score@round_1", "pair@round_1", "dpo@round_1", "evaluate")
-
-
-def run_stages_in_process(project, monkeypatch) -> None:
-    """Each of dvc.yaml's one-round stages as `dvc repro` runs it: its Typer command, in the
-    project folder, with DVC_STAGE naming the round."""
-    dvc_yaml = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    monkeypatch.chdir(project)
-    for stage in STAGES:
-        name = stage.partition("@")[0]
-        wiring = dvc_yaml[name].get("do", dvc_yaml[name])
-        assert wiring["cmd"] == f"python -m stages.{name}"  # what follows is that command
-        monkeypatch.setenv("DVC_STAGE", stage)
-        result = CliRunner().invoke(importlib.import_module(f"stages.{name}").app, [])
-        assert result.exit_code == 0, f"{stage}: {result.output}\n{result.exception!r}"
 
 
 @pytest.mark.parametrize("arch, kind", [("sd2", "sd"), ("sdxl", "sdxl")])
@@ -46,7 +32,7 @@ def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, monkeypatch,
     params["model"].update(backbone=kind, path=str(tiny_dirs[arch]))
     params["score"]["dino_model"] = "tiny"  # the DINO column's code path, on a random ViT
     copy_project(tmp_path, params)
-    run_stages_in_process(tmp_path, monkeypatch)
+    run_stages_in_process(tmp_path, monkeypatch, STAGES)
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics) == ["final", "round_0", "round_1"]

@@ -1,11 +1,12 @@
 """The pipeline through the real `dvc` CLI, in a temporary git copy of this repository.
 
-The tests of this module share one one-round project and run in order: repro, no-op, forced
-rerun (byte-stable), experiments. A stage run costs ~12 s of Python imports alone, so the
-module runs as few stages as the behaviours need.
+The tests of this module share one one-round project and run in order: repro, no-op, rerun
+(byte-stable), experiments. A stage subprocess costs ~10 s of Python imports alone, so where
+the dvc CLI is not what a test checks, it runs dvc.yaml's stage commands in-process.
 """
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -14,11 +15,11 @@ import subprocess
 import pandas as pd
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from tests.conftest import REPO
 
-# one project, its tests in order: one xdist worker runs the whole module
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dvc_project")]
+pytestmark = pytest.mark.slow
 
 # Small enough for CI, big enough that every stage does real work.
 FAST_PARAMS = {
@@ -73,6 +74,20 @@ def fast_params(rounds: int = 1) -> dict:
         params[group].update(values)
     params["rounds"] = {f"round_{r}": {"start": f"round_{r - 1}"} for r in range(1, rounds + 1)}
     return params
+
+
+def run_stages_in_process(project, monkeypatch, stages) -> None:
+    """Each of `stages` (dvc.yaml addresses: "finetune", "pair@round_1") as `dvc repro` runs it:
+    dvc.yaml's command for it, `python -m stages.<name>`, as its Typer app in this process, in
+    the project folder, with DVC_STAGE naming the round."""
+    dvc_yaml = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    monkeypatch.chdir(project)
+    for stage in stages:
+        name = stage.partition("@")[0]
+        assert dvc_yaml[name].get("do", dvc_yaml[name])["cmd"] == f"python -m stages.{name}"
+        monkeypatch.setenv("DVC_STAGE", stage)
+        result = CliRunner().invoke(importlib.import_module(f"stages.{name}").app, [])
+        assert result.exit_code == 0, f"{stage}: {result.output}\n{result.exception!r}"
 
 
 def digests(root) -> dict[str, str]:
@@ -139,17 +154,20 @@ def test_repro_writes_every_artifact(project):
     assert not list(project.rglob(".tmp-*"))
 
 
-def test_noop_then_forced_rerun_writes_the_same_bytes(project):
+def test_noop_then_rerun_writes_the_same_bytes(project, monkeypatch):
     """Otherwise dvc.lock changes on a forced rerun and DVC reruns everything downstream for
-    nothing (the LoRA's safetensors metadata order did exactly that about half the time)."""
+    nothing (the LoRA's safetensors metadata order did exactly that about half the time).
+    The rerun is every stage's command in-process: the bytes are the stages' business."""
     second = run(["dvc", "repro"], project).stdout
     assert "Data and pipelines are up to date" in second and "Running stage" not in second, second
 
     first = digests(project)
     assert len(first) > 20 and "models/round_1/pytorch_lora_weights.safetensors" in first
-    run(["dvc", "repro", "--force"], project)
+    run_stages_in_process(project, monkeypatch, ("finetune", *ROUND_1, "evaluate"))
     again = digests(project)
     assert sorted(k for k in first.keys() | again.keys() if first.get(k) != again.get(k)) == []
+    status = run(["dvc", "status"], project).stdout
+    assert "Data and pipelines are up to date" in status, status
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline"], project)
 
@@ -225,17 +243,21 @@ def test_adding_a_round_reruns_only_that_round_and_evaluate(project):
         assert grid.width == 3 * 64 * 2 + 2 * 4
 
 
-def test_rank_dpo_experiment_beside_the_pairwise_one(project):
+def test_rank_dpo_round_on_the_same_scores(project, monkeypatch):
+    """RankDPO through the stages (pair writes ranked lists, dpo trains on them), on the
+    baseline's cached scores: pair, dpo and evaluate run in-process on the rank params."""
     back_to_baseline(project)
-    out = run(["dvc", "exp", "run", "-n", "rank", "-S", "dpo.loss=rank_dpo", "-S", "pair.mode=rank"], project).stdout
-    assert_stages(out, ran=("pair@round_1", "dpo@round_1", "evaluate"),
-                  skipped=("finetune", "generate@round_1", "score@round_1"))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["pair"]["mode"], params["dpo"]["loss"] = "rank", "rank_dpo"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_stages_in_process(project, monkeypatch, ("pair@round_1", "dpo@round_1", "evaluate"))
+
     ranked = pd.read_parquet(project / "rounds/round_1/preferences/ranked.parquet")
     assert len(ranked) == 8 and sorted(ranked["rank"].unique()) == [1, 2, 3, 4]
     assert not (project / "rounds/round_1/preferences/pairs.parquet").exists()
     log = pd.read_csv(project / "logs/dpo/round_1.csv")
     assert log["loss"].iat[0] > 0 and {"implicit_accuracy", "reward_margin"} <= set(log.columns)
-
-    _, runs = experiment_runs(project)
-    losses = {name: d["params"]["params.yaml"]["data"]["dpo"]["loss"] for name, d in runs.items()}
-    assert losses["rank"] == "rank_dpo" and losses["angle30"] == "diffusion_dpo"
+    metrics = json.loads((project / "metrics.json").read_text())
+    committed = json.loads(run(["git", "show", "HEAD:metrics.json"], project).stdout)
+    assert metrics["round_0"] == committed["round_0"]  # the same DreamBooth model and seeds
+    assert metrics["round_1"] != committed["round_1"]  # another round-1 model

@@ -22,9 +22,9 @@ from dbdpo.lora import merged
 from dbdpo.pairs import build_pairs, ranked_lists
 from dbdpo.sampling import generate, plan_samples, write_samples
 from dbdpo.scoring import score_images
-from tests.conftest import MEASURED_GROUP, REPO
+from tests.conftest import REPO
 
-pytestmark = [pytest.mark.slow, MEASURED_GROUP, pytest.mark.usefixtures("measured_threads")]
+pytestmark = pytest.mark.slow
 
 SAMPLING = {"steps": 10, "guidance_scale": 7.5, "batch_size": 16, "resolution": 64}
 IMAGES_PER_PROMPT = 16
@@ -43,7 +43,7 @@ def mean_weighted_score(scores: pd.DataFrame, reference: pd.DataFrame, lam: floa
 
 
 @pytest.fixture(scope="module")
-def round_start(tmp_path_factory, measured_threads):
+def round_start(tmp_path_factory):
     """The start model's images of 4 training prompts x 16 seeds, written and scored once."""
     root = tmp_path_factory.mktemp("learning-signal")
     prompts = [render(t, ConceptConfig()) for t in load_prompt_templates(REPO / "data/prompts/train.txt")[:4]]
