@@ -30,7 +30,7 @@ C_IS_MARGIN = 0.15
 
 
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory, measured_threads):
+def measured(tmp_path_factory):
     claims = bench_module("claims")
     cfg = load_config(REPO / "params.yaml")
     cfg = dataclasses.replace(cfg, concept=dataclasses.replace(cfg.concept, dir=str(REPO / cfg.concept.dir)),
