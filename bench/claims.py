@@ -62,8 +62,8 @@ class Bench:
         ts = partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)
         self.scorers = build_scorers(cfg.score, self.concept_images, {"TS": ts})
         slices = {name: cfg.prompt_slice(name) for name in cfg.round_names()}
-        self.round_prompts = list(train_prompts(Path(cfg.generate.prompts), slices).values())  # one list per round
-        self.held_out = eval_prompts(Path(cfg.evaluate.prompts), cfg.evaluate.num_prompts)
+        self.round_prompts = list(train_prompts(cfg.generate.prompts, slices).values())  # one list per round
+        self.held_out = eval_prompts(cfg.evaluate.prompts, cfg.evaluate.num_prompts)
         self.backbone = load_backbone(cfg.model)
 
     def sample(self, lora: LoraState | None, templates: list[str], per_prompt: int, seed: int,

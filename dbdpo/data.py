@@ -144,7 +144,7 @@ def text_prompt(template: str, cfg: ConceptConfig, mode: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def train_prompts(path: Path, slices: dict[str, tuple[int, int]]) -> dict[str, list[str]]:
+def train_prompts(path: str | Path, slices: dict[str, tuple[int, int]]) -> dict[str, list[str]]:
     """Each round's prompts [start, stop) of the training pool at `path` (rounds get disjoint
     slices), every slice checked, the pool read once: a pool too small for the last round
     fails before the first round samples anything."""
@@ -159,7 +159,7 @@ def train_prompts(path: Path, slices: dict[str, tuple[int, int]]) -> dict[str, l
     return {name: pool[start:stop] for name, (start, stop) in slices.items()}
 
 
-def eval_prompts(path: Path, num_prompts: int) -> list[str]:
+def eval_prompts(path: str | Path, num_prompts: int) -> list[str]:
     """The first `num_prompts` held-out evaluation prompts of the file at `path`."""
     path = Path(path)
     templates = load_prompt_templates(path)

@@ -64,11 +64,7 @@ def article(word: str) -> str:
 def compose(style: str, attribute: str, action: str, context: str) -> str:
     """One template: "[style] a [attribute] {token} {class_noun} [action] context"."""
     subject = " ".join(w for w in (attribute, "{token}", "{class_noun}") if w)
-    if style:
-        style = f"{style} {article(subject)}"
-    else:
-        style = article(subject)
-    return " ".join(w for w in (style, subject, action, context) if w)
+    return " ".join(w for w in (style, article(subject), subject, action, context) if w)
 
 
 def eval_contexts(eval_templates: list[str]) -> set[str]:
@@ -87,8 +83,7 @@ def compose_pool(kind: str, n: int, eval_templates: list[str] = (), seed: int = 
     on a context of `eval_templates`. Raises DataError when the combinations cannot give `n`."""
     held_out = {re.sub(r"\s+", " ", c.lower()) for c in eval_contexts(list(eval_templates))}
     contexts = [c for c in CONTEXTS if c.lower() not in held_out]
-    combos = sorted(set(itertools.product(STYLES, ATTRIBUTES, ACTIONS[kind], contexts)))
-    templates = sorted({compose(*c) for c in combos})
+    templates = sorted({compose(*c) for c in itertools.product(STYLES, ATTRIBUTES, ACTIONS[kind], contexts)})
     if n > len(templates):
         raise DataError(f"asked for {n} prompts; the composer has {len(templates)} distinct {kind} prompts")
     random.Random(seed).shuffle(templates)  # rounds take consecutive slices: mix contexts and styles
@@ -108,9 +103,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if not (args.kind or args.class_noun):
         parser.error("give --class-noun (e.g. dog) or --kind (object | live)")
-    from dbdpo.data import (
-        load_prompt_templates,  # here: dbdpo.data loads torch, --help should not
-    )
+    # imported here: dbdpo.data loads torch, and --help should not
+    from dbdpo.data import load_prompt_templates
 
     held = [t for path in args.eval for t in load_prompt_templates(path)]
     kind = args.kind or subject_kind(args.class_noun)

@@ -41,7 +41,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     e = cfg.evaluate
     names = ["round_0", *cfg.round_names()]
     with user_errors():
-        templates = eval_prompts(Path(e.prompts), e.num_prompts)
+        templates = eval_prompts(e.prompts, e.num_prompts)
         concept = [c.image for c in load_concept(cfg.concept)]
         models = [RoundModel(n, load_lora(checked_model(n))) for n in names]
         # "TS" is the configured variant; both variants are reported by name as well.

@@ -37,7 +37,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     g = cfg.generate
     with user_errors():
         slices = {name: base.prompt_slice(name) for name in base.round_names()}
-        templates = train_prompts(Path(base.generate.prompts), slices)[round_name]
+        templates = train_prompts(base.generate.prompts, slices)[round_name]
         start_dir = checked_model(cfg.rounds[round_name].start)
         start = load_lora(start_dir)
         backbone = load_backbone(cfg.model, lora=start, precision=cfg.model.precision)

@@ -20,6 +20,16 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
+def invoke_stage(stage: str, *args: str):
+    """`python -m stages.<stage> ARGS` in-process (Typer's runner): a stage subprocess costs
+    ~10 s of imports."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(importlib.import_module(f"stages.{stage}").app, list(args))
+
+
 @pytest.fixture
 def in_repo(monkeypatch):
     """Run with the repository as working directory (prompt sets live in data/)."""

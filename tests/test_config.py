@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import pytest
 import yaml
@@ -172,9 +171,9 @@ def test_presets_are_complete_valid_params_files(in_repo, name, backbone, path, 
     assert (cfg.model.backbone, cfg.model.path) == (backbone, path)
     # the composed pool and the DreamBooth paper's evaluation set, large enough for every round
     slices = {r: cfg.prompt_slice(r) for r in cfg.round_names()}
-    assert len(train_prompts(Path(cfg.generate.prompts), slices)) == len(cfg.rounds)
+    assert len(train_prompts(cfg.generate.prompts, slices)) == len(cfg.rounds)
     assert cfg.generate.prompts.endswith("pool_object.txt") and cfg.evaluate.prompts.endswith("dreambooth_object.txt")
-    assert len(eval_prompts(Path(cfg.evaluate.prompts), cfg.evaluate.num_prompts)) == 25
+    assert len(eval_prompts(cfg.evaluate.prompts, cfg.evaluate.num_prompts)) == 25
     assert cfg.evaluate.images_per_prompt == 10
     assert cfg.finetune.mixed_precision == cfg.dpo.mixed_precision == precision
     assert cfg.finetune.gradient_checkpointing and cfg.dpo.gradient_checkpointing

@@ -6,7 +6,6 @@ subprocess costs ~10 s of imports); tests/test_e2e_dvc.py runs the same commands
 `dvc` CLI on the default backbone.
 """
 
-import importlib
 import json
 import math
 import shutil
@@ -14,11 +13,10 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from dbdpo.backbones import load_backbone
 from dbdpo.config import ModelConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, invoke_stage
 from tests.test_e2e_dvc import copy_project, fast_params, run, run_stages_in_process
 
 pytestmark = pytest.mark.slow
@@ -77,7 +75,7 @@ def test_sdxl_preset_with_a_folder_without_weights_fails_fast(tmp_path, tiny_dir
     model_dir = tmp_path / "sdxl-base"  # e.g. an interrupted download: configs only
     shutil.copytree(tiny_dirs["sdxl"], model_dir, ignore=shutil.ignore_patterns("*.safetensors"))
     project = sdxl_preset_project(tmp_path, model_dir)
-    result = CliRunner().invoke(importlib.import_module("stages.finetune").app, ["--params", str(project / "params.yaml")])
+    result = invoke_stage("finetune", "--params", str(project / "params.yaml"))
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith(
         f"error: model.path='{model_dir}': no .safetensors weights in {model_dir}/unet")

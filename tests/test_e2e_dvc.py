@@ -6,7 +6,6 @@ the dvc CLI is not what a test checks, it runs dvc.yaml's stage commands in-proc
 """
 
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -15,9 +14,8 @@ import subprocess
 import pandas as pd
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from tests.conftest import REPO
+from tests.conftest import REPO, invoke_stage
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +84,7 @@ def run_stages_in_process(project, monkeypatch, stages) -> None:
         name = stage.partition("@")[0]
         assert dvc_yaml[name].get("do", dvc_yaml[name])["cmd"] == f"python -m stages.{name}"
         monkeypatch.setenv("DVC_STAGE", stage)
-        result = CliRunner().invoke(importlib.import_module(f"stages.{name}").app, [])
+        result = invoke_stage(name)
         assert result.exit_code == 0, f"{stage}: {result.output}\n{result.exception!r}"
 
 

@@ -11,18 +11,14 @@ import yaml
 from typer.testing import CliRunner
 
 from dbdpo.provenance import RECORD_FILE, RECORD_KEY, digest, made_from
-from tests.conftest import REPO
+from tests.conftest import REPO, invoke_stage
 
 STAGES = ["finetune", "generate", "score", "pair", "dpo", "evaluate"]
 
 
-def invoke(stage: str, *args: str):
-    return CliRunner().invoke(importlib.import_module(f"stages.{stage}").app, list(args))
-
-
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_stage_has_help(in_repo, stage):
-    result = invoke(stage, "--help")
+    result = invoke_stage(stage, "--help")
     assert result.exit_code == 0
     assert "--params" in result.stdout
     if stage not in ("finetune", "evaluate"):
@@ -32,10 +28,10 @@ def test_every_stage_has_help(in_repo, stage):
 def test_bad_params_and_unknown_round_exit_2_with_one_line(in_repo, tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text((in_repo / "params.yaml").read_text().replace("lambda: 0.5", "lambda: 2"))
-    result = invoke("pair", "--round", "round_1", "--params", str(bad))
+    result = invoke_stage("pair", "--round", "round_1", "--params", str(bad))
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {bad}: pair.lambda=2.0 is invalid: expected a value in [0, 1]"
-    result = invoke("generate", "--round", "round_9")
+    result = invoke_stage("generate", "--round", "round_9")
     assert result.exit_code == 2 and "--round round_9: not in params.yaml rounds (round_1, round_2)" in result.stderr
 
 
@@ -47,7 +43,7 @@ def test_a_prompt_pool_too_small_for_a_later_round_fails_before_round_1_runs(in_
     (tmp_path / "data").mkdir()
     (tmp_path / "data/prompts").symlink_to(in_repo / "data/prompts")
     monkeypatch.chdir(tmp_path)
-    result = invoke("generate", "--round", "round_1")
+    result = invoke_stage("generate", "--round", "round_1")
     assert result.exit_code == 2
     assert ("error: rounds.round_3: data/prompts/train.txt: this round needs prompts 160..239 but the pool has "
             "210") in result.stderr
@@ -88,7 +84,7 @@ def test_a_stage_that_fails_leaves_no_previous_output_behind(scored_round):
     (out / "preferences").mkdir(parents=True)
     (out / "preferences/pairs.parquet").write_bytes(b"last run's pairs")
     (out / "pair_summary.json").write_text("{}")
-    result = invoke("pair", "--round", "round_1")
+    result = invoke_stage("pair", "--round", "round_1")
     assert result.exit_code == 2 and "error: no preference pairs left" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["samples.parquet", "scores.parquet"]
 
@@ -96,7 +92,7 @@ def test_a_stage_that_fails_leaves_no_previous_output_behind(scored_round):
 def test_pair_refuses_scores_made_from_a_manifest_that_changed_since(scored_round):
     """generate (or score's input) rerun by hand, score not: pair must not pair stale scores."""
     (scored_round / "samples.parquet").write_bytes(b"a newer manifest")
-    result = invoke("pair", "--round", "round_1")
+    result = invoke_stage("pair", "--round", "round_1")
     assert result.exit_code == 2
     assert ("error: rounds/round_1/scores.parquet was made from another rounds/round_1/samples.parquet "
             "(it changed since); rerun score@round_1 before this stage") in result.stderr
@@ -105,20 +101,20 @@ def test_pair_refuses_scores_made_from_a_manifest_that_changed_since(scored_roun
 
 def test_pair_refuses_scores_that_do_not_record_their_inputs(scored_round):
     scores_frame().to_parquet(scored_round / "scores.parquet")  # as an older version wrote it
-    result = invoke("pair", "--round", "round_1")
+    result = invoke_stage("pair", "--round", "round_1")
     assert result.exit_code == 2
     assert ("error: rounds/round_1/scores.parquet does not record what it was made from (an older version "
             "wrote it); rerun score@round_1") in result.stderr
 
 
 def test_pair_records_its_scores_and_dpo_refuses_the_preferences_once_scores_change(scored_round):
-    assert invoke("pair", "--round", "round_1").exit_code == 0
+    assert invoke_stage("pair", "--round", "round_1").exit_code == 0
     assert json.loads((scored_round / "preferences" / RECORD_FILE).read_text()) == {
         "rounds/round_1/scores.parquet": digest(scored_round / "scores.parquet")}
     frame = scores_frame().assign(IS=[0.3, 0.2, 0.1] * 2)  # score rerun by hand, pair not
     frame.attrs = {RECORD_KEY: made_from(Path("rounds/round_1/samples.parquet"))}
     frame.to_parquet(scored_round / "scores.parquet")
-    result = invoke("dpo", "--round", "round_1")
+    result = invoke_stage("dpo", "--round", "round_1")
     assert result.exit_code == 2
     assert ("error: rounds/round_1/preferences was made from another rounds/round_1/scores.parquet "
             "(it changed since); rerun pair@round_1 before this stage") in result.stderr
@@ -126,14 +122,14 @@ def test_pair_records_its_scores_and_dpo_refuses_the_preferences_once_scores_cha
 
 
 def test_generate_refuses_a_start_model_whose_preferences_changed_since(scored_round):
-    assert invoke("pair", "--round", "round_1").exit_code == 0
+    assert invoke_stage("pair", "--round", "round_1").exit_code == 0
     model = Path("models/round_1")
     model.mkdir(parents=True)
     (model / RECORD_FILE).write_text(json.dumps(made_from(Path("rounds/round_1/preferences"))))
     (scored_round / "preferences" / "pairs.parquet").write_bytes(b"pairs from a later pair run")
     Path("data").mkdir()
     Path("data/prompts").symlink_to(REPO / "data/prompts")
-    result = invoke("generate", "--round", "round_2")
+    result = invoke_stage("generate", "--round", "round_2")
     assert result.exit_code == 2
     assert ("error: models/round_1 was made from another rounds/round_1/preferences (it changed since); "
             "rerun dpo@round_1 before this stage") in result.stderr
