@@ -33,24 +33,18 @@ from pathlib import Path
 import pandas as pd
 
 from dbdpo.backbones import load_backbone
-from dbdpo.config import Config
+from dbdpo.config import SEEDS_PER_ROUND, Config, round_seed
 from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
 from dbdpo.dpo import preference_data, train_dpo
 from dbdpo.lora import LoraState, merged, stack
 from dbdpo.pairs import build_pairs
 from dbdpo.params import load_config
-from dbdpo.sampling import (
-    SEEDS_PER_ROUND,
-    generate,
-    plan_samples,
-    round_seed,
-    write_samples,
-)
+from dbdpo.sampling import generate, plan_samples, write_samples
 from dbdpo.scoring import build_scorers, score_images
 from dbdpo.training import train_dreambooth
 
 log = logging.getLogger("claims")
-HELD_IN_SEED = 777 * SEEDS_PER_ROUND  # no round samples these seeds (dbdpo.sampling.round_seed)
+HELD_IN_SEED = 777 * SEEDS_PER_ROUND  # no round samples these seeds (dbdpo.config.round_seed)
 
 
 class Bench:
@@ -58,10 +52,10 @@ class Bench:
 
     def __init__(self, cfg: Config, work: Path):
         self.cfg, self.work = cfg, work
-        self.concept_images = [c.image for c in load_concept(cfg.concept)]
+        self.concept_images = load_concept(cfg.concept)
         ts = partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)
         self.scorers = build_scorers(cfg.score, self.concept_images, {"TS": ts})
-        slices = {name: cfg.prompt_slice(name) for name in cfg.round_names()}
+        slices = {name: plan.prompts for name, plan in cfg.round_plans().items()}
         self.round_prompts = list(train_prompts(cfg.generate.prompts, slices).values())  # one list per round
         self.held_out = eval_prompts(cfg.evaluate.prompts, cfg.evaluate.num_prompts)
         self.backbone = load_backbone(cfg.model)

@@ -111,5 +111,4 @@ def full_backbone(arch: str, device: str | torch.device = "cpu", dtype: torch.dt
     the training and sampling code treat it exactly like a loaded checkpoint."""
     cfg = arch_config(arch)
     pipe = build_full_pipeline(arch, device, dtype, seed)
-    kind = "sdxl" if cfg["pipeline"] == "StableDiffusionXLPipeline" else "sd"
-    return Backbone(pipe, kind, resolution or cfg["resolution"])
+    return Backbone(pipe, resolution or cfg["resolution"])

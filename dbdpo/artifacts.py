@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dbdpo.errors import MissingInput, StaleInputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -117,9 +119,10 @@ def read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
     """Read a stage's table and check it has the columns this stage needs."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run the stage that writes it (dvc repro)")
+        raise MissingInput(f"{path}: missing; run the stage that writes it first")
     frame = pd.read_parquet(path)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path}: missing columns {missing}; it was written by another version, rerun dvc repro")
+        raise StaleInputError(f"{path}: missing columns {missing}; another version of dbdpo wrote it: rerun "
+                              "the stage that writes it")
     return frame

@@ -35,17 +35,12 @@ class Backbone:
     """A loaded pipeline plus what the training code needs to know about it."""
 
     pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
-    kind: str  # tiny | sd | sdxl
     resolution: int  # image side in pixels for training and sampling
 
     @property
     def is_sdxl(self) -> bool:
         """SDXL conditions on two text encoders, a pooled embedding and size/crop ids."""
         return isinstance(self.pipe, StableDiffusionXLPipeline)
-
-    @property
-    def prediction_type(self) -> str:
-        return self.pipe.scheduler.config.prediction_type
 
     def training_scheduler(self) -> DDPMScheduler:
         """The forward-noising schedule the UNet was trained with."""
@@ -152,10 +147,7 @@ def load_backbone(cfg: ModelConfig, lora: LoraState | None = None, precision: st
     The scheduler becomes DDIM with the model's own training schedule and prediction type
     (epsilon for SD 1.x / SDXL, v_prediction for SD 2.x 768).
     """
-    if cfg.backbone == "tiny":
-        pipe, kind = build_tiny_pipeline(), "tiny"
-    else:
-        pipe, kind = _load_pretrained(cfg), cfg.backbone
+    pipe = build_tiny_pipeline() if cfg.backbone == "tiny" else _load_pretrained(cfg)
     resolution = cfg.resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     multiple = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
     if resolution % multiple:
@@ -169,7 +161,7 @@ def load_backbone(cfg: ModelConfig, lora: LoraState | None = None, precision: st
     if device.type != "cpu":
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
-    return Backbone(pipe, kind, resolution)
+    return Backbone(pipe, resolution)
 
 
 def _load_pretrained(cfg: ModelConfig) -> StableDiffusionPipeline | StableDiffusionXLPipeline:

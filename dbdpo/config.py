@@ -10,9 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-
-class ConfigError(ValueError):
-    """A params.yaml value is missing, unknown or out of range."""
+from dbdpo.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -52,13 +50,19 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class SamplingConfig:
+    """How a stage samples images (dbdpo.sampling.generate): generate and evaluate share these."""
+
+    steps: int = 20  # denoising steps
+    guidance_scale: float = 7.5  # classifier-free guidance
+    batch_size: int = 8  # images per pipeline call
+
+
+@dataclass(frozen=True)
+class GenerateConfig(SamplingConfig):
     prompts: str = "data/prompts/train.txt"  # the training prompt pool; rounds take disjoint slices
     num_prompts: int = 8
     images_per_prompt: int = 4
-    steps: int = 20
-    guidance_scale: float = 7.5
-    batch_size: int = 8
     seed: int = 0
 
 
@@ -122,13 +126,10 @@ class RoundConfig:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(SamplingConfig):
     prompts: str = "data/prompts/eval.txt"  # held-out prompts (contexts no training prompt uses)
     images_per_prompt: int = 2
     num_prompts: int = 20
-    steps: int = 20
-    guidance_scale: float = 7.5
-    batch_size: int = 8
     grid_prompts: int = 4
     seed: int = 1234
 
@@ -159,15 +160,37 @@ class Config:
             merged[group] = build_group(type(base), {**current, **values}, f"rounds.{name}.{group}")
         return dataclasses.replace(self, **merged)
 
-    def prompt_slice(self, name: str) -> tuple[int, int]:
-        """[start, stop) of round `name` in the training prompt pool: rounds never share prompts."""
-        start = 0
-        for other in self.round_names():
-            count = self.for_round(other).generate.num_prompts
-            if other == name:
-                return start, start + count
-            start += count
-        raise KeyError(name)
+    def round_plans(self) -> dict[str, RoundPlan]:
+        """Every round's plan, in params order: each takes the next generate.num_prompts
+        prompts of the training pool (rounds never share a prompt) and its own seed range."""
+        plans, offset = {}, 0
+        for index, name in enumerate(self.round_names(), start=1):
+            generate = self.for_round(name).generate
+            plans[name] = RoundPlan(name, index, self.rounds[name].start, (offset, offset + generate.num_prompts),
+                                    round_seed(generate.seed, index))
+            offset += generate.num_prompts
+        return plans
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Where a round sits in the run. A round's plan also depends on the rounds before it
+    (their prompt counts); those reach its stages through its start model, since each round
+    starts from the previous one (dbdpo.validation)."""
+
+    name: str
+    index: int  # 1 for round_1
+    start: str  # the model it samples and DPO's reference: the previous round's
+    prompts: tuple[int, int]  # [start, stop) of the training pool
+    seed: int  # its first generation seed
+
+
+SEEDS_PER_ROUND = 1_000_000  # round r's seeds start at generate.seed + r * this: rounds never share a seed
+
+
+def round_seed(seed: int, round_index: int) -> int:
+    """The first seed of round `round_index` (1 for round_1) when generation starts at `seed`."""
+    return seed + round_index * SEEDS_PER_ROUND
 
 
 ROUND_GROUPS = ("generate", "pair", "filter", "dpo")  # the groups a round may override
@@ -177,6 +200,7 @@ ROUND_GROUPS = ("generate", "pair", "filter", "dpo")  # the groups a round may o
 # a bare `no` as false.
 PRECISIONS = ("fp32", "fp16", "bf16")
 LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS
+TS_PROMPTS = ("with_class", "without_concept")  # score.ts_prompt: the text TS compares with (dbdpo.data)
 RANK_BY = ("preference", "model")  # RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
 
 

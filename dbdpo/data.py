@@ -8,23 +8,18 @@ from __future__ import annotations
 
 import re
 import string
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dbdpo.config import ConceptConfig
+from dbdpo.config import TS_PROMPTS, ConceptConfig
 from dbdpo.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-@dataclass(frozen=True)
-class ConceptImage:
-    path: Path
-    image: Image.Image  # RGB, EXIF orientation applied
 
 
 def _wide_gray_to_rgb(img: Image.Image) -> Image.Image:
@@ -70,8 +65,9 @@ def load_image_rgb(path: Path, min_size: int) -> Image.Image:
     return img
 
 
-def load_concept(cfg: ConceptConfig) -> list[ConceptImage]:
-    """All images of `cfg.dir`, sorted by name. Every file must be a usable image."""
+def load_concept(cfg: ConceptConfig) -> list[Image.Image]:
+    """All images of `cfg.dir`, sorted by file name, RGB with EXIF orientation applied. Every
+    file must be a usable image."""
     folder = Path(cfg.dir)
     if not folder.is_dir():
         raise DataError(f"concept.dir={cfg.dir!r} is not a directory of concept images")
@@ -84,7 +80,7 @@ def load_concept(cfg: ConceptConfig) -> list[ConceptImage]:
         )
     if not files:
         raise DataError(f"concept.dir={cfg.dir!r} holds no images")
-    return [ConceptImage(p, load_image_rgb(p, cfg.min_size)) for p in files]
+    return [load_image_rgb(p, cfg.min_size) for p in files]
 
 
 def to_tensor(images: list[Image.Image], resolution: int) -> torch.Tensor:
@@ -142,6 +138,16 @@ def text_prompt(template: str, cfg: ConceptConfig, mode: str) -> str:
     class_noun = cfg.class_noun if mode == "with_class" else ""
     text = template.format(token="", class_noun=class_noun)
     return re.sub(r"\s+", " ", text).strip()
+
+
+def ts_texts(cfg: ConceptConfig, mode: str, every_form: bool = False) -> dict[str, Callable[[str], str]]:
+    """The TS columns to score and each one's text for a prompt template: "TS" against the
+    `mode` form (score.ts_prompt); with every_form also TS_with_class and TS_without_concept,
+    so evaluate reports both whichever is the headline."""
+    columns = {"TS": partial(text_prompt, cfg=cfg, mode=mode)}
+    if every_form:
+        columns |= {f"TS_{m}": partial(text_prompt, cfg=cfg, mode=m) for m in TS_PROMPTS}
+    return columns
 
 
 def train_prompts(path: str | Path, slices: dict[str, tuple[int, int]]) -> dict[str, list[str]]:

@@ -21,6 +21,7 @@ from dbdpo.config import DpoConfig
 from dbdpo.data import load_image_rgb
 from dbdpo.lora import LoraState, lora_state
 from dbdpo.losses import diffusion_dpo_loss, per_sample_error, rank_dpo_loss
+from dbdpo.preferences import Preferences
 from dbdpo.training import (
     StepCallback,
     check_finite,
@@ -226,3 +227,23 @@ def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig,
         return rank_dpo_loss(policy, reference, preference, cfg.beta, cfg.rank_weighting, cfg.rank_by)
 
     return _preference_loop(backbone, cfg, draw, errors, loss_fn, "rank_dpo", on_step)
+
+
+# --- either loss on a round's preferences ----------------------------------------------------
+
+
+def train_on_preferences(backbone: Backbone, prefs: Preferences, cfg: DpoConfig,
+                         on_step: StepCallback | None = None) -> tuple[LoraState, list[dict]]:
+    """Diffusion-DPO on pairs or RankDPO on ranked lists, as the preferences were built."""
+    if prefs.mode == "rank":
+        return train_rank_dpo(backbone, ranked_data(backbone, prefs.ranked()), cfg, on_step)
+    t = prefs.table
+    data = preference_data(backbone, t["winner_path"].to_list(), t["loser_path"].to_list(), t["prompt"].to_list())
+    return train_dpo(backbone, data, cfg, on_step)
+
+
+def final_metrics(rows: list[dict]) -> dict[str, float]:
+    """The run's end state, a DVC metric: each logged quantity's mean over the last 10% of
+    steps (at least one), as one step's batch is too noisy to compare experiments by."""
+    last = rows[-max(1, len(rows) // 10):]
+    return {k: sum(r[k] for r in last) / len(last) for k in last[0] if k != "step"}

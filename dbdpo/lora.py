@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dbdpo.artifacts import atomic_dir, atomic_file
-from dbdpo.errors import LoraError
+from dbdpo.errors import LoraError, MissingInput
 from dbdpo.provenance import RECORD_FILE
 
 # Which UNet layers an adapter trains (`finetune.lora_targets`, `dpo.lora_targets`).
@@ -129,7 +129,7 @@ def load_lora(directory: Path) -> LoraState:
     """Read a LoRA saved by `save_lora`, with its alpha/r scale folded into B."""
     path = Path(directory) / WEIGHT_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no LoRA weights (did the stage that writes {directory} run?)")
+        raise MissingInput(f"{path}: no LoRA weights; run the stage that writes {directory} first")
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get(LORA_METADATA_KEY, "{}"))
         state = {k.removeprefix("unet."): f.get_tensor(k).float() for k in f.keys() if k.startswith("unet.")}

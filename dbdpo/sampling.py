@@ -18,14 +18,6 @@ from dbdpo.artifacts import atomic_dir, write_parquet
 from dbdpo.provenance import RECORD_KEY
 
 SAMPLE_COLUMNS = ["image_id", "prompt_id", "template", "prompt", "seed", "path"]
-SEEDS_PER_ROUND = 1_000_000  # round r's seeds start at seed + r * this: rounds never share a seed
-
-
-def round_seed(seed: int, round_index: int) -> int:
-    """The first seed of round `round_index` (1 for round_1) when generation starts at `seed`."""
-    return seed + round_index * SEEDS_PER_ROUND
-
-
 @dataclass(frozen=True)
 class SampleRequest:
     image_id: str

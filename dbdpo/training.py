@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 
 from dbdpo.backbones import Backbone
 from dbdpo.conditioning import TextConditioning, encode_prompts, image_size_ids, predict
-from dbdpo.config import FinetuneConfig
+from dbdpo.config import ConceptConfig, FinetuneConfig, GenerateConfig
 from dbdpo.data import to_tensor
 from dbdpo.errors import TrainingDiverged
 from dbdpo.lora import LoraState, add_lora, lora_state
 from dbdpo.losses import per_sample_error
+from dbdpo.sampling import generate, plan_samples
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,26 @@ def select_rows(sizes: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor
 
 
 # --- DreamBooth --------------------------------------------------------------------------
+
+
+def instance_prompt(cfg: FinetuneConfig, concept: ConceptConfig) -> str:
+    """finetune.instance_prompt with the concept's token and class: "a photo of sks toy"."""
+    return cfg.instance_prompt.format(token=concept.token, class_noun=concept.class_noun)
+
+
+def class_prior(backbone: Backbone, cfg: FinetuneConfig, concept: ConceptConfig,
+                sampling: GenerateConfig) -> tuple[list[Image.Image] | None, str | None]:
+    """Prior preservation (Ruiz et al. 2023, Sec. 3.3): the base model's own images of the class
+    keep DreamBooth from forgetting it. (cfg.num_class_images images of the class prompt,
+    sampled as generate samples, seeds from cfg.seed; the prompt) or (None, None) when
+    finetune.prior_preservation is off."""
+    if not cfg.prior_preservation:
+        return None, None
+    prompt = cfg.class_prompt.format(token=concept.token, class_noun=concept.class_noun)
+    plan = plan_samples([cfg.class_prompt], [prompt], cfg.num_class_images, cfg.seed)
+    images = generate(backbone.pipe, plan, steps=sampling.steps, guidance_scale=sampling.guidance_scale,
+                      batch_size=sampling.batch_size, resolution=backbone.resolution, desc="class images")
+    return images, prompt
 
 
 def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], instance_prompt: str,

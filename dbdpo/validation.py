@@ -7,7 +7,15 @@ import dataclasses
 import math
 import re
 
-from dbdpo.config import LORA_TARGETS, PRECISIONS, RANK_BY, Config, ConfigError
+from dbdpo.config import (
+    LORA_TARGETS,
+    PRECISIONS,
+    RANK_BY,
+    TS_PROMPTS,
+    Config,
+    ConfigError,
+    SamplingConfig,
+)
 
 
 def _require(ok: bool, key: str, value, expected: str) -> None:
@@ -21,6 +29,11 @@ def _one_of(value, choices: tuple, key: str) -> None:
 
 def _positive(value, key: str) -> None:
     _require(value > 0, key, value, "a value > 0")
+
+
+def _sampling(s: SamplingConfig, group: str) -> None:
+    for key in ("steps", "batch_size"):
+        _positive(getattr(s, key), f"{group}.{key}")
 
 
 def _finite_floats(c: Config) -> None:
@@ -97,13 +110,12 @@ def validate_groups(c: Config) -> None:
     _positive(c.generate.num_prompts, "generate.num_prompts")
     _require(c.generate.images_per_prompt >= 2, "generate.images_per_prompt",
              c.generate.images_per_prompt, "at least 2 images per prompt to form pairs")
-    for key in ("steps", "batch_size"):
-        _positive(getattr(c.generate, key), f"generate.{key}")
+    _sampling(c.generate, "generate")
 
     _require(not (c.score.clip_model == "tiny" and c.score.clip_pretrained is not None), "score.clip_pretrained",
              c.score.clip_pretrained, "null with score.clip_model=tiny (a random CLIP for code-path tests); "
              "name the weights' architecture in score.clip_model instead")
-    _one_of(c.score.ts_prompt, ("with_class", "without_concept"), "score.ts_prompt")
+    _one_of(c.score.ts_prompt, TS_PROMPTS, "score.ts_prompt")
     _require(bool(c.score.rewards) and all(w > 0 for w in c.score.rewards.values()), "score.rewards",
              c.score.rewards, "a non-empty mapping of score names to weights > 0")
     available = {"IS", "TS"} | ({"DINO"} if c.score.dino_model else set()) | (
@@ -134,14 +146,15 @@ def validate_groups(c: Config) -> None:
     _one_of(c.dpo.rank_by, RANK_BY, "dpo.rank_by")
     expected_mode = "rank" if c.dpo.loss == "rank_dpo" else "pairs"
     _require(c.pair.mode == expected_mode, "pair.mode", c.pair.mode,
-             f"{expected_mode} with dpo.loss={c.dpo.loss} (set both: -S dpo.loss=rank_dpo -S pair.mode=rank)")
+             f"{expected_mode} with dpo.loss={c.dpo.loss} (set both: dpo.loss=rank_dpo with pair.mode=rank)")
     for key in ("beta", "steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
                 "lora_rank"):
         _positive(getattr(c.dpo, key), f"dpo.{key}")
     _one_of(c.dpo.mixed_precision, PRECISIONS, "dpo.mixed_precision")
     _one_of(c.dpo.lora_targets, LORA_TARGETS, "dpo.lora_targets")
 
-    for key in ("images_per_prompt", "num_prompts", "steps", "batch_size", "grid_prompts"):
+    _sampling(c.evaluate, "evaluate")
+    for key in ("images_per_prompt", "num_prompts", "grid_prompts"):
         _positive(getattr(c.evaluate, key), f"evaluate.{key}")
     _require(c.evaluate.grid_prompts <= c.evaluate.num_prompts, "evaluate.grid_prompts",
              c.evaluate.grid_prompts, f"at most evaluate.num_prompts={c.evaluate.num_prompts}")

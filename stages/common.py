@@ -10,17 +10,9 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.config import Config, ConfigError
-from dbdpo.errors import (
-    BackboneError,
-    DataError,
-    LoraError,
-    PairingError,
-    ScorerError,
-    StaleInputError,
-    TrainingDiverged,
-)
-from dbdpo.params import load_config
+from dbdpo.config import Config, RoundPlan
+from dbdpo.errors import MissingInput, StaleInputError, UserError
+from dbdpo.params import ParamView, load_config
 from dbdpo.provenance import check_made_from, folder_record
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
@@ -73,17 +65,29 @@ def stage_round(round_name: str | None, stage: str) -> str:
     return key
 
 
-def setup(params: Path, round_name: str | None = None) -> Config:
-    """Logging + validated params; exits with a one-line error on bad params or round name."""
+def _load(params: Path) -> Config:
+    """Logging + validated params; exits with a one-line error on bad params."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("dbdpo").setLevel(os.environ.get("DBDPO_LOG", "INFO"))
-    try:
-        cfg = load_config(params)
-    except ConfigError as e:
-        fail(str(e))
-    if round_name is not None and round_name not in cfg.rounds:
+    with user_errors():
+        return load_config(params)
+
+
+def setup(params: Path, stage: str, reads: tuple[str, ...]) -> ParamView:
+    """The validated params as the stage may read them: only `reads`, the keys dvc.yaml lists
+    for it (a read of any other key raises, so DVC reruns the stage on every key it uses)."""
+    return ParamView(_load(params), reads, stage)
+
+
+def setup_round(params: Path, stage: str, reads: tuple[str, ...],
+                round_name: str) -> tuple[ParamView, dict[str, RoundPlan]]:
+    """setup() for a per-round stage: the round's params (its overrides applied; `rounds.${key}`
+    in `reads` is this round's entry) and every round's plan, this one's under its name."""
+    cfg = _load(params)
+    if round_name not in cfg.rounds:
         fail(f"--round {round_name}: not in {params} rounds ({', '.join(cfg.rounds)})")
-    return cfg
+    reads = tuple(r.replace("${key}", round_name) for r in reads)
+    return ParamView(cfg.for_round(round_name), reads, f"{stage}@{round_name}"), cfg.round_plans()
 
 
 def fail(message: str) -> None:
@@ -93,9 +97,11 @@ def fail(message: str) -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's input errors (bad data, params, missing weights) into one clean line."""
+    """Turn the library's input errors (bad data, params, missing weights) into one clean line;
+    the DVC advice is worded here, the library knows nothing of DVC."""
     try:
         yield
-    except (ConfigError, DataError, BackboneError, ScorerError, PairingError, LoraError, TrainingDiverged,
-            StaleInputError, FileNotFoundError) as e:
+    except (MissingInput, StaleInputError) as e:
+        fail(f"{e} (`dvc repro` runs every stage whose inputs changed, in order)")
+    except UserError as e:
         fail(str(e))

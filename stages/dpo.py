@@ -5,10 +5,11 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.artifacts import read_parquet, remove_outputs, write_csv, write_json
+from dbdpo.artifacts import remove_outputs, write_csv, write_json
 from dbdpo.backbones import load_backbone
-from dbdpo.dpo import preference_data, ranked_data, train_dpo, train_rank_dpo
+from dbdpo.dpo import final_metrics, train_on_preferences
 from dbdpo.lora import load_lora, save_lora, stack
+from dbdpo.preferences import read_preferences
 from dbdpo.provenance import check_made_from, folder_record, made_from
 from stages.common import (
     LOGS,
@@ -17,11 +18,16 @@ from stages.common import (
     checked_model,
     model_dir,
     round_dir,
-    setup,
+    setup_round,
     stage_round,
     user_errors,
     writer,
 )
+
+# The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
+# Not model.precision: training runs in dpo.mixed_precision.
+READS = ("model.backbone", "model.path", "model.revision", "model.variant", "model.vae", "model.resolution",
+         "dpo", "rounds.${key}")
 
 app = typer.Typer(add_completion=False)
 
@@ -31,34 +37,22 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     """Writes models/<round>/ (start LoRA stacked with the DPO LoRA: one file, relative to the
     base backbone), logs/dpo/<round>.csv (per step) and rounds/<round>/train/metrics.json."""
     round_name = stage_round(round_name, "dpo")
-    cfg = setup(params, round_name).for_round(round_name)
+    cfg, plans = setup_round(params, "dpo", READS, round_name)
     out = round_dir(round_name)
     with user_errors():
         check_made_from(out / "preferences", folder_record(out / "preferences"), writer("preferences", round_name))
-        if cfg.dpo.loss == "rank_dpo":
-            ranked = read_parquet(out / "preferences" / "ranked.parquet", ["prompt_id", "prompt", "path", "rank", "psi"])
-        else:
-            pairs = read_parquet(out / "preferences" / "pairs.parquet", ["winner_path", "loser_path", "prompt"])
-        start_dir = checked_model(cfg.rounds[round_name].start)
+        prefs = read_preferences(out / "preferences", cfg.dpo.loss)
+        start_dir = checked_model(plans[round_name].start)
         start = load_lora(start_dir)
         # the start LoRA merged: the reference is exactly the round's start model
         backbone = load_backbone(cfg.model, lora=start, precision=cfg.dpo.mixed_precision)
     remove_outputs(model_dir(round_name), LOGS / "dpo" / f"{round_name}.csv", out / "train" / "metrics.json")
     with user_errors():  # a diverged run stops here, before anything is written
-        if cfg.dpo.loss == "rank_dpo":
-            lists = [(g["prompt"].iat[0], g["path"].to_list(), g["psi"].to_list())
-                     for _, g in ranked.sort_values(["prompt_id", "rank"]).groupby("prompt_id", sort=True)]
-            dpo_state, log_rows = train_rank_dpo(backbone, ranked_data(backbone, lists), cfg.dpo)
-        else:
-            data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
-                                   pairs["prompt"].to_list())
-            dpo_state, log_rows = train_dpo(backbone, data, cfg.dpo)
+        dpo_state, log_rows = train_on_preferences(backbone, prefs, cfg.dpo)
     save_lora(backbone.pipe, stack(start, dpo_state), model_dir(round_name),
               made_from=made_from(start_dir, out / "preferences"))
     write_csv(log_rows, LOGS / "dpo" / f"{round_name}.csv")
-    last = log_rows[-max(1, len(log_rows) // 10):]  # mean of the last 10% of steps
-    write_json({k: sum(r[k] for r in last) / len(last) for k in last[0] if k != "step"},
-               out / "train" / "metrics.json")
+    write_json(final_metrics(log_rows), out / "train" / "metrics.json")
 
 
 if __name__ == "__main__":

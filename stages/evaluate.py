@@ -1,6 +1,5 @@
 """Stage evaluate: every round's model on the held-out prompts -> metrics, plots, grids."""
 
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +13,7 @@ from dbdpo.artifacts import (
     write_parquet,
 )
 from dbdpo.backbones import load_backbone
-from dbdpo.data import eval_prompts, load_concept, text_prompt
+from dbdpo.data import eval_prompts, load_concept, ts_texts
 from dbdpo.evaluation import (
     RoundModel,
     comparison_grids,
@@ -27,9 +26,11 @@ from dbdpo.lora import load_lora
 from dbdpo.scoring import build_scorers
 from stages.common import EVAL, PARAMS_OPTION, checked_model, setup, user_errors
 
-app = typer.Typer(add_completion=False)
+# The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
+READS = ("model", "concept", "score.clip_model", "score.clip_pretrained", "score.dino_model",
+         "score.pickscore_model", "score.ts_prompt", "score.batch_size", "score.seed", "rounds", "evaluate")
 
-TS_MODES = ("with_class", "without_concept")
+app = typer.Typer(add_completion=False)
 
 
 @app.command()
@@ -37,17 +38,14 @@ def main(params: Path = PARAMS_OPTION) -> None:
     """Writes metrics.json (IS/TS/DINO per round, `final` = last round), eval/tradeoff.csv,
     eval/tradeoff.png, eval/scores.parquet, eval/images/<round>/ and eval/grids/ (same seed,
     every round)."""
-    cfg = setup(params)
+    cfg = setup(params, "evaluate", READS)
     e = cfg.evaluate
-    names = ["round_0", *cfg.round_names()]
+    names = ["round_0", *cfg.rounds]
     with user_errors():
         templates = eval_prompts(e.prompts, e.num_prompts)
-        concept = [c.image for c in load_concept(cfg.concept)]
+        concept = load_concept(cfg.concept)
         models = [RoundModel(n, load_lora(checked_model(n))) for n in names]
-        # "TS" is the configured variant; both variants are reported by name as well.
-        text_columns = {"TS": partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)}
-        text_columns |= {f"TS_{m}": partial(text_prompt, cfg=cfg.concept, mode=m) for m in TS_MODES}
-        scorers = build_scorers(cfg.score, concept, text_columns)
+        scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
         backbone = load_backbone(cfg.model, precision=cfg.model.precision)
     remove_outputs(EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png",
                    EVAL / "grids", Path("metrics.json"))

@@ -9,9 +9,13 @@ from dbdpo.backbones import load_backbone
 from dbdpo.data import load_concept
 from dbdpo.lora import save_lora
 from dbdpo.provenance import made_from
-from dbdpo.sampling import generate, plan_samples
-from dbdpo.training import train_dreambooth
+from dbdpo.training import class_prior, instance_prompt, train_dreambooth
 from stages.common import LOGS, PARAMS_OPTION, model_dir, setup, user_errors
+
+# The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
+# generate's sampling settings draw the prior-preservation class images.
+READS = ("model.backbone", "model.path", "model.revision", "model.variant", "model.vae", "model.resolution",
+         "concept", "finetune", "generate.steps", "generate.guidance_scale", "generate.batch_size")
 
 app = typer.Typer(add_completion=False)
 
@@ -22,25 +26,16 @@ def main(params: Path = PARAMS_OPTION) -> None:
 
     Writes models/round_0/ (diffusers LoRA, safetensors) and logs/finetune.csv.
     """
-    cfg = setup(params)
+    cfg = setup(params, "finetune", READS)
+    ft = cfg.finetune
     with user_errors():
         concept = load_concept(cfg.concept)
-        backbone = load_backbone(cfg.model, precision=cfg.finetune.mixed_precision)
+        backbone = load_backbone(cfg.model, precision=ft.mixed_precision)
     remove_outputs(model_dir("round_0"), LOGS / "finetune.csv")
-    ft = cfg.finetune
-    names = dict(token=cfg.concept.token, class_noun=cfg.concept.class_noun)
-    class_images, class_prompt = None, None
-    if ft.prior_preservation:
-        # Prior preservation: the base model's own images of the class keep it from forgetting.
-        class_prompt = ft.class_prompt.format(**names)
-        plan = plan_samples([ft.class_prompt], [class_prompt], ft.num_class_images, ft.seed)
-        class_images = generate(backbone.pipe, plan, steps=cfg.generate.steps,
-                                guidance_scale=cfg.generate.guidance_scale,
-                                batch_size=cfg.generate.batch_size, resolution=backbone.resolution,
-                                desc="class images")
+    class_images, class_prompt = class_prior(backbone, ft, cfg.concept, cfg.generate)
     with user_errors():  # a diverged run stops here, before anything is written
-        state, log_rows = train_dreambooth(backbone, [c.image for c in concept],
-                                           ft.instance_prompt.format(**names), ft, class_images, class_prompt)
+        state, log_rows = train_dreambooth(backbone, concept, instance_prompt(ft, cfg.concept),
+                                           ft, class_images, class_prompt)
     save_lora(backbone.pipe, state, model_dir("round_0"), made_from=made_from(Path(cfg.concept.dir)))
     write_csv(log_rows, LOGS / "finetune.csv")
 

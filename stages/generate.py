@@ -9,16 +9,20 @@ from dbdpo.backbones import load_backbone
 from dbdpo.data import render, train_prompts
 from dbdpo.lora import load_lora
 from dbdpo.provenance import made_from
-from dbdpo.sampling import generate, plan_samples, round_seed, write_samples
+from dbdpo.sampling import generate, plan_samples, write_samples
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
     checked_model,
     round_dir,
-    setup,
+    setup_round,
     stage_round,
     user_errors,
 )
+
+# The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
+# Earlier rounds' prompt counts (where this round's slice starts) reach it through its start model.
+READS = ("model", "concept.token", "concept.class_noun", "generate", "rounds.${key}")
 
 app = typer.Typer(add_completion=False)
 
@@ -31,23 +35,18 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     Writes rounds/<round>/images/*.png and rounds/<round>/samples.parquet.
     """
     round_name = stage_round(round_name, "generate")
-    base = setup(params, round_name)
-    cfg = base.for_round(round_name)
-    index = cfg.round_names().index(round_name) + 1
-    g = cfg.generate
-    with user_errors():
-        slices = {name: base.prompt_slice(name) for name in base.round_names()}
-        templates = train_prompts(base.generate.prompts, slices)[round_name]
-        start_dir = checked_model(cfg.rounds[round_name].start)
-        start = load_lora(start_dir)
-        backbone = load_backbone(cfg.model, lora=start, precision=cfg.model.precision)
-    out = round_dir(round_name)
+    cfg, plans = setup_round(params, "generate", READS, round_name)
+    plan, g = plans[round_name], cfg.generate
+    with user_errors():  # every round's slice is checked: a short pool fails before round 1 samples
+        templates = train_prompts(g.prompts, {name: p.prompts for name, p in plans.items()})[plan.name]
+        start_dir = checked_model(plan.start)
+        backbone = load_backbone(cfg.model, lora=load_lora(start_dir), precision=cfg.model.precision)
+    out = round_dir(plan.name)
     remove_outputs(out / "images", out / "samples.parquet")
-    prompts = [render(t, cfg.concept) for t in templates]
-    plan = plan_samples(templates, prompts, g.images_per_prompt, round_seed(g.seed, index))
-    images = generate(backbone.pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
-                      batch_size=g.batch_size, resolution=backbone.resolution, desc=f"generate {round_name}")
-    write_samples(plan, images, out / "images", out / "samples.parquet", made_from=made_from(start_dir))
+    requests = plan_samples(templates, [render(t, cfg.concept) for t in templates], g.images_per_prompt, plan.seed)
+    images = generate(backbone.pipe, requests, steps=g.steps, guidance_scale=g.guidance_scale,
+                      batch_size=g.batch_size, resolution=backbone.resolution, desc=f"generate {plan.name}")
+    write_samples(requests, images, out / "images", out / "samples.parquet", made_from=made_from(start_dir))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
 """Stage score@round: IS, TS (and DINO) for every generated image of the round."""
 
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import typer
 
 from dbdpo.artifacts import read_parquet, remove_outputs, write_parquet
-from dbdpo.data import load_concept, text_prompt
+from dbdpo.data import load_concept, ts_texts
 from dbdpo.provenance import RECORD_KEY, check_made_from, made_from
 from dbdpo.sampling import SAMPLE_COLUMNS
 from dbdpo.scoring import build_scorers, score_images
@@ -15,11 +14,16 @@ from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
     round_dir,
-    setup,
+    setup_round,
     stage_round,
     user_errors,
     writer,
 )
+
+# The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
+# Not score.rewards: only pair reads it.
+READS = ("concept", "score.clip_model", "score.clip_pretrained", "score.dino_model", "score.pickscore_model",
+         "score.ts_prompt", "score.batch_size", "score.seed")
 
 app = typer.Typer(add_completion=False)
 
@@ -31,14 +35,13 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     Writes rounds/<round>/scores.parquet: one row per image, raw scores (pair normalizes).
     """
     round_name = stage_round(round_name, "score")
-    cfg = setup(params, round_name)
+    cfg, _ = setup_round(params, "score", READS, round_name)
     out = round_dir(round_name)
     with user_errors():
         samples = read_parquet(out / "samples.parquet", SAMPLE_COLUMNS)
         check_made_from(out / "samples.parquet", samples.attrs.get(RECORD_KEY), writer("samples", round_name))
-        concept = [c.image for c in load_concept(cfg.concept)]
-        ts_text = partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)
-        scorers = build_scorers(cfg.score, concept, {"TS": ts_text})
+        concept = load_concept(cfg.concept)
+        scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt))
         remove_outputs(out / "scores.parquet")
         scores = score_images(samples["path"].to_list(), samples["template"].to_list(), scorers,
                               cfg.score.batch_size, desc=f"score {round_name}")

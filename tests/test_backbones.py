@@ -17,8 +17,8 @@ def test_tokenizer_is_the_real_clip_bpe():
 
 def test_tiny_backbone_is_a_deterministic_sd_pipeline():
     a, b = load_backbone(ModelConfig()), load_backbone(ModelConfig())
-    assert isinstance(a.pipe, StableDiffusionPipeline) and a.kind == "tiny"
-    assert a.resolution == 64 and a.prediction_type == "epsilon"
+    assert isinstance(a.pipe, StableDiffusionPipeline) and not a.is_sdxl
+    assert a.resolution == 64 and a.pipe.scheduler.config.prediction_type == "epsilon"
     for module in ("unet", "vae", "text_encoder"):
         pa, pb = getattr(a.pipe, module).state_dict(), getattr(b.pipe, module).state_dict()
         assert all(torch.equal(pa[k], pb[k]) for k in pa), module
@@ -50,7 +50,7 @@ def test_local_directory_loads_through_the_sd_code_path(tmp_path):
     tiny = build_tiny_pipeline()
     tiny.save_pretrained(tmp_path / "sd")
     loaded = load_backbone(ModelConfig(backbone="sd", path=str(tmp_path / "sd")))
-    assert loaded.kind == "sd" and loaded.resolution == 64
+    assert isinstance(loaded.pipe, StableDiffusionPipeline) and loaded.resolution == 64
     np.testing.assert_allclose(_one_image(loaded.pipe), _one_image(build_tiny_pipeline()), atol=1e-5)
 
 
@@ -70,7 +70,7 @@ def test_missing_local_path_is_a_clear_error(tmp_path):
 
 def test_tiny_sd2_loads_as_sd_with_v_prediction(tiny_dirs):
     backbone = load_backbone(ModelConfig(backbone="sd", path=str(tiny_dirs["sd2"])))
-    assert backbone.prediction_type == "v_prediction" and not backbone.is_sdxl
+    assert backbone.pipe.scheduler.config.prediction_type == "v_prediction" and not backbone.is_sdxl
     assert backbone.pipe.unet.config.use_linear_projection  # SD 2.x's attention projections
     assert backbone.training_scheduler().config.prediction_type == "v_prediction"
     assert type(backbone.pipe.scheduler).__name__ == "DDIMScheduler"
@@ -79,7 +79,7 @@ def test_tiny_sd2_loads_as_sd_with_v_prediction(tiny_dirs):
 def test_tiny_sdxl_loads_as_sdxl_with_two_text_encoders(tiny_dirs):
     backbone = load_backbone(ModelConfig(backbone="sdxl", path=str(tiny_dirs["sdxl"])))
     assert isinstance(backbone.pipe, StableDiffusionXLPipeline) and backbone.is_sdxl
-    assert backbone.pipe.text_encoder_2 is not None and backbone.prediction_type == "epsilon"
+    assert backbone.pipe.text_encoder_2 is not None and backbone.pipe.scheduler.config.prediction_type == "epsilon"
     assert backbone.pipe.unet.config.addition_embed_type == "text_time"
     assert _one_image(backbone.pipe).shape == (64, 64, 3)
 

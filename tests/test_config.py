@@ -1,10 +1,12 @@
 
+import dataclasses
+
 import pytest
 import yaml
 
-from dbdpo.config import ConfigError
+from dbdpo.config import ConfigError, round_seed
 from dbdpo.data import eval_prompts, train_prompts
-from dbdpo.params import config_from_dict, load_config
+from dbdpo.params import ParamView, UndeclaredRead, config_from_dict, load_config
 
 
 def params(**overrides):
@@ -132,8 +134,12 @@ def test_round_overrides_apply_to_that_round_only(in_repo):
     assert (r1.generate.num_prompts, r1.dpo.beta, r1.filter.angle) == (8, 2500.0, 25.0)
     assert (r2.generate.num_prompts, r2.dpo.beta, r2.filter.angle) == (3, 5000.0, 40.0)
     assert r2.generate.images_per_prompt == r1.generate.images_per_prompt  # not overridden
-    # disjoint prompt slices that follow each round's own N
-    assert cfg.prompt_slice("round_1") == (0, 8) and cfg.prompt_slice("round_2") == (8, 11)
+    # disjoint prompt slices that follow each round's own N, seeds a round apart, chained starts
+    plans = list(cfg.round_plans().values())
+    assert [(p.name, p.index, p.start, p.prompts) for p in plans] == [
+        ("round_1", 1, "round_0", (0, 8)), ("round_2", 2, "round_1", (8, 11))]
+    assert [p.seed for p in plans] == [round_seed(0, 1), round_seed(0, 2)] == [1_000_000, 2_000_000]
+    assert list(cfg.round_plans()) == ["round_1", "round_2"]
 
 
 @pytest.mark.parametrize("round_2, message", [
@@ -170,7 +176,7 @@ def test_presets_are_complete_valid_params_files(in_repo, name, backbone, path, 
     cfg = load_config(preset)
     assert (cfg.model.backbone, cfg.model.path) == (backbone, path)
     # the composed pool and the DreamBooth paper's evaluation set, large enough for every round
-    slices = {r: cfg.prompt_slice(r) for r in cfg.round_names()}
+    slices = {name: p.prompts for name, p in cfg.round_plans().items()}
     assert len(train_prompts(cfg.generate.prompts, slices)) == len(cfg.rounds)
     assert cfg.generate.prompts.endswith("pool_object.txt") and cfg.evaluate.prompts.endswith("dreambooth_object.txt")
     assert len(eval_prompts(cfg.evaluate.prompts, cfg.evaluate.num_prompts)) == 25
@@ -181,3 +187,17 @@ def test_presets_are_complete_valid_params_files(in_repo, name, backbone, path, 
     assert (cfg.filter.kind, cfg.pair.lambda_, cfg.filter.angle) == ("angle", 0.5, 25.0)  # [20, 70] degrees
     keys = _key_paths(yaml.safe_load(preset.read_text()))
     assert keys == _key_paths(yaml.safe_load((in_repo / "params.yaml").read_text()))
+
+
+def test_a_stage_reads_only_the_keys_it_declares(in_repo):
+    cfg = ParamView(load_config("params.yaml"), ("model.backbone", "pair", "rounds"), "pair@round_1")
+    assert cfg.model.backbone == "tiny" and cfg.pair.lambda_ == 0.5 and list(cfg.rounds) == ["round_1", "round_2"]
+    with pytest.raises(UndeclaredRead, match=r"pair@round_1 reads params key model.precision, which its declared "
+                                             r"reads \(dvc.yaml's params for it: model.backbone, pair, rounds\)"):
+        cfg.model.precision
+    with pytest.raises(UndeclaredRead, match="reads params key filter.angle"):
+        cfg.filter.angle  # the group itself is not a read; its keys are
+    with pytest.raises(AttributeError, match="params file has no key 'for_round'"):
+        cfg.for_round  # derived values come from the library (Config.round_plans), before the view
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.pair.lambda_ = 1.0

@@ -29,11 +29,10 @@ def test_modes_are_converted_to_rgb(tmp_path):
     cfg = concept_dir(tmp_path, {"a_gray.png": Image.new("L", (40, 40), 128), "b_rgba.png": rgba,
                                  "c_cmyk.jpg": Image.new("CMYK", (40, 40), (0, 255, 255, 0))})
     images = load_concept(cfg)
-    assert [i.path.name for i in images] == ["a_gray.png", "b_rgba.png", "c_cmyk.jpg"]
-    assert all(i.image.mode == "RGB" for i in images)
-    assert images[0].image.getpixel((0, 0)) == (128, 128, 128)
-    assert images[1].image.getpixel((0, 0)) == (255, 255, 255)  # transparency -> white, not black
-    r, g, b = images[2].image.getpixel((0, 0))
+    assert all(i.mode == "RGB" for i in images)  # in file-name order: gray, rgba, cmyk
+    assert images[0].getpixel((0, 0)) == (128, 128, 128)
+    assert images[1].getpixel((0, 0)) == (255, 255, 255)  # transparency -> white, not black
+    r, g, b = images[2].getpixel((0, 0))
     assert r > 200 and g < 60 and b < 60  # CMYK (0,255,255,0) is red
 
 
@@ -47,7 +46,7 @@ def test_wide_grayscale_keeps_its_brightness(tmp_path, name, array, mode, expect
     """PIL's convert("RGB") clips 16/32-bit values at 255: a mid-gray 16-bit PNG came out white."""
     Image.fromarray(array, mode=mode).save(tmp_path / name)
     (loaded,) = load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))
-    assert loaded.image.mode == "RGB" and loaded.image.getpixel((0, 0)) == (expected,) * 3
+    assert loaded.mode == "RGB" and loaded.getpixel((0, 0)) == (expected,) * 3
 
 
 def test_gray_alpha_and_palette_transparency_composite_on_white(tmp_path):
@@ -56,7 +55,7 @@ def test_gray_alpha_and_palette_transparency_composite_on_white(tmp_path):
     palette.putpalette([10, 20, 30] * 256)
     palette.save(tmp_path / "b_p.png", transparency=0)
     Image.new("LA", (40, 40), (100, 255)).save(tmp_path / "c_la_opaque.png")
-    pixels = [i.image.getpixel((0, 0)) for i in load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))]
+    pixels = [i.getpixel((0, 0)) for i in load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))]
     assert pixels == [(255, 255, 255), (255, 255, 255), (100, 100, 100)]
 
 
@@ -66,7 +65,7 @@ def test_exif_rotation_is_applied(tmp_path):
     exif[0x0112] = 6  # orientation: rotate 90 CW to display
     img.save(tmp_path / "rot.jpg", exif=exif)
     (loaded,) = load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))
-    assert loaded.image.size == (40, 60)
+    assert loaded.size == (40, 60)
 
 
 def test_tiny_image_is_rejected_naming_the_file(tmp_path):
@@ -94,7 +93,7 @@ def test_missing_or_empty_dir(tmp_path):
 
 def test_embedded_concept_loads(in_repo):
     images = load_concept(ConceptConfig())
-    assert len(images) == 6 and all(i.image.size == (64, 64) for i in images)
+    assert len(images) == 6 and all(i.size == (64, 64) for i in images)
 
 
 def test_to_tensor_range_and_shape():

@@ -1,8 +1,10 @@
 """dvc.yaml's wiring, read by DVC itself (no stage runs): what each stage depends on."""
 
+import importlib
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
@@ -72,3 +74,23 @@ def test_no_params_value_reaches_a_shell_command(tmp_path):
     assert f"generate@{hostile}" in cmds  # DVC did make a stage of it
     assert {name: cmd for name, cmd in cmds.items()} == {name: f"python -m stages.{name.split('@')[0]}"
                                                           for name in cmds}
+
+
+@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "evaluate"])
+def test_dvc_yaml_lists_exactly_the_params_each_stage_may_read(stage):
+    """A stage reads its params through a view that refuses any key outside its READS
+    (dbdpo.params.ParamView), so READS equal to dvc.yaml's list means DVC reruns a stage on
+    every key it uses and on no other: `-S model.precision=fp16` does not rerun finetune."""
+    declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    assert tuple(declared.get("do", declared)["params"]) == importlib.import_module(f"stages.{stage}").READS
+
+
+def test_every_declared_key_exists_in_params(in_repo):
+    """A typo in READS (or dvc.yaml) would make DVC watch nothing for it."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for stage in ("finetune", "generate", "score", "pair", "dpo", "evaluate"):
+        for key in importlib.import_module(f"stages.{stage}").READS:
+            node = params
+            for part in key.replace("${key}", "round_1").split("."):
+                assert isinstance(node, dict) and part in node, f"stages/{stage}.py READS {key}: not in params.yaml"
+                node = node[part]

@@ -17,9 +17,9 @@ from PIL import Image
 from dbdpo.backbones import load_backbone
 from dbdpo.config import ConceptConfig, DpoConfig, FilterConfig, ModelConfig, PairConfig
 from dbdpo.data import load_prompt_templates, render
-from dbdpo.dpo import preference_data, ranked_data, train_dpo, train_rank_dpo
+from dbdpo.dpo import train_on_preferences
 from dbdpo.lora import merged
-from dbdpo.pairs import build_pairs, ranked_lists
+from dbdpo.preferences import build_preferences
 from dbdpo.sampling import generate, plan_samples, write_samples
 from dbdpo.scoring import score_images
 from tests.conftest import REPO
@@ -55,26 +55,21 @@ def round_start(tmp_path_factory):
     return plan, pd.concat([samples, scores], axis=1)
 
 
-@pytest.mark.parametrize("loss", ["diffusion_dpo", "rank_dpo"])
-def test_dpo_on_self_scored_preferences_raises_the_score(round_start, loss):
+# The per-loss settings measured below; the pairs and lists come from the same scores.
+DPO_SETTINGS = {"pairs": DpoConfig(steps=50, batch_size=8, learning_rate=6e-3, beta=1000),
+                "rank": DpoConfig(loss="rank_dpo", steps=60, batch_size=2, learning_rate=3e-3, beta=1000)}
+
+
+@pytest.mark.parametrize("mode", ["pairs", "rank"])
+def test_dpo_on_self_scored_preferences_raises_the_score(round_start, mode):
     plan, scores = round_start
     backbone = load_backbone(ModelConfig())
-    if loss == "diffusion_dpo":
-        pair_cfg = PairConfig(lambda_=0.5, normalize="zscore", max_per_prompt=120, max_total=480)
-        pairs, summary = build_pairs(scores, pair_cfg, FilterConfig(kind="angle", angle=25))
-        assert summary.kept >= 100
-        data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
-                               pairs["prompt"].to_list())
-        dpo_state, rows = train_dpo(backbone, data, DpoConfig(steps=50, batch_size=8, learning_rate=6e-3,
-                                                              beta=1000))
+    pair_cfg = PairConfig(mode=mode, lambda_=0.5, normalize="zscore", max_per_prompt=120, max_total=480)
+    prefs = build_preferences(scores, pair_cfg, FilterConfig(kind="angle", angle=25), {"IS": 1.0, "TS": 1.0})
+    dpo_state, rows = train_on_preferences(backbone, prefs, DPO_SETTINGS[mode])
+    if mode == "pairs":
+        assert prefs.summary["kept"] >= 100
         assert rows[0]["loss"] == pytest.approx(np.log(2), abs=1e-6)  # reference = start model
-    else:
-        ranked = ranked_lists(scores, {"IS": 1.0, "TS": 1.0}, "zscore")
-        lists = [(g["prompt"].iat[0], g["path"].to_list(), g["psi"].to_list())
-                 for _, g in ranked.groupby("prompt_id", sort=True)]
-        data = ranked_data(backbone, lists)
-        dpo_state, rows = train_rank_dpo(backbone, data, DpoConfig(loss="rank_dpo", steps=60, batch_size=2,
-                                                                   learning_rate=3e-3, beta=1000))
 
     fresh = load_backbone(ModelConfig())
     with merged(fresh.pipe.unet, dpo_state):

@@ -151,3 +151,11 @@ def test_rank_dpo_at_step_zero_and_equal_preferences():
     assert loss.item() == pytest.approx(3 * math.log(2), abs=1e-6)  # 3 ordered pairs, each log 2
     tied, _ = rank_dpo_loss(e, e * 0.5, torch.tensor([[0.5, 0.5, 0.5]]), beta=1000.0)
     assert tied.item() == 0.0  # no preference, no pair, no loss
+
+
+def test_dpo_metric_is_the_mean_of_the_last_tenth_of_steps():
+    from dbdpo.dpo import final_metrics
+
+    rows = [{"step": s, "loss": float(s), "implicit_accuracy": s % 2} for s in range(20)]
+    assert final_metrics(rows) == {"loss": 18.5, "implicit_accuracy": 0.5}  # steps 18, 19
+    assert final_metrics(rows[:3]) == {"loss": 2.0, "implicit_accuracy": 0.0}  # at least one step

@@ -56,4 +56,4 @@ def test_export_kohya_writes_the_rounds_lora_in_fp16(in_repo, tmp_path):
         assert f.get_tensor(f"{name}.alpha").item() == 4.0
 
     missing = run_script("scripts/export_kohya.py", str(tmp_path / "round_9"), str(out), cwd=in_repo)
-    assert missing.exit_code == 2 and "no LoRA weights (did the stage that writes" in error_text(missing)
+    assert missing.exit_code == 2 and "no LoRA weights; run the stage that writes" in error_text(missing)

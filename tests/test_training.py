@@ -128,7 +128,7 @@ def test_dreambooth_lowers_the_denoising_loss_on_the_concept(in_repo, targets, l
     from dbdpo.config import ConceptConfig
     from dbdpo.data import load_concept
 
-    concept = [c.image for c in load_concept(ConceptConfig(dir="data/concept"))]
+    concept = load_concept(ConceptConfig(dir="data/concept"))
     state, rows = train_dreambooth(tiny(), concept, "a photo of sks toy",
                                    FinetuneConfig(steps=60, batch_size=2, learning_rate=lr, lora_targets=targets))
     layers = [n for n, _ in tiny().pipe.unet.named_modules()
@@ -163,7 +163,7 @@ def test_prior_preservation_adds_the_class_loss(in_repo):
     from dbdpo.config import ConceptConfig
     from dbdpo.data import load_concept
 
-    concept = [c.image for c in load_concept(ConceptConfig(dir="data/concept"))]
+    concept = load_concept(ConceptConfig(dir="data/concept"))
     cfg = FinetuneConfig(steps=3, batch_size=2)
     _, plain = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg)
     _, prior = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg, class_images=concept[:2],
@@ -230,7 +230,7 @@ def test_dreambooth_and_dpo_train_on_real_architectures(tiny_dirs, in_repo, arch
     from dbdpo.data import load_concept
 
     cfg = ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))
-    concept = [c.image for c in load_concept(ConceptConfig(dir="data/concept"))]
+    concept = load_concept(ConceptConfig(dir="data/concept"))
     state, rows = train_dreambooth(load_backbone(cfg), concept, "a photo of sks toy",
                                    FinetuneConfig(steps=3, batch_size=2), class_images=concept[:2],
                                    class_prompt="a photo of a toy")
@@ -256,7 +256,7 @@ def test_bf16_frozen_weights_train_an_fp32_lora_under_autocast(tiny_dirs, in_rep
     from dbdpo.data import load_concept
 
     cfg = ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))
-    concept = [c.image for c in load_concept(ConceptConfig(dir="data/concept"))]
+    concept = load_concept(ConceptConfig(dir="data/concept"))
     backbone = load_backbone(cfg)
     backbone.pipe.to(dtype=torch.bfloat16)
     state, rows = train_dreambooth(backbone, concept, "a photo of sks toy", FinetuneConfig(steps=3, batch_size=2))
@@ -316,7 +316,7 @@ def test_predict_feeds_a_half_precision_unet_its_own_dtype(arch):
     from dbdpo.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline(arch=arch)
-    text = encode_prompts(Backbone(pipe, arch, 64), ["a photo of sks toy"])
+    text = encode_prompts(Backbone(pipe, 64), ["a photo of sks toy"])
     unet = pipe.unet.to(torch.bfloat16)
     size = torch.tensor([[64.0, 64, 0, 0, 64, 64]]) if arch == "sdxl" else None
     out = predict(unet, torch.randn(1, 4, 16, 16), torch.tensor([10]), text, size, "cpu")
