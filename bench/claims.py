@@ -36,12 +36,12 @@ from dbdpo.backbones import load_backbone
 from dbdpo.config import SEEDS_PER_ROUND, Config, round_seed
 from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
 from dbdpo.dpo import preference_data, train_dpo
+from dbdpo.dreambooth import train_dreambooth
 from dbdpo.lora import LoraState, merged, stack
 from dbdpo.pairs import build_pairs
 from dbdpo.params import load_config
 from dbdpo.sampling import generate, plan_samples, write_samples
 from dbdpo.scoring import build_scorers, score_images
-from dbdpo.training import train_dreambooth
 
 log = logging.getLogger("claims")
 HELD_IN_SEED = 777 * SEEDS_PER_ROUND  # no round samples these seeds (dbdpo.config.round_seed)

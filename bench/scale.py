@@ -48,8 +48,9 @@ from dbdpo.conditioning import encode_prompts, image_size_ids  # noqa: E402
 from dbdpo.config import DpoConfig, FinetuneConfig  # noqa: E402
 from dbdpo.data import to_tensor  # noqa: E402
 from dbdpo.dpo import PreferenceData, train_dpo  # noqa: E402
+from dbdpo.dreambooth import train_dreambooth  # noqa: E402
 from dbdpo.sampling import SampleRequest, generate  # noqa: E402
-from dbdpo.training import encode_images, train_dreambooth  # noqa: E402
+from dbdpo.training import encode_images  # noqa: E402
 
 log = logging.getLogger("bench.scale")
 PROMPTS = ["a photo of sks dog on the beach", "a photo of sks dog in the snow"]

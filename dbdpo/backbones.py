@@ -24,7 +24,7 @@ from diffusers import (
 from dbdpo.config import ModelConfig
 from dbdpo.devices import compute_device
 from dbdpo.errors import BackboneError
-from dbdpo.lora import LoraState, merge_into
+from dbdpo.lora import LoraState, load_lora, merge_into
 from dbdpo.tiny import build_tiny_pipeline
 
 log = logging.getLogger(__name__)
@@ -200,3 +200,27 @@ def _load_vae(path: str) -> AutoencoderKL:
     except (OSError, ValueError, TypeError) as e:
         raise BackboneError(f"model.vae={path!r} does not hold a loadable AutoencoderKL "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+# --- a round's model: the base it applies to and its one LoRA ---------------------------------
+
+
+def is_pipeline_folder(folder: Path) -> bool:
+    """A whole diffusers pipeline (model_index.json), as a full DreamBooth writes round 0."""
+    return (Path(folder) / "model_index.json").is_file()
+
+
+def round_base(model: ModelConfig, round_0: Path) -> ModelConfig:
+    """What every round's LoRA applies to: the params' model, or models/round_0 itself when
+    DreamBooth fine-tuned the whole model (finetune.method: full)."""
+    if not is_pipeline_folder(round_0):
+        return model
+    class_name = json.loads((Path(round_0) / "model_index.json").read_text()).get("_class_name")
+    kind = "sdxl" if class_name == StableDiffusionXLPipeline.__name__ else "sd"
+    return ModelConfig(backbone=kind, path=str(round_0), resolution=model.resolution)
+
+
+def round_lora(folder: Path) -> LoraState:
+    """A round's LoRA relative to round_base: empty for a full round 0 (it is the base)."""
+    return {} if is_pipeline_folder(folder) else load_lora(folder)
+

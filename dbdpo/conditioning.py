@@ -33,18 +33,25 @@ class TextConditioning:
         return TextConditioning(self.hidden[index], None if self.pooled is None else self.pooled[index])
 
 
-@torch.no_grad()
-def encode_prompts(backbone: Backbone, prompts: list[str]) -> TextConditioning:
+def text_conditioning(backbone: Backbone, prompts: list[str]) -> TextConditioning:
     """Encode with the pipeline's own `encode_prompt` (penultimate layers for SDXL, as it
-    samples), without classifier-free guidance; fp32 on the CPU for caching."""
+    samples), without classifier-free guidance, on the text encoder's device and with
+    autograd: what a step that trains the text encoder feeds the UNet."""
     pipe = backbone.pipe
     device = pipe.text_encoder.device
     if backbone.is_sdxl:
         hidden, _, pooled, _ = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
-        return TextConditioning(hidden.float().cpu(), pooled.float().cpu())
+        return TextConditioning(hidden, pooled)
     hidden, _ = pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
-    return TextConditioning(hidden.float().cpu(), None)
+    return TextConditioning(hidden, None)
+
+
+@torch.no_grad()
+def encode_prompts(backbone: Backbone, prompts: list[str]) -> TextConditioning:
+    """text_conditioning for a frozen text encoder: fp32 on the CPU, for caching."""
+    text = text_conditioning(backbone, prompts)
+    return TextConditioning(text.hidden.float().cpu(), None if text.pooled is None else text.pooled.float().cpu())
 
 
 def size_ids(image: Image.Image, resolution: int) -> list[int]:

@@ -34,6 +34,9 @@ class ConceptConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    method: str = "lora"  # lora | full (every UNet weight, the paper's DreamBooth)
+    train_text_encoder: bool = False  # full only: also train the text encoder(s)
+    optimizer: str = "adamw"  # adamw | adamw_8bit (bitsandbytes, GPU)
     steps: int = 600
     learning_rate: float = 5e-3
     batch_size: int = 4
@@ -72,7 +75,7 @@ class ScoreConfig:
     clip_pretrained: str | None = None
     dino_model: str | None = None
     pickscore_model: str | None = None
-    ts_prompt: str = "with_class"
+    ts_prompt: str = "without_concept"  # the authors' evaluator: token and class removed
     batch_size: int = 32
     seed: int = 0
     # RankDPO's reward ensemble: score column -> weight (ranked lists, pair.mode=rank)
@@ -199,6 +202,8 @@ ROUND_GROUPS = ("generate", "pair", "filter", "dpo")  # the groups a round may o
 # fp32, not accelerate's "no": DVC's `-S` rewrites params.yaml unquoted, and YAML 1.1 reads
 # a bare `no` as false.
 PRECISIONS = ("fp32", "fp16", "bf16")
+FINETUNE_METHODS = ("lora", "full")
+OPTIMIZERS = ("adamw", "adamw_8bit")
 LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS
 TS_PROMPTS = ("with_class", "without_concept")  # score.ts_prompt: the text TS compares with (dbdpo.data)
 RANK_BY = ("preference", "model")  # RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)

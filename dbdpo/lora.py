@@ -4,7 +4,8 @@ Convention: every adapter has `lora_alpha == r`, so its update is exactly `B @ A
 A round's model is saved as ONE LoRA relative to the base backbone: the DreamBooth LoRA and
 each round's DPO LoRA stacked along the rank axis (`[B0 B1] @ [A0; A1] = B0 A0 + B1 A1`), so
 `pipe.load_lora_weights("models/round_r")` gives exactly the round-r model, with no chain of
-files to apply in order.
+files to apply in order. After a full DreamBooth the base is models/round_0 itself (a whole
+pipeline) and a round's LoRA is its DPO LoRAs stacked (dbdpo.backbones.round_base).
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def stack(first: LoraState, second: LoraState) -> LoraState:
 
     A layer only one of them targets gets zero rows in the other's part, which add nothing:
     a DreamBooth LoRA on every UNet layer stacks with a DPO LoRA on the attention layers.
+    An empty LoRA (a full round 0, which is the base itself) adds nothing either.
     """
+    if not first or not second:
+        return dict(first or second)
     r1, r2 = lora_rank(first), lora_rank(second)
     out = {}
     for key in sorted(set(first) | set(second)):

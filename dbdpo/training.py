@@ -1,11 +1,12 @@
-"""Training on a LoRA with accelerate, for SD 1.x/2.x and SDXL: what every loop shares, and
-DreamBooth. The preference loops (Diffusion-DPO, RankDPO) are in dbdpo.dpo.
+"""Training with accelerate, for SD 1.x/2.x and SDXL: what every loop shares. DreamBooth is
+in dbdpo.dreambooth, the preference loops (Diffusion-DPO, RankDPO) in dbdpo.dpo.
 
 Every loop precomputes what does not change during training: the VAE latents of every
 training image, the text conditioning of every prompt (and SDXL's size/crop ids of every
 image) are computed once, before step 0, and kept on the CPU until a batch needs them, so a
 step costs only UNet forwards/backwards, and the VAE and text encoders leave the GPU while
-the loop runs. The DPO reference model is the same UNet with the trainable adapter disabled
+the loop runs (DreamBooth with a trained text encoder encodes its prompts every step). The
+DPO reference model is the same UNet with the trainable adapter disabled
 (no second copy); the round's start model is merged into the base weights first, so
 "adapter disabled" is exactly the start model.
 """
@@ -21,16 +22,11 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from peft.helpers import disable_input_dtype_casting
 from PIL import Image
-from tqdm.auto import tqdm
 
 from dbdpo.backbones import Backbone
-from dbdpo.conditioning import TextConditioning, encode_prompts, image_size_ids, predict
-from dbdpo.config import ConceptConfig, FinetuneConfig, GenerateConfig
 from dbdpo.data import to_tensor
 from dbdpo.errors import TrainingDiverged
-from dbdpo.lora import LoraState, add_lora, lora_state
-from dbdpo.losses import per_sample_error
-from dbdpo.sampling import generate, plan_samples
+from dbdpo.lora import add_lora
 
 log = logging.getLogger(__name__)
 
@@ -99,26 +95,27 @@ def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, times
 
 
 @contextlib.contextmanager
-def training_mode(backbone: Backbone, accelerator: Accelerator) -> Iterator[None]:
+def training_mode(backbone: Backbone, accelerator: Accelerator, keep: tuple[str, ...] = ()) -> Iterator[None]:
     """What a training loop runs inside: the encoders off the GPU, and under autocast no
     input cast to the fp32 LoRA weights (peft casts each LoRA layer's input to the LoRA
     dtype; autocast can cast the small LoRA weights instead). Measured on an H100 (SDXL,
     1024 px, 4 pairs, no checkpointing), between two runs that also differed in the
-    finite check: peak 64.2 GiB with the cast, 61.1 without."""
-    with encoders_offloaded(backbone.pipe), \
+    finite check: peak 64.2 GiB with the cast, 61.1 without. `keep`: encoders that train
+    and so stay on the device (e.g. "text_encoder")."""
+    with encoders_offloaded(backbone.pipe, keep), \
             disable_input_dtype_casting(backbone.pipe.unet, active=accelerator.mixed_precision != "no"):
         yield
 
 
 @contextlib.contextmanager
-def encoders_offloaded(pipe) -> Iterator[None]:
+def encoders_offloaded(pipe, keep: tuple[str, ...] = ()) -> Iterator[None]:
     """Move the VAE and text encoders to the CPU for the duration (a training loop reads
     only cached latents and text states), and back to where they were afterwards.
     Nothing moves when the UNet is on the CPU."""
     if pipe.unet.device.type == "cpu":
         yield
         return
-    parts = [getattr(pipe, name, None) for name in ("vae", "text_encoder", "text_encoder_2")]
+    parts = [getattr(pipe, name, None) for name in ("vae", "text_encoder", "text_encoder_2") if name not in keep]
     parts = [(m, m.device) for m in parts if isinstance(m, torch.nn.Module)]
     for module, _ in parts:
         module.to("cpu")
@@ -165,83 +162,3 @@ def prepare_lora_training(backbone: Backbone, rank: int, targets: str, adapter: 
 def select_rows(sizes: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
     """SDXL size ids of the batch's images; None for SD."""
     return None if sizes is None else sizes[index]
-
-
-# --- DreamBooth --------------------------------------------------------------------------
-
-
-def instance_prompt(cfg: FinetuneConfig, concept: ConceptConfig) -> str:
-    """finetune.instance_prompt with the concept's token and class: "a photo of sks toy"."""
-    return cfg.instance_prompt.format(token=concept.token, class_noun=concept.class_noun)
-
-
-def class_prior(backbone: Backbone, cfg: FinetuneConfig, concept: ConceptConfig,
-                sampling: GenerateConfig) -> tuple[list[Image.Image] | None, str | None]:
-    """Prior preservation (Ruiz et al. 2023, Sec. 3.3): the base model's own images of the class
-    keep DreamBooth from forgetting it. (cfg.num_class_images images of the class prompt,
-    sampled as generate samples, seeds from cfg.seed; the prompt) or (None, None) when
-    finetune.prior_preservation is off."""
-    if not cfg.prior_preservation:
-        return None, None
-    prompt = cfg.class_prompt.format(token=concept.token, class_noun=concept.class_noun)
-    plan = plan_samples([cfg.class_prompt], [prompt], cfg.num_class_images, cfg.seed)
-    images = generate(backbone.pipe, plan, steps=sampling.steps, guidance_scale=sampling.guidance_scale,
-                      batch_size=sampling.batch_size, resolution=backbone.resolution, desc="class images")
-    return images, prompt
-
-
-def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], instance_prompt: str,
-                     cfg: FinetuneConfig, class_images: list[Image.Image] | None = None,
-                     class_prompt: str | None = None,
-                     on_step: StepCallback | None = None) -> tuple[LoraState, list[dict]]:
-    """DreamBooth LoRA (Ruiz et al. 2023): denoising loss on the concept images with the
-    instance prompt, plus the prior-preservation loss on class images when given.
-
-    Returns the LoRA weights and one log row per step (also passed to `on_step`).
-    """
-    scheduler = backbone.training_scheduler()
-    latents = encode_images(backbone, instance_images)
-    sizes = image_size_ids(backbone, instance_images)
-    text = encode_prompts(backbone, [instance_prompt]).select(torch.zeros(cfg.batch_size, dtype=torch.long))
-    if class_images:
-        prior_latents, prior_sizes = encode_images(backbone, class_images), image_size_ids(backbone, class_images)
-        prior_text = encode_prompts(backbone, [class_prompt]).select(torch.zeros(cfg.batch_size, dtype=torch.long))
-    else:
-        prior_latents = prior_sizes = prior_text = None
-
-    accelerator, unet, optimizer, params = prepare_lora_training(
-        backbone, cfg.lora_rank, cfg.lora_targets, "dreambooth", cfg.learning_rate, 1, cfg.gradient_checkpointing)
-    hint = f"lower finetune.learning_rate (now {cfg.learning_rate:g})"
-    device = accelerator.device
-    gen = torch.Generator().manual_seed(cfg.seed)
-    log.info("finetune: %d concept images, %d class images, %d steps", len(latents),
-             0 if prior_latents is None else len(prior_latents), cfg.steps)
-
-    def denoising_error(batch_latents: torch.Tensor, batch_text: TextConditioning,
-                        batch_sizes: torch.Tensor | None) -> torch.Tensor:
-        noise = torch.randn(batch_latents.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch_latents),), generator=gen)
-        noisy = scheduler.add_noise(batch_latents, noise, t)
-        target = training_target(scheduler, batch_latents, noise, t)
-        pred = predict(unet, noisy, t, batch_text, batch_sizes, device)
-        return per_sample_error(pred, target.to(device)).mean()
-
-    rows = []
-    with training_mode(backbone, accelerator):
-        for step in tqdm(range(cfg.steps), desc="finetune", unit="step"):
-            idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
-            with accelerator.autocast():
-                instance_loss = denoising_error(latents[idx], text, select_rows(sizes, idx))
-                loss = instance_loss
-                if prior_latents is not None:
-                    pidx = torch.randint(0, len(prior_latents), (cfg.batch_size,), generator=gen)
-                    loss = loss + cfg.prior_loss_weight * denoising_error(prior_latents[pidx], prior_text,
-                                                                          select_rows(prior_sizes, pidx))
-            accelerator.backward(loss)
-            check_finite(loss, params, step, "finetune", hint, grads_scaled=accelerator.scaler is not None)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            rows.append({"step": step, "loss": loss.item(), "instance_loss": instance_loss.item()})
-            if on_step is not None:
-                on_step(rows[-1])
-    return lora_state(accelerator.unwrap_model(unet), "dreambooth"), rows

@@ -4,11 +4,14 @@ value and what would be accepted."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 
 from dbdpo.config import (
+    FINETUNE_METHODS,
     LORA_TARGETS,
+    OPTIMIZERS,
     PRECISIONS,
     RANK_BY,
     TS_PROMPTS,
@@ -101,6 +104,14 @@ def validate_groups(c: Config) -> None:
     _require(c.finetune.prior_loss_weight >= 0, "finetune.prior_loss_weight",
              c.finetune.prior_loss_weight, "a value >= 0")
     _one_of(c.finetune.mixed_precision, PRECISIONS, "finetune.mixed_precision")
+    _one_of(c.finetune.method, FINETUNE_METHODS, "finetune.method")
+    _one_of(c.finetune.optimizer, OPTIMIZERS, "finetune.optimizer")
+    _require(c.finetune.method == "full" or not c.finetune.train_text_encoder, "finetune.train_text_encoder",
+             c.finetune.train_text_encoder, "false with finetune.method=lora (a LoRA trains the UNet only; "
+             "finetune.method=full trains the text encoder too)")
+    _require(c.finetune.optimizer != "adamw_8bit" or importlib.util.find_spec("bitsandbytes") is not None,
+             "finetune.optimizer", c.finetune.optimizer, "adamw, or install bitsandbytes (pip install bitsandbytes) "
+             "for its 8-bit AdamW")
     _one_of(c.finetune.lora_targets, LORA_TARGETS, "finetune.lora_targets")
 
     for key in ("generate.prompts", "evaluate.prompts"):

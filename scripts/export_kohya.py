@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from dbdpo.backbones import is_pipeline_folder
 from dbdpo.lora import load_lora, save_kohya
 
 
@@ -17,6 +18,9 @@ def main(model_dir: Path = typer.Argument(..., help="a round's model folder, e.g
          out: Path = typer.Argument(..., help="the .safetensors file to write")) -> None:
     if out.suffix != ".safetensors":
         raise typer.BadParameter(f"{out}: the output must end in .safetensors", param_hint="OUT")
+    if is_pipeline_folder(model_dir):
+        raise typer.BadParameter(f"{model_dir} is a whole pipeline (finetune.method=full), not a LoRA: use it as "
+                                 "the base model and export a later round's LoRA", param_hint="MODEL_DIR")
     try:
         state = load_lora(model_dir)
     except FileNotFoundError as e:

@@ -6,9 +6,9 @@ from pathlib import Path
 import typer
 
 from dbdpo.artifacts import remove_outputs, write_csv, write_json
-from dbdpo.backbones import load_backbone
+from dbdpo.backbones import load_backbone, round_base, round_lora
 from dbdpo.dpo import final_metrics, train_on_preferences
-from dbdpo.lora import load_lora, save_lora, stack
+from dbdpo.lora import save_lora, stack
 from dbdpo.preferences import read_preferences
 from dbdpo.provenance import check_made_from, folder_record, made_from
 from stages.common import (
@@ -43,9 +43,10 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         check_made_from(out / "preferences", folder_record(out / "preferences"), writer("preferences", round_name))
         prefs = read_preferences(out / "preferences", cfg.dpo.loss)
         start_dir = checked_model(plans[round_name].start)
-        start = load_lora(start_dir)
+        start = round_lora(start_dir)
         # the start LoRA merged: the reference is exactly the round's start model
-        backbone = load_backbone(cfg.model, lora=start, precision=cfg.dpo.mixed_precision)
+        backbone = load_backbone(round_base(cfg.model, checked_model("round_0")), lora=start,
+                                 precision=cfg.dpo.mixed_precision)
     remove_outputs(model_dir(round_name), LOGS / "dpo" / f"{round_name}.csv", out / "train" / "metrics.json")
     with user_errors():  # a diverged run stops here, before anything is written
         dpo_state, log_rows = train_on_preferences(backbone, prefs, cfg.dpo)

@@ -12,7 +12,7 @@ from dbdpo.artifacts import (
     write_json,
     write_parquet,
 )
-from dbdpo.backbones import load_backbone
+from dbdpo.backbones import load_backbone, round_base, round_lora
 from dbdpo.data import eval_prompts, load_concept, ts_texts
 from dbdpo.evaluation import (
     RoundModel,
@@ -22,7 +22,6 @@ from dbdpo.evaluation import (
     sample_and_score,
     tradeoff_figure,
 )
-from dbdpo.lora import load_lora
 from dbdpo.scoring import build_scorers
 from stages.common import EVAL, PARAMS_OPTION, checked_model, setup, user_errors
 
@@ -44,9 +43,9 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with user_errors():
         templates = eval_prompts(e.prompts, e.num_prompts)
         concept = load_concept(cfg.concept)
-        models = [RoundModel(n, load_lora(checked_model(n))) for n in names]
+        models = [RoundModel(n, round_lora(checked_model(n))) for n in names]
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
-        backbone = load_backbone(cfg.model, precision=cfg.model.precision)
+        backbone = load_backbone(round_base(cfg.model, checked_model("round_0")), precision=cfg.model.precision)
     remove_outputs(EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png",
                    EVAL / "grids", Path("metrics.json"))
 

@@ -1,4 +1,4 @@
-"""Stage finetune: DreamBooth LoRA on the concept images -> models/round_0."""
+"""Stage finetune: DreamBooth on the concept images -> models/round_0."""
 
 from pathlib import Path
 
@@ -7,9 +7,14 @@ import typer
 from dbdpo.artifacts import remove_outputs, write_csv
 from dbdpo.backbones import load_backbone
 from dbdpo.data import load_concept
-from dbdpo.lora import save_lora
+from dbdpo.dreambooth import (
+    class_prior,
+    instance_prompt,
+    save_round_0,
+    train_dreambooth,
+    weights_precision,
+)
 from dbdpo.provenance import made_from
-from dbdpo.training import class_prior, instance_prompt, train_dreambooth
 from stages.common import LOGS, PARAMS_OPTION, model_dir, setup, user_errors
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
@@ -22,21 +27,23 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(params: Path = PARAMS_OPTION) -> None:
-    """DreamBooth-finetune a LoRA on concept.dir with the instance prompt (V* = concept.token).
+    """DreamBooth on concept.dir with the instance prompt (V* = concept.token): a LoRA, or the
+    whole model with finetune.method=full.
 
-    Writes models/round_0/ (diffusers LoRA, safetensors) and logs/finetune.csv.
+    Writes models/round_0/ (a diffusers LoRA, or for full a diffusers pipeline folder; both
+    safetensors) and logs/finetune.csv.
     """
     cfg = setup(params, "finetune", READS)
     ft = cfg.finetune
     with user_errors():
         concept = load_concept(cfg.concept)
-        backbone = load_backbone(cfg.model, precision=ft.mixed_precision)
+        backbone = load_backbone(cfg.model, precision=weights_precision(ft))
     remove_outputs(model_dir("round_0"), LOGS / "finetune.csv")
     class_images, class_prompt = class_prior(backbone, ft, cfg.concept, cfg.generate)
     with user_errors():  # a diverged run stops here, before anything is written
-        state, log_rows = train_dreambooth(backbone, concept, instance_prompt(ft, cfg.concept),
-                                           ft, class_images, class_prompt)
-    save_lora(backbone.pipe, state, model_dir("round_0"), made_from=made_from(Path(cfg.concept.dir)))
+        lora, log_rows = train_dreambooth(backbone, concept, instance_prompt(ft, cfg.concept), ft,
+                                          class_images, class_prompt)
+    save_round_0(backbone, lora, model_dir("round_0"), made_from=made_from(Path(cfg.concept.dir)))
     write_csv(log_rows, LOGS / "finetune.csv")
 
 

@@ -5,9 +5,8 @@ from pathlib import Path
 import typer
 
 from dbdpo.artifacts import remove_outputs
-from dbdpo.backbones import load_backbone
+from dbdpo.backbones import load_backbone, round_base, round_lora
 from dbdpo.data import render, train_prompts
-from dbdpo.lora import load_lora
 from dbdpo.provenance import made_from
 from dbdpo.sampling import generate, plan_samples, write_samples
 from stages.common import (
@@ -40,7 +39,8 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     with user_errors():  # every round's slice is checked: a short pool fails before round 1 samples
         templates = train_prompts(g.prompts, {name: p.prompts for name, p in plans.items()})[plan.name]
         start_dir = checked_model(plan.start)
-        backbone = load_backbone(cfg.model, lora=load_lora(start_dir), precision=cfg.model.precision)
+        backbone = load_backbone(round_base(cfg.model, checked_model("round_0")), lora=round_lora(start_dir),
+                                 precision=cfg.model.precision)
     out = round_dir(plan.name)
     remove_outputs(out / "images", out / "samples.parquet")
     requests = plan_samples(templates, [render(t, cfg.concept) for t in templates], g.images_per_prompt, plan.seed)

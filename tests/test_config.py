@@ -1,5 +1,6 @@
 
 import dataclasses
+import importlib.util
 
 import pytest
 import yaml
@@ -44,6 +45,10 @@ def test_repository_params_load(in_repo):
     ({"model__precision": "fp8"}, r"model.precision='fp8' is invalid: expected one of fp32 \| fp16 \| bf16"),
     ({"finetune__lora_targets": "convs"}, r"finetune.lora_targets='convs' is invalid: expected one of attention \| unet"),
     ({"dpo__lora_targets": "all"}, r"dpo.lora_targets='all' is invalid: expected one of attention \| unet"),
+    ({"finetune__method": "dora"}, r"finetune.method='dora' is invalid: expected one of lora \| full"),
+    ({"finetune__train_text_encoder": True}, r"finetune.train_text_encoder=True is invalid: expected false with "
+                                             r"finetune.method=lora"),
+    ({"finetune__optimizer": "lion"}, r"finetune.optimizer='lion' is invalid: expected one of adamw \| adamw_8bit"),
     ({"dpo__rank_by": "ensemble"}, r"dpo.rank_by='ensemble' is invalid: expected one of preference \| model"),
     ({"pair__normalize": "rank"}, r"pair.normalize='rank'"),
     ({"score__rewards": {"IS": 1.0, "PickScore": 1.0}}, r"PickScore needs score.pickscore_model"),
@@ -181,12 +186,23 @@ def test_presets_are_complete_valid_params_files(in_repo, name, backbone, path, 
     assert cfg.generate.prompts.endswith("pool_object.txt") and cfg.evaluate.prompts.endswith("dreambooth_object.txt")
     assert len(eval_prompts(cfg.evaluate.prompts, cfg.evaluate.num_prompts)) == 25
     assert cfg.evaluate.images_per_prompt == 10
+    assert cfg.score.ts_prompt == "without_concept"  # the authors' evaluator's TS text
     assert cfg.finetune.mixed_precision == cfg.dpo.mixed_precision == precision
     assert cfg.finetune.gradient_checkpointing and cfg.dpo.gradient_checkpointing
     assert cfg.generate.steps == cfg.evaluate.steps == 50 and cfg.generate.guidance_scale == 7.5
     assert (cfg.filter.kind, cfg.pair.lambda_, cfg.filter.angle) == ("angle", 0.5, 25.0)  # [20, 70] degrees
     keys = _key_paths(yaml.safe_load(preset.read_text()))
     assert keys == _key_paths(yaml.safe_load((in_repo / "params.yaml").read_text()))
+
+
+def test_the_8bit_optimizer_without_bitsandbytes_is_refused_before_any_work(in_repo):
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here: the 8-bit AdamW is usable")
+    raw = yaml.safe_load(open("params.yaml"))
+    raw["finetune"]["optimizer"] = "adamw_8bit"
+    with pytest.raises(ConfigError, match=r"finetune.optimizer='adamw_8bit' is invalid: expected adamw, or install "
+                                          r"bitsandbytes \(pip install bitsandbytes\)"):
+        config_from_dict(raw)
 
 
 def test_a_stage_reads_only_the_keys_it_declares(in_repo):

@@ -12,9 +12,10 @@ import shutil
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from dbdpo.backbones import load_backbone
+from dbdpo.backbones import load_backbone, round_base, round_lora
 from dbdpo.config import ModelConfig
 from tests.conftest import REPO, invoke_stage
 from tests.test_e2e_dvc import copy_project, fast_params, run, run_stages_in_process
@@ -43,6 +44,59 @@ def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, monkeypatch,
     pipe = load_backbone(ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))).pipe
     pipe.load_lora_weights(tmp_path / "models/round_1")
     assert pipe.get_list_adapters() == {"unet": ["default_0"]}
+
+
+def unet_output(pipe, seed: int = 0):
+    """The UNet's prediction on a seeded input: equal outputs mean equal models."""
+    unet = pipe.unet
+    gen = torch.Generator().manual_seed(seed)
+    size = unet.config.sample_size
+    latents = torch.randn((1, unet.config.in_channels, size, size), generator=gen)
+    text = torch.randn((1, 77, unet.config.cross_attention_dim), generator=gen)
+    added = None
+    if unet.config.addition_embed_type == "text_time":  # SDXL: pooled text + size ids
+        pooled = unet.add_embedding.linear_1.in_features - 6 * unet.config.addition_time_embed_dim
+        added = {"text_embeds": torch.randn((1, pooled), generator=gen),
+                 "time_ids": torch.tensor([[size * 8.0, size * 8.0, 0, 0, size * 8.0, size * 8.0]])}
+    with torch.no_grad():
+        return unet(latents, torch.tensor([500]), text, added_cond_kwargs=added).sample
+
+
+@pytest.mark.parametrize("arch, kind", [("sd2", "sd"), ("sdxl", "sdxl")])
+def test_full_dreambooth_round_0_is_a_pipeline_later_rounds_lora_on_it(tmp_path, tiny_dirs, monkeypatch,
+                                                                      arch, kind):
+    """finetune.method=full (UNet + text encoders, the paper's DreamBooth) writes round 0 as a
+    diffusers pipeline; round 1 trains DPO on it and is one LoRA relative to it:
+    `from_pretrained(round_0)` + `load_lora_weights(round_1)` is our round-1 model."""
+    from diffusers import DiffusionPipeline
+
+    params = fast_params()
+    params["model"].update(backbone=kind, path=str(tiny_dirs[arch]))
+    params["finetune"].update(method="full", train_text_encoder=True, learning_rate=1e-4, steps=4)
+    copy_project(tmp_path, params)
+    run_stages_in_process(tmp_path, monkeypatch, STAGES)
+
+    round_0 = tmp_path / "models/round_0"
+    assert (round_0 / "model_index.json").is_file() and not list(round_0.rglob("*.bin"))
+    base = load_backbone(ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))).pipe
+    tuned = DiffusionPipeline.from_pretrained(round_0)
+    assert type(tuned) is type(base)
+    for part in ("unet", "text_encoder") + (("text_encoder_2",) if kind == "sdxl" else ()):
+        before, after = getattr(base, part).state_dict(), getattr(tuned, part).state_dict()
+        assert any(not torch.equal(before[k], after[k]) for k in before), f"{part} did not train"
+    assert torch.equal(base.vae.state_dict()["decoder.conv_out.weight"],
+                       tuned.vae.state_dict()["decoder.conv_out.weight"])  # the VAE never trains
+
+    log = pd.read_csv(tmp_path / "logs/dpo/round_1.csv")
+    assert log["loss"].iat[0] == pytest.approx(math.log(2), abs=1e-6)  # reference = round 0 as written
+    ours = load_backbone(round_base(ModelConfig(backbone=kind), round_0),
+                         lora=round_lora(tmp_path / "models/round_1")).pipe
+    reference = unet_output(tuned)
+    tuned.load_lora_weights(tmp_path / "models/round_1")
+    assert not torch.allclose(unet_output(tuned), reference, atol=1e-4)  # DPO moved it
+    torch.testing.assert_close(unet_output(tuned), unet_output(ours), atol=1e-4, rtol=1e-4)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert all(math.isfinite(metrics[r][k]) for r in ("round_0", "round_1") for k in ("IS", "TS"))
 
 
 def sdxl_preset_project(tmp_path, model_dir=None):

@@ -148,6 +148,8 @@ def test_repro_writes_every_artifact(project):
     metrics = json.loads((project / "metrics.json").read_text())
     assert list(metrics) == ["final", "round_0", "round_1"]
     assert metrics["final"] == metrics["round_1"] and set(metrics["final"]) >= {"IS", "TS"}
+    # the headline TS is the authors' ("a in the jungle"); the with-class form is its own column
+    assert metrics["final"]["TS"] == metrics["final"]["TS_without_concept"] != metrics["final"]["TS_with_class"]
     assert sorted(p.name for p in (project / "eval/grids").iterdir()) == ["prompt_00.png", "prompt_01.png"]
     assert not list(project.rglob(".tmp-*"))
 

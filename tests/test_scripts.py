@@ -57,3 +57,7 @@ def test_export_kohya_writes_the_rounds_lora_in_fp16(in_repo, tmp_path):
 
     missing = run_script("scripts/export_kohya.py", str(tmp_path / "round_9"), str(out), cwd=in_repo)
     assert missing.exit_code == 2 and "no LoRA weights; run the stage that writes" in error_text(missing)
+    (tmp_path / "round_0").mkdir()
+    (tmp_path / "round_0/model_index.json").write_text("{}")  # what a full DreamBooth writes
+    pipeline = run_script("scripts/export_kohya.py", str(tmp_path / "round_0"), str(out), cwd=in_repo)
+    assert pipeline.exit_code == 2 and "is a whole pipeline (finetune.method=full), not a LoRA" in error_text(pipeline)

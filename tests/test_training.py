@@ -7,9 +7,10 @@ from dbdpo.backbones import Backbone, load_backbone
 from dbdpo.conditioning import TextConditioning, encode_prompts
 from dbdpo.config import DpoConfig, FinetuneConfig, ModelConfig
 from dbdpo.dpo import PreferenceData, RankedData, dpo_errors, train_dpo, train_rank_dpo
+from dbdpo.dreambooth import train_dreambooth
 from dbdpo.lora import TARGET_SETS, merge_into
 from dbdpo.losses import diffusion_dpo_loss
-from dbdpo.training import TrainingDiverged, train_dreambooth, training_target
+from dbdpo.training import TrainingDiverged, training_target
 from tests.test_lora import random_lora
 
 
@@ -138,6 +139,26 @@ def test_dreambooth_lowers_the_denoising_loss_on_the_concept(in_repo, targets, l
     early = sum(r["loss"] for r in rows[:15]) / 15
     late = sum(r["loss"] for r in rows[-15:]) / 15
     assert late < early
+
+
+@pytest.mark.parametrize("train_text_encoder", [False, True])
+def test_full_dreambooth_trains_the_unet_and_the_text_encoder_only_when_asked(in_repo, train_text_encoder):
+    from dbdpo.config import ConceptConfig
+    from dbdpo.data import load_concept
+
+    concept = load_concept(ConceptConfig(dir="data/concept"))
+    backbone = tiny()
+    before = {part: {k: v.clone() for k, v in getattr(backbone.pipe, part).state_dict().items()}
+              for part in ("unet", "text_encoder", "vae")}
+    cfg = FinetuneConfig(method="full", train_text_encoder=train_text_encoder, steps=3, batch_size=2,
+                         learning_rate=1e-4)
+    state, rows = train_dreambooth(backbone, concept, "a photo of sks toy", cfg)
+    assert state is None and len(rows) == 3 and all(math.isfinite(r["loss"]) for r in rows)
+    changed = {part: any(not torch.equal(v, getattr(backbone.pipe, part).state_dict()[k]) for k, v in weights.items())
+               for part, weights in before.items()}
+    assert changed == {"unet": True, "text_encoder": train_text_encoder, "vae": False}
+    # the pipeline is left frozen, ready to sample and save
+    assert not any(p.requires_grad for p in backbone.pipe.unet.parameters())
 
 
 def test_training_target_epsilon_and_v_prediction_by_hand():

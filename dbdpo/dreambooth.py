@@ -1,0 +1,199 @@
+"""DreamBooth (Ruiz et al. 2023): bind the concept to its instance token with the denoising
+loss on the concept images, plus the prior-preservation loss on the base model's own class
+images when asked (Sec. 3.3). Writes round 0, the model every DPO round starts from.
+
+finetune.method: `lora` trains a LoRA on the UNet (the proving ground's default, measured in
+docs/proving_ground.md); `full` trains every UNet weight and, with finetune.train_text_encoder,
+the text encoder(s), as the paper does and as DreamBoothDPO's experiments start from
+(lr 2e-6, constant, batch 1, 400 steps): round 0 is then a whole diffusers pipeline, and
+each later round is one LoRA relative to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dbdpo.artifacts import atomic_dir
+from dbdpo.backbones import Backbone
+from dbdpo.conditioning import (
+    TextConditioning,
+    encode_prompts,
+    image_size_ids,
+    predict,
+    text_conditioning,
+)
+from dbdpo.config import ConceptConfig, FinetuneConfig, GenerateConfig
+from dbdpo.lora import LoraState, lora_state, save_lora
+from dbdpo.losses import per_sample_error
+from dbdpo.provenance import RECORD_FILE
+from dbdpo.sampling import generate, plan_samples
+from dbdpo.training import (
+    StepCallback,
+    check_finite,
+    encode_images,
+    prepare_lora_training,
+    select_rows,
+    training_mode,
+    training_target,
+)
+
+log = logging.getLogger(__name__)
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SD has the first, SDXL both
+AUTOCAST = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
+FULL_WEIGHT_DECAY = 1e-2  # diffusers' train_dreambooth.py default (--adam_weight_decay)
+
+
+def instance_prompt(cfg: FinetuneConfig, concept: ConceptConfig) -> str:
+    """finetune.instance_prompt with the concept's token and class: "a photo of sks toy"."""
+    return cfg.instance_prompt.format(token=concept.token, class_noun=concept.class_noun)
+
+
+def class_prior(backbone: Backbone, cfg: FinetuneConfig, concept: ConceptConfig,
+                sampling: GenerateConfig) -> tuple[list[Image.Image] | None, str | None]:
+    """Prior preservation (Sec. 3.3): the base model's own images of the class keep DreamBooth
+    from forgetting it. (cfg.num_class_images images of the class prompt, sampled as generate
+    samples, seeds from cfg.seed; the prompt), or (None, None) when finetune.prior_preservation
+    is off."""
+    if not cfg.prior_preservation:
+        return None, None
+    prompt = cfg.class_prompt.format(token=concept.token, class_noun=concept.class_noun)
+    plan = plan_samples([cfg.class_prompt], [prompt], cfg.num_class_images, cfg.seed)
+    images = generate(backbone.pipe, plan, steps=sampling.steps, guidance_scale=sampling.guidance_scale,
+                      batch_size=sampling.batch_size, resolution=backbone.resolution, desc="class images")
+    return images, prompt
+
+
+def weights_precision(cfg: FinetuneConfig) -> str:
+    """What load_backbone casts the weights to for this run: a LoRA trains on a frozen base in
+    finetune.mixed_precision; full training keeps fp32 weights (AdamW updates of 2e-6 would
+    vanish in fp16/bf16) and runs the forward under autocast to mixed_precision."""
+    return cfg.mixed_precision if cfg.method == "lora" else "fp32"
+
+
+def _optimizer(params: list[torch.Tensor], cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw_8bit":  # dbdpo.validation checked that bitsandbytes imports
+        import bitsandbytes
+
+        return bitsandbytes.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=FULL_WEIGHT_DECAY)
+    fused = all(p.device.type == "cuda" for p in params)  # one kernel for all tensors: faster, no extra memory
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=FULL_WEIGHT_DECAY, fused=fused)
+
+
+def _prepare_full_training(backbone: Backbone, cfg: FinetuneConfig):
+    """Every UNet weight trainable (and the text encoders' with cfg.train_text_encoder), the
+    rest frozen; returns (accelerator, unet, optimizer, trainable parameters)."""
+    pipe = backbone.pipe
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+    encoders = [getattr(pipe, n) for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None]
+    trained = [pipe.unet, *(encoders if cfg.train_text_encoder else [])]
+    for module in trained:
+        module.requires_grad_(True)
+        module.train()
+    if cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        for encoder in trained[1:]:
+            encoder.gradient_checkpointing_enable()
+    AcceleratorState._reset_state(reset_partial_state=False)  # see training.prepare_lora_training
+    on_gpu = pipe.unet.device.type == "cuda"
+    accelerator = Accelerator(mixed_precision=AUTOCAST[cfg.mixed_precision] if on_gpu else "no",
+                              cpu=pipe.unet.device.type == "cpu")
+    params = [p for module in trained for p in module.parameters()]
+    unet, optimizer = accelerator.prepare(pipe.unet, _optimizer(params, cfg))
+    return accelerator, unet, optimizer, params
+
+
+def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], instance_prompt: str,
+                     cfg: FinetuneConfig, class_images: list[Image.Image] | None = None,
+                     class_prompt: str | None = None,
+                     on_step: StepCallback | None = None) -> tuple[LoraState | None, list[dict]]:
+    """DreamBooth: denoising loss on the concept images with the instance prompt, plus the
+    prior-preservation loss on class images when given.
+
+    Returns (the LoRA, for finetune.method=lora; None for full, whose result is the backbone's
+    pipeline itself, trained in place) and one log row per step (also passed to `on_step`).
+    """
+    scheduler = backbone.training_scheduler()
+    latents, sizes = encode_images(backbone, instance_images), image_size_ids(backbone, instance_images)
+    prompts = [instance_prompt] + ([class_prompt] if class_images else [])
+    cached = None if cfg.train_text_encoder else encode_prompts(backbone, prompts)
+    if class_images:
+        prior_latents, prior_sizes = encode_images(backbone, class_images), image_size_ids(backbone, class_images)
+
+    if cfg.method == "lora":
+        accelerator, unet, optimizer, params = prepare_lora_training(
+            backbone, cfg.lora_rank, cfg.lora_targets, "dreambooth", cfg.learning_rate, 1, cfg.gradient_checkpointing)
+    else:
+        accelerator, unet, optimizer, params = _prepare_full_training(backbone, cfg)
+    hint = f"lower finetune.learning_rate (now {cfg.learning_rate:g})"
+    device = accelerator.device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    log.info("finetune (%s%s): %d concept images, %d class images, %d steps", cfg.method,
+             " + text encoder" if cfg.train_text_encoder else "", len(latents),
+             len(class_images) if class_images else 0, cfg.steps)
+
+    def text(prompt_index: int) -> TextConditioning:
+        """The batch's text states: cached, or encoded now so the text encoder gets gradients."""
+        rows = torch.full((cfg.batch_size,), prompt_index, dtype=torch.long)
+        if cached is not None:
+            return cached.select(rows)
+        return text_conditioning(backbone, [prompts[prompt_index]]).select(torch.zeros_like(rows))
+
+    def denoising_error(batch_latents: torch.Tensor, batch_text: TextConditioning,
+                        batch_sizes: torch.Tensor | None) -> torch.Tensor:
+        noise = torch.randn(batch_latents.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch_latents),), generator=gen)
+        noisy = scheduler.add_noise(batch_latents, noise, t)
+        target = training_target(scheduler, batch_latents, noise, t)
+        pred = predict(unet, noisy, t, batch_text, batch_sizes, device)
+        return per_sample_error(pred, target.to(device)).mean()
+
+    rows = []
+    keep = TEXT_ENCODERS if cfg.train_text_encoder else ()
+    with training_mode(backbone, accelerator, keep):
+        for step in tqdm(range(cfg.steps), desc="finetune", unit="step"):
+            idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
+            with accelerator.autocast():
+                instance_loss = denoising_error(latents[idx], text(0), select_rows(sizes, idx))
+                loss = instance_loss
+                if class_images:
+                    pidx = torch.randint(0, len(prior_latents), (cfg.batch_size,), generator=gen)
+                    loss = loss + cfg.prior_loss_weight * denoising_error(prior_latents[pidx], text(1),
+                                                                          select_rows(prior_sizes, pidx))
+            accelerator.backward(loss)
+            check_finite(loss, params, step, "finetune", hint, grads_scaled=accelerator.scaler is not None)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            rows.append({"step": step, "loss": loss.item(), "instance_loss": instance_loss.item()})
+            if on_step is not None:
+                on_step(rows[-1])
+    if cfg.method == "lora":
+        return lora_state(accelerator.unwrap_model(unet), "dreambooth"), rows
+    for module in backbone.pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False).eval()
+    return None, rows
+
+
+def save_round_0(backbone: Backbone, lora: LoraState | None, directory: Path,
+                 made_from: dict[str, str] | None = None) -> None:
+    """models/round_0: the DreamBooth LoRA (diffusers' LoRA format), or for a full fine-tune
+    (`lora` None) the whole pipeline as a diffusers folder of safetensors, loadable with
+    `DiffusionPipeline.from_pretrained`; `made_from` (dbdpo.provenance) beside either."""
+    if lora is not None:
+        save_lora(backbone.pipe, lora, directory, made_from=made_from)
+        return
+    with atomic_dir(directory) as tmp:
+        backbone.pipe.save_pretrained(tmp, safe_serialization=True)
+        if made_from is not None:
+            (tmp / RECORD_FILE).write_text(json.dumps(made_from, indent=2) + "\n")
