@@ -37,7 +37,7 @@ from dbdpo.config import SEEDS_PER_ROUND, Config, round_seed
 from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
 from dbdpo.dpo import preference_data, train_dpo
 from dbdpo.dreambooth import train_dreambooth
-from dbdpo.lora import LoraState, merged, stack
+from dbdpo.lora import LoraState, merged_pipeline, stack
 from dbdpo.pairs import build_pairs
 from dbdpo.params import load_config
 from dbdpo.sampling import generate, plan_samples, write_samples
@@ -70,7 +70,7 @@ class Bench:
                    for t in templates]
         plan = plan_samples(templates, prompts, per_prompt, seed)
         g = settings or self.cfg.generate
-        with merged(self.backbone.pipe.unet, lora or {}):
+        with merged_pipeline(self.backbone.pipe, lora or {}):
             images = generate(self.backbone.pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
                               batch_size=g.batch_size, resolution=self.backbone.resolution, desc=name)
         samples = write_samples(plan, images, self.work / name, self.work / f"{name}.parquet")

@@ -24,7 +24,7 @@ from diffusers import (
 from dbdpo.config import ModelConfig
 from dbdpo.devices import compute_device
 from dbdpo.errors import BackboneError
-from dbdpo.lora import LoraState, load_lora, merge_into
+from dbdpo.lora import LoraState, load_lora, merge_into_pipeline
 from dbdpo.tiny import build_tiny_pipeline
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,8 @@ PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.
 
 def load_backbone(cfg: ModelConfig, lora: LoraState | None = None, precision: str = "fp32",
                   device: torch.device | None = None) -> Backbone:
-    """Build `tiny` or load `sd` / `sdxl` from `cfg.path`, with `lora` merged into the UNet.
+    """Build `tiny` or load `sd` / `sdxl` from `cfg.path`, with `lora` merged into the UNet
+    (and the text encoders, where it adapts them).
 
     Weights load in fp32 and the LoRA merges in fp32 (a small update added to bf16 weights
     would be rounded away); only then is the pipeline cast to `precision` and moved to
@@ -153,7 +154,7 @@ def load_backbone(cfg: ModelConfig, lora: LoraState | None = None, precision: st
     if resolution % multiple:
         raise BackboneError(f"model.resolution={resolution}: this UNet needs a multiple of {multiple} pixels")
     if lora is not None:
-        merge_into(pipe.unet, lora)
+        merge_into_pipeline(pipe, lora)
     device = device or compute_device()
     dtype = PRECISION_DTYPES[precision] if device.type == "cuda" else torch.float32
     if dtype != torch.float32:

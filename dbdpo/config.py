@@ -35,7 +35,7 @@ class ConceptConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     method: str = "lora"  # lora | full (every UNet weight, the paper's DreamBooth)
-    train_text_encoder: bool = False  # full only: also train the text encoder(s)
+    train_text_encoder: bool = False  # also train the text encoder(s): fully, or a LoRA on their attention
     optimizer: str = "adamw"  # adamw | adamw_8bit (bitsandbytes, GPU)
     steps: int = 600
     learning_rate: float = 5e-3
@@ -125,7 +125,8 @@ class RoundConfig:
     `round_2: {start: round_1, generate: {num_prompts: 16}, dpo: {beta: 5000}}`."""
 
     start: str = "round_0"
-    overrides: dict[str, dict] = field(default_factory=dict)  # group -> {params.yaml key: value}
+    # group -> {field name: value}, each value type-checked as the group's own (build_round)
+    overrides: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,11 +157,8 @@ class Config:
 
     def for_round(self, name: str) -> Config:
         """This config with round `name`'s overrides applied to its groups."""
-        merged = {}
-        for group, values in self.rounds[name].overrides.items():
-            base = getattr(self, group)
-            current = {_yaml_name(f.name): getattr(base, f.name) for f in dataclasses.fields(base)}
-            merged[group] = build_group(type(base), {**current, **values}, f"rounds.{name}.{group}")
+        merged = {group: dataclasses.replace(getattr(self, group), **values)
+                  for group, values in self.rounds[name].overrides.items()}
         return dataclasses.replace(self, **merged)
 
     def round_plans(self) -> dict[str, RoundPlan]:
@@ -246,6 +244,12 @@ def _coerce(value, annotation, key: str):
 
 def build_group(cls, data, prefix: str, complete: bool = False):
     """cls from a params mapping; `complete`: every key must be given (no silent code default)."""
+    return cls(**typed_fields(cls, data, prefix, complete))
+
+
+def typed_fields(cls, data, prefix: str, complete: bool = False) -> dict[str, object]:
+    """The params mapping `data` of group `cls` as {field name: value}, every key known and
+    every value checked against its field's type."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -261,11 +265,8 @@ def build_group(cls, data, prefix: str, complete: bool = False):
     if complete and missing:
         raise ConfigError(f"missing key {prefix}.{missing[0]}: every key of every group must be set "
                           "(copy it from the repository's params.yaml)")
-    values = {}
-    for name, f in known.items():
-        if name in data:
-            values[f.name] = _coerce(data[name], hints[f.name], f"{prefix}.{name}")
-    return cls(**values)
+    return {f.name: _coerce(data[name], hints[f.name], f"{prefix}.{name}") for name, f in known.items()
+            if name in data}
 
 
 def build_round(data, prefix: str) -> RoundConfig:
@@ -281,7 +282,5 @@ def build_round(data, prefix: str) -> RoundConfig:
     overrides = {}
     for group in ROUND_GROUPS:
         if group in data:
-            values = data[group] or {}
-            build_group(hints[group], values, f"{prefix}.{group}")  # key and type check, before use
-            overrides[group] = values
+            overrides[group] = typed_fields(hints[group], data[group] or {}, f"{prefix}.{group}")
     return RoundConfig(start=data["start"], overrides=overrides)

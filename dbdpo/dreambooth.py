@@ -31,7 +31,7 @@ from dbdpo.conditioning import (
     text_conditioning,
 )
 from dbdpo.config import ConceptConfig, FinetuneConfig, GenerateConfig
-from dbdpo.lora import LoraState, lora_state, save_lora
+from dbdpo.lora import TEXT_ENCODERS, LoraState, lora_state, save_lora
 from dbdpo.losses import per_sample_error
 from dbdpo.provenance import RECORD_FILE
 from dbdpo.sampling import generate, plan_samples
@@ -47,7 +47,6 @@ from dbdpo.training import (
 
 log = logging.getLogger(__name__)
 
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SD has the first, SDXL both
 AUTOCAST = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
 FULL_WEIGHT_DECAY = 1e-2  # diffusers' train_dreambooth.py default (--adam_weight_decay)
 
@@ -132,7 +131,8 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
 
     if cfg.method == "lora":
         accelerator, unet, optimizer, params = prepare_lora_training(
-            backbone, cfg.lora_rank, cfg.lora_targets, "dreambooth", cfg.learning_rate, 1, cfg.gradient_checkpointing)
+            backbone, cfg.lora_rank, cfg.lora_targets, "dreambooth", cfg.learning_rate, 1, cfg.gradient_checkpointing,
+            text_encoders=cfg.train_text_encoder)
     else:
         accelerator, unet, optimizer, params = _prepare_full_training(backbone, cfg)
     hint = f"lower finetune.learning_rate (now {cfg.learning_rate:g})"
@@ -178,7 +178,11 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
             if on_step is not None:
                 on_step(rows[-1])
     if cfg.method == "lora":
-        return lora_state(accelerator.unwrap_model(unet), "dreambooth"), rows
+        state = lora_state(accelerator.unwrap_model(unet), "dreambooth")
+        for name in TEXT_ENCODERS if cfg.train_text_encoder else ():
+            if getattr(backbone.pipe, name, None) is not None:
+                state |= {f"{name}.{k}": v for k, v in lora_state(getattr(backbone.pipe, name), "dreambooth").items()}
+        return state, rows
     for module in backbone.pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False).eval()

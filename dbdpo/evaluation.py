@@ -13,7 +13,7 @@ from dbdpo.artifacts import atomic_file
 from dbdpo.backbones import Backbone
 from dbdpo.config import ConceptConfig, EvaluateConfig
 from dbdpo.data import render
-from dbdpo.lora import LoraState, merged
+from dbdpo.lora import LoraState, merged_pipeline
 from dbdpo.sampling import generate, plan_samples
 from dbdpo.scoring import Scorer, score_loaded
 
@@ -21,7 +21,7 @@ from dbdpo.scoring import Scorer, score_loaded
 @dataclass(frozen=True)
 class RoundModel:
     name: str  # round_0, round_1, ...
-    lora: LoraState  # relative to the base backbone
+    lora: LoraState  # relative to the base backbone (dbdpo.backbones.round_base); {} for the base itself
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def sample_and_score(backbone: Backbone, rounds: list[RoundModel], templates: li
     plan = plan_samples(templates, prompts, cfg.images_per_prompt, cfg.seed)
     results = []
     for model in rounds:
-        with merged(backbone.pipe.unet, model.lora):
+        with merged_pipeline(backbone.pipe, model.lora):
             images = generate(backbone.pipe, plan, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
                               batch_size=cfg.batch_size, resolution=backbone.resolution,
                               desc=f"evaluate {model.name}")

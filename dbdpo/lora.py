@@ -1,6 +1,9 @@
-"""LoRA adapters on the UNet: add, read out, stack rounds, merge, save, load.
+"""LoRA adapters on the UNet (and DreamBooth's on the text encoders): add, read out, stack
+rounds, merge, save, load.
 
-Convention: every adapter has `lora_alpha == r`, so its update is exactly `B @ A`.
+Convention: every adapter has `lora_alpha == r`, so its update is exactly `B @ A`. A LoraState
+keys the UNet's layers by their module names and a text encoder's by its pipeline component
+first ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight").
 A round's model is saved as ONE LoRA relative to the base backbone: the DreamBooth LoRA and
 each round's DPO LoRA stacked along the rank axis (`[B0 B1] @ [A0; A1] = B0 A0 + B1 A1`), so
 `pipe.load_lora_weights("models/round_r")` gives exactly the round-r model, with no chain of
@@ -38,14 +41,33 @@ TARGET_SETS = {
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the adapter config (r, alpha, targets)
 
+# What DreamBooth's text-encoder LoRA trains (finetune.train_text_encoder), as diffusers' DreamBooth
+# LoRA scripts do: the attention projections of every CLIP layer.
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SD has the first, SDXL both
+
 LoraState = dict[str, torch.Tensor]  # "<module>.lora_A.weight" (r, in) / ".lora_B.weight" (out, r)
 
 
-def add_lora(unet: torch.nn.Module, rank: int, adapter_name: str, targets: str = "attention") -> None:
+def by_component(state: LoraState) -> dict[str, LoraState]:
+    """The state split by pipeline component ("unet", "text_encoder", "text_encoder_2"),
+    each keyed by its module names within that component."""
+    parts: dict[str, LoraState] = {}
+    for key, value in state.items():
+        component, _, rest = key.partition(".")
+        if component in TEXT_ENCODERS:
+            parts.setdefault(component, {})[rest] = value
+        else:
+            parts.setdefault("unet", {})[key] = value
+    return parts
+
+
+def add_lora(module: torch.nn.Module, rank: int, adapter_name: str, targets: str = "attention") -> None:
     """Attach a trainable LoRA (B = 0, so the model starts unchanged) to the layers of the
-    target set `targets` (a key of TARGET_SETS)."""
-    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=TARGET_SETS[targets])
-    unet.add_adapter(config, adapter_name=adapter_name)
+    target set `targets` (a key of TARGET_SETS; "text_encoder": TEXT_ENCODER_TARGETS)."""
+    names = TEXT_ENCODER_TARGETS if targets == "text_encoder" else TARGET_SETS[targets]
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=names)
+    module.add_adapter(config, adapter_name=adapter_name)
 
 
 def lora_state(unet: torch.nn.Module, adapter_name: str) -> LoraState:
@@ -105,11 +127,13 @@ def save_lora(pipe, state: LoraState, directory: Path, made_from: dict[str, str]
     with `made_from` (see dbdpo.provenance) beside it when given."""
     check_finite_lora(state, str(directory))
     rank = lora_rank(state)
-    metadata = {"r": rank, "lora_alpha": rank, "target_modules": target_modules(state)}
+    layers = {}
+    for component, part in by_component(state).items():
+        layers[f"{component}_lora_layers"] = part
+        layers[f"{component}_lora_adapter_metadata"] = {"r": rank, "lora_alpha": rank,
+                                                        "target_modules": target_modules(part)}
     with atomic_dir(directory) as tmp:
-        type(pipe).save_lora_weights(
-            tmp, unet_lora_layers=state, unet_lora_adapter_metadata=metadata, safe_serialization=True
-        )
+        type(pipe).save_lora_weights(tmp, safe_serialization=True, **layers)
         _keep_one_metadata_key(tmp / WEIGHT_NAME)
         if made_from is not None:
             (tmp / RECORD_FILE).write_text(json.dumps(made_from, indent=2) + "\n")
@@ -136,25 +160,40 @@ def load_lora(directory: Path) -> LoraState:
         raise MissingInput(f"{path}: no LoRA weights; run the stage that writes {directory} first")
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {}).get(LORA_METADATA_KEY, "{}"))
-        state = {k.removeprefix("unet."): f.get_tensor(k).float() for k in f.keys() if k.startswith("unet.")}
+        state = {k.removeprefix("unet."): f.get_tensor(k).float() for k in f.keys()
+                 if k.startswith(("unet.", *(f"{name}." for name in TEXT_ENCODERS)))}
     check_finite_lora(state, str(path))
     rank = lora_rank(state)
-    scale = float(meta.get("unet.lora_alpha", rank)) / float(meta.get("unet.r", rank))
-    if scale != 1.0:
-        state = {k: v * scale if k.endswith("lora_B.weight") else v for k, v in state.items()}
+    scales = {c: float(meta.get(f"{c}.lora_alpha", rank)) / float(meta.get(f"{c}.r", rank))
+              for c in ("unet", *TEXT_ENCODERS)}
+    for key, value in state.items():
+        component = key.partition(".")[0] if key.partition(".")[0] in TEXT_ENCODERS else "unet"
+        if key.endswith("lora_B.weight") and scales[component] != 1.0:
+            state[key] = value * scales[component]
     return state
 
 
 def to_kohya(state: LoraState) -> dict[str, torch.Tensor]:
     """The same LoRA in kohya-ss naming, read by ComfyUI, A1111/Forge and diffusers:
     `lora_unet_<module path, dots as underscores>.lora_down.weight` (A, (r, in)),
-    `.lora_up.weight` (B, (out, r)) and `.alpha` (= r here, so the scale alpha/r is 1)."""
+    `.lora_up.weight` (B, (out, r)) and `.alpha` (= r here, so the scale alpha/r is 1); text
+    encoder layers as `lora_te_` (SD) or `lora_te1_` / `lora_te2_` (SDXL's two)."""
+    sdxl = any(k.startswith("text_encoder_2.") for k in state)
+    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_",
+                "text_encoder_2": "lora_te2_"}
     out = {}
     for key, value in state.items():
         if not key.endswith("lora_A.weight"):
             continue
         name = key.removesuffix(".lora_A.weight")
-        prefix = "lora_unet_" + name.replace(".", "_")
+        component, _, module = name.partition(".")
+        if component not in TEXT_ENCODERS:
+            component, module = "unet", name
+        elif not module.startswith("text_model."):
+            # transformers 5 flattened CLIPTextModel (no text_model.); kohya names keep it, as
+            # the CLIP of ComfyUI and A1111 has it
+            module = "text_model." + module
+        prefix = prefixes[component] + module.replace(".", "_")
         out[f"{prefix}.lora_down.weight"] = value.contiguous()
         out[f"{prefix}.lora_up.weight"] = state[f"{name}.lora_B.weight"].contiguous()
         out[f"{prefix}.alpha"] = torch.tensor(float(value.shape[0]))
@@ -172,36 +211,52 @@ def save_kohya(state: LoraState, path: Path, dtype: torch.dtype = torch.float16)
 
 
 @torch.no_grad()
-def merge_into(unet: torch.nn.Module, state: LoraState) -> None:
-    """Add each `B @ A` into the base Linear or Conv2d weight it targets (the UNet must have
-    no adapter). For a conv, A is (r, in, kh, kw) and B is (out, r, 1, 1): the update is
+def merge_into(model: torch.nn.Module, state: LoraState) -> None:
+    """Add each `B @ A` into the base Linear or Conv2d weight of `model` (a UNet or a text
+    encoder, without adapters) it targets, `state` keyed by `model`'s module names. For a conv, A is (r, in, kh, kw) and B is (out, r, 1, 1): the update is
     their product over r, an (out, in, kh, kw) kernel.
 
     The sum is taken in fp32 and rounded once: adding a small update to fp16/bf16 weights
     in their own precision would round much of it away.
     """
-    modules = dict(unet.named_modules())
+    modules = dict(model.named_modules())
     for key in state:
         if not key.endswith("lora_A.weight"):
             continue
         name = key.removesuffix(".lora_A.weight")
         layer = modules.get(name)
         if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
-            raise KeyError(f"LoRA targets {name!r}, which is not a Linear or Conv2d layer of this UNet")
+            raise KeyError(f"LoRA targets {name!r}, which is not a Linear or Conv2d layer of {type(model).__name__}")
         down, up = state[key].float(), state[f"{name}.lora_B.weight"].float()
         update = torch.einsum("or,ri...->oi...", up.flatten(1), down)
         layer.weight.copy_(layer.weight.float() + update.to(layer.weight.device))
 
 
 @contextlib.contextmanager
-def merged(unet: torch.nn.Module, state: LoraState) -> Iterator[None]:
+def merged(model: torch.nn.Module, state: LoraState) -> Iterator[None]:
     """Merge `state` for the duration of the block, then restore the exact base weights."""
-    modules = dict(unet.named_modules())
+    modules = dict(model.named_modules())
     saved = {n: modules[n].weight.detach().clone() for n in target_modules(state) if n in modules}
-    merge_into(unet, state)
+    merge_into(model, state)
     try:
         yield
     finally:
         with torch.no_grad():
             for name, weight in saved.items():
                 modules[name].weight.copy_(weight)
+
+
+def merge_into_pipeline(pipe, state: LoraState) -> None:
+    """merge_into for every component `state` adapts: the UNet and any text encoder."""
+    for component, part in by_component(state).items():
+        merge_into(getattr(pipe, component), part)
+
+
+@contextlib.contextmanager
+def merged_pipeline(pipe, state: LoraState) -> Iterator[None]:
+    """merged for every component `state` adapts, for the duration of the block."""
+    with contextlib.ExitStack() as stack:
+        for component, part in by_component(state).items():
+            stack.enter_context(merged(getattr(pipe, component), part))
+        yield
+

@@ -26,7 +26,7 @@ from PIL import Image
 from dbdpo.backbones import Backbone
 from dbdpo.data import to_tensor
 from dbdpo.errors import TrainingDiverged
-from dbdpo.lora import add_lora
+from dbdpo.lora import TEXT_ENCODERS, add_lora
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,10 @@ def encoders_offloaded(pipe, keep: tuple[str, ...] = ()) -> Iterator[None]:
 
 
 def prepare_lora_training(backbone: Backbone, rank: int, targets: str, adapter: str, lr: float,
-                          grad_accum: int, checkpointing: bool):
-    """Freeze the pipeline, add the trainable LoRA, hand UNet + optimizer to accelerate;
-    returns (accelerator, unet, optimizer, trainable parameters).
+                          grad_accum: int, checkpointing: bool, text_encoders: bool = False):
+    """Freeze the pipeline, add the trainable LoRA (to the text encoders' attention too with
+    `text_encoders`), hand UNet + optimizer to accelerate; returns (accelerator, unet,
+    optimizer, trainable parameters).
 
     Mixed precision follows the frozen weights, which `load_backbone` cast to the stage's
     `mixed_precision` on a GPU: fp16/bf16 weights run under autocast to that dtype, while
@@ -140,22 +141,29 @@ def prepare_lora_training(backbone: Backbone, rank: int, targets: str, adapter: 
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
+    trained = [pipe.unet]
     add_lora(pipe.unet, rank, adapter, targets)
-    for param in pipe.unet.parameters():
-        if param.requires_grad:
-            param.data = param.data.float()
+    if text_encoders:
+        trained += [getattr(pipe, n) for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None]
+        for encoder in trained[1:]:
+            add_lora(encoder, rank, adapter, "text_encoder")
+    params = [p for module in trained for p in module.parameters() if p.requires_grad]
+    for param in params:
+        param.data = param.data.float()
     if checkpointing:
         pipe.unet.enable_gradient_checkpointing()
+        for encoder in trained[1:]:
+            encoder.gradient_checkpointing_enable()
     # AcceleratorState is a process-wide singleton that refuses a second mixed-precision
     # setting; a process may train several LoRAs (tests, notebooks), so reset it. Its
     # distributed part (PartialState: ranks, process group) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=autocast, gradient_accumulation_steps=grad_accum,
                               cpu=pipe.unet.device.type == "cpu")
-    params = [p for p in pipe.unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
-    unet.train()
+    for module in trained:
+        module.train()
     return accelerator, unet, optimizer, params
 
 

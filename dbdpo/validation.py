@@ -106,9 +106,6 @@ def validate_groups(c: Config) -> None:
     _one_of(c.finetune.mixed_precision, PRECISIONS, "finetune.mixed_precision")
     _one_of(c.finetune.method, FINETUNE_METHODS, "finetune.method")
     _one_of(c.finetune.optimizer, OPTIMIZERS, "finetune.optimizer")
-    _require(c.finetune.method == "full" or not c.finetune.train_text_encoder, "finetune.train_text_encoder",
-             c.finetune.train_text_encoder, "false with finetune.method=lora (a LoRA trains the UNet only; "
-             "finetune.method=full trains the text encoder too)")
     _require(c.finetune.optimizer != "adamw_8bit" or importlib.util.find_spec("bitsandbytes") is not None,
              "finetune.optimizer", c.finetune.optimizer, "adamw, or install bitsandbytes (pip install bitsandbytes) "
              "for its 8-bit AdamW")

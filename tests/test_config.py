@@ -46,8 +46,6 @@ def test_repository_params_load(in_repo):
     ({"finetune__lora_targets": "convs"}, r"finetune.lora_targets='convs' is invalid: expected one of attention \| unet"),
     ({"dpo__lora_targets": "all"}, r"dpo.lora_targets='all' is invalid: expected one of attention \| unet"),
     ({"finetune__method": "dora"}, r"finetune.method='dora' is invalid: expected one of lora \| full"),
-    ({"finetune__train_text_encoder": True}, r"finetune.train_text_encoder=True is invalid: expected false with "
-                                             r"finetune.method=lora"),
     ({"finetune__optimizer": "lion"}, r"finetune.optimizer='lion' is invalid: expected one of adamw \| adamw_8bit"),
     ({"dpo__rank_by": "ensemble"}, r"dpo.rank_by='ensemble' is invalid: expected one of preference \| model"),
     ({"pair__normalize": "rank"}, r"pair.normalize='rank'"),

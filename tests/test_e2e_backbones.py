@@ -62,41 +62,68 @@ def unet_output(pipe, seed: int = 0):
         return unet(latents, torch.tensor([500]), text, added_cond_kwargs=added).sample
 
 
-@pytest.mark.parametrize("arch, kind", [("sd2", "sd"), ("sdxl", "sdxl")])
-def test_full_dreambooth_round_0_is_a_pipeline_later_rounds_lora_on_it(tmp_path, tiny_dirs, monkeypatch,
-                                                                      arch, kind):
-    """finetune.method=full (UNet + text encoders, the paper's DreamBooth) writes round 0 as a
-    diffusers pipeline; round 1 trains DPO on it and is one LoRA relative to it:
-    `from_pretrained(round_0)` + `load_lora_weights(round_1)` is our round-1 model."""
+def text_output(pipe, prompt: str = "a photo of sks toy"):
+    """Every text encoder's last hidden states for `prompt`: equal outputs, equal encoders."""
+    outputs = []
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name, None)
+        if encoder is not None:
+            ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+            with torch.no_grad():
+                outputs.append(encoder(ids).last_hidden_state)
+    return torch.cat(outputs, dim=-1)
+
+
+@pytest.mark.parametrize("arch, kind, method", [("sd2", "sd", "full"), ("sdxl", "sdxl", "full"),
+                                                ("sdxl", "sdxl", "lora")])
+def test_dreambooth_with_the_text_encoder_then_dpo_loads_with_diffusers_alone(tmp_path, tiny_dirs, monkeypatch,
+                                                                             arch, kind, method):
+    """finetune.train_text_encoder through every stage. full (the paper's DreamBooth: UNet +
+    text encoders) writes round 0 as a diffusers pipeline and round 1 is one LoRA on it; lora
+    puts the text encoders' LoRA in round 0's file and round 1 carries it. Either way
+    diffusers' own loaders give our round-1 model: from_pretrained(base) + load_lora_weights."""
     from diffusers import DiffusionPipeline
 
     params = fast_params()
     params["model"].update(backbone=kind, path=str(tiny_dirs[arch]))
-    params["finetune"].update(method="full", train_text_encoder=True, learning_rate=1e-4, steps=4)
+    params["finetune"].update(method=method, train_text_encoder=True, learning_rate=1e-3, steps=4)
     copy_project(tmp_path, params)
     run_stages_in_process(tmp_path, monkeypatch, STAGES)
 
-    round_0 = tmp_path / "models/round_0"
-    assert (round_0 / "model_index.json").is_file() and not list(round_0.rglob("*.bin"))
+    round_0, round_1 = tmp_path / "models/round_0", tmp_path / "models/round_1"
     base = load_backbone(ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))).pipe
-    tuned = DiffusionPipeline.from_pretrained(round_0)
-    assert type(tuned) is type(base)
-    for part in ("unet", "text_encoder") + (("text_encoder_2",) if kind == "sdxl" else ()):
-        before, after = getattr(base, part).state_dict(), getattr(tuned, part).state_dict()
-        assert any(not torch.equal(before[k], after[k]) for k in before), f"{part} did not train"
-    assert torch.equal(base.vae.state_dict()["decoder.conv_out.weight"],
-                       tuned.vae.state_dict()["decoder.conv_out.weight"])  # the VAE never trains
-
+    encoders = ("text_encoder", "text_encoder_2") if kind == "sdxl" else ("text_encoder",)
+    if method == "full":
+        assert (round_0 / "model_index.json").is_file() and not list(round_0.rglob("*.bin"))
+        pipe = DiffusionPipeline.from_pretrained(round_0)
+        assert type(pipe) is type(base)
+        for part in ("unet", *encoders):
+            before, after = getattr(base, part).state_dict(), getattr(pipe, part).state_dict()
+            assert any(not torch.equal(before[k], after[k]) for k in before), f"{part} did not train"
+        assert torch.equal(base.vae.state_dict()["decoder.conv_out.weight"],
+                           pipe.vae.state_dict()["decoder.conv_out.weight"])  # the VAE never trains
+    else:
+        assert {key.partition(".")[0] for key in load_lora_keys(round_1)} == {"unet", *encoders}
+        pipe = base
     log = pd.read_csv(tmp_path / "logs/dpo/round_1.csv")
     assert log["loss"].iat[0] == pytest.approx(math.log(2), abs=1e-6)  # reference = round 0 as written
-    ours = load_backbone(round_base(ModelConfig(backbone=kind), round_0),
-                         lora=round_lora(tmp_path / "models/round_1")).pipe
-    reference = unet_output(tuned)
-    tuned.load_lora_weights(tmp_path / "models/round_1")
-    assert not torch.allclose(unet_output(tuned), reference, atol=1e-4)  # DPO moved it
-    torch.testing.assert_close(unet_output(tuned), unet_output(ours), atol=1e-4, rtol=1e-4)
+
+    ours = load_backbone(round_base(ModelConfig(backbone=kind, path=str(tiny_dirs[arch])), round_0),
+                         lora=round_lora(round_1)).pipe
+    before = unet_output(pipe)
+    pipe.load_lora_weights(round_1)
+    assert not torch.allclose(unet_output(pipe), before, atol=1e-4)  # the round's LoRA changes the model
+    torch.testing.assert_close(unet_output(pipe), unet_output(ours), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(text_output(pipe), text_output(ours), atol=1e-4, rtol=1e-4)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert all(math.isfinite(metrics[r][k]) for r in ("round_0", "round_1") for k in ("IS", "TS"))
+
+
+def load_lora_keys(folder):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "pytorch_lora_weights.safetensors"), framework="pt") as f:
+        return list(f.keys())
 
 
 def sdxl_preset_project(tmp_path, model_dir=None):

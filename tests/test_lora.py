@@ -11,14 +11,17 @@ from dbdpo.lora import (
     WEIGHT_NAME,
     LoraError,
     add_lora,
+    by_component,
     load_lora,
     lora_rank,
     lora_state,
     merge_into,
     merged,
+    merged_pipeline,
     save_kohya,
     save_lora,
     stack,
+    to_kohya,
 )
 from dbdpo.tiny import build_tiny_pipeline
 
@@ -225,3 +228,52 @@ def test_saved_loras_have_one_metadata_key_so_the_bytes_depend_only_on_the_tenso
         assert list(f.metadata()) == ["lora_adapter_metadata"]  # what load_lora_weights reads
     with safe_open(str(tmp_path / "kohya0.safetensors"), framework="pt") as f:
         assert list(f.metadata()) == ["ss_network_module"]
+
+
+def random_text_encoder_lora(seed: int, arch: str, rank: int = 4):
+    """A UNet LoRA plus one on each text encoder's attention, keyed as DreamBooth writes it."""
+    pipe = build_tiny_pipeline(arch=arch)
+    state = random_lora(seed, rank=rank, arch=arch)
+    g = torch.Generator().manual_seed(seed + 100)
+    for name in ("text_encoder", "text_encoder_2"):
+        if getattr(pipe, name, None) is not None:
+            add_lora(getattr(pipe, name), rank, "x", "text_encoder")
+            state |= {f"{name}.{k}": 0.2 * torch.randn(v.shape, generator=g)
+                      for k, v in lora_state(getattr(pipe, name), "x").items()}
+    return state
+
+
+@pytest.mark.parametrize("arch,kind", ARCHS)
+def test_text_encoder_lora_round_trips_and_loads_with_diffusers(tiny_dirs, tmp_path, arch, kind):
+    cfg = ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))
+    state = random_text_encoder_lora(0, arch)
+    encoders = {"text_encoder", "text_encoder_2"} if kind == "sdxl" else {"text_encoder"}
+    assert set(by_component(state)) == {"unet", *encoders}
+    save_lora(load_backbone(cfg).pipe, state, tmp_path / "lora")
+    loaded = load_lora(tmp_path / "lora")
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+
+    by_diffusers = load_backbone(cfg).pipe
+    by_diffusers.load_lora_weights(tmp_path / "lora")
+    assert set(by_diffusers.get_list_adapters()) == {"unet", *encoders}
+    ours = load_backbone(cfg, lora=state).pipe  # merged into the UNet and the text encoders
+    np.testing.assert_allclose(pipeline_image(ours), pipeline_image(by_diffusers), atol=1e-4)
+
+
+def test_text_encoder_layers_get_kohya_names():
+    sd = to_kohya(random_text_encoder_lora(0, "sd2"))
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in sd)
+    xl = to_kohya(random_text_encoder_lora(0, "sdxl"))
+    assert {k.split("_text_model")[0] for k in xl if k.startswith("lora_te")} == {"lora_te1", "lora_te2"}
+    assert not any(k.startswith("lora_unet_text_encoder") for k in sd | xl)
+
+
+def test_merged_pipeline_restores_every_component_exactly():
+    pipe = build_tiny_pipeline(arch="sdxl")
+    before = {n: {k: v.clone() for k, v in getattr(pipe, n).state_dict().items()}
+              for n in ("unet", "text_encoder", "text_encoder_2")}
+    with merged_pipeline(pipe, random_text_encoder_lora(1, "sdxl")):
+        assert not torch.equal(pipe.text_encoder_2.state_dict()["text_model.encoder.layers.0.self_attn.q_proj.weight"],
+                               before["text_encoder_2"]["text_model.encoder.layers.0.self_attn.q_proj.weight"])
+    for name, weights in before.items():
+        assert all(torch.equal(v, getattr(pipe, name).state_dict()[k]) for k, v in weights.items()), name
