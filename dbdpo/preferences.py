@@ -16,7 +16,9 @@ from dbdpo.config import FilterConfig, PairConfig
 from dbdpo.pairs import build_pairs, ranked_lists, to_pickapic
 
 PAIRS_FILE = "pairs.parquet"  # one row per pair (dbdpo.pairs.PAIR_COLUMNS)
-PICKAPIC_FILE = "pickapic.parquet"  # the same pairs in the Pick-a-Pic layout diffusers' DPO script reads
+# The same pairs in the Pick-a-Pic v2 layout, alone in a folder as a dataset's train split, so
+# `datasets.load_dataset(folder)` and diffusers' train_diffusion_dpo.py read it as it is.
+PICKAPIC_FILE = "pickapic/train.parquet"
 RANKED_FILE = "ranked.parquet"  # one row per image, best first per prompt (dbdpo.pairs.RANKED_COLUMNS)
 
 MODE_OF_LOSS = {"diffusion_dpo": "pairs", "rank_dpo": "rank"}  # dbdpo.validation keeps the two in step
@@ -60,6 +62,7 @@ def write_preferences(prefs: Preferences, folder: Path) -> None:
         prefs.table.to_parquet(folder / RANKED_FILE, index=False)
     else:
         prefs.table.to_parquet(folder / PAIRS_FILE, index=False)
+        (folder / PICKAPIC_FILE).parent.mkdir()
         to_pickapic(prefs.table).to_parquet(folder / PICKAPIC_FILE, index=False)
 
 

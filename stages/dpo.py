@@ -5,12 +5,6 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.artifacts import remove_outputs, write_csv, write_json
-from dbdpo.backbones import load_backbone, round_base, round_lora
-from dbdpo.dpo import final_metrics, train_on_preferences
-from dbdpo.lora import save_lora, stack
-from dbdpo.preferences import read_preferences
-from dbdpo.provenance import check_made_from, folder_record, made_from
 from stages.common import (
     LOGS,
     PARAMS_OPTION,
@@ -36,6 +30,14 @@ app = typer.Typer(add_completion=False)
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Writes models/<round>/ (start LoRA stacked with the DPO LoRA: one file, relative to the
     base backbone), logs/dpo/<round>.csv (per step) and rounds/<round>/train/metrics.json."""
+    # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
+    from dbdpo.artifacts import remove_outputs, write_csv, write_json
+    from dbdpo.backbones import load_backbone, round_base, round_lora
+    from dbdpo.dpo import final_metrics, train_on_preferences
+    from dbdpo.lora import save_lora, stack
+    from dbdpo.preferences import read_preferences
+    from dbdpo.provenance import check_made_from, folder_record, made_from
+
     round_name = stage_round(round_name, "dpo")
     cfg, plans = setup_round(params, "dpo", READS, round_name)
     out = round_dir(round_name)

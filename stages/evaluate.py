@@ -2,27 +2,8 @@
 
 from pathlib import Path
 
-import pandas as pd
 import typer
 
-from dbdpo.artifacts import (
-    atomic_dir,
-    remove_outputs,
-    write_csv,
-    write_json,
-    write_parquet,
-)
-from dbdpo.backbones import load_backbone, round_base, round_lora
-from dbdpo.data import eval_prompts, load_concept, ts_texts
-from dbdpo.evaluation import (
-    RoundModel,
-    comparison_grids,
-    pareto_front,
-    round_metrics,
-    sample_and_score,
-    tradeoff_figure,
-)
-from dbdpo.scoring import build_scorers
 from stages.common import EVAL, PARAMS_OPTION, checked_model, setup, user_errors
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
@@ -37,6 +18,28 @@ def main(params: Path = PARAMS_OPTION) -> None:
     """Writes metrics.json (IS/TS/DINO per round, `final` = last round), eval/tradeoff.csv,
     eval/tradeoff.png, eval/scores.parquet, eval/images/<round>/ and eval/grids/ (same seed,
     every round)."""
+    # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
+    import pandas as pd
+
+    from dbdpo.artifacts import (
+        atomic_dir,
+        remove_outputs,
+        write_csv,
+        write_json,
+        write_parquet,
+    )
+    from dbdpo.backbones import load_backbone, round_base, round_lora
+    from dbdpo.data import eval_prompts, load_concept, ts_texts
+    from dbdpo.evaluation import (
+        RoundModel,
+        comparison_grids,
+        pareto_front,
+        round_metrics,
+        sample_and_score,
+        tradeoff_figure,
+    )
+    from dbdpo.scoring import build_scorers
+
     cfg = setup(params, "evaluate", READS)
     e = cfg.evaluate
     names = ["round_0", *cfg.rounds]

@@ -4,17 +4,6 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.artifacts import remove_outputs, write_csv
-from dbdpo.backbones import load_backbone
-from dbdpo.data import load_concept
-from dbdpo.dreambooth import (
-    class_prior,
-    instance_prompt,
-    save_round_0,
-    train_dreambooth,
-    weights_precision,
-)
-from dbdpo.provenance import made_from
 from stages.common import LOGS, PARAMS_OPTION, model_dir, setup, user_errors
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
@@ -30,9 +19,22 @@ def main(params: Path = PARAMS_OPTION) -> None:
     """DreamBooth on concept.dir with the instance prompt (V* = concept.token): a LoRA, or the
     whole model with finetune.method=full.
 
-    Writes models/round_0/ (a diffusers LoRA, or for full a diffusers pipeline folder; both
+    Writes models/round_0/ (a diffusers LoRA, or for full a diffusers pipeline folder, both
     safetensors) and logs/finetune.csv.
     """
+    # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
+    from dbdpo.artifacts import remove_outputs, write_csv
+    from dbdpo.backbones import load_backbone
+    from dbdpo.data import load_concept
+    from dbdpo.dreambooth import (
+        class_prior,
+        instance_prompt,
+        save_round_0,
+        train_dreambooth,
+        weights_precision,
+    )
+    from dbdpo.provenance import made_from
+
     cfg = setup(params, "finetune", READS)
     ft = cfg.finetune
     with user_errors():

@@ -4,11 +4,6 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.artifacts import remove_outputs
-from dbdpo.backbones import load_backbone, round_base, round_lora
-from dbdpo.data import render, train_prompts
-from dbdpo.provenance import made_from
-from dbdpo.sampling import generate, plan_samples, write_samples
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
@@ -33,6 +28,13 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
 
     Writes rounds/<round>/images/*.png and rounds/<round>/samples.parquet.
     """
+    # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
+    from dbdpo.artifacts import remove_outputs
+    from dbdpo.backbones import load_backbone, round_base, round_lora
+    from dbdpo.data import render, train_prompts
+    from dbdpo.provenance import made_from
+    from dbdpo.sampling import generate, plan_samples, write_samples
+
     round_name = stage_round(round_name, "generate")
     cfg, plans = setup_round(params, "generate", READS, round_name)
     plan, g = plans[round_name], cfg.generate

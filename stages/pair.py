@@ -5,9 +5,6 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.artifacts import atomic_dir, read_parquet, remove_outputs, write_json
-from dbdpo.preferences import build_preferences, write_preferences
-from dbdpo.provenance import RECORD_FILE, RECORD_KEY, check_made_from, made_from
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
@@ -26,8 +23,13 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
-    """Writes rounds/<round>/preferences/ (pairs.parquet + pickapic.parquet, the diffusers DPO
-    layout, or ranked.parquet) and pair_summary.json (what was kept, a DVC metric)."""
+    """Writes rounds/<round>/preferences/ (pairs.parquet + pickapic/train.parquet, the
+    diffusers DPO layout, or ranked.parquet) and pair_summary.json (what was kept, a DVC metric)."""
+    # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
+    from dbdpo.artifacts import atomic_dir, read_parquet, remove_outputs, write_json
+    from dbdpo.preferences import build_preferences, write_preferences
+    from dbdpo.provenance import RECORD_FILE, RECORD_KEY, check_made_from, made_from
+
     round_name = stage_round(round_name, "pair")
     cfg, _ = setup_round(params, "pair", READS, round_name)
     out = round_dir(round_name)

@@ -2,14 +2,8 @@
 
 from pathlib import Path
 
-import pandas as pd
 import typer
 
-from dbdpo.artifacts import read_parquet, remove_outputs, write_parquet
-from dbdpo.data import load_concept, ts_texts
-from dbdpo.provenance import RECORD_KEY, check_made_from, made_from
-from dbdpo.sampling import SAMPLE_COLUMNS
-from dbdpo.scoring import build_scorers, score_images
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
@@ -34,6 +28,15 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
 
     Writes rounds/<round>/scores.parquet: one row per image, raw scores (pair normalizes).
     """
+    # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
+    import pandas as pd
+
+    from dbdpo.artifacts import read_parquet, remove_outputs, write_parquet
+    from dbdpo.data import load_concept, ts_texts
+    from dbdpo.provenance import RECORD_KEY, check_made_from, made_from
+    from dbdpo.sampling import SAMPLE_COLUMNS
+    from dbdpo.scoring import build_scorers, score_images
+
     round_name = stage_round(round_name, "score")
     cfg, _ = setup_round(params, "score", READS, round_name)
     out = round_dir(round_name)

@@ -143,7 +143,7 @@ def test_repro_writes_every_artifact(project):
     pairs = pd.read_parquet(project / "rounds/round_1/preferences/pairs.parquet")
     assert len(pairs) > 0 and (pairs["winner_id"] != pairs["loser_id"]).all()
     assert pairs["angle"].between(-15, 105).all()  # center 45 +- 60
-    assert list(pd.read_parquet(project / "rounds/round_1/preferences/pickapic.parquet").columns) == [
+    assert list(pd.read_parquet(project / "rounds/round_1/preferences/pickapic/train.parquet").columns) == [
         "jpg_0", "jpg_1", "label_0", "caption"]
     metrics = json.loads((project / "metrics.json").read_text())
     assert list(metrics) == ["final", "round_0", "round_1"]
@@ -190,6 +190,9 @@ def test_angle_experiment_reruns_from_pair_on(project):
     assert {"IS", "TS"} <= set(final(baseline)) and {"IS", "TS"} <= set(final(runs["angle30"]))
     committed = json.loads(run(["git", "show", "HEAD:metrics.json"], project).stdout)
     assert final(baseline) == committed["final"]
+    # the headline metrics are the first columns after the experiment's own
+    header = run(["dvc", "exp", "show", "--csv"], project).stdout.splitlines()[0].split(",")
+    assert header[5:7] == ["final.IS", "final.TS"], header[:8]
 
 
 def test_bad_param_fails_before_the_stage_works(project):

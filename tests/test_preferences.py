@@ -29,10 +29,12 @@ def test_pairs_round_trip_with_the_pickapic_export(tmp_path):
     out = tmp_path / "preferences"
     out.mkdir()
     write_preferences(prefs, out)
-    assert sorted(p.name for p in out.iterdir()) == ["pairs.parquet", "pickapic.parquet"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.parquet")) == ["pairs.parquet",
+                                                                               "pickapic/train.parquet"]
+    assert [p.name for p in (out / "pickapic").iterdir()] == ["train.parquet"]  # a dataset folder
     back = read_preferences(out, "diffusion_dpo")
     assert back.mode == "pairs" and back.table["winner_path"].to_list() == prefs.table["winner_path"].to_list()
-    pickapic = pd.read_parquet(out / "pickapic.parquet")
+    pickapic = pd.read_parquet(out / "pickapic/train.parquet")
     assert pickapic["jpg_0"].iat[0] == open(prefs.table["winner_path"].iat[0], "rb").read()
 
 

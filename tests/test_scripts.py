@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from dbdpo.backbones import load_backbone
 from dbdpo.config import ModelConfig
 from dbdpo.lora import save_lora
+from tests.conftest import invoke_stage
 from tests.test_lora import random_lora
 
 
@@ -44,7 +45,7 @@ def test_export_kohya_writes_the_rounds_lora_in_fp16(in_repo, tmp_path):
     state = random_lora(0)
     save_lora(load_backbone(ModelConfig()).pipe, state, tmp_path / "round_1")
     out = tmp_path / "exports" / "round_1.safetensors"
-    result = run_script("scripts/export_kohya.py", str(tmp_path / "round_1"), str(out), cwd=in_repo)
+    result = invoke_stage("export", "kohya", str(tmp_path / "round_1"), str(out))
     assert result.exit_code == 0, result.output
     name = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
     with safe_open(str(out), framework="pt") as f:
@@ -55,9 +56,11 @@ def test_export_kohya_writes_the_rounds_lora_in_fp16(in_repo, tmp_path):
                                    atol=1e-3, rtol=1e-3)
         assert f.get_tensor(f"{name}.alpha").item() == 4.0
 
-    missing = run_script("scripts/export_kohya.py", str(tmp_path / "round_9"), str(out), cwd=in_repo)
-    assert missing.exit_code == 2 and "no LoRA weights; run the stage that writes" in error_text(missing)
+    missing = invoke_stage("export", "kohya", str(tmp_path / "round_9"), str(out))
+    assert missing.exit_code == 2 and "no LoRA weights; run the stage that writes" in missing.stderr
     (tmp_path / "round_0").mkdir()
     (tmp_path / "round_0/model_index.json").write_text("{}")  # what a full DreamBooth writes
-    pipeline = run_script("scripts/export_kohya.py", str(tmp_path / "round_0"), str(out), cwd=in_repo)
-    assert pipeline.exit_code == 2 and "is a whole pipeline (finetune.method=full), not a LoRA" in error_text(pipeline)
+    pipeline = invoke_stage("export", "kohya", str(tmp_path / "round_0"), str(out))
+    assert pipeline.exit_code == 2 and "is a whole pipeline (finetune.method=full), not a LoRA" in pipeline.stderr
+    wrong = invoke_stage("export", "kohya", str(tmp_path / "round_1"), str(tmp_path / "x.pt"))
+    assert wrong.exit_code == 2 and "x.pt: the output must end in .safetensors" in wrong.stderr

@@ -1,0 +1,47 @@
+"""`dbdpo export`: a round's model in the formats other tools load.
+
+    dbdpo export kohya models/round_2 exports/my_dog_round_2.safetensors
+
+models/<round>/ already holds the diffusers-format LoRA that `pipe.load_lora_weights` reads;
+`kohya` writes the same weights under kohya names (lora_unet_* / lora_te_*, lora_down /
+lora_up / alpha), fp16, for ComfyUI and A1111/Forge.
+"""
+
+from pathlib import Path
+
+import typer
+
+from stages.common import fail
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+
+
+@app.callback()
+def export() -> None:
+    """Write a round's model for other tools."""
+
+
+@app.command()
+def kohya(model_dir: Path = typer.Argument(..., help="a round's model folder, e.g. models/round_2"),
+          out: Path = typer.Argument(..., help="the .safetensors file to write")) -> None:
+    """The round's LoRA in kohya-ss format (ComfyUI, A1111/Forge), fp16."""
+    from dbdpo.backbones import is_pipeline_folder
+    from dbdpo.errors import UserError
+    from dbdpo.lora import load_lora, save_kohya
+
+    if out.suffix != ".safetensors":
+        fail(f"{out}: the output must end in .safetensors")
+    if is_pipeline_folder(model_dir):
+        fail(f"{model_dir} is a whole pipeline (finetune.method=full), not a LoRA: use it as the base model "
+             "and export a later round's LoRA")
+    try:
+        state = load_lora(model_dir)
+    except UserError as e:
+        fail(str(e))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_kohya(state, out)
+    typer.echo(f"wrote {out} ({len(state) // 2} LoRA modules, kohya format)")
+
+
+if __name__ == "__main__":
+    app()
