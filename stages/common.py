@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import typer
 
 from dbdpo.config import Config, RoundPlan
 from dbdpo.errors import MissingInput, StaleInputError, UserError
-from dbdpo.params import ParamView, load_config
+from dbdpo.params import load_config
 from dbdpo.provenance import check_made_from, folder_record
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
@@ -33,6 +34,44 @@ def model_dir(round_name: str) -> Path:
 
 def round_dir(round_name: str) -> Path:
     return ROUNDS / round_name
+
+
+class UndeclaredRead(RuntimeError):
+    """A stage read a params key its declared reads (and so dvc.yaml) do not list: DVC would
+    not rerun it when that key changes. A bug in the stage, not in the user's params."""
+
+
+class ParamView:
+    """A read-only view of a Config that lets a stage read only the keys it declares.
+
+    `reads` are params.yaml keys or groups ("model", "concept.dir"), as the stage lists them
+    in dvc.yaml. Reading a group gives a view of it; reading a key outside `reads` raises
+    UndeclaredRead, so dvc.yaml cannot silently miss a key a stage uses.
+    """
+
+    def __init__(self, target, reads: tuple[str, ...], who: str, prefix: str = ""):
+        object.__setattr__(self, "_view", (target, tuple(reads), who, prefix))
+
+    def __getattr__(self, name: str):
+        target, reads, who, prefix = object.__getattribute__(self, "_view")
+        names = {f.name for f in dataclasses.fields(target)}
+        if name not in names:  # methods too: a stage reads keys, the library derives the rest
+            raise AttributeError(f"params {prefix.rstrip('.') or 'file'} has no key {name!r}")
+        key = prefix + name.rstrip("_")  # lambda_ is `lambda` in params.yaml
+        value = getattr(target, name)
+        if dataclasses.is_dataclass(value):
+            return ParamView(value, reads, who, key + ".")
+        if not any(key == r or key.startswith(r + ".") for r in reads):
+            raise UndeclaredRead(f"{who} reads params key {key}, which its declared reads (dvc.yaml's params "
+                                 f"for it: {', '.join(reads)}) do not list")
+        return value
+
+    def __setattr__(self, name, value):
+        raise dataclasses.FrozenInstanceError(f"params are read-only; cannot set {name}")
+
+    def __repr__(self) -> str:
+        target, reads, who, _ = object.__getattribute__(self, "_view")
+        return f"ParamView({type(target).__name__} for {who})"
 
 
 STAGE_OF = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}

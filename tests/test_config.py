@@ -7,7 +7,8 @@ import yaml
 
 from dbdpo.config import ConfigError, round_seed
 from dbdpo.data import eval_prompts, train_prompts
-from dbdpo.params import ParamView, UndeclaredRead, config_from_dict, load_config
+from dbdpo.params import config_from_dict, load_config
+from stages.common import ParamView, UndeclaredRead
 
 
 def params(**overrides):

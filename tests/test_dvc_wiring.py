@@ -94,3 +94,16 @@ def test_every_declared_key_exists_in_params(in_repo):
             for part in key.replace("${key}", "round_1").split("."):
                 assert isinstance(node, dict) and part in node, f"stages/{stage}.py READS {key}: not in params.yaml"
                 node = node[part]
+
+
+@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "evaluate"])
+def test_a_stage_depends_on_every_module_of_stages_it_imports(stage):
+    """A change to stages/common.py (setup, the params view) must rerun the stages that use it."""
+    import ast
+
+    tree = ast.parse((REPO / "stages" / f"{stage}.py").read_text())
+    imported = {f"stages/{node.module.split('.')[1]}.py" for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages.")}
+    declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    deps = set(declared.get("do", declared)["deps"])
+    assert {f"stages/{stage}.py", *imported} <= deps and "stages/common.py" in imported
