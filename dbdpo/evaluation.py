@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class RoundModel:
 class RoundSamples:
     name: str
     images: list[Image.Image]  # in plan order: prompt-major, M seeds per prompt
+    prompts: list[str]  # each image's prompt, in the same order
     scores: pd.DataFrame  # one row per image: prompt_id, seed, and one column per score
 
 
@@ -56,7 +58,7 @@ def sample_and_score(backbone: Backbone, rounds: list[RoundModel], templates: li
         scores.insert(0, "seed", [r.seed for r in plan])
         scores.insert(0, "prompt_id", [r.prompt_id for r in plan])
         scores.insert(0, "round", model.name)
-        results.append(RoundSamples(model.name, images, scores))
+        results.append(RoundSamples(model.name, images, [r.prompt for r in plan], scores))
     return results
 
 
@@ -88,21 +90,31 @@ GRID_SCALE = 2  # tiny 64 px samples are upscaled (nearest) so a person can see 
 LABEL_HEIGHT = 14
 
 
-def grid_row(images: list[Image.Image], labels: list[str], pad: int = 4) -> Image.Image:
-    """Images side by side on a white strip, each with its label (round name) above it."""
+CHAR_WIDTH = 6  # pixels per character of PIL's default bitmap font
+
+
+def grid_row(images: list[Image.Image], labels: list[str], caption: str = "", pad: int = 4) -> Image.Image:
+    """Images side by side on a white strip, each with its label (round name) above it, and
+    `caption` (the prompt) below them, wrapped to the strip's width."""
     w, h = (side * GRID_SCALE for side in images[0].size)
-    row = Image.new("RGB", (len(images) * (w + pad) - pad, h + LABEL_HEIGHT), (255, 255, 255))
+    width = len(images) * (w + pad) - pad
+    lines = textwrap.wrap(caption, max(1, width // CHAR_WIDTH - 1))
+    row = Image.new("RGB", (width, h + LABEL_HEIGHT * (1 + len(lines))), (255, 255, 255))
     draw = ImageDraw.Draw(row)
     for i, (img, label) in enumerate(zip(images, labels, strict=True)):
         row.paste(img.resize((w, h), Image.Resampling.NEAREST), (i * (w + pad), LABEL_HEIGHT))
         draw.text((i * (w + pad) + 2, 1), label, fill=(0, 0, 0))
+    for k, line in enumerate(lines):
+        draw.text((2, h + LABEL_HEIGHT * (k + 1) + 1), line, fill=(0, 0, 0))
     return row
 
 
 def comparison_grids(samples: list[RoundSamples], num_prompts: int, images_per_prompt: int) -> dict[int, Image.Image]:
-    """{prompt_id: row of that prompt's first-seed image in every round, round 0 first}."""
+    """{prompt_id: row of that prompt's first-seed image in every round, round 0 first, with
+    the prompt under it}."""
     labels = [s.name for s in samples]
-    return {p: grid_row([s.images[p * images_per_prompt] for s in samples], labels) for p in range(num_prompts)}
+    return {p: grid_row([s.images[p * images_per_prompt] for s in samples], labels,
+                        caption=samples[0].prompts[p * images_per_prompt]) for p in range(num_prompts)}
 
 
 def tradeoff_figure(names: list[str], is_values: list[float], ts_values: list[float], path: Path) -> None:

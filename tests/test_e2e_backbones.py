@@ -18,7 +18,13 @@ import yaml
 from dbdpo.backbones import load_backbone, round_base, round_lora
 from dbdpo.config import ModelConfig
 from tests.conftest import REPO, invoke_stage
-from tests.test_e2e_dvc import copy_project, fast_params, run, run_stages_in_process
+from tests.test_e2e_dvc import (
+    ROUND_2,
+    copy_project,
+    fast_params,
+    run,
+    run_stages_in_process,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -79,18 +85,18 @@ def text_output(pipe, prompt: str = "a photo of sks toy"):
 def test_dreambooth_with_the_text_encoder_then_dpo_loads_with_diffusers_alone(tmp_path, tiny_dirs, monkeypatch,
                                                                              arch, kind, method):
     """finetune.train_text_encoder through every stage. full (the paper's DreamBooth: UNet +
-    text encoders) writes round 0 as a diffusers pipeline and round 1 is one LoRA on it; lora
-    puts the text encoders' LoRA in round 0's file and round 1 carries it. Either way
-    diffusers' own loaders give our round-1 model: from_pretrained(base) + load_lora_weights."""
+    text encoders) writes round 0 as a diffusers pipeline and each later round is one LoRA on
+    it; lora puts the text encoders' LoRA in round 0's file and every round carries it. Either
+    way diffusers' own loaders give our round-2 model: from_pretrained(base) + load_lora_weights."""
     from diffusers import DiffusionPipeline
 
-    params = fast_params()
+    params = fast_params(rounds=2)
     params["model"].update(backbone=kind, path=str(tiny_dirs[arch]))
     params["finetune"].update(method=method, train_text_encoder=True, learning_rate=1e-3, steps=4)
     copy_project(tmp_path, params)
-    run_stages_in_process(tmp_path, monkeypatch, STAGES)
+    run_stages_in_process(tmp_path, monkeypatch, (*STAGES[:-1], *ROUND_2, "evaluate"))
 
-    round_0, round_1 = tmp_path / "models/round_0", tmp_path / "models/round_1"
+    round_0, round_2 = tmp_path / "models/round_0", tmp_path / "models/round_2"
     base = load_backbone(ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))).pipe
     encoders = ("text_encoder", "text_encoder_2") if kind == "sdxl" else ("text_encoder",)
     if method == "full":
@@ -103,20 +109,20 @@ def test_dreambooth_with_the_text_encoder_then_dpo_loads_with_diffusers_alone(tm
         assert torch.equal(base.vae.state_dict()["decoder.conv_out.weight"],
                            pipe.vae.state_dict()["decoder.conv_out.weight"])  # the VAE never trains
     else:
-        assert {key.partition(".")[0] for key in load_lora_keys(round_1)} == {"unet", *encoders}
+        assert {key.partition(".")[0] for key in load_lora_keys(round_2)} == {"unet", *encoders}
         pipe = base
-    log = pd.read_csv(tmp_path / "logs/dpo/round_1.csv")
-    assert log["loss"].iat[0] == pytest.approx(math.log(2), abs=1e-6)  # reference = round 0 as written
+    for r in ("round_1", "round_2"):  # reference = the round's start model as written
+        assert pd.read_csv(tmp_path / f"logs/dpo/{r}.csv")["loss"].iat[0] == pytest.approx(math.log(2), abs=1e-6)
 
     ours = load_backbone(round_base(ModelConfig(backbone=kind, path=str(tiny_dirs[arch])), round_0),
-                         lora=round_lora(round_1)).pipe
+                         lora=round_lora(round_2)).pipe
     before = unet_output(pipe)
-    pipe.load_lora_weights(round_1)
+    pipe.load_lora_weights(round_2)
     assert not torch.allclose(unet_output(pipe), before, atol=1e-4)  # the round's LoRA changes the model
     torch.testing.assert_close(unet_output(pipe), unet_output(ours), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(text_output(pipe), text_output(ours), atol=1e-4, rtol=1e-4)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert all(math.isfinite(metrics[r][k]) for r in ("round_0", "round_1") for k in ("IS", "TS"))
+    assert all(math.isfinite(metrics[r][k]) for r in ("round_0", "round_1", "round_2") for k in ("IS", "TS"))
 
 
 def load_lora_keys(folder):

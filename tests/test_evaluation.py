@@ -30,6 +30,11 @@ def test_grid_row_places_each_round_side_by_side():
     assert row[LABEL_HEIGHT + 1, side + 4 + 1].tolist() == [0, 0, 255]
     assert (row[:LABEL_HEIGHT] < 128).any()  # the labels are drawn
 
+    captioned = np.asarray(grid_row(images, ["round_0", "round_1"], caption="a sks toy in the jungle " * 3, pad=4))
+    # 36 px wide: 5 characters a line, so the prompt takes 15 lines under the images
+    assert captioned.shape == (side + LABEL_HEIGHT * 16, 2 * side + 4, 3)
+    assert (captioned[side + LABEL_HEIGHT:] < 128).any() and np.array_equal(captioned[:side + LABEL_HEIGHT], row)
+
 
 def test_tradeoff_figure_is_a_png(tmp_path):
     tradeoff_figure(["round_0", "round_1", "round_2"], [0.8, 0.85, 0.84], [0.20, 0.22, 0.25], tmp_path / "t.png")
@@ -40,7 +45,7 @@ def test_tradeoff_figure_is_a_png(tmp_path):
 def test_round_metrics_give_mean_std_and_count_per_score():
     scores = pd.DataFrame({"round": "round_1", "prompt_id": [0, 0, 1, 1], "seed": [5, 6, 5, 6],
                            "IS": [0.1, 0.2, 0.3, 0.6], "TS": [0.5, 0.5, 0.5, 0.5]})
-    metrics = round_metrics([RoundSamples("round_1", [], scores)])["round_1"]
+    metrics = round_metrics([RoundSamples("round_1", [], [], scores)])["round_1"]
     assert list(metrics) == ["IS", "TS", "IS_std", "TS_std", "images"]
     assert metrics["IS"] == pytest.approx(0.3) and metrics["TS"] == pytest.approx(0.5)
     # sample std (ddof 1): deviations -0.2, -0.1, 0, 0.3 -> sqrt(0.14 / 3)
