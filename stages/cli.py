@@ -23,6 +23,7 @@ COMMANDS = {
     "dpo": ("stages.dpo", "Diffusion-DPO or RankDPO on a round's preferences"),
     "evaluate": ("stages.evaluate", "every round on the held-out prompts: metrics, plots, grids"),
     "export": ("stages.export", "write a round's model for other tools (kohya LoRA)"),
+    "init": ("stages.init", "a new DVC project for your concept, ready for dvc repro"),
 }
 
 

@@ -1,0 +1,101 @@
+"""`dbdpo init` as a user runs it: from the installed wheel, in an empty folder, then `dvc repro`
+in the project it wrote (no clone of this repository anywhere on the path)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.test_e2e_dvc import FAST_PARAMS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The package built as a wheel and installed alone into a folder: (its bin/, an env that
+    imports dbdpo and stages from it, not from this checkout)."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"  # a copy: setuptools builds in the source tree (build/, *.egg-info)
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split()
+    for name in listed:
+        if (REPO / name).is_file() and not name.startswith(("models/", "rounds/", "eval/", "logs/")):
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)  # links become the files they point to
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(root / "dist"), str(source)], check=True, capture_output=True)
+    (wheel,) = (root / "dist").glob("dbdpo-*.whl")
+    site = root / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(site), "PATH": f"{site / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return site, env
+
+
+def run(args, cwd, env, check=True):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_init_writes_a_project_that_dvc_repro_runs(installed, tmp_path):
+    site, env = installed
+    where = run([sys.executable, "-c", "import stages, dbdpo; print(stages.__file__, dbdpo.__file__)"], tmp_path, env)
+    assert where.stdout.count(str(site)) == 2  # the wheel's code, not this checkout's
+
+    run(["dbdpo", "init", "my-toy", "--concept", str(REPO / "data/concept"), "--class-noun", "toy"], tmp_path, env)
+    project = tmp_path / "my-toy"
+    assert sorted(p.name for p in (project / "data/concept").iterdir()) == [f"toy_0{i}.png" for i in range(6)]
+    dvc_yaml = (project / "dvc.yaml").read_text()
+    assert "cmd: dbdpo finetune" in dvc_yaml and "python -m" not in dvc_yaml and "stages/" not in dvc_yaml
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["concept"] == {**params["concept"], "dir": "data/concept", "class_noun": "toy"}
+    assert run(["git", "status", "--porcelain"], project, env).stdout == ""  # all committed
+
+    for group, values in FAST_PARAMS.items():  # small enough for CI
+        params[group].update(values)
+    params["rounds"] = {"round_1": {"start": "round_0"}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], project, env).stdout
+    assert "Running stage 'finetune'" in out and "Running stage 'evaluate'" in out
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert list(metrics) == ["final", "round_0", "round_1"] and metrics["final"]["images"] == 2
+
+
+def test_init_refuses_a_used_folder_or_bad_input_and_writes_nothing(installed, tmp_path):
+    site, env = installed
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken/notes.txt").write_text("mine")
+    cases = [
+        (["taken", "--concept", str(REPO / "data/concept"), "--class-noun", "toy"], "exists and is not an empty folder"),
+        (["new", "--concept", str(tmp_path / "nope"), "--class-noun", "toy"], "--concept: concept.dir="),
+        (["new", "--concept", str(REPO / "data/concept"), "--class-noun", "toy", "--preset", "sd3"],
+         "--preset 'sd3': expected one of default, sd2, sd21, sdxl"),
+    ]
+    for args, message in cases:
+        result = run(["dbdpo", "init", *args], tmp_path, env, check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+
+
+def test_init_with_a_gpu_preset_takes_the_pool_and_eval_set_of_the_kind(installed, tmp_path):
+    site, env = installed
+    run(["dbdpo", "init", "my-dog", "--concept", str(REPO / "data/concept"), "--class-noun", "dog", "--kind", "live",
+         "--preset", "sdxl"], tmp_path, env)
+    project = tmp_path / "my-dog"
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert params["model"]["backbone"] == "sdxl" and params["concept"]["class_noun"] == "dog"
+    assert (project / "data/prompts/train.txt").read_text() == (REPO / "data/prompts/pool_live.txt").read_text()
+    assert (project / "data/prompts/eval.txt").read_text() == (REPO / "data/prompts/dreambooth_live.txt").read_text()
+    keys = yaml.safe_load((REPO / "presets/sdxl.yaml").read_text())
+    assert {g: set(v) for g, v in params.items()} == {g: set(v) for g, v in keys.items()}  # every key kept
