@@ -46,7 +46,7 @@ def set_key(text: str, group: str, key: str, value: str) -> str:
 def project_dvc_yaml() -> str:
     """This repository's dvc.yaml for a project without its code: each stage runs as
     `dbdpo <stage>`, and the code is the installed package, not a dependency path."""
-    text = project_file("dvc.yaml")
+    text = project_file("pipeline.yaml")  # not named dvc.yaml: DVC would take it for a second pipeline
     text = text[text.index("stages:\n"):]  # the repository's header speaks of its own layout
     text = re.sub(r"cmd: python -m stages\.(\w+)", r"cmd: dbdpo \1", text)
     text = re.sub(r"^\s*- (dbdpo|stages/\w+\.py)\s*(#.*)?\n", "", text, flags=re.M)

@@ -107,3 +107,11 @@ def test_a_stage_depends_on_every_module_of_stages_it_imports(stage):
     declared = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
     deps = set(declared.get("do", declared)["deps"])
     assert {f"stages/{stage}.py", *imported} <= deps and "stages/common.py" in imported
+
+
+def test_the_repository_holds_one_pipeline():
+    """DVC collects every dvc.yaml under the repository: a second one (e.g. a template that
+    `dbdpo init` ships) would double every stage."""
+    code = "import json; from dvc.repo import Repo; print(json.dumps(sorted({s.dvcfile.relpath for s in Repo('.').index.stages})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert yaml.safe_load(out) == ["dvc.yaml"]
