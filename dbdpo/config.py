@@ -212,7 +212,8 @@ RANK_BY = ("preference", "model")  # RankDPO's DCG ranks (dbdpo.losses.rank_dpo_
 _YAML_NAMES = {"lambda_": "lambda"}
 
 
-def _yaml_name(field_name: str) -> str:
+def yaml_name(field_name: str) -> str:
+    """A field's key in params.yaml (lambda_ is `lambda`, a Python keyword)."""
     return _YAML_NAMES.get(field_name, field_name)
 
 
@@ -255,7 +256,7 @@ def typed_fields(cls, data, prefix: str, complete: bool = False) -> dict[str, ob
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix}: expected a mapping of keys, got {data!r}")
     hints = typing.get_type_hints(cls)
-    known = {_yaml_name(f.name): f for f in dataclasses.fields(cls)}
+    known = {yaml_name(f.name): f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(

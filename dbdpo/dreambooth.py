@@ -16,8 +16,6 @@ import logging
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -37,8 +35,11 @@ from dbdpo.provenance import RECORD_FILE
 from dbdpo.sampling import generate, plan_samples
 from dbdpo.training import (
     StepCallback,
+    accelerate_training,
     check_finite,
     encode_images,
+    freeze,
+    pipeline_text_encoders,
     prepare_lora_training,
     select_rows,
     training_mode,
@@ -91,25 +92,14 @@ def _prepare_full_training(backbone: Backbone, cfg: FinetuneConfig):
     """Every UNet weight trainable (and the text encoders' with cfg.train_text_encoder), the
     rest frozen; returns (accelerator, unet, optimizer, trainable parameters)."""
     pipe = backbone.pipe
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.requires_grad_(False)
-    encoders = [getattr(pipe, n) for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None]
-    trained = [pipe.unet, *(encoders if cfg.train_text_encoder else [])]
+    freeze(pipe)
+    trained = [pipe.unet, *(pipeline_text_encoders(pipe).values() if cfg.train_text_encoder else ())]
     for module in trained:
         module.requires_grad_(True)
-        module.train()
-    if cfg.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-        for encoder in trained[1:]:
-            encoder.gradient_checkpointing_enable()
-    AcceleratorState._reset_state(reset_partial_state=False)  # see training.prepare_lora_training
-    on_gpu = pipe.unet.device.type == "cuda"
-    accelerator = Accelerator(mixed_precision=AUTOCAST[cfg.mixed_precision] if on_gpu else "no",
-                              cpu=pipe.unet.device.type == "cpu")
     params = [p for module in trained for p in module.parameters()]
-    unet, optimizer = accelerator.prepare(pipe.unet, _optimizer(params, cfg))
-    return accelerator, unet, optimizer, params
+    autocast = AUTOCAST[cfg.mixed_precision] if pipe.unet.device.type == "cuda" else "no"
+    return (*accelerate_training(pipe, trained, _optimizer(params, cfg), autocast, 1, cfg.gradient_checkpointing),
+            params)
 
 
 def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], instance_prompt: str,
@@ -179,9 +169,8 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
                 on_step(rows[-1])
     if cfg.method == "lora":
         state = lora_state(accelerator.unwrap_model(unet), "dreambooth")
-        for name in TEXT_ENCODERS if cfg.train_text_encoder else ():
-            if getattr(backbone.pipe, name, None) is not None:
-                state |= {f"{name}.{k}": v for k, v in lora_state(getattr(backbone.pipe, name), "dreambooth").items()}
+        for name, encoder in pipeline_text_encoders(backbone.pipe).items() if cfg.train_text_encoder else ():
+            state |= {f"{name}.{k}": v for k, v in lora_state(encoder, "dreambooth").items()}
         return state, rows
     for module in backbone.pipe.components.values():
         if isinstance(module, torch.nn.Module):

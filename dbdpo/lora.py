@@ -49,16 +49,20 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2")  # SD has the first, SDXL bot
 LoraState = dict[str, torch.Tensor]  # "<module>.lora_A.weight" (r, in) / ".lora_B.weight" (out, r)
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """(pipeline component, key within it) of a LoraState key: text-encoder keys carry their
+    component first, any other key is the UNet's."""
+    component, _, rest = key.partition(".")
+    return (component, rest) if component in TEXT_ENCODERS else ("unet", key)
+
+
 def by_component(state: LoraState) -> dict[str, LoraState]:
     """The state split by pipeline component ("unet", "text_encoder", "text_encoder_2"),
     each keyed by its module names within that component."""
     parts: dict[str, LoraState] = {}
     for key, value in state.items():
-        component, _, rest = key.partition(".")
-        if component in TEXT_ENCODERS:
-            parts.setdefault(component, {})[rest] = value
-        else:
-            parts.setdefault("unet", {})[key] = value
+        component, rest = split_key(key)
+        parts.setdefault(component, {})[rest] = value
     return parts
 
 
@@ -167,7 +171,7 @@ def load_lora(directory: Path) -> LoraState:
     scales = {c: float(meta.get(f"{c}.lora_alpha", rank)) / float(meta.get(f"{c}.r", rank))
               for c in ("unet", *TEXT_ENCODERS)}
     for key, value in state.items():
-        component = key.partition(".")[0] if key.partition(".")[0] in TEXT_ENCODERS else "unet"
+        component = split_key(key)[0]
         if key.endswith("lora_B.weight") and scales[component] != 1.0:
             state[key] = value * scales[component]
     return state
@@ -186,10 +190,8 @@ def to_kohya(state: LoraState) -> dict[str, torch.Tensor]:
         if not key.endswith("lora_A.weight"):
             continue
         name = key.removesuffix(".lora_A.weight")
-        component, _, module = name.partition(".")
-        if component not in TEXT_ENCODERS:
-            component, module = "unet", name
-        elif not module.startswith("text_model."):
+        component, module = split_key(name)
+        if component != "unet" and not module.startswith("text_model."):
             # transformers 5 flattened CLIPTextModel (no text_model.); kohya names keep it, as
             # the CLIP of ComfyUI and A1111 has it
             module = "text_model." + module
@@ -213,8 +215,9 @@ def save_kohya(state: LoraState, path: Path, dtype: torch.dtype = torch.float16)
 @torch.no_grad()
 def merge_into(model: torch.nn.Module, state: LoraState) -> None:
     """Add each `B @ A` into the base Linear or Conv2d weight of `model` (a UNet or a text
-    encoder, without adapters) it targets, `state` keyed by `model`'s module names. For a conv, A is (r, in, kh, kw) and B is (out, r, 1, 1): the update is
-    their product over r, an (out, in, kh, kw) kernel.
+    encoder, without adapters) it targets, `state` keyed by `model`'s module names. For a
+    conv, A is (r, in, kh, kw) and B is (out, r, 1, 1): the update is their product over r, an
+    (out, in, kh, kw) kernel.
 
     The sum is taken in fp32 and rounded once: adding a small update to fp16/bf16 weights
     in their own precision would round much of it away.

@@ -138,33 +138,50 @@ def prepare_lora_training(backbone: Backbone, rank: int, targets: str, adapter: 
     """
     pipe = backbone.pipe
     autocast = {torch.float32: "no", torch.float16: "fp16", torch.bfloat16: "bf16"}[pipe.unet.dtype]
-    for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.requires_grad_(False)
-    trained = [pipe.unet]
+    freeze(pipe)
+    trained = [pipe.unet, *(pipeline_text_encoders(pipe).values() if text_encoders else ())]
     add_lora(pipe.unet, rank, adapter, targets)
-    if text_encoders:
-        trained += [getattr(pipe, n) for n in TEXT_ENCODERS if getattr(pipe, n, None) is not None]
-        for encoder in trained[1:]:
-            add_lora(encoder, rank, adapter, "text_encoder")
+    for encoder in trained[1:]:
+        add_lora(encoder, rank, adapter, "text_encoder")
     params = [p for module in trained for p in module.parameters() if p.requires_grad]
     for param in params:
         param.data = param.data.float()
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    return (*accelerate_training(pipe, trained, optimizer, autocast, grad_accum, checkpointing), params)
+
+
+def pipeline_text_encoders(pipe) -> dict[str, torch.nn.Module]:
+    """The pipeline's text encoders by component name: SD's one, SDXL's two."""
+    return {name: getattr(pipe, name) for name in TEXT_ENCODERS if getattr(pipe, name, None) is not None}
+
+
+def freeze(pipe) -> None:
+    """No gradients for any part of the pipeline; training then opens what it trains."""
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+
+
+def accelerate_training(pipe, trained: list[torch.nn.Module], optimizer: torch.optim.Optimizer,
+                        mixed_precision: str, grad_accum: int, checkpointing: bool):
+    """How every training setup ends: gradient checkpointing on the trained modules (the
+    UNet first, then any text encoder), a fresh accelerate state with `mixed_precision`
+    (no | fp16 | bf16), the UNet and optimizer prepared, the trained modules in train mode;
+    returns (accelerator, unet, optimizer)."""
     if checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         for encoder in trained[1:]:
             encoder.gradient_checkpointing_enable()
     # AcceleratorState is a process-wide singleton that refuses a second mixed-precision
-    # setting; a process may train several LoRAs (tests, notebooks), so reset it. Its
+    # setting; a process may train several models (tests, notebooks), so reset it. Its
     # distributed part (PartialState: ranks, process group) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=autocast, gradient_accumulation_steps=grad_accum,
+    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
                               cpu=pipe.unet.device.type == "cpu")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
     for module in trained:
         module.train()
-    return accelerator, unet, optimizer, params
+    return accelerator, unet, optimizer
 
 
 def select_rows(sizes: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:

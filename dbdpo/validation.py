@@ -18,6 +18,7 @@ from dbdpo.config import (
     Config,
     ConfigError,
     SamplingConfig,
+    yaml_name,
 )
 
 
@@ -50,7 +51,7 @@ def _finite_floats(c: Config) -> None:
             items = v.items() if isinstance(v, dict) else [(None, v)]
             for sub, x in items:
                 if isinstance(x, float) and not math.isfinite(x):
-                    key = f"{group.name}.{f.name.rstrip('_')}" + (f".{sub}" if sub is not None else "")
+                    key = f"{group.name}.{yaml_name(f.name)}" + (f".{sub}" if sub is not None else "")
                     _require(False, key, x, "a finite number")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from dbdpo.config import Config, RoundPlan
+from dbdpo.config import Config, RoundPlan, yaml_name
 from dbdpo.errors import MissingInput, StaleInputError, UserError
 from dbdpo.params import load_config
 from dbdpo.provenance import check_made_from, folder_record
@@ -57,7 +57,7 @@ class ParamView:
         names = {f.name for f in dataclasses.fields(target)}
         if name not in names:  # methods too: a stage reads keys, the library derives the rest
             raise AttributeError(f"params {prefix.rstrip('.') or 'file'} has no key {name!r}")
-        key = prefix + name.rstrip("_")  # lambda_ is `lambda` in params.yaml
+        key = prefix + yaml_name(name)
         value = getattr(target, name)
         if dataclasses.is_dataclass(value):
             return ParamView(value, reads, who, key + ".")
