@@ -26,6 +26,7 @@ On a CPU it is a check that every path runs, not a measurement:
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
@@ -53,6 +54,7 @@ from dbdpo.sampling import SampleRequest, generate  # noqa: E402
 from dbdpo.training import encode_images  # noqa: E402
 
 log = logging.getLogger("bench.scale")
+STARTED = time.perf_counter()
 PROMPTS = ["a photo of sks dog on the beach", "a photo of sks dog in the snow"]
 # Dense (no sparsity) fp16/bf16 tensor-core peaks from NVIDIA's datasheets, TFLOP/s.
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0,
@@ -74,7 +76,7 @@ class Meter:
     """Wall time per step (after `warmup` steps) and peak device memory of one call."""
 
     def __init__(self, device: str, warmup: int):
-        self.device, self.warmup, self.ends = device, warmup, []
+        self.device, self.warmup, self.ends, self.rows = device, warmup, [], []
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -89,9 +91,10 @@ class Meter:
         self.start = time.perf_counter()
         return self
 
-    def on_step(self, _row: dict) -> None:
+    def on_step(self, row: dict) -> None:
         self.sync()
         self.ends.append(time.perf_counter())
+        self.rows.append(row)
 
     def __exit__(self, *exc):
         self.sync()
@@ -134,9 +137,9 @@ def bench_arch(arch: str, args, device: str) -> list[dict]:
     rows.append({**base, "part": "cache", "images": len(images), "seconds": m.end - m.start, "peak_gib": m.peak_gib})
     pixels = to_tensor(images, resolution)
 
-    def ours(pairs: int, checkpointing: bool, steps: int, meter=None):
+    def ours(pairs: int, checkpointing: bool, steps: int, meter=None, compile_unet: bool = False):
         cfg = DpoConfig(steps=steps, batch_size=pairs, lora_rank=8, learning_rate=1e-5, beta=beta,
-                        mixed_precision=precision, gradient_checkpointing=checkpointing)
+                        mixed_precision=precision, gradient_checkpointing=checkpointing, compile=compile_unet)
         try:
             train_dpo(backbone, data, cfg, on_step=meter.on_step if meter else None)
         finally:
@@ -154,29 +157,51 @@ def bench_arch(arch: str, args, device: str) -> list[dict]:
             _clean(pipe.unet)
             pipe.vae.to(vae_dtype)
 
-    variants = {"diffusers": peer, "ours": ours}
+    variants = {"diffusers": peer, "ours": ours, "ours-compiled": functools.partial(ours, compile_unet=True)}
+    variants = {name: variants[name] for name in args.variants}
     flops = {}
-    for name, run in variants.items():
+    for name, run in {"diffusers": peer, "ours": ours}.items():
         with FlopCounterMode(display=False) as counter:
             run(1, False, 1)
         flops[name] = counter.get_total_flops()
+    flops["ours-compiled"] = flops["ours"]  # compiling changes the kernels, not the model's work
     peak = device_peak_tflops(torch.cuda.get_device_name()) if device == "cuda" else None
     for pairs in args.pairs:
         for checkpointing in [mode == "on" for mode in args.checkpointing]:
             for name, run in variants.items():
                 row = {**base, "part": "dpo", "variant": name, "pairs": pairs, "checkpointing": checkpointing,
                        "tflop_per_step": flops[name] * pairs / 1e12}
-                try:
-                    with Meter(device, args.warmup) as m:
-                        run(pairs, checkpointing, args.warmup + args.steps, m)
-                    row.update(steps_per_s=1 / m.seconds_per_step, peak_gib=m.peak_gib)
-                    if peak:
-                        row["mfu"] = row["tflop_per_step"] * row["steps_per_s"] / peak
-                except torch.cuda.OutOfMemoryError:
-                    row["error"] = "out of memory"
+                if args.budget_s is not None and time.perf_counter() - STARTED > args.budget_s:
+                    row["error"] = f"skipped: started after --budget-s {args.budget_s:g}"
+                else:
+                    try:
+                        with Meter(device, args.warmup) as m:
+                            run(pairs, checkpointing, args.warmup + args.steps, m)
+                        # the first step includes compiling (ours-compiled) and warming caches
+                        # first_loss: log 2 = 0.6931 when policy and reference agree, as they must at step 0
+                        row.update(steps_per_s=1 / m.seconds_per_step, peak_gib=m.peak_gib,
+                                   first_step_s=m.ends[0] - m.start, first_loss=m.rows[0]["loss"])
+                        if peak:
+                            row["mfu"] = row["tflop_per_step"] * row["steps_per_s"] / peak
+                    except torch.cuda.OutOfMemoryError:
+                        row["error"] = "out of memory"
+                    except Exception as error:  # on a GPU one failing row (a compiler error) loses no other
+                        if device == "cpu":
+                            raise
+                        log.exception("%s failed", name)
+                        row["error"] = f"{type(error).__name__}: {str(error)[:200]}"
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 
+    if "finetune" in args.parts:
+        rows.append({**base, **bench_finetune(backbone, images, precision, args, device)})
+    if "sample" in args.parts:
+        rows.append({**base, **bench_sample(backbone, args, device)})
+    return rows  # the models go with this frame; the next Meter collects and empties the cache
+
+
+def bench_finetune(backbone, images, precision: str, args, device: str) -> dict:
+    """Our DreamBooth LoRA step: batch 1, gradient checkpointing on."""
     with Meter(device, args.warmup) as m:
         try:
             train_dreambooth(backbone, images[:4], "a photo of sks dog",
@@ -184,18 +209,21 @@ def bench_arch(arch: str, args, device: str) -> list[dict]:
                                             learning_rate=1e-4, mixed_precision=precision,
                                             gradient_checkpointing=True), on_step=m.on_step)
         finally:
-            _clean(pipe.unet, "dreambooth")
-    rows.append({**base, "part": "finetune", "batch": 1, "checkpointing": True,
-                 "steps_per_s": 1 / m.seconds_per_step, "peak_gib": m.peak_gib})
+            _clean(backbone.pipe.unet, "dreambooth")
+    return {"part": "finetune", "batch": 1, "checkpointing": True,
+            "steps_per_s": 1 / m.seconds_per_step, "peak_gib": m.peak_gib}
 
+
+def bench_sample(backbone, args, device: str) -> dict:
+    """Sampling images/s at batch `--sample-batch`, `--sample-steps` steps, guidance 7.5."""
+    pipe, resolution = backbone.pipe, backbone.resolution
     requests = [SampleRequest(f"s{i}", i, PROMPTS[i % 2], PROMPTS[i % 2], i) for i in range(args.sample_batch)]
     generate(pipe, requests[:1], steps=2, guidance_scale=7.5, batch_size=1, resolution=resolution)  # warm-up
     with Meter(device, 0) as m:
         generate(pipe, requests, steps=args.sample_steps, guidance_scale=7.5, batch_size=args.sample_batch,
                  resolution=resolution)
-    rows.append({**base, "part": "sample", "batch": args.sample_batch, "steps": args.sample_steps,
-                 "images_per_s": len(requests) / (m.end - m.start), "peak_gib": m.peak_gib})
-    return rows  # the models go with this frame; the next Meter collects and empties the cache
+    return {"part": "sample", "batch": args.sample_batch, "steps": args.sample_steps,
+            "images_per_s": len(requests) / (m.end - m.start), "peak_gib": m.peak_gib}
 
 
 def _fmt(value, spec: str) -> str:
@@ -212,23 +240,24 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['arch']} {r['resolution']} {r['precision']} | dpo | {r['variant']} | {r['pairs']} | "
                      f"{'on' if r['checkpointing'] else 'off'} | {speed} | {_fmt(r.get('peak_gib'), '.1f')} | "
                      f"{r['tflop_per_step']:.1f} | {_fmt(r.get('mfu'), '.1%')} |")
-    lines += ["", "| arch | DPO pairs | ckpt | speed ours/diffusers | peak memory ours/diffusers |", "|---|---|---|---|---|"]
+    lines += ["", "| arch | DPO pairs | ckpt | variant | speed vs diffusers | peak memory vs diffusers |",
+              "|---|---|---|---|---|---|"]
     dpo = {(r["arch"], r["pairs"], r["checkpointing"], r["variant"]): r for r in rows if r["part"] == "dpo"}
     for (arch, pairs, ckpt, variant), ours in dpo.items():
-        peer = dpo[(arch, pairs, ckpt, "diffusers")]
-        if variant != "ours" or "error" in ours or "error" in peer:
+        peer = dpo.get((arch, pairs, ckpt, "diffusers"))
+        if variant == "diffusers" or peer is None or "error" in ours or "error" in peer:
             continue
         memory = ours["peak_gib"] / peer["peak_gib"] if ours.get("peak_gib") else None
-        lines.append(f"| {arch} | {pairs} | {'on' if ckpt else 'off'} | "
+        lines.append(f"| {arch} | {pairs} | {'on' if ckpt else 'off'} | {variant} | "
                      f"{ours['steps_per_s'] / peer['steps_per_s']:.2f}x | {_fmt(memory, '.2f')}{'x' if memory else ''} |")
     lines += ["", "| arch | cache s (images) | cache peak GiB | finetune steps/s | finetune peak GiB | "
               "sample images/s | sample peak GiB |", "|---|---|---|---|---|---|---|"]
     for arch in dict.fromkeys(r["arch"] for r in rows):
         part = {r["part"]: r for r in rows if r["arch"] == arch and r["part"] != "dpo"}
-        cache, tune, sample = part["cache"], part["finetune"], part["sample"]
+        cache, tune, sample = part["cache"], part.get("finetune", {}), part.get("sample", {})
         lines.append(f"| {arch} | {cache['seconds']:.2f} ({cache['images']}) | {_fmt(cache['peak_gib'], '.1f')} | "
-                     f"{tune['steps_per_s']:.2f} | {_fmt(tune['peak_gib'], '.1f')} | "
-                     f"{sample['images_per_s']:.3f} ({sample['steps']} steps) | {_fmt(sample['peak_gib'], '.1f')} |")
+                     f"{_fmt(tune.get('steps_per_s'), '.2f')} | {_fmt(tune.get('peak_gib'), '.1f')} | "
+                     f"{_fmt(sample.get('images_per_s'), '.3f')} | {_fmt(sample.get('peak_gib'), '.1f')} |")
     return "\n".join(lines)
 
 
@@ -239,6 +268,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, nargs="+", default=[1, 4], help="DPO pairs per step")
     parser.add_argument("--checkpointing", nargs="+", choices=["off", "on"], default=["off", "on"],
                         help="DPO with gradient checkpointing off and/or on")
+    parser.add_argument("--variants", nargs="+", choices=["diffusers", "ours", "ours-compiled"],
+                        default=["diffusers", "ours", "ours-compiled"],
+                        help="DPO steps to time: the diffusers script's, ours eager, ours with dpo.compile")
+    parser.add_argument("--parts", nargs="*", choices=["finetune", "sample"], default=["finetune", "sample"],
+                        help="measured besides the DPO step (the cache is always measured)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no DPO row after this many seconds (rows left are marked skipped)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per configuration")
     parser.add_argument("--sample-steps", type=int, default=50)

@@ -116,6 +116,7 @@ class DpoConfig:
     lora_targets: str = "attention"  # attention | unet (dbdpo.lora.TARGET_SETS)
     mixed_precision: str = "fp32"
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the UNet for the loop (GPU: fewer, fused kernels)
     seed: int = 0
 
 

@@ -7,7 +7,9 @@ the round's start model, merged into the base weights when the backbone was load
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from dbdpo.preferences import Preferences
 from dbdpo.training import (
     StepCallback,
     check_finite,
+    compiled_blocks,
     encode_images,
     prepare_lora_training,
     select_rows,
@@ -88,6 +91,18 @@ def dpo_errors(unet, scheduler, data: PreferenceData, pair_idx: torch.Tensor, no
     return per_sample_error(pred, target.to(device)).chunk(2)
 
 
+@contextlib.contextmanager
+def adapters_disabled(model) -> Iterator[None]:
+    """`model` without its LoRA adapters for the duration (the DPO reference: the same
+    weights, the round's start model), enabled again on the way out even if the pass fails
+    (a disabled adapter left behind would train nothing in a later loop on this model)."""
+    model.disable_adapters()
+    try:
+        yield
+    finally:
+        model.enable_adapters()
+
+
 def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, desc: str,
                      on_step: StepCallback | None):
     """The DPO loop shared by Diffusion-DPO and RankDPO, on a fresh LoRA named "dpo".
@@ -104,7 +119,7 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     base = accelerator.unwrap_model(unet)
     gen = torch.Generator().manual_seed(cfg.seed)
     rows = []
-    with training_mode(backbone, accelerator):
+    with training_mode(backbone, accelerator), compiled_blocks(base, cfg.compile):
         for step in tqdm(range(cfg.steps), desc=desc, unit="step"):
             step_stats = []
             for _ in range(cfg.gradient_accumulation_steps):
@@ -112,10 +127,8 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
                     batch = draw(gen, scheduler.config.num_train_timesteps)
                     with accelerator.autocast():
                         policy = errors(unet, scheduler, batch, accelerator.device)
-                        with torch.no_grad():
-                            base.disable_adapters()  # reference = start model, same weights
+                        with torch.no_grad(), adapters_disabled(base):  # reference = start model
                             reference = errors(unet, scheduler, batch, accelerator.device)
-                            base.enable_adapters()
                     loss, stats = loss_fn(policy, reference, batch)
                     accelerator.backward(loss)
                     check_finite(loss, params, step, desc, hint, grads_scaled=accelerator.scaler is not None)

@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 ENCODE_BATCH = 16
 ENCODE_PIXELS = 4 * 512 * 512
 
+# Variants of one transformer block: a UNet's blocks see up to 4 token counts (SD 2.x at
+# 768 px: 9216, 2304, 576, 144), each with and without grad, and the first one's input
+# needs no grad: 9, over dynamo's default of 8 (measured, H100).
+RECOMPILE_LIMIT = 16
+
 StepCallback = Callable[[dict], None]  # called with each optimizer step's log row
 
 
@@ -105,6 +110,41 @@ def training_mode(backbone: Backbone, accelerator: Accelerator, keep: tuple[str,
     with encoders_offloaded(backbone.pipe, keep), \
             disable_input_dtype_casting(backbone.pipe.unet, active=accelerator.mixed_precision != "no"):
         yield
+
+
+@contextlib.contextmanager
+def compiled_blocks(unet, active: bool = True) -> Iterator[None]:
+    """The UNet's transformer blocks compiled with torch.compile for the duration, eager again
+    afterwards (the pipeline then samples and exports as loaded).
+
+    diffusers' regional compilation (`compile_repeated_blocks`): each BasicTransformerBlock
+    shape compiles once and its every instance reuses the code, minutes less than compiling
+    the whole UNet. Shapes are static (a loop's batch never changes); the reference pass
+    (adapter disabled, no grad) compiles its own variant on the first step.
+    """
+    if not active:
+        yield
+        return
+    import torch._dynamo  # only here: importing the compiler costs a stage's start-up
+    import torch._inductor.config
+
+    # Code compiled by an earlier loop (other shapes) would fill dynamo's recompile limit (8)
+    # and send this loop's reference pass back to eager, which rounds unlike the compiled
+    # policy: the first loss was 0.6655, not log 2 (H100, SDXL 1024, 4 pairs after 1-pair loops).
+    torch._dynamo.reset()
+    unet.compile_repeated_blocks(dynamic=False)
+    try:
+        # Round each fp16/bf16 intermediate as eager does: otherwise the policy and reference
+        # graphs fuse differently, disagree by rounding before any training, and beta (thousands)
+        # amplifies that into the loss (step 0's is log 2 only with this; tiny SDXL, bf16, CPU).
+        # A variant over the recompile limit fails rather than silently running eager.
+        with torch._inductor.config.patch(emulate_precision_casts=True), \
+                torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, recompile_limit=RECOMPILE_LIMIT):
+            yield
+    finally:
+        for module in unet.modules():
+            if module.__class__.__name__ in unet._repeated_blocks:
+                module._compiled_call_impl = None  # what nn.Module.compile set: back to eager calls
 
 
 @contextlib.contextmanager
