@@ -117,6 +117,7 @@ class DpoConfig:
     mixed_precision: str = "fp32"
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the UNet for the loop (GPU: fewer, fused kernels)
+    checkpoint_every: int = 50  # save the loop's state every N steps to resume a killed run; 0: never
     seed: int = 0
 
 

@@ -18,6 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from dbdpo.backbones import Backbone
+from dbdpo.checkpoints import (
+    Checkpointing,
+    load_loop_state,
+    restore_loop_state,
+    save_loop_state,
+)
 from dbdpo.conditioning import TextConditioning, encode_prompts, image_size_ids, predict
 from dbdpo.config import DpoConfig
 from dbdpo.data import load_image_rgb
@@ -104,12 +110,14 @@ def adapters_disabled(model) -> Iterator[None]:
 
 
 def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, desc: str,
-                     on_step: StepCallback | None):
+                     on_step: StepCallback | None, checkpointing: Checkpointing | None):
     """The DPO loop shared by Diffusion-DPO and RankDPO, on a fresh LoRA named "dpo".
 
     draw(gen, num_timesteps) -> batch; errors(unet, scheduler, batch, device) -> per-image
     errors; loss_fn(policy_errors, reference_errors, batch) -> (loss, DpoStats). The reference pass is
     the same UNet with the adapter disabled, under no_grad, on the same batch, noise and t.
+    With `checkpointing`, the loop saves its state every `checkpointing.every` steps and
+    resumes from a saved state with the same fingerprint (dbdpo.checkpoints).
     """
     scheduler = backbone.training_scheduler()
     accelerator, unet, optimizer, params = prepare_lora_training(
@@ -118,9 +126,13 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     hint = f"lower dpo.learning_rate (now {cfg.learning_rate:g}) or dpo.beta (now {cfg.beta:g})"
     base = accelerator.unwrap_model(unet)
     gen = torch.Generator().manual_seed(cfg.seed)
-    rows = []
+    weights = {name: p for name, p in base.named_parameters() if p.requires_grad}
+    rows, start = [], 0
+    if checkpointing is not None and (saved := load_loop_state(checkpointing)) is not None:
+        restore_loop_state(saved, weights, optimizer, gen, accelerator.scaler)
+        rows, start = saved.rows, saved.step
     with training_mode(backbone, accelerator), compiled_blocks(base, cfg.compile):
-        for step in tqdm(range(cfg.steps), desc=desc, unit="step"):
+        for step in tqdm(range(start, cfg.steps), desc=desc, unit="step", initial=start, total=cfg.steps):
             step_stats = []
             for _ in range(cfg.gradient_accumulation_steps):
                 with accelerator.accumulate(unet):
@@ -138,11 +150,14 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
             rows.append({"step": step, **{k: float(np.mean([s[k] for s in step_stats])) for k in step_stats[0]}})
             if on_step is not None:
                 on_step(rows[-1])
+            if checkpointing is not None and checkpointing.every and (step + 1) % checkpointing.every == 0 \
+                    and step + 1 < cfg.steps:
+                save_loop_state(checkpointing, step + 1, rows, weights, optimizer, gen, accelerator.scaler)
     return lora_state(base, "dpo"), rows
 
 
-def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig,
-              on_step: StepCallback | None = None) -> tuple[LoraState, list[dict]]:
+def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig, on_step: StepCallback | None = None,
+              checkpointing: Checkpointing | None = None) -> tuple[LoraState, list[dict]]:
     """Diffusion-DPO on a fresh LoRA; the reference is the UNet as given (the start model).
 
     Returns the DPO LoRA (relative to the start model) and one log row per optimizer step
@@ -162,7 +177,7 @@ def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig,
     def loss_fn(policy, reference, batch):
         return diffusion_dpo_loss(policy[0], policy[1], reference[0], reference[1], cfg.beta)
 
-    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "dpo", on_step)
+    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "dpo", on_step, checkpointing)
 
 
 # --- RankDPO -----------------------------------------------------------------------------
@@ -220,8 +235,8 @@ def rank_errors(unet, scheduler, data: RankedData, list_idx: torch.Tensor, noise
     return per_sample_error(pred, target.to(device)).view(batch, k)
 
 
-def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig,
-                   on_step: StepCallback | None = None) -> tuple[LoraState, list[dict]]:
+def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig, on_step: StepCallback | None = None,
+                   checkpointing: Checkpointing | None = None) -> tuple[LoraState, list[dict]]:
     """RankDPO on a fresh LoRA (cfg.batch_size ranked lists a step); reference = the start model."""
     num_lists, k = data.images.shape
     log.info("rank_dpo: %d lists of %d images, %d steps of %d lists, beta=%g, %s weights ranked by %s",
@@ -239,20 +254,20 @@ def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig,
         preference = data.preference[batch[0]].to(policy.device)
         return rank_dpo_loss(policy, reference, preference, cfg.beta, cfg.rank_weighting, cfg.rank_by)
 
-    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "rank_dpo", on_step)
+    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "rank_dpo", on_step, checkpointing)
 
 
 # --- either loss on a round's preferences ----------------------------------------------------
 
 
-def train_on_preferences(backbone: Backbone, prefs: Preferences, cfg: DpoConfig,
-                         on_step: StepCallback | None = None) -> tuple[LoraState, list[dict]]:
+def train_on_preferences(backbone: Backbone, prefs: Preferences, cfg: DpoConfig, on_step: StepCallback | None = None,
+                         checkpointing: Checkpointing | None = None) -> tuple[LoraState, list[dict]]:
     """Diffusion-DPO on pairs or RankDPO on ranked lists, as the preferences were built."""
     if prefs.mode == "rank":
-        return train_rank_dpo(backbone, ranked_data(backbone, prefs.ranked()), cfg, on_step)
+        return train_rank_dpo(backbone, ranked_data(backbone, prefs.ranked()), cfg, on_step, checkpointing)
     t = prefs.table
     data = preference_data(backbone, t["winner_path"].to_list(), t["loser_path"].to_list(), t["prompt"].to_list())
-    return train_dpo(backbone, data, cfg, on_step)
+    return train_dpo(backbone, data, cfg, on_step, checkpointing)
 
 
 def final_metrics(rows: list[dict]) -> dict[str, float]:

@@ -25,6 +25,7 @@ MODELS = Path("models")
 ROUNDS = Path("rounds")
 EVAL = Path("eval")
 LOGS = Path("logs")
+CHECKPOINTS = Path("checkpoints")  # a killed training stage's state (not a DVC output; git-ignored)
 
 
 def model_dir(round_name: str) -> Path:
@@ -72,6 +73,13 @@ class ParamView:
     def __repr__(self) -> str:
         target, reads, who, _ = object.__getattribute__(self, "_view")
         return f"ParamView({type(target).__name__} for {who})"
+
+
+def group_values(view: ParamView) -> dict:
+    """A params group as a plain dict, every key read through the view (so declared)."""
+    target = object.__getattribute__(view, "_view")[0]
+    values = {f.name: getattr(view, f.name) for f in dataclasses.fields(target)}
+    return {name: group_values(v) if isinstance(v, ParamView) else v for name, v in values.items()}
 
 
 STAGE_OF = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}

@@ -1,15 +1,18 @@
 """Stage dpo@round: a DPO LoRA on the round's preferences, reference = the round's start model
-(Diffusion-DPO on pairs, or RankDPO on ranked lists: dpo.loss)."""
+(Diffusion-DPO on pairs, or RankDPO on ranked lists: dpo.loss). Every dpo.checkpoint_every
+steps the loop's state goes to checkpoints/dpo/<round>/; a rerun after a kill resumes there."""
 
 from pathlib import Path
 
 import typer
 
 from stages.common import (
+    CHECKPOINTS,
     LOGS,
     PARAMS_OPTION,
     ROUND_OPTION,
     checked_model,
+    group_values,
     model_dir,
     round_dir,
     setup_round,
@@ -33,6 +36,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     from dbdpo.artifacts import remove_outputs, write_csv, write_json
     from dbdpo.backbones import load_backbone, round_base, round_lora
+    from dbdpo.checkpoints import Checkpointing, fingerprint, remove_checkpoint
     from dbdpo.dpo import final_metrics, train_on_preferences
     from dbdpo.lora import save_lora, stack
     from dbdpo.preferences import read_preferences
@@ -50,12 +54,17 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         backbone = load_backbone(round_base(cfg.model, checked_model("round_0")), lora=start,
                                  precision=cfg.dpo.mixed_precision)
     remove_outputs(model_dir(round_name), LOGS / "dpo" / f"{round_name}.csv", out / "train" / "metrics.json")
+    inputs = made_from(start_dir, out / "preferences")
+    # what a checkpoint must match to be resumed: the dpo params (but how often it saves) and the
+    # inputs' digests (the start model's chain pins the backbone)
+    dpo_params = {k: v for k, v in group_values(cfg.dpo).items() if k != "checkpoint_every"}
+    ckpt = Checkpointing(CHECKPOINTS / "dpo" / round_name, cfg.dpo.checkpoint_every, fingerprint(dpo_params, inputs))
     with user_errors():  # a diverged run stops here, before anything is written
-        dpo_state, log_rows = train_on_preferences(backbone, prefs, cfg.dpo)
-    save_lora(backbone.pipe, stack(start, dpo_state), model_dir(round_name),
-              made_from=made_from(start_dir, out / "preferences"))
+        dpo_state, log_rows = train_on_preferences(backbone, prefs, cfg.dpo, checkpointing=ckpt)
+    save_lora(backbone.pipe, stack(start, dpo_state), model_dir(round_name), made_from=inputs)
     write_csv(log_rows, LOGS / "dpo" / f"{round_name}.csv")
     write_json(final_metrics(log_rows), out / "train" / "metrics.json")
+    remove_checkpoint(ckpt)
 
 
 if __name__ == "__main__":

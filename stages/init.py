@@ -103,6 +103,7 @@ def init(project: Path = typer.Argument(..., help="the folder to create (must no
         params = set_key(params, group, key, value)
     (project / "params.yaml").write_text(params)
     (project / "dvc.yaml").write_text(project_dvc_yaml())
+    (project / ".gitignore").write_text("checkpoints/\n")  # training stages' resume state, not results
     load_config(project / "params.yaml")  # the project's params validate as written
 
     run(["git", "init", "-q"], project)

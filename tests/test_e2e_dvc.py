@@ -9,7 +9,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -264,3 +267,31 @@ def test_rank_dpo_round_on_the_same_scores(project, monkeypatch):
     committed = json.loads(run(["git", "show", "HEAD:metrics.json"], project).stdout)
     assert metrics["round_0"] == committed["round_0"]  # the same DreamBooth model and seeds
     assert metrics["round_1"] != committed["round_1"]  # another round-1 model
+
+
+def test_a_killed_dpo_stage_resumes_to_the_model_an_uninterrupted_run_writes(project):
+    """SIGKILL dpo@round_1 once it has saved a checkpoint (dpo.checkpoint_every); `dvc repro`
+    then resumes from it and writes, byte for byte, the LoRA an uninterrupted run writes."""
+    back_to_baseline(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["dpo"].update(steps=40, checkpoint_every=2)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    lora = project / "models/round_1/pytorch_lora_weights.safetensors"
+    saved = project / "checkpoints/dpo/round_1/state.safetensors"
+    run(["dvc", "repro", "dpo@round_1"], project)
+    uninterrupted = lora.read_bytes()
+    assert not saved.parent.exists()  # a finished run leaves no checkpoint
+
+    # the stage's own command, as dvc.yaml runs it, in its own process group to kill it whole
+    stage = subprocess.Popen([sys.executable, "-m", "stages.dpo", "--round", "round_1"], cwd=project,
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not saved.is_file() and stage.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(stage.pid, signal.SIGKILL)
+    assert stage.wait() == -signal.SIGKILL and saved.is_file() and not lora.exists()
+
+    out = run(["dvc", "repro", "dpo@round_1"], project)
+    assert "resuming from the checkpoint after step" in out.stdout + out.stderr
+    assert lora.read_bytes() == uninterrupted
+    assert not saved.parent.exists()

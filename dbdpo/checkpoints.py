@@ -1,0 +1,117 @@
+"""Resumable training loops: the state a loop needs to continue exactly where it stopped.
+
+Every `every` optimizer steps a loop saves, into one safetensors file (no pickles: accelerate's
+`save_state` pickles the optimizer and the RNG states), its trainable weights, the optimizer's
+moments, the generator that draws its batches, the fp16 grad scaler and the log rows so far.
+A rerun with the same fingerprint (the caller's hash of everything that shapes the run: config,
+inputs) loads it and goes on from the next step, so a killed run ends on the same weights as
+an uninterrupted one; a different fingerprint starts over. Saves are atomic: a kill during a
+save leaves the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dbdpo.artifacts import atomic_dir
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.safetensors"
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where a loop keeps its checkpoint, how often it saves (optimizer steps; 0: never), and
+    the fingerprint a checkpoint must carry to be resumed."""
+
+    directory: Path
+    every: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """step: optimizer steps done; rows: their log rows; the rest as `save_loop_state` takes it."""
+
+    step: int
+    rows: list[dict]
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[int, dict[str, torch.Tensor]]
+    generator: torch.Tensor
+    scaler: dict | None
+
+
+def fingerprint(*parts) -> str:
+    """A short hash of JSON-able `parts` (a config as a dict, input digests): what a checkpoint
+    must match to be resumed."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_loop_state(ckpt: Checkpointing, step: int, rows: list[dict], weights: dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer, generator: torch.Generator, scaler=None) -> None:
+    """Save after `step` optimizer steps: `weights` by name (the trainable ones), the optimizer's
+    per-parameter state (its hyperparameters come from the config, which the fingerprint pins)."""
+    tensors = {f"weights.{name}": value.detach().cpu().contiguous() for name, value in weights.items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["generator"] = generator.get_state()
+    metadata = {"fingerprint": ckpt.fingerprint, "step": str(step), "rows": json.dumps(rows),
+                "scaler": json.dumps(scaler.state_dict() if scaler is not None else None)}
+    with atomic_dir(ckpt.directory) as tmp:
+        save_file(tensors, tmp / STATE_FILE, metadata=metadata)
+    log.info("checkpoint after step %d in %s", step, ckpt.directory)
+
+
+def load_loop_state(ckpt: Checkpointing) -> LoopState | None:
+    """The saved state if `ckpt.directory` holds one with the same fingerprint, else None."""
+    path = ckpt.directory / STATE_FILE
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata()
+    if metadata.get("fingerprint") != ckpt.fingerprint:
+        log.info("%s was saved by another configuration or other inputs: starting over", path)
+        return None
+    tensors = load_file(path)
+    optimizer: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer.setdefault(int(index), {})[name] = value
+    weights = {key.removeprefix("weights."): v for key, v in tensors.items() if key.startswith("weights.")}
+    step = int(metadata["step"])
+    log.info("resuming from the checkpoint after step %d in %s", step, ckpt.directory)
+    return LoopState(step=step, rows=json.loads(metadata["rows"]), weights=weights, optimizer=optimizer,
+                     generator=tensors["generator"], scaler=json.loads(metadata["scaler"]))
+
+
+def restore_loop_state(state: LoopState, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                       generator: torch.Generator, scaler=None) -> None:
+    """Put a loaded state back into the live weights, optimizer, generator and scaler."""
+    if state.weights.keys() != weights.keys():
+        raise ValueError("the checkpoint's trainable weights are not this model's: delete it to start over")
+    with torch.no_grad():
+        for name, value in weights.items():
+            value.copy_(state.weights[name])
+    optimizer.load_state_dict({"state": state.optimizer, "param_groups": optimizer.state_dict()["param_groups"]})
+    generator.set_state(state.generator)
+    if scaler is not None and state.scaler is not None:
+        scaler.load_state_dict(state.scaler)
+
+
+def remove_checkpoint(ckpt: Checkpointing) -> None:
+    """Once the loop has finished: nothing is left to resume."""
+    shutil.rmtree(ckpt.directory, ignore_errors=True)

@@ -1,0 +1,63 @@
+"""A killed DPO loop resumes from its last checkpoint and ends where an uninterrupted one does."""
+
+import pytest
+import torch
+
+from dbdpo.checkpoints import STATE_FILE, Checkpointing, load_loop_state
+from dbdpo.config import DpoConfig
+from dbdpo.dpo import train_dpo
+from tests.test_training import random_preferences, tiny
+
+CFG = DpoConfig(steps=6, batch_size=2, learning_rate=1e-2)
+
+
+class Killed(Exception):
+    """Stands for the process dying: nothing after it runs, only the disk survives."""
+
+
+def kill_after(steps_done: int):
+    def on_step(row: dict) -> None:
+        if row["step"] + 1 == steps_done:
+            raise Killed
+
+    return on_step
+
+
+def uninterrupted():
+    backbone = tiny()
+    return train_dpo(backbone, random_preferences(backbone), CFG)
+
+
+def test_a_killed_dpo_run_resumes_from_its_checkpoint_to_the_same_lora(tmp_path):
+    expected_state, expected_rows = uninterrupted()
+    ckpt = Checkpointing(tmp_path / "ckpt", every=2, fingerprint="run-a")
+
+    backbone = tiny()
+    with pytest.raises(Killed):  # dies during step 5, after the checkpoint of step 4
+        train_dpo(backbone, random_preferences(backbone), CFG, on_step=kill_after(5), checkpointing=ckpt)
+    saved = load_loop_state(ckpt)
+    assert saved.step == 4 and [r["step"] for r in saved.rows] == [0, 1, 2, 3]
+    assert saved.optimizer and all("exp_avg" in s for s in saved.optimizer.values())
+
+    backbone = tiny()  # a new process: fresh model, fresh LoRA init
+    done = []
+    state, rows = train_dpo(backbone, random_preferences(backbone), CFG, on_step=done.append, checkpointing=ckpt)
+    assert [r["step"] for r in done] == [4, 5]  # only the steps left ran
+    assert rows == expected_rows
+    assert state.keys() == expected_state.keys()
+    assert all(torch.equal(state[k], expected_state[k]) for k in state)
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
+    ckpt = Checkpointing(tmp_path / "ckpt", every=2, fingerprint="lr 1e-2")
+    backbone = tiny()
+    with pytest.raises(Killed):
+        train_dpo(backbone, random_preferences(backbone), CFG, on_step=kill_after(3), checkpointing=ckpt)
+    assert (ckpt.directory / STATE_FILE).is_file()
+
+    other = Checkpointing(ckpt.directory, every=2, fingerprint="lr 1e-3")
+    assert load_loop_state(other) is None
+    done = []
+    backbone = tiny()
+    train_dpo(backbone, random_preferences(backbone), CFG, on_step=done.append, checkpointing=other)
+    assert [r["step"] for r in done] == list(range(6))  # started over
