@@ -112,6 +112,18 @@ def restore_loop_state(state: LoopState, weights: dict[str, torch.Tensor], optim
         scaler.load_state_dict(state.scaler)
 
 
+def saved_step(directory: Path) -> int | None:
+    """How many steps the checkpoint in `directory` holds (None: no checkpoint); reads only
+    the file's header."""
+    from safetensors import safe_open
+
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        return None
+    with safe_open(path, "pt") as f:
+        return int(f.metadata()["step"])
+
+
 def remove_checkpoint(ckpt: Checkpointing) -> None:
     """Once the loop has finished: nothing is left to resume."""
     shutil.rmtree(ckpt.directory, ignore_errors=True)

@@ -131,6 +131,8 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     if checkpointing is not None and (saved := load_loop_state(checkpointing)) is not None:
         restore_loop_state(saved, weights, optimizer, gen, accelerator.scaler)
         rows, start = saved.rows, saved.step
+        for row in rows if on_step is not None else ():  # the log starts over with the run's whole history
+            on_step(row)
     with training_mode(backbone, accelerator), compiled_blocks(base, cfg.compile):
         for step in tqdm(range(start, cfg.steps), desc=desc, unit="step", initial=start, total=cfg.steps):
             step_stats = []
@@ -161,7 +163,7 @@ def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig, on_step:
     """Diffusion-DPO on a fresh LoRA; the reference is the UNet as given (the start model).
 
     Returns the DPO LoRA (relative to the start model) and one log row per optimizer step
-    (also passed to `on_step`).
+    (also passed to `on_step`, a resumed run's saved rows first).
     """
     log.info("dpo: %d pairs over %d images and %d prompts, %d steps of %d pairs, beta=%g",
              len(data.winner), len(data.latents), len(data.text), cfg.steps, cfg.batch_size, cfg.beta)

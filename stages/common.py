@@ -152,3 +152,32 @@ def user_errors() -> Iterator[None]:
         fail(f"{e} (`dvc repro` runs every stage whose inputs changed, in order)")
     except UserError as e:
         fail(str(e))
+
+
+@contextlib.contextmanager
+def live_log(directory: Path) -> Iterator:
+    """A training loop's `on_step` that logs each optimizer step's row with DVCLive as it
+    happens: <directory>/plots/metrics/<name>.tsv (one file per quantity, so `dvc plots` draws
+    loss and accuracy on their own axes) and <directory>/metrics.json (the latest row).
+    dvc.yaml declares both; DVCLive writes no dvc.yaml and saves no experiment of its own.
+    """
+    from dvclive import Live
+    from scmrepo.exceptions import SCMError
+
+    try:
+        live = Live(str(directory), dvcyaml=False, save_dvc_exp=False)
+    except SCMError as error:  # dvclive 3.49 reads HEAD even when it saves nothing
+        fail(f"DVCLive cannot log to {directory} here ({error}): commit once (`git commit`), then rerun")
+
+    def on_step(row: dict) -> None:
+        if row["step"] != live.step:
+            raise ValueError(f"step {row['step']} logged as DVCLive step {live.step}: rows must come in order")
+        for name, value in row.items():
+            if name != "step":
+                live.log_metric(name, value)
+        live.next_step()
+
+    try:
+        yield on_step
+    finally:
+        live.end()

@@ -13,6 +13,7 @@ from stages.common import (
     ROUND_OPTION,
     checked_model,
     group_values,
+    live_log,
     model_dir,
     round_dir,
     setup_round,
@@ -32,9 +33,10 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Writes models/<round>/ (start LoRA stacked with the DPO LoRA: one file, relative to the
-    base backbone), logs/dpo/<round>.csv (per step) and rounds/<round>/train/metrics.json."""
+    base backbone), logs/dpo/<round>/ (DVCLive, each step as it happens) and
+    rounds/<round>/train/metrics.json."""
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
-    from dbdpo.artifacts import remove_outputs, write_csv, write_json
+    from dbdpo.artifacts import remove_outputs, write_json
     from dbdpo.backbones import load_backbone, round_base, round_lora
     from dbdpo.checkpoints import Checkpointing, fingerprint, remove_checkpoint
     from dbdpo.dpo import final_metrics, train_on_preferences
@@ -53,16 +55,16 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         # the start LoRA merged: the reference is exactly the round's start model
         backbone = load_backbone(round_base(cfg.model, checked_model("round_0")), lora=start,
                                  precision=cfg.dpo.mixed_precision)
-    remove_outputs(model_dir(round_name), LOGS / "dpo" / f"{round_name}.csv", out / "train" / "metrics.json")
+    remove_outputs(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json")
     inputs = made_from(start_dir, out / "preferences")
     # what a checkpoint must match to be resumed: the dpo params (but how often it saves) and the
     # inputs' digests (the start model's chain pins the backbone)
     dpo_params = {k: v for k, v in group_values(cfg.dpo).items() if k != "checkpoint_every"}
     ckpt = Checkpointing(CHECKPOINTS / "dpo" / round_name, cfg.dpo.checkpoint_every, fingerprint(dpo_params, inputs))
-    with user_errors():  # a diverged run stops here, before anything is written
-        dpo_state, log_rows = train_on_preferences(backbone, prefs, cfg.dpo, checkpointing=ckpt)
+    # a diverged run stops here, before the model is written
+    with user_errors(), live_log(LOGS / "dpo" / round_name) as on_step:
+        dpo_state, log_rows = train_on_preferences(backbone, prefs, cfg.dpo, on_step, ckpt)
     save_lora(backbone.pipe, stack(start, dpo_state), model_dir(round_name), made_from=inputs)
-    write_csv(log_rows, LOGS / "dpo" / f"{round_name}.csv")
     write_json(final_metrics(log_rows), out / "train" / "metrics.json")
     remove_checkpoint(ckpt)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from stages.common import LOGS, PARAMS_OPTION, model_dir, setup, user_errors
+from stages.common import LOGS, PARAMS_OPTION, live_log, model_dir, setup, user_errors
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
 # generate's sampling settings draw the prior-preservation class images.
@@ -20,10 +20,10 @@ def main(params: Path = PARAMS_OPTION) -> None:
     whole model with finetune.method=full.
 
     Writes models/round_0/ (a diffusers LoRA, or for full a diffusers pipeline folder, both
-    safetensors) and logs/finetune.csv.
+    safetensors) and logs/finetune/ (DVCLive, each step as it happens).
     """
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
-    from dbdpo.artifacts import remove_outputs, write_csv
+    from dbdpo.artifacts import remove_outputs
     from dbdpo.backbones import load_backbone
     from dbdpo.data import load_concept
     from dbdpo.dreambooth import (
@@ -40,13 +40,13 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with user_errors():
         concept = load_concept(cfg.concept)
         backbone = load_backbone(cfg.model, precision=weights_precision(ft))
-    remove_outputs(model_dir("round_0"), LOGS / "finetune.csv")
+    remove_outputs(model_dir("round_0"), LOGS / "finetune")
     class_images, class_prompt = class_prior(backbone, ft, cfg.concept, cfg.generate)
-    with user_errors():  # a diverged run stops here, before anything is written
-        lora, log_rows = train_dreambooth(backbone, concept, instance_prompt(ft, cfg.concept), ft,
-                                          class_images, class_prompt)
+    # a diverged run stops here, before the model is written
+    with user_errors(), live_log(LOGS / "finetune") as on_step:
+        lora, _ = train_dreambooth(backbone, concept, instance_prompt(ft, cfg.concept), ft,
+                                   class_images, class_prompt, on_step)
     save_round_0(backbone, lora, model_dir("round_0"), made_from=made_from(Path(cfg.concept.dir)))
-    write_csv(log_rows, LOGS / "finetune.csv")
 
 
 if __name__ == "__main__":

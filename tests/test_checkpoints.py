@@ -1,5 +1,7 @@
 """A killed DPO loop resumes from its last checkpoint and ends where an uninterrupted one does."""
 
+import logging
+
 import pytest
 import torch
 
@@ -28,7 +30,7 @@ def uninterrupted():
     return train_dpo(backbone, random_preferences(backbone), CFG)
 
 
-def test_a_killed_dpo_run_resumes_from_its_checkpoint_to_the_same_lora(tmp_path):
+def test_a_killed_dpo_run_resumes_from_its_checkpoint_to_the_same_lora(tmp_path, caplog):
     expected_state, expected_rows = uninterrupted()
     ckpt = Checkpointing(tmp_path / "ckpt", every=2, fingerprint="run-a")
 
@@ -41,9 +43,11 @@ def test_a_killed_dpo_run_resumes_from_its_checkpoint_to_the_same_lora(tmp_path)
 
     backbone = tiny()  # a new process: fresh model, fresh LoRA init
     done = []
-    state, rows = train_dpo(backbone, random_preferences(backbone), CFG, on_step=done.append, checkpointing=ckpt)
-    assert [r["step"] for r in done] == [4, 5]  # only the steps left ran
-    assert rows == expected_rows
+    with caplog.at_level(logging.INFO, logger="dbdpo"):
+        state, rows = train_dpo(backbone, random_preferences(backbone), CFG, on_step=done.append,
+                                checkpointing=ckpt)
+    assert "resuming from the checkpoint after step 4" in caplog.text  # steps 0-3 did not rerun
+    assert rows == done == expected_rows  # the log gets the saved rows first
     assert state.keys() == expected_state.keys()
     assert all(torch.equal(state[k], expected_state[k]) for k in state)
 

@@ -42,7 +42,7 @@ def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, monkeypatch,
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert list(metrics) == ["final", "round_0", "round_1"]
     assert all(math.isfinite(metrics[r][k]) for r in ("round_0", "round_1") for k in ("IS", "TS", "DINO"))
-    log = pd.read_csv(tmp_path / "logs/dpo/round_1.csv")
+    log = pd.read_csv(tmp_path / "logs/dpo/round_1/plots/metrics/loss.tsv", sep="\t")
     assert log["loss"].iat[0] == pytest.approx(math.log(2), abs=1e-6)  # reference = start model
     assert log["loss"].map(math.isfinite).all()
 
@@ -112,7 +112,8 @@ def test_dreambooth_with_the_text_encoder_then_dpo_loads_with_diffusers_alone(tm
         assert {key.partition(".")[0] for key in load_lora_keys(round_2)} == {"unet", *encoders}
         pipe = base
     for r in ("round_1", "round_2"):  # reference = the round's start model as written
-        assert pd.read_csv(tmp_path / f"logs/dpo/{r}.csv")["loss"].iat[0] == pytest.approx(math.log(2), abs=1e-6)
+        loss = pd.read_csv(tmp_path / f"logs/dpo/{r}/plots/metrics/loss.tsv", sep="\t")
+        assert loss["loss"].iat[0] == pytest.approx(math.log(2), abs=1e-6)
 
     ours = load_backbone(round_base(ModelConfig(backbone=kind, path=str(tiny_dirs[arch])), round_0),
                          lora=round_lora(round_2)).pipe

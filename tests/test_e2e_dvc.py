@@ -8,6 +8,7 @@ the dvc CLI is not what a test checks, it runs dvc.yaml's stage commands in-proc
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -107,7 +108,7 @@ def back_to_baseline(root) -> None:
 
     The git index is rebuilt first: a failed `dvc exp run` (DVC 3.67) on a workspace that
     differs from HEAD leaves index entries whose stat data matches the workspace file but whose
-    blob is HEAD's, so git sees e.g. logs/dpo/round_1.csv as clean, `git checkout -- .` keeps
+    blob is HEAD's, so git sees e.g. logs/dpo/round_1/metrics.json as clean, `git checkout -- .` keeps
     the experiment's copy, and DVC then reruns dpo@round_1 for a "modified" output.
     """
     (root / ".git/index").unlink()
@@ -237,8 +238,10 @@ def test_adding_a_round_reruns_only_that_round_and_evaluate(project):
     # dvc plots show: the declared plots and the images, in one HTML page
     run(["dvc", "plots", "show", "-o", "plots_html"], project)
     html = (project / "plots_html/index.html").read_text()
-    for declared in ("IS-TS trade-off", "logs/dpo/round_1.csv", "logs/dpo/round_2.csv", "logs/finetune.csv",
-                     "implicit_accuracy"):
+    # DVCLive's per-step files, one plot each: loss and accuracy on their own axes
+    for declared in ("IS-TS trade-off", "logs/dpo/round_1/plots/metrics/loss.tsv",
+                     "logs/dpo/round_1/plots/metrics/implicit_accuracy.tsv", "logs/dpo/round_2/plots/metrics/loss.tsv",
+                     "logs/finetune/plots/metrics/loss.tsv"):
         assert declared in html
     images = sorted(p.name for p in (project / "plots_html/static").iterdir())
     assert images == ["workspace_eval_grids_prompt_00.png", "workspace_eval_grids_prompt_01.png",
@@ -261,8 +264,11 @@ def test_rank_dpo_round_on_the_same_scores(project, monkeypatch):
     ranked = pd.read_parquet(project / "rounds/round_1/preferences/ranked.parquet")
     assert len(ranked) == 8 and sorted(ranked["rank"].unique()) == [1, 2, 3, 4]
     assert not (project / "rounds/round_1/preferences/pairs.parquet").exists()
-    log = pd.read_csv(project / "logs/dpo/round_1.csv")
-    assert log["loss"].iat[0] > 0 and {"implicit_accuracy", "reward_margin"} <= set(log.columns)
+    logs = project / "logs/dpo/round_1/plots/metrics"
+    loss = pd.read_csv(logs / "loss.tsv", sep="\t")
+    assert list(loss.columns) == ["step", "loss"] and loss["loss"].iat[0] > 0
+    assert loss["step"].to_list() == list(range(FAST_PARAMS["dpo"]["steps"]))  # every step, in order
+    assert {"implicit_accuracy.tsv", "reward_margin.tsv"} <= {p.name for p in logs.iterdir()}
     metrics = json.loads((project / "metrics.json").read_text())
     committed = json.loads(run(["git", "show", "HEAD:metrics.json"], project).stdout)
     assert metrics["round_0"] == committed["round_0"]  # the same DreamBooth model and seeds
@@ -290,6 +296,10 @@ def test_a_killed_dpo_stage_resumes_to_the_model_an_uninterrupted_run_writes(pro
         time.sleep(0.05)
     os.killpg(stage.pid, signal.SIGKILL)
     assert stage.wait() == -signal.SIGKILL and saved.is_file() and not lora.exists()
+    status = run([sys.executable, "-m", "stages.status"], project).stdout
+    assert re.search(r"round_1 +not trained +held-out IS [\d.]+ +TS [\d.]+ DPO stopped after step \d+ of 40 "
+                     r"\(checkpoints/dpo/round_1; dvc repro resumes there\)", status), status
+    assert re.search(r"dvc repro would run:\n  dpo@round_1 +outs: models/round_1 deleted", status), status
 
     out = run(["dvc", "repro", "dpo@round_1"], project)
     assert "resuming from the checkpoint after step" in out.stdout + out.stderr

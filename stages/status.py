@@ -1,0 +1,68 @@
+"""`dbdpo status`: where a project stands. Each round: trained or not, its held-out IS/TS from
+metrics.json, a DPO run stopped midway (its checkpoint, which `dvc repro` resumes); then the
+stages `dvc repro` would run, and why."""
+
+import json
+from pathlib import Path
+
+import typer
+
+from stages.common import CHECKPOINTS, MODELS, PARAMS_OPTION, user_errors
+
+STAGE_ORDER = ("finetune", "generate", "score", "pair", "dpo", "evaluate")
+
+app = typer.Typer(add_completion=False)
+
+
+def pipeline_order(address: str, rounds: list[str]) -> tuple[int, int]:
+    """Sort key of a dvc.yaml address ("pair@round_1") in the order `dvc repro` runs them."""
+    name, _, round_name = address.partition("@")
+    if round_name in rounds:
+        return rounds.index(round_name) + 1, STAGE_ORDER.index(name)
+    return (0 if name == "finetune" else len(rounds) + 1), 0
+
+
+@app.command()
+def main(params: Path = PARAMS_OPTION) -> None:
+    """Print each round's state and what `dvc repro` would run next (run in the project folder)."""
+    from dvc.repo import Repo
+
+    from dbdpo.checkpoints import saved_step
+    from dbdpo.params import load_config
+
+    with user_errors():
+        cfg = load_config(params)
+    rounds = list(cfg.round_plans())
+    metrics = json.loads(Path("metrics.json").read_text()) if Path("metrics.json").is_file() else {}
+    for name in ["round_0", *rounds]:
+        line = f"{name:<9} {'trained' if (MODELS / name).is_dir() else 'not trained':<12}"
+        if name in metrics:
+            line += f" held-out IS {metrics[name]['IS']:.4f}  TS {metrics[name]['TS']:.4f}"
+        step = saved_step(CHECKPOINTS / "dpo" / name)
+        if step is not None:
+            line += (f" DPO stopped after step {step} of {cfg.for_round(name).dpo.steps} "
+                     f"({CHECKPOINTS / 'dpo' / name}; dvc repro resumes there)")
+        typer.echo(line)
+    changed = Repo(".").status()
+    if not changed:
+        typer.echo("dvc status: up to date")
+        return
+    typer.echo("dvc repro would run:")
+    for address in sorted(changed, key=lambda a: pipeline_order(a, rounds)):
+        typer.echo(f"  {address:<18} {'; '.join(describe(change) for change in changed[address])}")
+
+
+def describe(change) -> str:
+    """One entry of `dvc status`: {"changed deps": {"dbdpo": "modified", "params.yaml": {"dpo":
+    "modified"}}} -> "deps: dbdpo modified, params.yaml (dpo modified)"."""
+    if not isinstance(change, dict):
+        return str(change)  # e.g. "always changed"
+    parts = []
+    for kind, what in change.items():
+        items = [f"{path} ({', '.join(f'{k} {v}' for k, v in state.items())})" if isinstance(state, dict)
+                 else f"{path} {state}" for path, state in what.items()]
+        parts.append(f"{kind.removeprefix('changed ')}: {', '.join(items)}")
+    return "; ".join(parts)
+
+if __name__ == "__main__":
+    app()
