@@ -181,24 +181,30 @@ def to_kohya(state: LoraState) -> dict[str, torch.Tensor]:
     """The same LoRA in kohya-ss naming, read by ComfyUI, A1111/Forge and diffusers:
     `lora_unet_<module path, dots as underscores>.lora_down.weight` (A, (r, in)),
     `.lora_up.weight` (B, (out, r)) and `.alpha` (= r here, so the scale alpha/r is 1); text
-    encoder layers as `lora_te_` (SD) or `lora_te1_` / `lora_te2_` (SDXL's two)."""
-    sdxl = any(k.startswith("text_encoder_2.") for k in state)
-    prefixes = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_",
+    encoder layers as `lora_te_` (SD) or `lora_te1_` / `lora_te2_` (SDXL's two).
+
+    The UNet part is diffusers' `convert_state_dict_to_kohya`. The text encoders' is ours:
+    diffusers names SD's single encoder `lora_te1_` (kohya's SD 1.x/2.x files say `lora_te_`)
+    and keeps transformers 5's module paths, which lack the `text_model.` that ComfyUI's and
+    A1111's CLIP have (tests/test_lora.py pins both differences).
+    """
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+
+    parts = by_component(state)
+    unet = {f"unet.{key}": value for key, value in parts.pop("unet", {}).items()}
+    out = {k: v.contiguous() for k, v in convert_state_dict_to_kohya(unet).items()} if unet else {}
+    prefixes = {"text_encoder": "lora_te1_" if "text_encoder_2" in parts else "lora_te_",
                 "text_encoder_2": "lora_te2_"}
-    out = {}
-    for key, value in state.items():
-        if not key.endswith("lora_A.weight"):
-            continue
-        name = key.removesuffix(".lora_A.weight")
-        component, module = split_key(name)
-        if component != "unet" and not module.startswith("text_model."):
-            # transformers 5 flattened CLIPTextModel (no text_model.); kohya names keep it, as
-            # the CLIP of ComfyUI and A1111 has it
-            module = "text_model." + module
-        prefix = prefixes[component] + module.replace(".", "_")
-        out[f"{prefix}.lora_down.weight"] = value.contiguous()
-        out[f"{prefix}.lora_up.weight"] = state[f"{name}.lora_B.weight"].contiguous()
-        out[f"{prefix}.alpha"] = torch.tensor(float(value.shape[0]))
+    for component, layers in parts.items():
+        for key, value in layers.items():
+            if not key.endswith("lora_A.weight"):
+                continue
+            module = key.removesuffix(".lora_A.weight")
+            name = module if module.startswith("text_model.") else "text_model." + module
+            prefix = prefixes[component] + name.replace(".", "_")
+            out[f"{prefix}.lora_down.weight"] = value.contiguous()
+            out[f"{prefix}.lora_up.weight"] = layers[f"{module}.lora_B.weight"].contiguous()
+            out[f"{prefix}.alpha"] = torch.tensor(value.shape[0])  # an integer, as diffusers writes the UNet's
     return out
 
 

@@ -268,6 +268,23 @@ def test_text_encoder_layers_get_kohya_names():
     assert not any(k.startswith("lora_unet_text_encoder") for k in sd | xl)
 
 
+def test_kohya_unet_part_is_diffusers_conversion_and_text_encoders_keep_kohyas_names():
+    """The UNet goes through diffusers' convert_state_dict_to_kohya as is. Its text-encoder
+    names would not load in ComfyUI/A1111: SD's one encoder as lora_te1_ (kohya: lora_te_) and
+    without the CLIP's text_model. path; those stay ours."""
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+
+    state = random_text_encoder_lora(0, "sd2")
+    ours = to_kohya(state)
+    unet = {f"unet.{k}": v for k, v in state.items() if not k.startswith("text_encoder")}
+    by_diffusers = convert_state_dict_to_kohya(unet)
+    assert by_diffusers and all(torch.equal(ours[k], v) for k, v in by_diffusers.items())
+    encoder = convert_state_dict_to_kohya({k: v for k, v in state.items() if k.startswith("text_encoder")})
+    assert any(k.startswith("lora_te1_encoder_layers_0_self_attn_q_proj.") for k in encoder)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in ours)
+    assert len(ours) == len(by_diffusers) + len(encoder)
+
+
 def test_merged_pipeline_restores_every_component_exactly():
     pipe = build_tiny_pipeline(arch="sdxl")
     before = {n: {k: v.clone() for k, v in getattr(pipe, n).state_dict().items()}
