@@ -112,6 +112,34 @@ def restore_loop_state(state: LoopState, weights: dict[str, torch.Tensor], optim
         scaler.load_state_dict(state.scaler)
 
 
+def trainable_weights(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds of the models: every parameter that trains, by component and name."""
+    return {f"{component}.{name}": p for component, module in modules.items()
+            for name, p in module.named_parameters() if p.requires_grad}
+
+
+def resume(ckpt: Checkpointing | None, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+           generator: torch.Generator, scaler=None, on_step=None) -> tuple[list[dict], int]:
+    """(log rows so far, first step to run): a matching checkpoint restored into the live
+    objects, its rows replayed through `on_step` (the log starts over with the whole history),
+    or ([], 0)."""
+    saved = load_loop_state(ckpt) if ckpt is not None else None
+    if saved is None:
+        return [], 0
+    restore_loop_state(saved, weights, optimizer, generator, scaler)
+    for row in saved.rows if on_step is not None else ():
+        on_step(row)
+    return saved.rows, saved.step
+
+
+def save_if_due(ckpt: Checkpointing | None, steps_done: int, total_steps: int, rows: list[dict],
+                weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                scaler=None) -> None:
+    """Save every `ckpt.every` steps; not after the last one (the caller writes the result)."""
+    if ckpt is not None and ckpt.every and steps_done % ckpt.every == 0 and steps_done < total_steps:
+        save_loop_state(ckpt, steps_done, rows, weights, optimizer, generator, scaler)
+
+
 def saved_step(directory: Path) -> int | None:
     """How many steps the checkpoint in `directory` holds (None: no checkpoint); reads only
     the file's header."""

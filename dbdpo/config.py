@@ -49,6 +49,7 @@ class FinetuneConfig:
     prior_loss_weight: float = 1.0
     mixed_precision: str = "fp32"
     gradient_checkpointing: bool = False
+    checkpoint_every: int = 50  # save the loop's state every N steps to resume a killed run; 0: never
     seed: int = 0
 
 

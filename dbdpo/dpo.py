@@ -18,12 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dbdpo.backbones import Backbone
-from dbdpo.checkpoints import (
-    Checkpointing,
-    load_loop_state,
-    restore_loop_state,
-    save_loop_state,
-)
+from dbdpo.checkpoints import Checkpointing, resume, save_if_due, trainable_weights
 from dbdpo.conditioning import TextConditioning, encode_prompts, image_size_ids, predict
 from dbdpo.config import DpoConfig
 from dbdpo.data import load_image_rgb
@@ -126,13 +121,8 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     hint = f"lower dpo.learning_rate (now {cfg.learning_rate:g}) or dpo.beta (now {cfg.beta:g})"
     base = accelerator.unwrap_model(unet)
     gen = torch.Generator().manual_seed(cfg.seed)
-    weights = {name: p for name, p in base.named_parameters() if p.requires_grad}
-    rows, start = [], 0
-    if checkpointing is not None and (saved := load_loop_state(checkpointing)) is not None:
-        restore_loop_state(saved, weights, optimizer, gen, accelerator.scaler)
-        rows, start = saved.rows, saved.step
-        for row in rows if on_step is not None else ():  # the log starts over with the run's whole history
-            on_step(row)
+    weights = trainable_weights({"unet": base})
+    rows, start = resume(checkpointing, weights, optimizer, gen, accelerator.scaler, on_step)
     with training_mode(backbone, accelerator), compiled_blocks(base, cfg.compile):
         for step in tqdm(range(start, cfg.steps), desc=desc, unit="step", initial=start, total=cfg.steps):
             step_stats = []
@@ -152,9 +142,7 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
             rows.append({"step": step, **{k: float(np.mean([s[k] for s in step_stats])) for k in step_stats[0]}})
             if on_step is not None:
                 on_step(rows[-1])
-            if checkpointing is not None and checkpointing.every and (step + 1) % checkpointing.every == 0 \
-                    and step + 1 < cfg.steps:
-                save_loop_state(checkpointing, step + 1, rows, weights, optimizer, gen, accelerator.scaler)
+            save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler)
     return lora_state(base, "dpo"), rows
 
 

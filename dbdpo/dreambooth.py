@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from dbdpo.artifacts import atomic_dir
 from dbdpo.backbones import Backbone
+from dbdpo.checkpoints import Checkpointing, resume, save_if_due, trainable_weights
 from dbdpo.conditioning import (
     TextConditioning,
     encode_prompts,
@@ -104,13 +105,15 @@ def _prepare_full_training(backbone: Backbone, cfg: FinetuneConfig):
 
 def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], instance_prompt: str,
                      cfg: FinetuneConfig, class_images: list[Image.Image] | None = None,
-                     class_prompt: str | None = None,
-                     on_step: StepCallback | None = None) -> tuple[LoraState | None, list[dict]]:
+                     class_prompt: str | None = None, on_step: StepCallback | None = None,
+                     checkpointing: Checkpointing | None = None) -> tuple[LoraState | None, list[dict]]:
     """DreamBooth: denoising loss on the concept images with the instance prompt, plus the
     prior-preservation loss on class images when given.
 
     Returns (the LoRA, for finetune.method=lora; None for full, whose result is the backbone's
-    pipeline itself, trained in place) and one log row per step (also passed to `on_step`).
+    pipeline itself, trained in place) and one log row per step (also passed to `on_step`, a
+    resumed run's saved rows first). With `checkpointing` the loop saves its state every
+    `checkpointing.every` steps and resumes from a matching saved state (dbdpo.checkpoints).
     """
     scheduler = backbone.training_scheduler()
     latents, sizes = encode_images(backbone, instance_images), image_size_ids(backbone, instance_images)
@@ -148,10 +151,13 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
         pred = predict(unet, noisy, t, batch_text, batch_sizes, device)
         return per_sample_error(pred, target.to(device)).mean()
 
-    rows = []
     keep = TEXT_ENCODERS if cfg.train_text_encoder else ()
+    trained = {"unet": accelerator.unwrap_model(unet),
+               **(pipeline_text_encoders(backbone.pipe) if cfg.train_text_encoder else {})}
+    weights = trainable_weights(trained)
+    rows, start = resume(checkpointing, weights, optimizer, gen, accelerator.scaler, on_step)
     with training_mode(backbone, accelerator, keep):
-        for step in tqdm(range(cfg.steps), desc="finetune", unit="step"):
+        for step in tqdm(range(start, cfg.steps), desc="finetune", unit="step", initial=start, total=cfg.steps):
             idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
             with accelerator.autocast():
                 instance_loss = denoising_error(latents[idx], text(0), select_rows(sizes, idx))
@@ -167,6 +173,7 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
             rows.append({"step": step, "loss": loss.item(), "instance_loss": instance_loss.item()})
             if on_step is not None:
                 on_step(rows[-1])
+            save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler)
     if cfg.method == "lora":
         state = lora_state(accelerator.unwrap_model(unet), "dreambooth")
         for name, encoder in pipeline_text_encoders(backbone.pipe).items() if cfg.train_text_encoder else ():

@@ -161,8 +161,9 @@ def validate_groups(c: Config) -> None:
         _positive(getattr(c.dpo, key), f"dpo.{key}")
     _one_of(c.dpo.mixed_precision, PRECISIONS, "dpo.mixed_precision")
     _one_of(c.dpo.lora_targets, LORA_TARGETS, "dpo.lora_targets")
-    _require(c.dpo.checkpoint_every >= 0, "dpo.checkpoint_every", c.dpo.checkpoint_every,
-             "a number of steps >= 0 (0: no checkpoints)")
+    for group in ("finetune", "dpo"):
+        every = getattr(c, group).checkpoint_every
+        _require(every >= 0, f"{group}.checkpoint_every", every, "a number of steps >= 0 (0: no checkpoints)")
 
     _sampling(c.evaluate, "evaluate")
     for key in ("images_per_prompt", "num_prompts", "grid_prompts"):

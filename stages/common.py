@@ -82,6 +82,35 @@ def group_values(view: ParamView) -> dict:
     return {name: group_values(v) if isinstance(v, ParamView) else v for name, v in values.items()}
 
 
+def read_values(cfg: ParamView, reads: tuple[str, ...]) -> dict:
+    """Every params key in `reads` with its value, read through the view (groups as dicts);
+    `rounds.${key}` is skipped: a round's overrides are already in its groups."""
+    values = {}
+    for key in reads:
+        if "${" in key:
+            continue
+        value = cfg
+        for part in key.split("."):  # yaml names ("lambda") to field names ("lambda_")
+            target = object.__getattribute__(value, "_view")[0]
+            value = getattr(value, next(f.name for f in dataclasses.fields(target) if yaml_name(f.name) == part))
+        values[key] = group_values(value) if isinstance(value, ParamView) else value
+    return values
+
+
+def training_checkpoint(cfg: ParamView, reads: tuple[str, ...], directory: Path, every: int,
+                        inputs: dict[str, str]):
+    """Where a training stage keeps its checkpoint and the fingerprint a checkpoint must carry
+    to be resumed: every params key the stage reads but `checkpoint_every`, and the digests of
+    its inputs (dbdpo.checkpoints)."""
+    from dbdpo.checkpoints import Checkpointing, fingerprint
+
+    values = read_values(cfg, reads)
+    for group in values.values():
+        if isinstance(group, dict):
+            group.pop("checkpoint_every", None)
+    return Checkpointing(directory, every, fingerprint(values, inputs))
+
+
 STAGE_OF = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}
 
 

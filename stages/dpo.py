@@ -12,12 +12,12 @@ from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
     checked_model,
-    group_values,
     live_log,
     model_dir,
     round_dir,
     setup_round,
     stage_round,
+    training_checkpoint,
     user_errors,
     writer,
 )
@@ -38,7 +38,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     from dbdpo.artifacts import remove_outputs, write_json
     from dbdpo.backbones import load_backbone, round_base, round_lora
-    from dbdpo.checkpoints import Checkpointing, fingerprint, remove_checkpoint
+    from dbdpo.checkpoints import remove_checkpoint
     from dbdpo.dpo import final_metrics, train_on_preferences
     from dbdpo.lora import save_lora, stack
     from dbdpo.preferences import read_preferences
@@ -57,10 +57,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
                                  precision=cfg.dpo.mixed_precision)
     remove_outputs(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json")
     inputs = made_from(start_dir, out / "preferences")
-    # what a checkpoint must match to be resumed: the dpo params (but how often it saves) and the
-    # inputs' digests (the start model's chain pins the backbone)
-    dpo_params = {k: v for k, v in group_values(cfg.dpo).items() if k != "checkpoint_every"}
-    ckpt = Checkpointing(CHECKPOINTS / "dpo" / round_name, cfg.dpo.checkpoint_every, fingerprint(dpo_params, inputs))
+    ckpt = training_checkpoint(cfg, READS, CHECKPOINTS / "dpo" / round_name, cfg.dpo.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
     with user_errors(), live_log(LOGS / "dpo" / round_name) as on_step:
         dpo_state, log_rows = train_on_preferences(backbone, prefs, cfg.dpo, on_step, ckpt)

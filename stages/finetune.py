@@ -4,7 +4,16 @@ from pathlib import Path
 
 import typer
 
-from stages.common import LOGS, PARAMS_OPTION, live_log, model_dir, setup, user_errors
+from stages.common import (
+    CHECKPOINTS,
+    LOGS,
+    PARAMS_OPTION,
+    live_log,
+    model_dir,
+    setup,
+    training_checkpoint,
+    user_errors,
+)
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
 # generate's sampling settings draw the prior-preservation class images.
@@ -25,6 +34,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     from dbdpo.artifacts import remove_outputs
     from dbdpo.backbones import load_backbone
+    from dbdpo.checkpoints import remove_checkpoint
     from dbdpo.data import load_concept
     from dbdpo.dreambooth import (
         class_prior,
@@ -42,11 +52,14 @@ def main(params: Path = PARAMS_OPTION) -> None:
         backbone = load_backbone(cfg.model, precision=weights_precision(ft))
     remove_outputs(model_dir("round_0"), LOGS / "finetune")
     class_images, class_prompt = class_prior(backbone, ft, cfg.concept, cfg.generate)
+    inputs = made_from(Path(cfg.concept.dir))
+    ckpt = training_checkpoint(cfg, READS, CHECKPOINTS / "finetune", ft.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
     with user_errors(), live_log(LOGS / "finetune") as on_step:
         lora, _ = train_dreambooth(backbone, concept, instance_prompt(ft, cfg.concept), ft,
-                                   class_images, class_prompt, on_step)
-    save_round_0(backbone, lora, model_dir("round_0"), made_from=made_from(Path(cfg.concept.dir)))
+                                   class_images, class_prompt, on_step, ckpt)
+    save_round_0(backbone, lora, model_dir("round_0"), made_from=inputs)
+    remove_checkpoint(ckpt)
 
 
 if __name__ == "__main__":

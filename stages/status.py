@@ -1,6 +1,6 @@
 """`dbdpo status`: where a project stands. Each round: trained or not, its held-out IS/TS from
-metrics.json, a DPO run stopped midway (its checkpoint, which `dvc repro` resumes); then the
-stages `dvc repro` would run, and why."""
+metrics.json, a finetune or DPO run stopped midway (its checkpoint, which `dvc repro`
+resumes); then the stages `dvc repro` would run, and why."""
 
 import json
 from pathlib import Path
@@ -38,10 +38,11 @@ def main(params: Path = PARAMS_OPTION) -> None:
         line = f"{name:<9} {'trained' if (MODELS / name).is_dir() else 'not trained':<12}"
         if name in metrics:
             line += f" held-out IS {metrics[name]['IS']:.4f}  TS {metrics[name]['TS']:.4f}"
-        step = saved_step(CHECKPOINTS / "dpo" / name)
+        stage, folder = ("finetune", CHECKPOINTS / "finetune") if name == "round_0" else ("dpo", CHECKPOINTS / "dpo" / name)
+        total = cfg.finetune.steps if name == "round_0" else cfg.for_round(name).dpo.steps
+        step = saved_step(folder)
         if step is not None:
-            line += (f" DPO stopped after step {step} of {cfg.for_round(name).dpo.steps} "
-                     f"({CHECKPOINTS / 'dpo' / name}; dvc repro resumes there)")
+            line += f" {stage} stopped after step {step} of {total} ({folder}; dvc repro resumes there)"
         typer.echo(line)
     changed = Repo(".").status()
     if not changed:

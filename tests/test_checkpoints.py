@@ -65,3 +65,25 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     backbone = tiny()
     train_dpo(backbone, random_preferences(backbone), CFG, on_step=done.append, checkpointing=other)
     assert [r["step"] for r in done] == list(range(6))  # started over
+
+
+def test_a_killed_dreambooth_run_resumes_to_the_same_lora(tmp_path, in_repo):
+    """The finetune loop resumes the same way (prior preservation's class batches included)."""
+    from dbdpo.config import ConceptConfig, FinetuneConfig
+    from dbdpo.data import load_concept
+    from dbdpo.dreambooth import train_dreambooth
+
+    concept = load_concept(ConceptConfig(dir="data/concept"))
+    cfg = FinetuneConfig(steps=6, batch_size=2, lora_rank=4)
+
+    def run(**kwargs):
+        return train_dreambooth(tiny(), concept, "a photo of sks toy", cfg, concept[:2], "a photo of a toy", **kwargs)
+
+    expected_state, expected_rows = run()
+    ckpt = Checkpointing(tmp_path / "ckpt", every=2, fingerprint="finetune")
+    with pytest.raises(Killed):
+        run(on_step=kill_after(3), checkpointing=ckpt)
+    assert load_loop_state(ckpt).step == 2
+    state, rows = run(checkpointing=ckpt)
+    assert rows == expected_rows
+    assert all(torch.equal(state[k], expected_state[k]) for k in expected_state)

@@ -297,7 +297,7 @@ def test_a_killed_dpo_stage_resumes_to_the_model_an_uninterrupted_run_writes(pro
     os.killpg(stage.pid, signal.SIGKILL)
     assert stage.wait() == -signal.SIGKILL and saved.is_file() and not lora.exists()
     status = run([sys.executable, "-m", "stages.status"], project).stdout
-    assert re.search(r"round_1 +not trained +held-out IS [\d.]+ +TS [\d.]+ DPO stopped after step \d+ of 40 "
+    assert re.search(r"round_1 +not trained +held-out IS [\d.]+ +TS [\d.]+ dpo stopped after step \d+ of 40 "
                      r"\(checkpoints/dpo/round_1; dvc repro resumes there\)", status), status
     assert re.search(r"dvc repro would run:\n  dpo@round_1 +outs: models/round_1 deleted", status), status
 
