@@ -110,6 +110,9 @@ def init(project: Path = typer.Argument(..., help="the folder to create (must no
     run(["dvc", "init", "-q"], project)
     (project / ".dvc" / "plots").mkdir(exist_ok=True)
     (project / ".dvc" / "plots" / "tradeoff.json").write_text(project_file("tradeoff.json"))
+    # DVC's plots page with Vega inlined (scripts/offline_plots_template.py): it opens offline
+    (project / ".dvc" / "plots" / "offline.html").write_text(project_file("offline.html"))
+    run(["dvc", "config", "plots.html_template", "plots/offline.html"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", f"dbdpo init: {class_noun} ({preset})"], project)
     typer.echo(f"wrote {project} ({preset} params, {len(list((project / 'data/concept').iterdir()))} concept "

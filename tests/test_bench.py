@@ -63,17 +63,18 @@ def test_diffusers_dpo_starts_at_log2_trains_and_leaves_the_unet_as_it_found_it(
 def test_scale_bench_runs_every_path_on_the_full_sd2_architecture(tmp_path):
     scale = bench_module("scale")
     out = tmp_path / "scale.json"
+    # ours-compiled is dpo.compile, tested on a tiny SDXL in tests/test_compile.py: compiling the
+    # full-size blocks here would double this test's time on 2 cores
     rows = scale.main(["--archs", "sd2-base", "--resolution", "64", "--pairs", "1", "--checkpointing", "off",
                        "--warmup", "0", "--steps", "1", "--sample-steps", "1", "--sample-batch", "1",
-                       "--out", str(out)])
+                       "--variants", "diffusers", "ours", "--out", str(out)])
     parts = {(r["part"], r.get("variant")): r for r in rows}
-    assert set(parts) == {("cache", None), ("dpo", "diffusers"), ("dpo", "ours"), ("dpo", "ours-compiled"),
-                          ("finetune", None), ("sample", None)}
-    ours, peer, compiled = parts[("dpo", "ours")], parts[("dpo", "diffusers")], parts[("dpo", "ours-compiled")]
-    assert ours["steps_per_s"] > 0 and peer["steps_per_s"] > 0 and compiled["steps_per_s"] > 0
-    # every variant starts where DPO must: policy == reference, loss log 2
-    assert [r["first_loss"] for r in (peer, ours, compiled)] == pytest.approx([math.log(2)] * 3, abs=1e-6)
-    assert compiled["tflop_per_step"] == ours["tflop_per_step"]
+    assert set(parts) == {("cache", None), ("dpo", "diffusers"), ("dpo", "ours"), ("finetune", None),
+                          ("sample", None)}
+    ours, peer = parts[("dpo", "ours")], parts[("dpo", "diffusers")]
+    assert ours["steps_per_s"] > 0 and peer["steps_per_s"] > 0
+    # both start where DPO must: policy == reference, loss log 2
+    assert [peer["first_loss"], ours["first_loss"]] == pytest.approx([math.log(2)] * 2, abs=1e-6)
     # the peer VAE-encodes both images and text-encodes the prompt every step; ours does not
     assert peer["tflop_per_step"] > ours["tflop_per_step"] > 0
     assert parts[("sample", None)]["images_per_s"] > 0 and parts[("finetune", None)]["steps_per_s"] > 0

@@ -238,6 +238,8 @@ def test_adding_a_round_reruns_only_that_round_and_evaluate(project):
     # dvc plots show: the declared plots and the images, in one HTML page
     run(["dvc", "plots", "show", "-o", "plots_html"], project)
     html = (project / "plots_html/index.html").read_text()
+    # the page opens offline: Vega inlined (.dvc/plots/offline.html), no script from a CDN
+    assert "<script src=" not in html and "cdn.jsdelivr" not in html and html.count("vegaEmbed(") >= 5
     # DVCLive's per-step files, one plot each: loss and accuracy on their own axes
     for declared in ("IS-TS trade-off", "logs/dpo/round_1/plots/metrics/loss.tsv",
                      "logs/dpo/round_1/plots/metrics/implicit_accuracy.tsv", "logs/dpo/round_2/plots/metrics/loss.tsv",

@@ -69,6 +69,9 @@ def test_init_writes_a_project_that_dvc_repro_runs(installed, tmp_path):
     assert "Running stage 'finetune'" in out and "Running stage 'evaluate'" in out
     metrics = json.loads((project / "metrics.json").read_text())
     assert list(metrics) == ["final", "round_0", "round_1"] and metrics["final"]["images"] == 2
+    run(["dvc", "plots", "show", "-o", "plots_html"], project, env)
+    html = (project / "plots_html/index.html").read_text()
+    assert "<script src=" not in html and "vegaEmbed(" in html  # opens offline
 
 
 def test_init_refuses_a_used_folder_or_bad_input_and_writes_nothing(installed, tmp_path):

@@ -64,3 +64,19 @@ def test_export_kohya_writes_the_rounds_lora_in_fp16(in_repo, tmp_path):
     assert pipeline.exit_code == 2 and "is a whole pipeline (finetune.method=full), not a LoRA" in pipeline.stderr
     wrong = invoke_stage("export", "kohya", str(tmp_path / "round_1"), str(tmp_path / "x.pt"))
     assert wrong.exit_code == 2 and "x.pt: the output must end in .safetensors" in wrong.stderr
+
+
+def test_the_offline_plots_page_inlines_the_vega_versions_dvc_loads(in_repo):
+    """.dvc/plots/offline.html must carry the very libraries DVC's own page would fetch (a
+    dvc-render upgrade that moves them means: rerun scripts/offline_plots_template.py), keep
+    DVC's placeholders, and load nothing from the network."""
+    import re
+
+    spec = importlib.util.spec_from_file_location("offline_template", in_repo / "scripts/offline_plots_template.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (in_repo / ".dvc/plots/offline.html").read_text()
+    inlined = re.findall(r"<!-- ([\w-]+) ([\d.]+), from https://registry\.npmjs\.org -->", page)
+    assert inlined == module.cdn_packages() == [("vega", "5.20.2"), ("vega-lite", "5.2.0"), ("vega-embed", "6.18.2")]
+    assert page.count("{plot_divs}") == 1 and "{scripts}" not in page and "<script src=" not in page
+    assert (in_repo / "stages/project/offline.html").read_text() == page  # what dbdpo init writes
