@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from dbdpo.artifacts import atomic_dir
+from dbdpo.artifacts import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,10 @@ def save_loop_state(ckpt: Checkpointing, step: int, rows: list[dict], weights: d
     tensors["generator"] = generator.get_state()
     metadata = {"fingerprint": ckpt.fingerprint, "step": str(step), "rows": json.dumps(rows),
                 "scaler": json.dumps(scaler.state_dict() if scaler is not None else None)}
-    with atomic_dir(ckpt.directory) as tmp:
-        save_file(tensors, tmp / STATE_FILE, metadata=metadata)
+    # one file renamed over the last: a kill at any moment leaves one whole checkpoint (a
+    # directory swap has a moment with none)
+    with atomic_file(ckpt.directory / STATE_FILE) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
     log.info("checkpoint after step %d in %s", step, ckpt.directory)
 
 

@@ -282,7 +282,7 @@ def test_a_killed_dpo_stage_resumes_to_the_model_an_uninterrupted_run_writes(pro
     then resumes from it and writes, byte for byte, the LoRA an uninterrupted run writes."""
     back_to_baseline(project)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["dpo"].update(steps=40, checkpoint_every=2)
+    params["dpo"].update(steps=12, checkpoint_every=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     lora = project / "models/round_1/pytorch_lora_weights.safetensors"
     saved = project / "checkpoints/dpo/round_1/state.safetensors"
@@ -299,7 +299,7 @@ def test_a_killed_dpo_stage_resumes_to_the_model_an_uninterrupted_run_writes(pro
     os.killpg(stage.pid, signal.SIGKILL)
     assert stage.wait() == -signal.SIGKILL and saved.is_file() and not lora.exists()
     status = run([sys.executable, "-m", "stages.status"], project).stdout
-    assert re.search(r"round_1 +not trained +held-out IS [\d.]+ +TS [\d.]+ dpo stopped after step \d+ of 40 "
+    assert re.search(r"round_1 +not trained +held-out IS [\d.]+ +TS [\d.]+ dpo stopped after step \d+ of 12 "
                      r"\(checkpoints/dpo/round_1; dvc repro resumes there\)", status), status
     assert re.search(r"dvc repro would run:\n  dpo@round_1 +outs: models/round_1 deleted", status), status
 
