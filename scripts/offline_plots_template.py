@@ -4,7 +4,7 @@ complete without network (DVC's own page loads vega, vega-lite and vega-embed fr
 The three libraries are the versions DVC's renderer names (dvc_render's VegaRenderer.SCRIPTS),
 their minified builds taken from the npm registry's release tarballs, each with its license.
 The page keeps DVC's placeholders ({refresh_tag}, {plot_divs}) and drops {scripts}, where DVC
-would put the CDN tags. .dvc/config points `plots.html_template` at it.
+would put the CDN tags; it says its charset, as inlined scripts need (DVC's page does not). .dvc/config points `plots.html_template` at it.
 
     python scripts/offline_plots_template.py [--out .dvc/plots/offline.html]
 """
@@ -24,6 +24,7 @@ REGISTRY = "https://registry.npmjs.org"
 PAGE = """<!DOCTYPE html>
 <html>
 <head>
+    <meta charset="utf-8">
     {{refresh_tag}}
     <title>DVC Plot</title>
 {scripts}
