@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dbdpo.artifacts import atomic_file
@@ -78,12 +79,9 @@ def save_loop_state(ckpt: Checkpointing, step: int, rows: list[dict], weights: d
 def load_loop_state(ckpt: Checkpointing) -> LoopState | None:
     """The saved state if `ckpt.directory` holds one with the same fingerprint, else None."""
     path = ckpt.directory / STATE_FILE
-    if not path.is_file():
+    metadata = _metadata(path)
+    if metadata is None:
         return None
-    from safetensors import safe_open
-
-    with safe_open(path, "pt") as f:
-        metadata = f.metadata()
     if metadata.get("fingerprint") != ckpt.fingerprint:
         log.info("%s was saved by another configuration or other inputs: starting over", path)
         return None
@@ -143,15 +141,17 @@ def save_if_due(ckpt: Checkpointing | None, steps_done: int, total_steps: int, r
 
 
 def saved_step(directory: Path) -> int | None:
-    """How many steps the checkpoint in `directory` holds (None: no checkpoint); reads only
-    the file's header."""
-    from safetensors import safe_open
+    """How many steps the checkpoint in `directory` holds (None: no checkpoint)."""
+    metadata = _metadata(Path(directory) / STATE_FILE)
+    return None if metadata is None else int(metadata["step"])
 
-    path = Path(directory) / STATE_FILE
+
+def _metadata(path: Path) -> dict[str, str] | None:
+    """A checkpoint file's metadata, read from its header alone; None if there is no file."""
     if not path.is_file():
         return None
     with safe_open(path, "pt") as f:
-        return int(f.metadata()["step"])
+        return f.metadata()
 
 
 def remove_checkpoint(ckpt: Checkpointing) -> None:

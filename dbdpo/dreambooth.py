@@ -174,10 +174,11 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
             if on_step is not None:
                 on_step(rows[-1])
             save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler)
-    if cfg.method == "lora":
-        state = lora_state(accelerator.unwrap_model(unet), "dreambooth")
-        for name, encoder in pipeline_text_encoders(backbone.pipe).items() if cfg.train_text_encoder else ():
-            state |= {f"{name}.{k}": v for k, v in lora_state(encoder, "dreambooth").items()}
+    if cfg.method == "lora":  # the UNet's keys bare, a text encoder's under its component name
+        state = {}
+        for name, module in trained.items():
+            prefix = "" if name == "unet" else f"{name}."
+            state |= {prefix + k: v for k, v in lora_state(module, "dreambooth").items()}
         return state, rows
     for module in backbone.pipe.components.values():
         if isinstance(module, torch.nn.Module):

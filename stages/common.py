@@ -37,6 +37,12 @@ def round_dir(round_name: str) -> Path:
     return ROUNDS / round_name
 
 
+def checkpoint_dir(round_name: str) -> Path:
+    """Where the training stage that writes `round_name`'s model keeps its checkpoint:
+    checkpoints/finetune for round_0, checkpoints/dpo/<round> for the others."""
+    return CHECKPOINTS / "finetune" if round_name == "round_0" else CHECKPOINTS / "dpo" / round_name
+
+
 class UndeclaredRead(RuntimeError):
     """A stage read a params key its declared reads (and so dvc.yaml) do not list: DVC would
     not rerun it when that key changes. A bug in the stage, not in the user's params."""
@@ -70,31 +76,24 @@ class ParamView:
     def __setattr__(self, name, value):
         raise dataclasses.FrozenInstanceError(f"params are read-only; cannot set {name}")
 
-    def __repr__(self) -> str:
-        target, reads, who, _ = object.__getattribute__(self, "_view")
-        return f"ParamView({type(target).__name__} for {who})"
-
-
-def group_values(view: ParamView) -> dict:
-    """A params group as a plain dict, every key read through the view (so declared)."""
-    target = object.__getattribute__(view, "_view")[0]
-    values = {f.name: getattr(view, f.name) for f in dataclasses.fields(target)}
-    return {name: group_values(v) if isinstance(v, ParamView) else v for name, v in values.items()}
-
-
-def read_values(cfg: ParamView, reads: tuple[str, ...]) -> dict:
-    """Every params key in `reads` with its value, read through the view (groups as dicts);
-    `rounds.${key}` is skipped: a round's overrides are already in its groups."""
-    values = {}
-    for key in reads:
-        if "${" in key:
-            continue
-        value = cfg
+    def read_key(self, key: str):
+        """A key by its params.yaml path ("pair.lambda", a group: "dpo"), read through the view
+        like an attribute; a group comes back as a plain dict (`as_dict`)."""
+        value = self
         for part in key.split("."):  # yaml names ("lambda") to field names ("lambda_")
             target = object.__getattribute__(value, "_view")[0]
             value = getattr(value, next(f.name for f in dataclasses.fields(target) if yaml_name(f.name) == part))
-        values[key] = group_values(value) if isinstance(value, ParamView) else value
-    return values
+        return value.as_dict() if isinstance(value, ParamView) else value
+
+    def as_dict(self) -> dict:
+        """This group as a plain dict keyed by field name, every key read through the view."""
+        target = object.__getattribute__(self, "_view")[0]
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(target)}
+        return {name: v.as_dict() if isinstance(v, ParamView) else v for name, v in values.items()}
+
+    def __repr__(self) -> str:
+        target, reads, who, _ = object.__getattribute__(self, "_view")
+        return f"ParamView({type(target).__name__} for {who})"
 
 
 def training_checkpoint(cfg: ParamView, reads: tuple[str, ...], directory: Path, every: int,
@@ -104,7 +103,8 @@ def training_checkpoint(cfg: ParamView, reads: tuple[str, ...], directory: Path,
     its inputs (dbdpo.checkpoints)."""
     from dbdpo.checkpoints import Checkpointing, fingerprint
 
-    values = read_values(cfg, reads)
+    # rounds.${key}: a round's overrides, already applied to its groups
+    values = {key: cfg.read_key(key) for key in reads if "${" not in key}
     for group in values.values():
         if isinstance(group, dict):
             group.pop("checkpoint_every", None)

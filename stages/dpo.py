@@ -7,11 +7,11 @@ from pathlib import Path
 import typer
 
 from stages.common import (
-    CHECKPOINTS,
     LOGS,
     PARAMS_OPTION,
     ROUND_OPTION,
     checked_model,
+    checkpoint_dir,
     live_log,
     model_dir,
     round_dir,
@@ -57,7 +57,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
                                  precision=cfg.dpo.mixed_precision)
     remove_outputs(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json")
     inputs = made_from(start_dir, out / "preferences")
-    ckpt = training_checkpoint(cfg, READS, CHECKPOINTS / "dpo" / round_name, cfg.dpo.checkpoint_every, inputs)
+    ckpt = training_checkpoint(cfg, READS, checkpoint_dir(round_name), cfg.dpo.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
     with user_errors(), live_log(LOGS / "dpo" / round_name) as on_step:
         dpo_state, log_rows = train_on_preferences(backbone, prefs, cfg.dpo, on_step, ckpt)

@@ -5,9 +5,9 @@ from pathlib import Path
 import typer
 
 from stages.common import (
-    CHECKPOINTS,
     LOGS,
     PARAMS_OPTION,
+    checkpoint_dir,
     live_log,
     model_dir,
     setup,
@@ -53,7 +53,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     remove_outputs(model_dir("round_0"), LOGS / "finetune")
     class_images, class_prompt = class_prior(backbone, ft, cfg.concept, cfg.generate)
     inputs = made_from(Path(cfg.concept.dir))
-    ckpt = training_checkpoint(cfg, READS, CHECKPOINTS / "finetune", ft.checkpoint_every, inputs)
+    ckpt = training_checkpoint(cfg, READS, checkpoint_dir("round_0"), ft.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
     with user_errors(), live_log(LOGS / "finetune") as on_step:
         lora, _ = train_dreambooth(backbone, concept, instance_prompt(ft, cfg.concept), ft,

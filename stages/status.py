@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from stages.common import CHECKPOINTS, MODELS, PARAMS_OPTION, user_errors
+from stages.common import MODELS, PARAMS_OPTION, checkpoint_dir, user_errors
 
 STAGE_ORDER = ("finetune", "generate", "score", "pair", "dpo", "evaluate")
 
@@ -38,10 +38,11 @@ def main(params: Path = PARAMS_OPTION) -> None:
         line = f"{name:<9} {'trained' if (MODELS / name).is_dir() else 'not trained':<12}"
         if name in metrics:
             line += f" held-out IS {metrics[name]['IS']:.4f}  TS {metrics[name]['TS']:.4f}"
-        stage, folder = ("finetune", CHECKPOINTS / "finetune") if name == "round_0" else ("dpo", CHECKPOINTS / "dpo" / name)
-        total = cfg.finetune.steps if name == "round_0" else cfg.for_round(name).dpo.steps
+        folder = checkpoint_dir(name)
         step = saved_step(folder)
         if step is not None:
+            stage, total = (("finetune", cfg.finetune.steps) if name == "round_0"
+                            else ("dpo", cfg.for_round(name).dpo.steps))
             line += f" {stage} stopped after step {step} of {total} ({folder}; dvc repro resumes there)"
         typer.echo(line)
     changed = Repo(".").status()
@@ -64,6 +65,7 @@ def describe(change) -> str:
                  else f"{path} {state}" for path, state in what.items()]
         parts.append(f"{kind.removeprefix('changed ')}: {', '.join(items)}")
     return "; ".join(parts)
+
 
 if __name__ == "__main__":
     app()
