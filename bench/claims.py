@@ -72,7 +72,8 @@ class Bench:
         g = settings or self.cfg.generate
         with merged_pipeline(self.backbone.pipe, lora or {}):
             images = generate(self.backbone.pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
-                              batch_size=g.batch_size, resolution=self.backbone.resolution, desc=name)
+                              batch_size=g.batch_size, resolution=self.backbone.resolution, scheduler=g.scheduler,
+                              desc=name)
         samples = write_samples(plan, images, self.work / name, self.work / f"{name}.parquet")
         scores = score_images(samples["path"].to_list(), samples["template"].to_list(), self.scorers,
                               self.cfg.score.batch_size, desc=f"score {name}")

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dbdpo.artifacts import atomic_file
+from dbdpo.distributed import is_main_process, same_on_every_process
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,10 @@ def resume(ckpt: Checkpointing | None, weights: dict[str, torch.Tensor], optimiz
            generator: torch.Generator, scaler=None, on_step=None) -> tuple[list[dict], int]:
     """(log rows so far, first step to run): a matching checkpoint restored into the live
     objects, its rows replayed through `on_step` (the log starts over with the whole history),
-    or ([], 0)."""
+    or ([], 0). Every process of a launched stage reads the checkpoint and must find the same
+    step (dbdpo.distributed)."""
     saved = load_loop_state(ckpt) if ckpt is not None else None
+    same_on_every_process(0 if saved is None else saved.step, f"the step to resume from {ckpt and ckpt.directory}")
     if saved is None:
         return [], 0
     restore_loop_state(saved, weights, optimizer, generator, scaler)
@@ -135,8 +138,10 @@ def resume(ckpt: Checkpointing | None, weights: dict[str, torch.Tensor], optimiz
 def save_if_due(ckpt: Checkpointing | None, steps_done: int, total_steps: int, rows: list[dict],
                 weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, generator: torch.Generator,
                 scaler=None) -> None:
-    """Save every `ckpt.every` steps; not after the last one (the caller writes the result)."""
-    if ckpt is not None and ckpt.every and steps_done % ckpt.every == 0 and steps_done < total_steps:
+    """Save every `ckpt.every` steps; not after the last one (the caller writes the result).
+    The main process saves; the others hold the same state (dbdpo.distributed)."""
+    if ckpt is not None and ckpt.every and steps_done % ckpt.every == 0 and steps_done < total_steps \
+            and is_main_process():
         save_loop_state(ckpt, steps_done, rows, weights, optimizer, generator, scaler)
 
 

@@ -58,6 +58,7 @@ class SamplingConfig:
     """How a stage samples images (dbdpo.sampling.generate): generate and evaluate share these."""
 
     steps: int = 20  # denoising steps
+    scheduler: str = "ddim"  # ddim | dpmpp_2m | euler_a (dbdpo.sampling.SCHEDULERS)
     guidance_scale: float = 7.5  # classifier-free guidance
     batch_size: int = 8  # images per pipeline call
 
@@ -142,6 +143,19 @@ class EvaluateConfig(SamplingConfig):
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """How many processes run a stage (dbdpo.distributed): not what it computes, so no stage
+    lists these keys in dvc.yaml and changing them reruns nothing."""
+
+    num_processes: int = 1  # processes in all, over every machine (accelerate's --num_processes)
+    num_machines: int = 1
+    machine_rank: int = 0  # this machine's index, 0 on the main one
+    main_process_ip: str | None = None  # the main machine's address (num_machines > 1)
+    main_process_port: int = 29500
+    config_file: str | None = None  # an accelerate config file (`accelerate config`); its settings win
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     concept: ConceptConfig = field(default_factory=ConceptConfig)
@@ -153,6 +167,7 @@ class Config:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     rounds: dict[str, RoundConfig] = field(default_factory=lambda: {"round_1": RoundConfig()})
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def round_names(self) -> list[str]:
         """Rounds in params order (each starts from the previous one's model)."""
@@ -207,7 +222,8 @@ FINETUNE_METHODS = ("lora", "full")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS
 TS_PROMPTS = ("with_class", "without_concept")  # score.ts_prompt: the text TS compares with (dbdpo.data)
-RANK_BY = ("preference", "model")  # RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
+RANK_BY = ("preference", "model")
+SCHEDULERS = ("ddim", "dpmpp_2m", "euler_a")  # the keys of dbdpo.sampling.SCHEDULERS  # RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
 
 
 # --- building from a mapping -----------------------------------------------------------------------------

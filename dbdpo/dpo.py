@@ -22,6 +22,7 @@ from dbdpo.checkpoints import Checkpointing, resume, save_if_due, trainable_weig
 from dbdpo.conditioning import TextConditioning, encode_prompts, image_size_ids, predict
 from dbdpo.config import DpoConfig
 from dbdpo.data import load_image_rgb
+from dbdpo.distributed import local_slice, mean_over_processes, num_processes
 from dbdpo.lora import LoraState, lora_state
 from dbdpo.losses import diffusion_dpo_loss, per_sample_error, rank_dpo_loss
 from dbdpo.preferences import Preferences
@@ -108,7 +109,7 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
                      on_step: StepCallback | None, checkpointing: Checkpointing | None):
     """The DPO loop shared by Diffusion-DPO and RankDPO, on a fresh LoRA named "dpo".
 
-    draw(gen, num_timesteps) -> batch; errors(unet, scheduler, batch, device) -> per-image
+    draw(gen, num_timesteps, size) -> batch (a tuple of tensors of `size` rows); errors(unet, scheduler, batch, device) -> per-image
     errors; loss_fn(policy_errors, reference_errors, batch) -> (loss, DpoStats). The reference pass is
     the same UNet with the adapter disabled, under no_grad, on the same batch, noise and t.
     With `checkpointing`, the loop saves its state every `checkpointing.every` steps and
@@ -123,12 +124,16 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     gen = torch.Generator().manual_seed(cfg.seed)
     weights = trainable_weights({"unet": base})
     rows, start = resume(checkpointing, weights, optimizer, gen, accelerator.scaler, on_step)
+    global_batch = cfg.batch_size * num_processes()
+    mine = local_slice(global_batch)
     with training_mode(backbone, accelerator), compiled_blocks(base, cfg.compile):
         for step in tqdm(range(start, cfg.steps), desc=desc, unit="step", initial=start, total=cfg.steps):
             step_stats = []
             for _ in range(cfg.gradient_accumulation_steps):
                 with accelerator.accumulate(unet):
-                    batch = draw(gen, scheduler.config.num_train_timesteps)
+                    # every process draws the global batch from the same generator and takes
+                    # its rows; DDP averages the gradients (dbdpo.distributed)
+                    batch = tuple(x[mine] for x in draw(gen, scheduler.config.num_train_timesteps, global_batch))
                     with accelerator.autocast():
                         policy = errors(unet, scheduler, batch, accelerator.device)
                         with torch.no_grad(), adapters_disabled(base):  # reference = start model
@@ -139,7 +144,8 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     step_stats.append(asdict(stats))
-            rows.append({"step": step, **{k: float(np.mean([s[k] for s in step_stats])) for k in step_stats[0]}})
+            means = {k: float(np.mean([s[k] for s in step_stats])) for k in step_stats[0]}
+            rows.append({"step": step, **mean_over_processes(means)})
             if on_step is not None:
                 on_step(rows[-1])
             save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler)
@@ -156,10 +162,10 @@ def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig, on_step:
     log.info("dpo: %d pairs over %d images and %d prompts, %d steps of %d pairs, beta=%g",
              len(data.winner), len(data.latents), len(data.text), cfg.steps, cfg.batch_size, cfg.beta)
 
-    def draw(gen, num_timesteps):
-        pair_idx = torch.randint(0, len(data.winner), (cfg.batch_size,), generator=gen)
-        noise = torch.randn((cfg.batch_size, *data.latents.shape[1:]), generator=gen)
-        return pair_idx, noise, torch.randint(0, num_timesteps, (cfg.batch_size,), generator=gen)
+    def draw(gen, num_timesteps, size):
+        pair_idx = torch.randint(0, len(data.winner), (size,), generator=gen)
+        noise = torch.randn((size, *data.latents.shape[1:]), generator=gen)
+        return pair_idx, noise, torch.randint(0, num_timesteps, (size,), generator=gen)
 
     def errors(unet, scheduler, batch, device):
         return torch.stack(dpo_errors(unet, scheduler, data, *batch, device))  # (2, B): winners, losers
@@ -232,10 +238,10 @@ def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig, on_step
     log.info("rank_dpo: %d lists of %d images, %d steps of %d lists, beta=%g, %s weights ranked by %s",
              num_lists, k, cfg.steps, cfg.batch_size, cfg.beta, cfg.rank_weighting, cfg.rank_by)
 
-    def draw(gen, num_timesteps):
-        list_idx = torch.randint(0, num_lists, (cfg.batch_size,), generator=gen)
-        noise = torch.randn((cfg.batch_size, k, *data.latents.shape[1:]), generator=gen)
-        return list_idx, noise, torch.randint(0, num_timesteps, (cfg.batch_size,), generator=gen)
+    def draw(gen, num_timesteps, size):
+        list_idx = torch.randint(0, num_lists, (size,), generator=gen)
+        noise = torch.randn((size, k, *data.latents.shape[1:]), generator=gen)
+        return list_idx, noise, torch.randint(0, num_timesteps, (size,), generator=gen)
 
     def errors(unet, scheduler, batch, device):
         return rank_errors(unet, scheduler, data, *batch, device)

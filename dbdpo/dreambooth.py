@@ -30,6 +30,7 @@ from dbdpo.conditioning import (
     text_conditioning,
 )
 from dbdpo.config import ConceptConfig, FinetuneConfig, GenerateConfig
+from dbdpo.distributed import local_slice, mean_over_processes, num_processes
 from dbdpo.lora import TEXT_ENCODERS, LoraState, lora_state, save_lora
 from dbdpo.losses import per_sample_error
 from dbdpo.provenance import RECORD_FILE
@@ -69,7 +70,8 @@ def class_prior(backbone: Backbone, cfg: FinetuneConfig, concept: ConceptConfig,
     prompt = cfg.class_prompt.format(token=concept.token, class_noun=concept.class_noun)
     plan = plan_samples([cfg.class_prompt], [prompt], cfg.num_class_images, cfg.seed)
     images = generate(backbone.pipe, plan, steps=sampling.steps, guidance_scale=sampling.guidance_scale,
-                      batch_size=sampling.batch_size, resolution=backbone.resolution, desc="class images")
+                      batch_size=sampling.batch_size, resolution=backbone.resolution, scheduler=sampling.scheduler,
+                      desc="class images")
     return images, prompt
 
 
@@ -142,13 +144,21 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
             return cached.select(rows)
         return text_conditioning(backbone, [prompts[prompt_index]]).select(torch.zeros_like(rows))
 
+    # Every process draws the global batch from the same generator and trains on its rows
+    # (dbdpo.distributed); DDP averages the gradients: the step of one process on them all.
+    global_batch = cfg.batch_size * num_processes()
+    mine = local_slice(global_batch)
+
     def denoising_error(batch_latents: torch.Tensor, batch_text: TextConditioning,
                         batch_sizes: torch.Tensor | None) -> torch.Tensor:
+        """The mean denoising error on this process's rows of a global batch of latents;
+        batch_text holds this process's rows already."""
         noise = torch.randn(batch_latents.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch_latents),), generator=gen)
+        batch_latents, noise, t = batch_latents[mine], noise[mine], t[mine]
         noisy = scheduler.add_noise(batch_latents, noise, t)
         target = training_target(scheduler, batch_latents, noise, t)
-        pred = predict(unet, noisy, t, batch_text, batch_sizes, device)
+        pred = predict(unet, noisy, t, batch_text, None if batch_sizes is None else batch_sizes[mine], device)
         return per_sample_error(pred, target.to(device)).mean()
 
     keep = TEXT_ENCODERS if cfg.train_text_encoder else ()
@@ -158,19 +168,20 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     rows, start = resume(checkpointing, weights, optimizer, gen, accelerator.scaler, on_step)
     with training_mode(backbone, accelerator, keep):
         for step in tqdm(range(start, cfg.steps), desc="finetune", unit="step", initial=start, total=cfg.steps):
-            idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
+            idx = torch.randint(0, len(latents), (global_batch,), generator=gen)
             with accelerator.autocast():
                 instance_loss = denoising_error(latents[idx], text(0), select_rows(sizes, idx))
                 loss = instance_loss
                 if class_images:
-                    pidx = torch.randint(0, len(prior_latents), (cfg.batch_size,), generator=gen)
+                    pidx = torch.randint(0, len(prior_latents), (global_batch,), generator=gen)
                     loss = loss + cfg.prior_loss_weight * denoising_error(prior_latents[pidx], text(1),
                                                                           select_rows(prior_sizes, pidx))
             accelerator.backward(loss)
             check_finite(loss, params, step, "finetune", hint, grads_scaled=accelerator.scaler is not None)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            rows.append({"step": step, "loss": loss.item(), "instance_loss": instance_loss.item()})
+            losses = {"loss": loss.item(), "instance_loss": instance_loss.item()}
+            rows.append({"step": step, **mean_over_processes(losses)})
             if on_step is not None:
                 on_step(rows[-1])
             save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler)

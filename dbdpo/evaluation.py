@@ -35,9 +35,10 @@ class RoundSamples:
 
 def sample_and_score(backbone: Backbone, rounds: list[RoundModel], templates: list[str],
                      concept: ConceptConfig, cfg: EvaluateConfig, scorers: list[Scorer],
-                     image_dir: Path, score_batch_size: int) -> list[RoundSamples]:
+                     image_dir: Path | None, score_batch_size: int) -> list[RoundSamples]:
     """Same prompts and seeds for every round, so differences come from the model alone.
-    Each image is written to image_dir/<round>/ and scored as sampled (PNG is lossless: the
+    Each image is written to image_dir/<round>/ (nowhere with None: a process that only helps,
+    dbdpo.distributed) and scored as sampled (PNG is lossless: the
     file holds the very pixels scored)."""
     prompts = [render(t, concept) for t in templates]
     plan = plan_samples(templates, prompts, cfg.images_per_prompt, cfg.seed)
@@ -45,13 +46,14 @@ def sample_and_score(backbone: Backbone, rounds: list[RoundModel], templates: li
     for model in rounds:
         with merged_pipeline(backbone.pipe, model.lora):
             images = generate(backbone.pipe, plan, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                              batch_size=cfg.batch_size, resolution=backbone.resolution,
+                              batch_size=cfg.batch_size, resolution=backbone.resolution, scheduler=cfg.scheduler,
                               desc=f"evaluate {model.name}")
         paths = []
         for request, image in zip(plan, images):
-            path = image_dir / model.name / f"{request.image_id}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image.save(path)
+            path = Path(image_dir or ".") / model.name / f"{request.image_id}.png"
+            if image_dir is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                image.save(path)
             paths.append(str(path))
         scores = score_loaded(images, paths, [r.template for r in plan], scorers, score_batch_size,
                               desc=f"score {model.name}")

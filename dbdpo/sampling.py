@@ -1,7 +1,9 @@
 """Seeded, batched generation with a manifest.
 
 Each image gets its own recorded seed and its own torch.Generator, so an image depends on
-(model, prompt, seed) only, not on batch size or position: the same seed reproduces it.
+(model, prompt, seed) only, not on its position: the same seed reproduces it. Batches are
+fixed by the request list and batch size, so the same batches run on 1 or N processes
+(dbdpo.distributed.map_batches) and the images are byte-identical.
 """
 
 from __future__ import annotations
@@ -12,12 +14,34 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from dbdpo.artifacts import atomic_dir, write_parquet
+from dbdpo.distributed import map_batches
 from dbdpo.provenance import RECORD_KEY
 
 SAMPLE_COLUMNS = ["image_id", "prompt_id", "template", "prompt", "seed", "path"]
+
+# generate.scheduler / evaluate.scheduler -> (diffusers scheduler class, its config overrides).
+# DPM-Solver++ 2M is diffusers' `DPMSolverMultistepScheduler` with its default
+# algorithm_type "dpmsolver++" and solver_order 2; euler_a is the ancestral Euler sampler.
+SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+}
+
+
+def use_scheduler(pipe, name: str) -> None:
+    """Sample `pipe` with scheduler `name` (SCHEDULERS), built from the pipeline's own
+    scheduler config (its betas, prediction type and timestep spacing carry over)."""
+    import diffusers
+
+    class_name, overrides = SCHEDULERS[name]
+    if type(pipe.scheduler).__name__ == class_name and not overrides:
+        return
+    pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config, **overrides)
+
+
 @dataclass(frozen=True)
 class SampleRequest:
     image_id: str
@@ -37,14 +61,16 @@ def plan_samples(templates: list[str], prompts: list[str], images_per_prompt: in
 
 
 @torch.no_grad()
-def generate(pipe, requests: list[SampleRequest], *, steps: int, guidance_scale: float,
-             batch_size: int, resolution: int, desc: str = "generate") -> list[Image.Image]:
-    """Run the pipeline over `requests` in batches; returns PIL images in request order."""
-    images: list[Image.Image] = []
-    for start in tqdm(range(0, len(requests), batch_size), desc=desc, unit="batch"):
-        batch = requests[start : start + batch_size]
+def generate(pipe, requests: list[SampleRequest], *, steps: int, guidance_scale: float, batch_size: int,
+             resolution: int, scheduler: str | None = None, desc: str = "generate") -> list[Image.Image]:
+    """Run the pipeline over `requests` in batches (split across processes under a launcher)
+    with `scheduler` (a SCHEDULERS name; None: the pipeline's own); returns PIL images in
+    request order, on every process."""
+    if scheduler is not None:
+        use_scheduler(pipe, scheduler)
+    def run(batch: list[SampleRequest]) -> list[Image.Image]:
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in batch]
-        out = pipe(
+        return pipe(
             prompt=[r.prompt for r in batch],
             generator=generators,
             num_inference_steps=steps,
@@ -52,9 +78,9 @@ def generate(pipe, requests: list[SampleRequest], *, steps: int, guidance_scale:
             height=resolution,
             width=resolution,
             output_type="pil",
-        )
-        images.extend(out.images)
-    return images
+        ).images
+
+    return map_batches(run, requests, batch_size, desc)
 
 
 def write_samples(requests: list[SampleRequest], images: list[Image.Image], image_dir: Path,

@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from dbdpo.config import ScoreConfig
 from dbdpo.data import load_image_rgb
 from dbdpo.devices import compute_device
+from dbdpo.distributed import map_batches
 from dbdpo.errors import ScorerError
 
 log = logging.getLogger(__name__)
@@ -223,33 +223,33 @@ def build_scorers(cfg: ScoreConfig, concept_images: list[Image.Image],
 def score_images(paths: list[str], texts: list[str], scorers: list[Scorer], batch_size: int,
                  desc: str = "score") -> pd.DataFrame:
     """One row per image file, one column per score name, in input order; the files are read
-    one batch at a time."""
-    def load(start: int, stop: int) -> list[Image.Image]:
-        return [load_image_rgb(Path(p), min_size=1) for p in paths[start:stop]]
-
-    return _score(load, paths, texts, scorers, batch_size, desc)
+    one batch at a time (the batches split across processes under a launcher, every process
+    getting every row: dbdpo.distributed)."""
+    return _score(lambda index: [load_image_rgb(Path(paths[i]), min_size=1) for i in index], paths, texts,
+                  scorers, batch_size, desc)
 
 
 def score_loaded(images: list[Image.Image], labels: list[str], texts: list[str], scorers: list[Scorer],
                  batch_size: int, desc: str = "score") -> pd.DataFrame:
     """As score_images, for images already in memory (evaluate scores what it just sampled);
     `labels` name an image in errors, e.g. the path it was written to."""
-    return _score(lambda start, stop: images[start:stop], labels, texts, scorers, batch_size, desc)
+    return _score(lambda index: [images[i] for i in index], labels, texts, scorers, batch_size, desc)
 
 
-def _score(load: Callable[[int, int], list[Image.Image]], labels: list[str], texts: list[str],
+def _score(load: Callable[[list[int]], list[Image.Image]], labels: list[str], texts: list[str],
            scorers: list[Scorer], batch_size: int, desc: str) -> pd.DataFrame:
-    columns: dict[str, list[np.ndarray]] = {}
-    for start in tqdm(range(0, len(labels), batch_size), desc=desc, unit="batch"):
-        images = load(start, start + batch_size)
-        batch_labels = labels[start : start + batch_size]
-        batch_texts = texts[start : start + batch_size]
+    """load(indices) -> those images; one row of scores per label."""
+    def score_batch(index: list[int]) -> list[dict[str, float]]:
+        images = load(index)
+        columns: dict[str, np.ndarray] = {}
         for scorer in scorers:
-            for name, values in scorer(images, batch_texts).items():
+            for name, values in scorer(images, [texts[i] for i in index]).items():
                 values = np.asarray(values, dtype=np.float64)
                 if not np.isfinite(values).all():
-                    bad = batch_labels[int(np.flatnonzero(~np.isfinite(values))[0])]
+                    bad = labels[index[int(np.flatnonzero(~np.isfinite(values))[0])]]
                     raise ScorerError(f"{bad}: {name} is not finite (a blank or broken image?); "
                                       "no score table is written with it")
-                columns.setdefault(name, []).append(values)
-    return pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
+                columns[name] = values
+        return [{name: float(values[row]) for name, values in columns.items()} for row in range(len(index))]
+
+    return pd.DataFrame(map_batches(score_batch, list(range(len(labels))), batch_size, desc))

@@ -14,6 +14,7 @@ from dbdpo.config import (
     OPTIMIZERS,
     PRECISIONS,
     RANK_BY,
+    SCHEDULERS,
     TS_PROMPTS,
     Config,
     ConfigError,
@@ -38,6 +39,7 @@ def _positive(value, key: str) -> None:
 def _sampling(s: SamplingConfig, group: str) -> None:
     for key in ("steps", "batch_size"):
         _positive(getattr(s, key), f"{group}.{key}")
+    _one_of(s.scheduler, SCHEDULERS, f"{group}.scheduler")
 
 
 def _finite_floats(c: Config) -> None:
@@ -170,3 +172,22 @@ def validate_groups(c: Config) -> None:
         _positive(getattr(c.evaluate, key), f"evaluate.{key}")
     _require(c.evaluate.grid_prompts <= c.evaluate.num_prompts, "evaluate.grid_prompts",
              c.evaluate.grid_prompts, f"at most evaluate.num_prompts={c.evaluate.num_prompts}")
+    _compute(c)
+
+
+def _compute(c: Config) -> None:
+    """compute: processes and machines (dbdpo.distributed)."""
+    k = c.compute
+    for key in ("num_processes", "num_machines", "main_process_port"):
+        _positive(getattr(k, key), f"compute.{key}")
+    _require(k.num_processes % k.num_machines == 0, "compute.num_processes", k.num_processes,
+             f"a multiple of compute.num_machines={k.num_machines} (the same number on every machine)")
+    _require(0 <= k.machine_rank < k.num_machines, "compute.machine_rank", k.machine_rank,
+             f"0 .. compute.num_machines-1 = {k.num_machines - 1}")
+    _require(k.num_machines == 1 or bool(k.main_process_ip), "compute.main_process_ip", k.main_process_ip,
+             "the main machine's address when compute.num_machines > 1")
+    # Only the UNet is wrapped for data parallelism: a text encoder trained beside it would
+    # get each process's own gradients and drift apart between processes.
+    _require(k.num_processes == 1 or not c.finetune.train_text_encoder, "finetune.train_text_encoder",
+             c.finetune.train_text_encoder, f"false with compute.num_processes={k.num_processes} (text encoder "
+             "training runs on one process)")

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,19 +150,41 @@ def _load(params: Path) -> Config:
         return load_config(params)
 
 
-def setup(params: Path, stage: str, reads: tuple[str, ...]) -> ParamView:
+def launch_if_asked(cfg: Config, stage: str, params: Path, round_name: str | None = None) -> None:
+    """Run this stage on the processes params' `compute` asks for: when it asks for more than
+    one and this process was not started by a launcher, start `accelerate launch` on the same
+    stage and exit with its status. (Each process of a launched stage then passes through here
+    and runs its share.) compute is read beside the stage's declared params, not through them:
+    it says how a stage runs, not what it makes."""
+    from dbdpo.distributed import is_distributed, launch_command, launched
+
+    if not is_distributed(cfg.compute) or launched():
+        return
+    args = ["--params", str(params), *(["--round", round_name] if round_name else [])]
+    command = launch_command(cfg.compute, f"stages.{stage}", args)
+    logging.getLogger("dbdpo").info("%s on %d processes: %s", stage, cfg.compute.num_processes, " ".join(command))
+    raise typer.Exit(code=subprocess.run(command, check=False).returncode)
+
+
+def setup(params: Path, stage: str, reads: tuple[str, ...], processes: bool = False) -> ParamView:
     """The validated params as the stage may read them: only `reads`, the keys dvc.yaml lists
-    for it (a read of any other key raises, so DVC reruns the stage on every key it uses)."""
-    return ParamView(_load(params), reads, stage)
+    for it (a read of any other key raises, so DVC reruns the stage on every key it uses).
+    `processes`: the stage runs on compute.num_processes processes (launch_if_asked)."""
+    cfg = _load(params)
+    if processes:
+        launch_if_asked(cfg, stage, params)
+    return ParamView(cfg, reads, stage)
 
 
-def setup_round(params: Path, stage: str, reads: tuple[str, ...],
-                round_name: str) -> tuple[ParamView, dict[str, RoundPlan]]:
+def setup_round(params: Path, stage: str, reads: tuple[str, ...], round_name: str,
+                processes: bool = False) -> tuple[ParamView, dict[str, RoundPlan]]:
     """setup() for a per-round stage: the round's params (its overrides applied; `rounds.${key}`
     in `reads` is this round's entry) and every round's plan, this one's under its name."""
     cfg = _load(params)
     if round_name not in cfg.rounds:
         fail(f"--round {round_name}: not in {params} rounds ({', '.join(cfg.rounds)})")
+    if processes:
+        launch_if_asked(cfg, stage, params, round_name)
     reads = tuple(r.replace("${key}", round_name) for r in reads)
     return ParamView(cfg.for_round(round_name), reads, f"{stage}@{round_name}"), cfg.round_plans()
 
@@ -189,7 +212,13 @@ def live_log(directory: Path) -> Iterator:
     happens: <directory>/plots/metrics/<name>.tsv (one file per quantity, so `dvc plots` draws
     loss and accuracy on their own axes) and <directory>/metrics.json (the latest row).
     dvc.yaml declares both; DVCLive writes no dvc.yaml and saves no experiment of its own.
+    On a launched stage's other processes: None (the main process logs; dbdpo.distributed).
     """
+    from dbdpo.distributed import is_main_process
+
+    if not is_main_process():
+        yield None
+        return
     from dvclive import Live
     from scmrepo.exceptions import SCMError
 

@@ -30,6 +30,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     )
     from dbdpo.backbones import load_backbone, round_base, round_lora
     from dbdpo.data import eval_prompts, load_concept, ts_texts
+    from dbdpo.distributed import is_main_process
     from dbdpo.evaluation import (
         RoundModel,
         comparison_grids,
@@ -40,7 +41,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     )
     from dbdpo.scoring import build_scorers
 
-    cfg = setup(params, "evaluate", READS)
+    cfg = setup(params, "evaluate", READS, processes=True)
     e = cfg.evaluate
     names = ["round_0", *cfg.rounds]
     with user_errors():
@@ -49,6 +50,9 @@ def main(params: Path = PARAMS_OPTION) -> None:
         models = [RoundModel(n, round_lora(checked_model(n))) for n in names]
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
         backbone = load_backbone(round_base(cfg.model, checked_model("round_0")), precision=cfg.model.precision)
+    if not is_main_process():  # samples and scores its share; every process gets all (dbdpo.distributed)
+        sample_and_score(backbone, models, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
+        return
     remove_outputs(EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png",
                    EVAL / "grids", Path("metrics.json"))
 

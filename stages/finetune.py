@@ -18,7 +18,8 @@ from stages.common import (
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
 # generate's sampling settings draw the prior-preservation class images.
 READS = ("model.backbone", "model.path", "model.revision", "model.variant", "model.vae", "model.resolution",
-         "concept", "finetune", "generate.steps", "generate.guidance_scale", "generate.batch_size")
+         "concept", "finetune", "generate.steps", "generate.scheduler",
+         "generate.guidance_scale", "generate.batch_size")
 
 app = typer.Typer(add_completion=False)
 
@@ -36,6 +37,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     from dbdpo.backbones import load_backbone
     from dbdpo.checkpoints import remove_checkpoint
     from dbdpo.data import load_concept
+    from dbdpo.distributed import is_main_process
     from dbdpo.dreambooth import (
         class_prior,
         instance_prompt,
@@ -45,12 +47,13 @@ def main(params: Path = PARAMS_OPTION) -> None:
     )
     from dbdpo.provenance import made_from
 
-    cfg = setup(params, "finetune", READS)
+    cfg = setup(params, "finetune", READS, processes=True)
     ft = cfg.finetune
     with user_errors():
         concept = load_concept(cfg.concept)
         backbone = load_backbone(cfg.model, precision=weights_precision(ft))
-    remove_outputs(model_dir("round_0"), LOGS / "finetune")
+    if is_main_process():
+        remove_outputs(model_dir("round_0"), LOGS / "finetune")
     class_images, class_prompt = class_prior(backbone, ft, cfg.concept, cfg.generate)
     inputs = made_from(Path(cfg.concept.dir))
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir("round_0"), ft.checkpoint_every, inputs)
@@ -58,6 +61,8 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with user_errors(), live_log(LOGS / "finetune") as on_step:
         lora, _ = train_dreambooth(backbone, concept, instance_prompt(ft, cfg.concept), ft,
                                    class_images, class_prompt, on_step, ckpt)
+    if not is_main_process():  # every process holds the same weights (DDP); one writes them
+        return
     save_round_0(backbone, lora, model_dir("round_0"), made_from=inputs)
     remove_checkpoint(ckpt)
 

@@ -1,9 +1,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from dbdpo.errors import ConfigError
+from dbdpo.params import config_from_dict
 from dbdpo.sampling import SAMPLE_COLUMNS, generate, plan_samples, write_samples
 from dbdpo.tiny import build_tiny_pipeline
+from tests.conftest import REPO
 
 
 def test_plan_gives_each_image_its_own_seed():
@@ -50,3 +54,30 @@ def test_fixed_seeds_give_byte_identical_artifacts(tmp_path):
                       tmp_path / run / "samples.parquet")
     for name in ("p0000_k00.png", "p0000_k01.png"):
         assert (tmp_path / "a/images" / name).read_bytes() == (tmp_path / "b/images" / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp_2m", "euler_a"])
+def test_the_scheduler_param_picks_diffusers_sampler_with_the_models_own_config(name):
+    pipe = build_tiny_pipeline()
+    plan = plan_samples(["t"], ["a sks toy in the snow"], 1, seed=5)
+    kw = dict(steps=4, guidance_scale=7.5, resolution=64, batch_size=1)
+    reference = np.asarray(generate(pipe, plan, scheduler="ddim", **kw)[0], dtype=int)
+    image = np.asarray(generate(pipe, plan, scheduler=name, **kw)[0], dtype=int)
+    expected = {"ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
+                "euler_a": "EulerAncestralDiscreteScheduler"}[name]
+    assert type(pipe.scheduler).__name__ == expected
+    assert pipe.scheduler.config.prediction_type == "epsilon" and pipe.scheduler.config.num_train_timesteps == 1000
+    if name == "dpmpp_2m":
+        assert pipe.scheduler.config.algorithm_type == "dpmsolver++" and pipe.scheduler.config.solver_order == 2
+    # another sampler draws another image from the same seed; the same one draws it again
+    assert (np.abs(image - reference).mean() > 1) == (name != "ddim")
+    again = np.asarray(generate(pipe, plan, scheduler=name, **kw)[0], dtype=int)
+    assert np.array_equal(again, image)
+
+
+def test_an_unknown_scheduler_is_refused_with_the_choices():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["evaluate"]["scheduler"] = "pndm"
+    with pytest.raises(ConfigError, match="evaluate.scheduler='pndm' is invalid: expected one of ddim \\| dpmpp_2m "
+                                          "\\| euler_a"):
+        config_from_dict(raw)
