@@ -176,22 +176,56 @@ def test_noop_then_rerun_writes_the_same_bytes(project, monkeypatch):
     run(["git", "commit", "-qm", "baseline"], project)
 
 
-def test_angle_experiment_reruns_from_pair_on(project):
-    out = run(["dvc", "exp", "run", "-n", "angle30", "-S", "filter.angle=30"], project).stdout
-    assert_stages(out, ran=("pair@round_1", "dpo@round_1", "evaluate"),
-                  skipped=("finetune", "generate@round_1", "score@round_1"))
+def test_a_pushed_run_is_pulled_by_a_second_clone_and_not_recomputed(project, tmp_path):
+    """A shared remote (here a folder; s3://, gs://, ssh:// alike): what one machine computed,
+    another pulls, and `dvc repro` there has nothing to run."""
+    store = tmp_path / "store"
+    run(["dvc", "remote", "add", "--local", "store", str(store)], project)  # .dvc/config.local: git-ignored
+    run(["dvc", "push", "-r", "store"], project)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "store", str(store)], clone)
+    run(["dvc", "pull", "-r", "store"], clone)
+    assert digests(clone) == digests(project)
+    out = run(["dvc", "repro"], clone).stdout
+    assert "Data and pipelines are up to date" in out and "Running stage" not in out, out
 
-    # dvc exp show: the baseline commit and the experiment, each with its own IS / TS
+
+def queued_names(root) -> list[str]:
+    """The queue's experiments, as `dvc queue status` lists them (name first on each task row)."""
+    rows = run(["dvc", "queue", "status"], root).stdout.splitlines()[1:]
+    return [row.split()[1] for row in rows if row.split() and row.split()[-1] in ("Success", "Failed")]
+
+
+def test_a_queued_lambda_sweep_runs_on_two_workers_reusing_the_sampled_rounds(project):
+    """`dvc exp run --queue -S 'pair.lambda=0,0.5,1'`, `dvc queue start -j 2`: three
+    experiments, each pairing the same cached samples and scores anew."""
+    run(["dvc", "exp", "run", "--queue", "-S", "pair.lambda=0,0.5,1"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 600
+    while len(queued_names(project)) < 3:
+        assert time.monotonic() < deadline, run(["dvc", "queue", "status"], project).stdout
+        time.sleep(2)
+    run(["dvc", "queue", "stop", "--kill"], project, check=False)
+    status = run(["dvc", "queue", "status"], project).stdout
+    assert "Failed" not in status, status
     baseline, runs = experiment_runs(project)
 
     def final(data):
         return data["metrics"]["metrics.json"]["data"]["final"]
 
-    def angle(data):
-        return data["params"]["params.yaml"]["data"]["filter"]["angle"]
+    def lam(data):
+        return data["params"]["params.yaml"]["data"]["pair"]["lambda"]
 
-    assert angle(baseline) == 60 and angle(runs["angle30"]) == 30
-    assert {"IS", "TS"} <= set(final(baseline)) and {"IS", "TS"} <= set(final(runs["angle30"]))
+    assert sorted(lam(data) for data in runs.values()) == [0, 0.5, 1]
+    for name in queued_names(project):
+        log = run(["dvc", "queue", "logs", name], project).stdout
+        reused = ("finetune", "generate@round_1", "score@round_1")
+        assert all(f"Stage '{s}' didn't change, skipping" in log or f"Stage '{s}' is cached" in log
+                   for s in reused), log
+    by_lambda = {lam(data): final(data) for data in runs.values()}
+    assert by_lambda[0.5] == final(baseline)  # the baseline's params: every stage cached
+    assert by_lambda[0] != by_lambda[1]  # other pairs, another model
     committed = json.loads(run(["git", "show", "HEAD:metrics.json"], project).stdout)
     assert final(baseline) == committed["final"]
     # the headline metrics are the first columns after the experiment's own
@@ -200,8 +234,7 @@ def test_angle_experiment_reruns_from_pair_on(project):
 
 
 def test_bad_param_fails_before_the_stage_works(project):
-    # on the angle experiment's workspace, as a user would: the next test's return to the
-    # baseline must survive what a failed `exp run` leaves behind
+    # the next test's return to the baseline must survive what a failed `exp run` leaves behind
     result = run(["dvc", "exp", "run", "-S", "pair.lambda=1.5"], project, check=False)
     assert result.returncode != 0
     assert "pair.lambda=1.5 is invalid: expected a value in [0, 1]" in result.stdout + result.stderr
