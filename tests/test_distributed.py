@@ -17,10 +17,10 @@ from dbdpo.params import config_from_dict
 from tests.conftest import REPO, invoke_stage
 
 SMALL = {
-    "finetune": {"steps": 6, "lora_rank": 4, "checkpoint_every": 0},
+    "finetune": {"steps": 3, "lora_rank": 4, "checkpoint_every": 0},
     "generate": {"num_prompts": 2, "images_per_prompt": 3, "steps": 3, "batch_size": 2},
     "filter": {"angle": 90},
-    "dpo": {"steps": 4, "checkpoint_every": 0},
+    "dpo": {"steps": 3, "checkpoint_every": 0},
     "evaluate": {"num_prompts": 3, "images_per_prompt": 1, "steps": 3, "batch_size": 2, "grid_prompts": 1},
     "score": {"batch_size": 2},
 }
