@@ -56,11 +56,20 @@ def files(folder) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def assert_same_weights(a, b, atol: float) -> None:
+def assert_same_training(a, b) -> None:
+    """Two LoRA files trained alike: the difference of all their tensors within 1e-3 of the
+    training's own update (the B matrices, which start at zero).
+
+    Not element by element: AdamW divides each gradient element by its own running size, so
+    an element whose gradient is near zero takes a step anywhere in [-lr, lr] on summation
+    order alone (2 processes sum the batch in two halves). Measured: one element of 1024 off by
+    2.9e-5 at lr 1e-3; in all, 3e-5 (finetune) and 9e-5 (dpo) of the update. A run that trained
+    its half-batch alone, or on other rows, is off by the order of the update itself."""
     wa, wb = load_file(a), load_file(b)
     assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], atol=atol, rtol=0, msg=lambda m: f"{key}: {m}")
+    difference = torch.sqrt(sum(((wa[k] - wb[k]) ** 2).sum() for k in wa))
+    update = torch.sqrt(sum((wa[k] ** 2).sum() for k in wa if "lora_B" in k))
+    assert update > 0 and difference <= 1e-3 * update, (float(difference), float(update))
 
 
 def log_rows(folder) -> pd.DataFrame:
@@ -69,6 +78,17 @@ def log_rows(folder) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_two_processes_write_what_one_writes(tmp_path, monkeypatch):
+    # one thread in this process and in each launched one: CPU kernels round by thread count
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        compare_one_and_two_processes(tmp_path, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def compare_one_and_two_processes(tmp_path, monkeypatch):
     one = project(tmp_path / "one", processes=1, batch=4)
     two = project(tmp_path / "two", processes=2, batch=2)
 
@@ -76,7 +96,7 @@ def test_two_processes_write_what_one_writes(tmp_path, monkeypatch):
     for root in (one, two):
         stage(monkeypatch, root, "finetune")
     lora = "models/round_0/pytorch_lora_weights.safetensors"
-    assert_same_weights(one / lora, two / lora, atol=1e-5)
+    assert_same_training(one / lora, two / lora)
     losses_one, losses_two = log_rows(one / "logs/finetune"), log_rows(two / "logs/finetune")
     assert losses_two["loss"].to_list() == pytest.approx(losses_one["loss"].to_list(), rel=1e-5)
     # from here on both sample the same model: the artifacts must be byte-identical
@@ -93,11 +113,12 @@ def test_two_processes_write_what_one_writes(tmp_path, monkeypatch):
     shutil.copytree(one / "rounds/round_1/preferences", two / "rounds/round_1/preferences")
     for root in (one, two):
         stage(monkeypatch, root, "dpo", "--round", "round_1")
-    assert_same_weights(one / "models/round_1/pytorch_lora_weights.safetensors",
-                        two / "models/round_1/pytorch_lora_weights.safetensors", atol=1e-5)
+    assert_same_training(one / "models/round_1/pytorch_lora_weights.safetensors",
+                         two / "models/round_1/pytorch_lora_weights.safetensors")
     dpo_one, dpo_two = log_rows(one / "logs/dpo/round_1"), log_rows(two / "logs/dpo/round_1")
     assert math.isclose(dpo_one["loss"][0], math.log(2), abs_tol=1e-6)
-    assert dpo_two["loss"].to_list() == pytest.approx(dpo_one["loss"].to_list(), rel=1e-5)
+    # beta (2500) scales the weights' 1e-4 relative difference into the next losses: 2e-5 measured
+    assert dpo_two["loss"].to_list() == pytest.approx(dpo_one["loss"].to_list(), rel=1e-3)
     shutil.rmtree(two / "models/round_1")
     shutil.copytree(one / "models/round_1", two / "models/round_1")
 
