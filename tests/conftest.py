@@ -47,17 +47,18 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     return {arch: save_tiny_pipeline(arch, root / arch) for arch in ("sd2", "sdxl")}
 
 
-# The longest files first (measured with --durations, 2 workers): `--dist loadfile` hands files
-# to the workers in collection order, so a long file collected late keeps one worker busy while
-# the other has nothing left (the suite lost ~2 min of its 2 cores that way). Others keep
-# their order.
-LONGEST_FIRST = ("test_claims.py", "test_e2e_dvc.py", "test_learning_signal.py", "test_distributed.py",
-                 "test_e2e_backbones.py", "test_bench.py", "test_compile.py", "test_init.py", "test_training.py")
+# The order files reach the workers (measured with --durations on 2 workers). `--dist loadfile`
+# keeps two files queued on each worker, the second waiting for the first: test_claims.py
+# (~11 min) first, with a file of a second behind it, while the other worker takes the DVC
+# end-to-end file (~6.5 min) and the learning-signal one (~4 min); the rest go to whichever
+# worker frees first. (Alphabetical order queued a 4-minute file behind test_claims.py.)
+SCHEDULE = ("test_claims.py", "test_e2e_dvc.py", "test_config.py", "test_learning_signal.py", "test_distributed.py",
+            "test_bench.py", "test_init.py", "test_compile.py", "test_e2e_backbones.py", "test_training.py")
 
 
 def pytest_collection_modifyitems(items):
     def rank(item) -> int:
         name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        return SCHEDULE.index(name) if name in SCHEDULE else len(SCHEDULE)
 
     items.sort(key=rank)  # stable: within a file, tests keep their order
