@@ -35,7 +35,7 @@ import torch
 from dbdpo.backbones import load_backbone
 from dbdpo.config import ComputeConfig, Config
 from dbdpo.data import render, train_prompts
-from dbdpo.distributed import is_main_process, launch_command, process_state
+from dbdpo.distributed import is_main_process, launch_command, launched, process_state
 from dbdpo.params import load_config
 from dbdpo.sampling import SampleRequest, generate, plan_samples
 
@@ -84,7 +84,7 @@ def diffusers_loop(pipe, cfg: Config, plan: list[SampleRequest], resolution: int
 
 
 def barrier() -> None:
-    if "WORLD_SIZE" in os.environ:
+    if launched():
         process_state().wait_for_everyone()
 
 

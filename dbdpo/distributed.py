@@ -76,19 +76,18 @@ def num_processes() -> int:
     return process_state().num_processes if launched() else 1
 
 
-def map_batches(fn: Callable[[list[T]], list[R]], items: list[T], batch_size: int, desc: str, unit: str = "batch",
-                ) -> list[R]:
+def map_batches(fn: Callable[[list[T]], list[R]], items: list[T], batch_size: int, desc: str) -> list[R]:
     """fn over `items` in batches of `batch_size`, the batches split across processes in
     contiguous runs; every process gets every result, in item order. fn returns one result
     per item of its batch."""
     batches = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
-    if not launched() or process_state().num_processes == 1:
-        return [r for batch in tqdm(batches, desc=desc, unit=unit) for r in _checked(fn, batch)]
+    if num_processes() == 1:
+        return [r for batch in tqdm(batches, desc=desc, unit="batch") for r in _checked(fn, batch)]
     from accelerate.utils import gather_object
 
     state = process_state()
     with state.split_between_processes(batches) as mine:
-        mine_results = [_checked(fn, batch) for batch in tqdm(mine, desc=desc, unit=unit,
+        mine_results = [_checked(fn, batch) for batch in tqdm(mine, desc=desc, unit="batch",
                                                                disable=not state.is_local_main_process)]
     gathered = gather_object(mine_results)  # every process's list of batch results, in rank order
     return [r for batch in gathered for r in batch]

@@ -68,6 +68,7 @@ def generate(pipe, requests: list[SampleRequest], *, steps: int, guidance_scale:
     request order, on every process."""
     if scheduler is not None:
         use_scheduler(pipe, scheduler)
+
     def run(batch: list[SampleRequest]) -> list[Image.Image]:
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in batch]
         return pipe(

@@ -52,7 +52,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
                       batch_size=g.batch_size, resolution=backbone.resolution, scheduler=g.scheduler,
                       desc=f"generate {plan.name}")
     if is_main_process():  # every process holds every image (dbdpo.distributed); one writes them
-            write_samples(requests, images, out / "images", out / "samples.parquet", made_from=made_from(start_dir))
+        write_samples(requests, images, out / "images", out / "samples.parquet", made_from=made_from(start_dir))
 
 
 if __name__ == "__main__":
