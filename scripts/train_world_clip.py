@@ -5,7 +5,7 @@ local weights file (`score.clip_model: dbdpo-world-clip`, `score.clip_pretrained
 shipped file). It never sees the concept: like a real pre-trained CLIP, it only knows the
 world's classes, attributes and contexts. Deterministic for a given torch build and machine:
 
-    python scripts/train_world_clip.py                 # ~20 min on 2 CPU cores
+    python scripts/train_world_clip.py                 # the shipped recipe: 1500 steps of 256
     python scripts/train_world_clip.py --steps 200     # a quick look
 
 Writes dbdpo/assets/world_clip.safetensors (fp16) and prints the quality gates of
