@@ -159,10 +159,15 @@ def run(cfg: Config, work: Path) -> dict:
 def print_table(result: dict) -> None:
     print(f"gains over round_0 in round_0 stds (N={result['N']} prompts x K={result['K']} a round; "
           f"{result['minutes']:.1f} min)")
-    print(f"{'model':36s} | {'held-out IS':>11s} {'TS':>6s} {'S_0.5':>6s} | {'held-in IS':>10s} {'TS':>6s} {'S_0.5':>6s}")
-    for name, sets in result["table"].items():
+    print_gains(result["table"], "model", 36)
+
+
+def print_gains(table: dict, first_column: str, width: int) -> None:
+    """One row per model: its held-out and held-in gains (the `gains` of each prompt set)."""
+    print(f"{first_column:{width}s} | {'held-out IS':>11s} {'TS':>6s} {'S_0.5':>6s} | {'held-in IS':>10s} {'TS':>6s} {'S_0.5':>6s}")
+    for name, sets in table.items():
         o, i = sets["held-out"], sets["held-in"]
-        print(f"{name:36s} | {o['IS']:+11.3f} {o['TS']:+6.3f} {o['S_0.5']:+6.3f} | "
+        print(f"{name:{width}s} | {o['IS']:+11.3f} {o['TS']:+6.3f} {o['S_0.5']:+6.3f} | "
               f"{i['IS']:+10.3f} {i['TS']:+6.3f} {i['S_0.5']:+6.3f}")
 
 

@@ -106,3 +106,37 @@ def test_claims_bench_measures_every_variant(tmp_path, in_repo):
     assert all(abs(x) < 1e-9 for where in table["round_0"].values() for x in where.values())
     assert all(math.isfinite(x) for sets in table.values() for where in sets.values() for x in where.values())
     assert json.loads((tmp_path / "c.json").read_text())["table"] == table
+
+
+def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monkeypatch):
+    """bench/dpo_transfer.py at toy sizes: one row per variant, round_0 loaded from a folder,
+    a `layers=` variant; a bad key fails before any training."""
+    import yaml
+
+    import dbdpo.lora
+    from dbdpo.backbones import load_backbone
+    from dbdpo.config import ModelConfig
+    from dbdpo.lora import save_lora
+    from tests.test_lora import random_lora
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["generate"].update(num_prompts=2, images_per_prompt=3, steps=2)
+    params["filter"]["angle"] = 90
+    params["dpo"].update(steps=2, batch_size=2)
+    params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    save_lora(load_backbone(ModelConfig()).pipe, random_lora(0), tmp_path / "round_0")
+    module = bench_module("dpo_transfer")
+    monkeypatch.setattr(dbdpo.lora, "TARGET_SETS", dict(dbdpo.lora.TARGET_SETS))  # `layers=` registers a set
+
+    table = module.main(["--params", str(tmp_path / "params.yaml"), "--round-0", str(tmp_path / "round_0"),
+                         "prompts=2", "prompts=2 beta=500 layers=attn2.to_k,attn2.to_v"])
+    assert list(table) == ["prompts=2", "prompts=2 beta=500 layers=attn2.to_k,attn2.to_v"]
+    assert all(math.isfinite(x) for sets in table.values() for where in sets.values() for x in where.values())
+    assert table["prompts=2"] != table["prompts=2 beta=500 layers=attn2.to_k,attn2.to_v"]
+
+    for variant, error in [("betta=5", "unknown key 'betta'; expected one of prompts, images"),
+                           ("beta=big", "beta='big' is not a float"),
+                           ("filter=wedge", "filter.kind='wedge' is invalid: expected one of")]:
+        with pytest.raises(SystemExit, match=error):
+            module.main(["--params", str(tmp_path / "params.yaml"), "prompts=2", variant])

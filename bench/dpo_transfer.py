@@ -1,0 +1,123 @@
+"""Does one DPO round's gain carry over to contexts no training prompt names? One row a variant.
+
+Each variant trains one DPO round from the same round_0 on round 1's images (the pool's first
+N prompts, K images each, seeded as the generate stage seeds round 1) and is measured as
+bench/claims.py measures: IS, TS and S_0.5 gains over round_0 in round_0 stds, on the held-out
+evaluation prompts and on round 1's first prompts with new seeds (held-in). Every pair the
+filter keeps is used (no `pair.max_total` cap), so a larger N means more pairs.
+
+A variant is one argument of space-separated key=value overrides of the params file:
+  prompts=N  images=K  steps=S  lambda=L  filter=angle|threshold|none  seed=D  (dpo.seed)
+  beta=B  lr=R  rank=R  targets=attention|unet
+  layers=attn2.to_k,attn2.to_v   a LoRA on exactly these module names (an experiment's set)
+"default" (or "") is the params as they are.
+
+    python bench/dpo_transfer.py --round-0 models/round_0 default "prompts=16" "prompts=16 beta=500"
+
+With --round-0 (the default run's `models/round_0`) the DreamBooth round is loaded, not trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from claims import Bench, gains, print_gains  # bench/claims.py
+
+import dbdpo.lora
+from dbdpo.config import Config, round_seed
+from dbdpo.data import load_prompt_templates
+from dbdpo.errors import ConfigError
+from dbdpo.lora import load_lora
+from dbdpo.params import config_from_dict, load_config
+
+log = logging.getLogger("dpo_transfer")
+
+# key -> (params.yaml group, key, type)
+OVERRIDES = {"prompts": ("generate", "num_prompts", int), "images": ("generate", "images_per_prompt", int),
+             "steps": ("dpo", "steps", int), "seed": ("dpo", "seed", int), "beta": ("dpo", "beta", float),
+             "lr": ("dpo", "learning_rate", float), "rank": ("dpo", "lora_rank", int),
+             "targets": ("dpo", "lora_targets", str), "lambda": ("pair", "lambda", float),
+             "filter": ("filter", "kind", str)}
+LAYERS_SET = "bench_layers"  # the name a `layers=` variant's module list is registered under
+
+
+def variant_config(params: dict, spec: str) -> Config:
+    """The params (params.yaml as parsed) with the variant's overrides, validated as params.yaml
+    is; pair.max_total lifted. A bad key or value exits naming it, before anything trains."""
+    raw, layers = copy.deepcopy(params), None
+    for token in spec.split():
+        if token == "default":
+            continue
+        key, _, value = token.partition("=")
+        if key == "layers":
+            layers = value.split(",")
+            continue
+        if key not in OVERRIDES:
+            raise SystemExit(f"variant {spec!r}: unknown key {key!r}; expected one of "
+                             f"{', '.join([*OVERRIDES, 'layers'])}")
+        group, name, kind = OVERRIDES[key]
+        try:
+            raw[group][name] = kind(value)
+        except ValueError:
+            raise SystemExit(f"variant {spec!r}: {key}={value!r} is not a {kind.__name__}") from None
+    raw["pair"]["max_total"] = 1_000_000
+    try:
+        cfg = config_from_dict(raw)
+    except ConfigError as e:
+        raise SystemExit(f"variant {spec!r}: {e}") from None
+    if layers:  # an experiment's own module list: registered as a target set for this variant
+        dbdpo.lora.TARGET_SETS[LAYERS_SET] = layers
+        cfg = dataclasses.replace(cfg, dpo=dataclasses.replace(cfg.dpo, lora_targets=LAYERS_SET))
+    return cfg
+
+
+def run(params: dict, variants: list[str], work: Path, round_0_dir: Path | None) -> dict:
+    cfg = config_from_dict(params)
+    bench = Bench(cfg, work)
+    round_0 = load_lora(round_0_dir) if round_0_dir else bench.dreambooth()
+    reference = bench.measure(round_0, "round_0")
+    pool = load_prompt_templates(Path(cfg.generate.prompts))
+    scored = {}  # (N, K) -> round 1's scored images: variants that differ only in DPO share them
+    table = {}
+    for spec in variants:
+        t0 = time.time()
+        v = variant_config(params, spec)
+        g = v.generate
+        if (g.num_prompts, g.images_per_prompt) not in scored:
+            scored[g.num_prompts, g.images_per_prompt] = bench.sample(
+                round_0, pool[:g.num_prompts], g.images_per_prompt, round_seed(g.seed, 1),
+                f"round_1_{g.num_prompts}x{g.images_per_prompt}")
+        model = bench.dpo(round_0, scored[g.num_prompts, g.images_per_prompt], v, v.dpo.steps)
+        measured = bench.measure(model, f"variant_{len(table)}")
+        table[spec or "default"] = {where: gains(s, reference[where]) for where, s in measured.items()}
+        log.info("%s: %.0f s", spec, time.time() - t0)
+    return table
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--round-0", type=Path, help="a DreamBooth LoRA folder (default: train one)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("dpo_transfer").setLevel(logging.INFO)
+    load_config(args.params)  # the file itself checked first, its errors naming it
+    params = yaml.safe_load(Path(args.params).read_text())
+    for spec in args.variants:  # every variant checked before anything trains
+        variant_config(params, spec)
+    with tempfile.TemporaryDirectory() as work:
+        table = run(params, args.variants, Path(work), args.round_0)
+    print_gains(table, "variant", 40)
+    return table
+
+
+if __name__ == "__main__":
+    main()
