@@ -275,6 +275,7 @@ def test_adding_a_round_reruns_only_that_round_and_evaluate(project):
     # the page opens offline: Vega inlined (.dvc/plots/offline.html), no script from a CDN
     assert "<script src=" not in html and "cdn.jsdelivr" not in html and html.count("vegaEmbed(") >= 5
     assert '"text": {"field": "round", "type": "nominal"}' in html  # each point of the scatter named
+    assert '"order": {"field": "round", "type": "ordinal"}' in html  # and joined in round order
     # DVCLive's per-step files, one plot each: loss and accuracy on their own axes
     for declared in ("IS-TS trade-off", "logs/dpo/round_1/plots/metrics/loss.tsv",
                      "logs/dpo/round_1/plots/metrics/implicit_accuracy.tsv", "logs/dpo/round_2/plots/metrics/loss.tsv",
