@@ -108,9 +108,11 @@ def test_claims_bench_measures_every_variant(tmp_path, in_repo):
     assert json.loads((tmp_path / "c.json").read_text())["table"] == table
 
 
-def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monkeypatch):
+def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monkeypatch, caplog):
     """bench/dpo_transfer.py at toy sizes: one row per variant, round_0 loaded from a folder,
-    a `layers=` variant; a bad key fails before any training."""
+    a `layers=` variant; a bad key or value fails before anything trains or samples."""
+    import logging
+
     import yaml
 
     import dbdpo.lora
@@ -129,8 +131,10 @@ def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monk
     module = bench_module("dpo_transfer")
     monkeypatch.setattr(dbdpo.lora, "TARGET_SETS", dict(dbdpo.lora.TARGET_SETS))  # `layers=` registers a set
 
-    table = module.main(["--params", str(tmp_path / "params.yaml"), "--round-0", str(tmp_path / "round_0"),
-                         "prompts=2", "prompts=2 beta=500 layers=attn2.to_k,attn2.to_v"])
+    with caplog.at_level(logging.INFO, logger="dbdpo"):
+        table = module.main(["--params", str(tmp_path / "params.yaml"), "--round-0", str(tmp_path / "round_0"),
+                             "prompts=2", "prompts=2 beta=500 layers=attn2.to_k,attn2.to_v"])
+    assert caplog.text.count("dpo: ") == 2  # the DPO loop's opening line, once a variant
     assert list(table) == ["prompts=2", "prompts=2 beta=500 layers=attn2.to_k,attn2.to_v"]
     assert all(math.isfinite(x) for sets in table.values() for where in sets.values() for x in where.values())
     assert table["prompts=2"] != table["prompts=2 beta=500 layers=attn2.to_k,attn2.to_v"]
@@ -138,5 +142,7 @@ def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monk
     for variant, error in [("betta=5", "unknown key 'betta'; expected one of prompts, images"),
                            ("beta=big", "beta='big' is not a float"),
                            ("filter=wedge", "filter.kind='wedge' is invalid: expected one of")]:
-        with pytest.raises(SystemExit, match=error):
+        caplog.clear()
+        with pytest.raises(SystemExit, match=error), caplog.at_level(logging.INFO, logger="dbdpo"):
             module.main(["--params", str(tmp_path / "params.yaml"), "prompts=2", variant])
+        assert "dpo: " not in caplog.text, caplog.text
