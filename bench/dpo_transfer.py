@@ -45,7 +45,6 @@ OVERRIDES = {"prompts": ("generate", "num_prompts", int), "images": ("generate",
              "lr": ("dpo", "learning_rate", float), "rank": ("dpo", "lora_rank", int),
              "targets": ("dpo", "lora_targets", str), "lambda": ("pair", "lambda", float),
              "filter": ("filter", "kind", str)}
-LAYERS_SET = "bench_layers"  # the name a `layers=` variant's module list is registered under
 
 
 def variant_config(params: dict, spec: str) -> Config:
@@ -72,23 +71,23 @@ def variant_config(params: dict, spec: str) -> Config:
         cfg = config_from_dict(raw)
     except ConfigError as e:
         raise SystemExit(f"variant {spec!r}: {e}") from None
-    if layers:  # an experiment's own module list: registered as a target set for this variant
-        dbdpo.lora.TARGET_SETS[LAYERS_SET] = layers
-        cfg = dataclasses.replace(cfg, dpo=dataclasses.replace(cfg.dpo, lora_targets=LAYERS_SET))
+    if layers:  # an experiment's own module list, registered as a target set named by it
+        name = "layers=" + ",".join(layers)
+        dbdpo.lora.TARGET_SETS[name] = layers
+        cfg = dataclasses.replace(cfg, dpo=dataclasses.replace(cfg.dpo, lora_targets=name))
     return cfg
 
 
-def run(params: dict, variants: list[str], work: Path, round_0_dir: Path | None) -> dict:
-    cfg = config_from_dict(params)
+def run(cfg: Config, variants: dict[str, Config], work: Path, round_0_dir: Path | None) -> dict:
+    """One DPO round per variant (name -> its config) from round_0; gains by prompt set."""
     bench = Bench(cfg, work)
     round_0 = load_lora(round_0_dir) if round_0_dir else bench.dreambooth()
     reference = bench.measure(round_0, "round_0")
     pool = load_prompt_templates(Path(cfg.generate.prompts))
     scored = {}  # (N, K) -> round 1's scored images: variants that differ only in DPO share them
     table = {}
-    for spec in variants:
+    for spec, v in variants.items():
         t0 = time.time()
-        v = variant_config(params, spec)
         g = v.generate
         if (g.num_prompts, g.images_per_prompt) not in scored:
             scored[g.num_prompts, g.images_per_prompt] = bench.sample(
@@ -109,12 +108,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("dpo_transfer").setLevel(logging.INFO)
-    load_config(args.params)  # the file itself checked first, its errors naming it
+    cfg = load_config(args.params)  # the file itself checked first, its errors naming it
     params = yaml.safe_load(Path(args.params).read_text())
-    for spec in args.variants:  # every variant checked before anything trains
-        variant_config(params, spec)
+    variants = {spec: variant_config(params, spec) for spec in args.variants}  # all checked before any trains
     with tempfile.TemporaryDirectory() as work:
-        table = run(params, args.variants, Path(work), args.round_0)
+        table = run(cfg, variants, Path(work), args.round_0)
     print_gains(table, "variant", 40)
     return table
 
