@@ -11,9 +11,15 @@ in one run on the same model, prompts, steps and guidance.
                     each process runs as many threads as the 1-process run)
 
 Images/s is over the sampling alone (the model loaded and warmed up first). On a CPU the
-processes share the cores: 1 process uses every core, N processes one core's share each.
+processes share the cores: 1 process uses every core, N processes one core's share each; on
+GPUs each process takes its own GPU, so N processes need N GPUs (--processes 1: no N row).
+
+The model is the params' (the world backbone by default), or with --arch one of the published
+architectures with random weights (dbdpo/architectures.py) at its native size and its
+preset's precision on a GPU: the speed of SD 2.x / SDXL sampling without downloading them.
 
     python bench/generate.py [--params params.yaml] [--prompts 16] [--processes 2] [--out generate.json]
+    python bench/generate.py --params presets/sdxl.yaml --arch sdxl --prompts 2 --processes 1
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dbdpo.backbones import load_backbone
+from dbdpo.architectures import FULL_ARCHS, arch_config, full_backbone
+from dbdpo.backbones import PRECISION_DTYPES, Backbone, load_backbone
 from dbdpo.config import ComputeConfig, Config
 from dbdpo.data import render, train_prompts
+from dbdpo.devices import compute_device
 from dbdpo.distributed import is_main_process, launch_command, launched, process_state
 from dbdpo.params import load_config
 from dbdpo.sampling import SampleRequest, generate, plan_samples
@@ -83,6 +91,16 @@ def diffusers_loop(pipe, cfg: Config, plan: list[SampleRequest], resolution: int
     return time.perf_counter() - start
 
 
+def backbone_for(cfg: Config, arch: str | None, resolution: int | None) -> Backbone:
+    """The params' model, or `arch`'s published architecture with random weights (in its
+    preset's precision on a GPU, fp32 on a CPU)."""
+    if arch is None:
+        return load_backbone(cfg.model)
+    device = compute_device()
+    precision = arch_config(arch)["precision"] if device.type == "cuda" else "fp32"
+    return full_backbone(arch, device, PRECISION_DTYPES[precision], resolution=resolution)
+
+
 def barrier() -> None:
     if launched():
         process_state().wait_for_everyone()
@@ -91,7 +109,7 @@ def barrier() -> None:
 def worker(args) -> None:
     """One of N launched processes: sample our way; the main process writes the figures."""
     cfg = load_config(args.params)
-    backbone = load_backbone(cfg.model)
+    backbone = backbone_for(cfg, args.arch, args.resolution)
     seconds, images = ours(backbone.pipe, cfg, requests(cfg, args.prompts), backbone.resolution)
     if is_main_process():
         np.save(Path(args.worker_out).with_suffix(".npy"), images)
@@ -105,27 +123,20 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     cfg = load_config(args.params)
     plan = requests(cfg, args.prompts)
-    backbone = load_backbone(cfg.model)
+    backbone = backbone_for(cfg, args.arch, args.resolution)
     pipe, res = backbone.pipe, backbone.resolution
     rows = {"diffusers loop": {"seconds": diffusers_loop(pipe, cfg, plan, res)}}
     seconds, one = ours(pipe, cfg, plan, res)
     rows["ours, 1 process"] = {"seconds": seconds, "max_pixel_difference": 0}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "worker.json"
-        command = launch_command(ComputeConfig(num_processes=args.processes), "bench.generate",
-                                 ["--params", str(args.params), "--prompts", str(args.prompts),
-                                  "--worker-out", str(out)])
-        subprocess.run(command, check=True)
-        launched = json.loads(out.read_text())
-        other = np.load(out.with_suffix(".npy"), allow_pickle=False)
-    difference = int(np.abs(other.astype(int) - one.astype(int)).max())
-    rows[f"ours, {args.processes} processes"] = {"seconds": launched["seconds"], "max_pixel_difference": difference,
-                                                 "threads_per_process": 1}
+    if args.processes > 1:
+        rows[f"ours, {args.processes} processes"] = several_processes(args, one)
     base = rows["diffusers loop"]["seconds"]
     for row in rows.values():
         row["images_per_s"] = len(plan) / row["seconds"]
         row["speedup"] = base / row["seconds"]
     result = {"images": len(plan), "prompts": args.prompts, "params": dataclasses.asdict(cfg.generate),
+              "model": args.arch or cfg.model.backbone, "resolution": res, "dtype": str(pipe.unet.dtype),
+              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
               "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
               "cores": os.cpu_count(), "threads": torch.get_num_threads(), "device": "cuda" if torch.cuda.is_available() else "cpu", "rows": rows}
     print_table(result)
@@ -134,11 +145,30 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def several_processes(args, one: np.ndarray) -> dict:
+    """The N-process row: the same sampling under `accelerate launch`, and its largest pixel
+    difference from the 1-process images `one`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "worker.json"
+        forwarded = ["--params", str(args.params), "--prompts", str(args.prompts), "--worker-out", str(out)]
+        if args.arch:
+            forwarded += ["--arch", args.arch]
+        if args.resolution:
+            forwarded += ["--resolution", str(args.resolution)]
+        subprocess.run(launch_command(ComputeConfig(num_processes=args.processes), "bench.generate", forwarded),
+                       check=True)
+        worker = json.loads(out.read_text())
+        other = np.load(out.with_suffix(".npy"), allow_pickle=False)
+    difference = int(np.abs(other.astype(int) - one.astype(int)).max())
+    return {"seconds": worker["seconds"], "max_pixel_difference": difference, "threads_per_process": 1}
+
+
 def print_table(result: dict) -> None:
     g = result["params"]
-    print(f"{result['images']} images ({result['prompts']} prompts x {g['images_per_prompt']}), {g['steps']} "
-          f"{g['scheduler']} steps, guidance {g['guidance_scale']}, batch {g['batch_size']}, "
-          f"{result['device']} ({result['cores']} cores)")
+    where = result["gpu"] or f"{result['device']} ({result['cores']} cores)"
+    print(f"{result['model']} {result['resolution']} px {result['dtype']}: {result['images']} images "
+          f"({result['prompts']} prompts x {g['images_per_prompt']}), {g['steps']} {g['scheduler']} steps, "
+          f"guidance {g['guidance_scale']}, batch {g['batch_size']}, {where}")
     print(f"{'variant':<22} {'images/s':>9} {'vs diffusers':>13} {'max pixel diff vs 1 process':>28}")
     for name, row in result["rows"].items():
         diff = row.get("max_pixel_difference", "-")
@@ -149,10 +179,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--prompts", type=int, default=16, help="training prompts (K images each)")
-    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=2, help="1: no N-process row (one GPU)")
+    parser.add_argument("--arch", choices=FULL_ARCHS, default=None,
+                        help="a published architecture with random weights instead of the params' model")
+    parser.add_argument("--resolution", type=int, default=None, help="with --arch: image side (default: native)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error(f"--processes {args.processes}: expected 1 or more")
+    if args.resolution is not None and args.arch is None:
+        parser.error("--resolution is for --arch; the params' model samples at model.resolution")
+    return args
 
 
 if __name__ == "__main__":

@@ -146,3 +146,50 @@ def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monk
         with pytest.raises(SystemExit, match=error), caplog.at_level(logging.INFO, logger="dbdpo"):
             module.main(["--params", str(tmp_path / "params.yaml"), "prompts=2", variant])
         assert "dpo: " not in caplog.text, caplog.text
+
+
+def small_generate_params(tmp_path, preset: str = "params.yaml"):
+    import yaml
+
+    params = yaml.safe_load((REPO / preset).read_text())
+    params["generate"].update(images_per_prompt=2, steps=2, batch_size=2)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_generate_bench_times_ours_against_the_diffusers_loop(tmp_path, in_repo, capsys):
+    """bench/generate.py on the world backbone, one process: both rows over the same 4 images;
+    a flag that cannot apply is refused before any model loads."""
+    module = bench_module("generate")
+    params = small_generate_params(tmp_path)
+    result = module.main(["--params", str(params), "--prompts", "2", "--processes", "1",
+                          "--out", str(tmp_path / "g.json")])
+    assert list(result["rows"]) == ["diffusers loop", "ours, 1 process"]
+    assert (result["images"], result["model"], result["resolution"]) == (4, "tiny", 64)
+    assert result["rows"]["diffusers loop"]["speedup"] == 1.0
+    assert all(row["images_per_s"] > 0 for row in result["rows"].values())
+    assert (tmp_path / "g.json").is_file()
+    for flags, error in [(["--resolution", "64"], "--resolution is for --arch"),
+                         (["--processes", "0"], "--processes 0: expected 1 or more")]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            module.parse_args(["--params", str(params), *flags])
+        assert error in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generate_bench_on_two_processes_and_on_a_full_architecture(tmp_path, in_repo, capsys):
+    """The N-process row (accelerate launch, each process one thread) samples the 1-process
+    images; --arch samples the published SD 2-base architecture (random weights, 64 px)."""
+    module = bench_module("generate")
+    result = module.main(["--params", str(small_generate_params(tmp_path)), "--prompts", "2", "--processes", "2"])
+    two = result["rows"]["ours, 2 processes"]
+    # byte-equal with one thread in every process (tests/test_distributed.py); this process may
+    # run two threads, whose sums round apart by at most one level
+    assert two["max_pixel_difference"] <= 1 and two["images_per_s"] > 0
+
+    sd2 = module.main(["--params", str(small_generate_params(tmp_path, "presets/sd2.yaml")), "--arch", "sd2-base",
+                       "--resolution", "64", "--prompts", "1", "--processes", "1"])
+    assert (sd2["model"], sd2["resolution"], sd2["images"]) == ("sd2-base", 64, 2)
+    assert capsys.readouterr().out.splitlines()[-4].startswith("sd2-base 64 px torch.float32: 2 images")
