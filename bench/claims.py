@@ -2,7 +2,8 @@
 
 Runs the method in-process on the params file (the world's defaults unless --params says
 otherwise), with the same seeds for every variant, and reports each model's mean IS, TS and
-S_0.5 = (IS + TS) / 2 as gains over round_0 in units of round_0's std (per image), on two
+S_0.5 = (IS + TS) / 2 as gains over round_0 in units of round_0's std (per image), with the
+standard error of S_0.5's gain over the images (± se; paired: same prompts and seeds), on two
 prompt sets:
   held-out : the evaluation prompts (contexts no training prompt uses), `evaluate` seeds;
   held-in  : round 1's own training prompts, with seeds no round trained on.
@@ -25,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import tempfile
 import time
 from functools import partial
@@ -122,9 +124,19 @@ def with_pairing(cfg: Config, lam: float, kind: str) -> Config:
 
 
 def gains(scores: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
-    """Mean IS, TS and S_0.5 of `scores` minus the reference's, in the reference's std."""
-    z = {k: (scores[k].to_numpy() - reference[k].mean()) / reference[k].std() for k in ("IS", "TS")}
-    return {"IS": float(z["IS"].mean()), "TS": float(z["TS"].mean()), "S_0.5": float((z["IS"] + z["TS"]).mean() / 2)}
+    """Mean IS, TS and S_0.5 of `scores` minus the reference's, in the reference's std per image,
+    and each one's standard error (`IS_se`, ...). Both frames hold the same prompts and seeds row
+    by row, so the differences are paired: the error is the per-image differences' std over
+    sqrt(images), the noise of the finite set of images (not of the training run's seed)."""
+    if len(scores) != len(reference) or (scores["seed"].to_numpy() != reference["seed"].to_numpy()).any():
+        raise ValueError("gains: the two frames must hold the same seeds, row by row")
+    z = {k: (scores[k].to_numpy() - reference[k].to_numpy()) / reference[k].std() for k in ("IS", "TS")}
+    z["S_0.5"] = (z["IS"] + z["TS"]) / 2
+    out = {}
+    for name, difference in z.items():
+        out[name] = float(difference.mean())
+        out[f"{name}_se"] = float(difference.std(ddof=1) / math.sqrt(len(difference)))
+    return out
 
 
 def run(cfg: Config, work: Path) -> dict:
@@ -164,11 +176,12 @@ def print_table(result: dict) -> None:
 
 def print_gains(table: dict, first_column: str, width: int) -> None:
     """One row per model: its held-out and held-in gains (the `gains` of each prompt set)."""
-    print(f"{first_column:{width}s} | {'held-out IS':>11s} {'TS':>6s} {'S_0.5':>6s} | {'held-in IS':>10s} {'TS':>6s} {'S_0.5':>6s}")
+    print(f"{first_column:{width}s} | {'held-out IS':>11s} {'TS':>6s} {'S_0.5 ± se':>13s} | "
+          f"{'held-in IS':>10s} {'TS':>6s} {'S_0.5 ± se':>13s}")
     for name, sets in table.items():
         o, i = sets["held-out"], sets["held-in"]
-        print(f"{name:{width}s} | {o['IS']:+11.3f} {o['TS']:+6.3f} {o['S_0.5']:+6.3f} | "
-              f"{i['IS']:+10.3f} {i['TS']:+6.3f} {i['S_0.5']:+6.3f}")
+        print(f"{name:{width}s} | {o['IS']:+11.3f} {o['TS']:+6.3f} {o['S_0.5']:+7.3f}±{o['S_0.5_se']:.3f} | "
+              f"{i['IS']:+10.3f} {i['TS']:+6.3f} {i['S_0.5']:+7.3f}±{i['S_0.5_se']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> dict:

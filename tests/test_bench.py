@@ -193,3 +193,20 @@ def test_generate_bench_on_two_processes_and_on_a_full_architecture(tmp_path, in
                        "--resolution", "64", "--prompts", "1", "--processes", "1"])
     assert (sd2["model"], sd2["resolution"], sd2["images"]) == ("sd2-base", 64, 2)
     assert capsys.readouterr().out.splitlines()[-4].startswith("sd2-base 64 px torch.float32: 2 images")
+
+
+def test_gains_are_paired_differences_in_reference_stds_with_their_standard_errors():
+    """bench/claims.py's `gains` against hand-computed values; frames of other seeds refused."""
+    import pandas as pd
+
+    gains = bench_module("claims").gains
+    reference = pd.DataFrame({"seed": [1, 2, 3], "IS": [0.1, 0.2, 0.3], "TS": [0.3, 0.3, 0.6]})
+    scores = pd.DataFrame({"seed": [1, 2, 3], "IS": [0.2, 0.2, 0.5], "TS": [0.3, 0.6, 0.6]})
+    # reference stds (ddof 1): IS 0.1, TS sqrt(0.03) = 0.17321; differences IS (1, 0, 2) stds,
+    # TS (0, 1.7321, 0) stds, S_0.5 (0.5, 0.86603, 1)
+    out = gains(scores, reference)
+    assert out["IS"] == pytest.approx(1.0) and out["IS_se"] == pytest.approx(1 / math.sqrt(3))
+    assert out["TS"] == pytest.approx(0.57735, abs=1e-5) and out["TS_se"] == pytest.approx(0.57735, abs=1e-5)
+    assert out["S_0.5"] == pytest.approx(0.78868, abs=1e-5) and out["S_0.5_se"] == pytest.approx(0.14943, abs=1e-5)
+    with pytest.raises(ValueError, match="same seeds"):
+        gains(scores.assign(seed=[1, 2, 4]), reference)
