@@ -5,11 +5,11 @@ measures every claim, this module asserts those that hold here, with thresholds 
 measured values (README, "The papers' claims"):
   a. DreamBooth raises IS on the held-out evaluation prompts over the base model prompted
      with the class noun;
-  b. one DPO round at lambda=0.5 with the angle filter raises S_0.5 on the round's prompts
-     (new seeds), with neither IS nor TS falling;
-  c. lambda steers: lambda=0 gains more IS than lambda=1, lambda=1 more TS than lambda=0.
-(b) and (c) are asserted on the round's own prompts: on the held-out contexts DPO's gain does
-not transfer on this world (measured, in the README).
+  b. one DPO round at lambda=0.5 with the angle filter raises S_0.5, with neither IS nor TS
+     falling, on the round's prompts (new seeds) and on the held-out contexts;
+  c. lambda steers: lambda=0 gains more IS than lambda=1, lambda=1 more TS than lambda=0, on
+     both prompt sets.
+The sizes asked (1 std for a, 0.3 for b) are not reached on this world (README).
 """
 
 import dataclasses
@@ -22,13 +22,18 @@ from tests.test_bench import bench_module
 
 pytestmark = pytest.mark.slow
 
-# Measured by bench/claims.py on the default params (2026-11-26, 2-core CPU, TS against the
-# authors' "a in the jungle"): (a) +0.554; (b) S_0.5 +0.083 (IS +0.094, TS +0.072); (c) IS +0.181
-# vs +0.040, TS +0.132 vs +0.040. Thresholds at about half the measured value.
-A_IS_GAIN = 0.4  # the issue asks 1 std: not reached (README); finetune.seed 0's draw (seeds 1, 2: 0.12, 0.26)
-B_S_GAIN = 0.04  # the issue asks 0.3 std: not reached with one round (README)
-C_IS_MARGIN = 0.07
-C_TS_MARGIN = 0.05
+# Measured by bench/claims.py on the default params (2026-11-27, 2-core CPU, N=16 prompts a round,
+# TS against the authors' "a in the jungle"; ± the standard error over the images):
+#   (a) +0.554 (finetune.seed 0's draw: seeds 1, 2 give 0.12, 0.26);
+#   (b) held-in S_0.5 +0.108±0.027 (IS +0.177, TS +0.039), held-out +0.061±0.021 (IS +0.097, TS +0.025);
+#   (c) held-in IS +0.210 vs +0.013, TS +0.051 vs +0.027; held-out IS +0.056 vs -0.052, TS +0.002 vs -0.035.
+# Thresholds at about half the measured value. The TS sides of (c) are within one or two
+# standard errors: they catch steering that is lost (equal models: margin 0), not a small drift.
+A_IS_GAIN = 0.4  # the issue asks 1 std: not reached (README)
+B_S_GAIN = {"held-in": 0.05, "held-out": 0.03}  # the issue asks 0.3 std: not reached (README)
+C_IS_MARGIN = {"held-in": 0.1, "held-out": 0.05}
+C_TS_MARGIN = {"held-in": 0.01, "held-out": 0.015}
+SETS = ("held-in", "held-out")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +50,7 @@ def measured(tmp_path_factory):
            "round_0": bench.measure(round_0, "round_0")}
     for lam in (0.0, 0.5, 1.0):
         model = bench.dpo(round_0, first, claims.with_pairing(cfg, lam, "angle"), cfg.dpo.steps)
-        out[lam] = bench.measure(model, f"lambda_{lam:g}", sets=("held-in",))
+        out[lam] = bench.measure(model, f"lambda_{lam:g}")
     return {name: {where: claims.gains(s, out["round_0"][where]) for where, s in sets.items()}
             for name, sets in out.items()}
 
@@ -54,12 +59,14 @@ def test_a_dreambooth_raises_held_out_is_over_the_base_model(measured):
     assert -measured["base"]["held-out"]["IS"] >= A_IS_GAIN, measured["base"]
 
 
-def test_b_dpo_raises_the_weighted_score_without_losing_either(measured):
-    gain = measured[0.5]["held-in"]
-    assert gain["S_0.5"] >= B_S_GAIN and gain["IS"] >= -0.1 and gain["TS"] >= -0.1, gain
+@pytest.mark.parametrize("where", SETS)
+def test_b_dpo_raises_the_weighted_score_without_losing_either(measured, where):
+    gain = measured[0.5][where]
+    assert gain["S_0.5"] >= B_S_GAIN[where] and gain["IS"] >= -0.1 and gain["TS"] >= -0.1, gain
 
 
-def test_c_lambda_steers_the_trade_off(measured):
-    fidelity, alignment = measured[0.0]["held-in"], measured[1.0]["held-in"]
-    assert fidelity["IS"] - alignment["IS"] >= C_IS_MARGIN, (fidelity, alignment)
-    assert alignment["TS"] - fidelity["TS"] >= C_TS_MARGIN, (fidelity, alignment)
+@pytest.mark.parametrize("where", SETS)
+def test_c_lambda_steers_the_trade_off(measured, where):
+    fidelity, alignment = measured[0.0][where], measured[1.0][where]
+    assert fidelity["IS"] - alignment["IS"] >= C_IS_MARGIN[where], (fidelity, alignment)
+    assert alignment["TS"] - fidelity["TS"] >= C_TS_MARGIN[where], (fidelity, alignment)

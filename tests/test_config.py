@@ -136,13 +136,13 @@ def test_round_overrides_apply_to_that_round_only(in_repo):
     cfg = config_from_dict(two_rounds({"generate": {"num_prompts": 3}, "dpo": {"beta": 5000},
                                        "filter": {"angle": 40}}))
     r1, r2 = cfg.for_round("round_1"), cfg.for_round("round_2")
-    assert (r1.generate.num_prompts, r1.dpo.beta, r1.filter.angle) == (8, 2500.0, 25.0)
+    assert (r1.generate.num_prompts, r1.dpo.beta, r1.filter.angle) == (16, 2500.0, 25.0)
     assert (r2.generate.num_prompts, r2.dpo.beta, r2.filter.angle) == (3, 5000.0, 40.0)
     assert r2.generate.images_per_prompt == r1.generate.images_per_prompt  # not overridden
     # disjoint prompt slices that follow each round's own N, seeds a round apart, chained starts
     plans = list(cfg.round_plans().values())
     assert [(p.name, p.index, p.start, p.prompts) for p in plans] == [
-        ("round_1", 1, "round_0", (0, 8)), ("round_2", 2, "round_1", (8, 11))]
+        ("round_1", 1, "round_0", (0, 16)), ("round_2", 2, "round_1", (16, 19))]
     assert [p.seed for p in plans] == [round_seed(0, 1), round_seed(0, 2)] == [1_000_000, 2_000_000]
     assert list(cfg.round_plans()) == ["round_1", "round_2"]
 
