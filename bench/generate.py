@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dbdpo.architectures import FULL_ARCHS, arch_config, full_backbone
+from dbdpo.architectures import FULL_ARCHS, arch_precision, full_backbone
 from dbdpo.backbones import PRECISION_DTYPES, Backbone, load_backbone
 from dbdpo.config import ComputeConfig, Config
 from dbdpo.data import render, train_prompts
@@ -97,8 +97,7 @@ def backbone_for(cfg: Config, arch: str | None, resolution: int | None) -> Backb
     if arch is None:
         return load_backbone(cfg.model)
     device = compute_device()
-    precision = arch_config(arch)["precision"] if device.type == "cuda" else "fp32"
-    return full_backbone(arch, device, PRECISION_DTYPES[precision], resolution=resolution)
+    return full_backbone(arch, device, PRECISION_DTYPES[arch_precision(arch, device)], resolution=resolution)
 
 
 def barrier() -> None:

@@ -43,7 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from diffusers_dpo import diffusers_dpo  # noqa: E402
 
-from dbdpo.architectures import FULL_ARCHS, arch_config, full_backbone  # noqa: E402
+from dbdpo.architectures import FULL_ARCHS, arch_precision, full_backbone  # noqa: E402
 from dbdpo.backbones import PRECISION_DTYPES  # noqa: E402
 from dbdpo.conditioning import encode_prompts, image_size_ids  # noqa: E402
 from dbdpo.config import DpoConfig, FinetuneConfig  # noqa: E402
@@ -121,7 +121,7 @@ def _clean(unet, adapter: str | None = None) -> None:
 
 
 def bench_arch(arch: str, args, device: str) -> list[dict]:
-    precision = arch_config(arch)["precision"] if device == "cuda" else "fp32"
+    precision = arch_precision(arch, device)
     backbone = full_backbone(arch, device, PRECISION_DTYPES[precision], resolution=args.resolution)
     pipe, resolution = backbone.pipe, backbone.resolution
     beta = 5000.0 if backbone.is_sdxl else 2500.0

@@ -53,6 +53,12 @@ def arch_config(arch: str) -> dict:
     return json.loads((CONFIG_DIR / f"{arch}.json").read_text())
 
 
+def arch_precision(arch: str, device: str | torch.device) -> str:
+    """`arch`'s preset precision on a GPU, fp32 elsewhere (a CPU samples and trains in fp32,
+    as `load_backbone` does)."""
+    return arch_config(arch)["precision"] if torch.device(device).type == "cuda" else "fp32"
+
+
 def _parts(arch: str) -> dict[str, torch.nn.Module]:
     """The weighted parts of `arch`, initialized on the current default device."""
     cfg = arch_config(arch)

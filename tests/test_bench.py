@@ -7,7 +7,12 @@ import sys
 import pytest
 import torch
 
-from dbdpo.architectures import PUBLISHED_PARAMETERS, arch_config, parameter_counts
+from dbdpo.architectures import (
+    PUBLISHED_PARAMETERS,
+    arch_config,
+    arch_precision,
+    parameter_counts,
+)
 from dbdpo.tiny import build_tiny_pipeline
 from tests.conftest import REPO
 
@@ -31,6 +36,9 @@ def test_full_architectures_have_the_published_parameter_counts():
     assert round(counts["sdxl"]["unet"] / 1e9, 1) == 2.6
     assert (counts["sdxl"]["text_encoder"] + counts["sdxl"]["text_encoder_2"]) // 10**6 == 817
     assert arch_config("sd21")["scheduler"]["prediction_type"] == "v_prediction"
+    # each preset's precision on a GPU; fp32 on a CPU, as load_backbone
+    assert [arch_precision(a, "cuda") for a in ("sd2-base", "sd21", "sdxl")] == ["fp16", "fp16", "bf16"]
+    assert arch_precision("sdxl", "cpu") == arch_precision("sdxl", torch.device("cpu")) == "fp32"
     with pytest.raises(ValueError, match="expected one of sd2-base, sd21, sdxl"):
         parameter_counts("sd3")
 
