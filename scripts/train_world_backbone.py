@@ -10,7 +10,8 @@ learn. Deterministic for a given torch build and machine:
 
 The defaults are the recipe of the shipped weights (docs/proving_ground.md has the CPU times).
 
-Writes dbdpo/assets/world_{vae,unet,text_encoder}.safetensors (fp16).
+Writes dbdpo/assets/world_{vae,unet,text_encoder}.safetensors (fp16; the text encoder's token
+embedding as its trained rows, the rest replayed from the init when loaded).
 """
 
 import argparse
@@ -24,7 +25,14 @@ from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
 from dbdpo.data import to_tensor
-from dbdpo.tiny import SD_SCHEDULE, WORLD_WEIGHTS, build_tiny_pipeline, load_world_part
+from dbdpo.tiny import (
+    SD_SCHEDULE,
+    WORLD_WEIGHTS,
+    build_tiny_pipeline,
+    initial_token_embedding,
+    load_world_part,
+    sparse_token_embedding,
+)
 from dbdpo.world import SIZE, captions, render, sample_scene
 
 log = logging.getLogger("train_world_backbone")
@@ -42,9 +50,13 @@ def cosine_with_warmup(optimizer, steps: int):
 
 
 def save_fp16(module: torch.nn.Module, part: str) -> None:
-    """fp16 halves the package; the loader casts back to fp32 (the model is then these weights)."""
+    """fp16 halves the package; the loader casts back to fp32 (the model is then these weights).
+    The text encoder keeps only its trained token-embedding rows (dbdpo.tiny.sparse_token_embedding)."""
     WORLD_WEIGHTS[part].parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().half().contiguous() for k, v in module.state_dict().items()}, str(WORLD_WEIGHTS[part]))
+    state = {k: v.detach().half().contiguous() for k, v in module.state_dict().items()}
+    if part == "text_encoder":
+        state = sparse_token_embedding(state, initial_token_embedding())
+    save_file(state, str(WORLD_WEIGHTS[part]))
 
 
 def fit_vae(vae, images: torch.Tensor, steps: int, batch_size: int, lr: float = 2e-3, device: str = "cpu"):

@@ -2,11 +2,23 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from dbdpo.backbones import BackboneError, load_backbone
 from dbdpo.config import ModelConfig
-from dbdpo.tiny import WORLD_WEIGHTS, build_tiny_pipeline, clip_tokenizer
+from dbdpo.tiny import (
+    CONCEPT_TOKEN_ID,
+    PROBE_IDS,
+    STORED_IDS,
+    STORED_ROWS,
+    TOKEN_EMBEDDING,
+    WORLD_WEIGHTS,
+    build_tiny_pipeline,
+    clip_tokenizer,
+    dense_token_embedding,
+    initial_token_embedding,
+    load_world_part,
+)
 
 
 def test_tokenizer_is_the_real_clip_bpe():
@@ -24,9 +36,50 @@ def test_tiny_backbone_is_a_deterministic_sd_pipeline():
         assert all(torch.equal(pa[k], pb[k]) for k in pa), module
         # every part is the shipped trained world model, not a random init
         shipped = load_file(str(WORLD_WEIGHTS[module]))
+        if module == "text_encoder":
+            shipped = dense_token_embedding(shipped, WORLD_WEIGHTS[module])
         assert set(shipped) == set(pa) and all(torch.equal(shipped[k].float(), pa[k]) for k in pa), module
     untrained = build_tiny_pipeline(trained=False)
     assert not torch.equal(untrained.unet.conv_in.weight, a.pipe.unet.conv_in.weight)
+
+
+def test_shipped_world_weights_fit_the_package_budget():
+    """Issue 10: the world's weights ship in the package, 30 MB in all at most."""
+    shipped = sorted(WORLD_WEIGHTS["unet"].parent.glob("*.safetensors"))
+    assert len(shipped) == 4 and sum(p.stat().st_size for p in shipped) <= 30_000_000
+
+
+def test_text_encoder_ships_its_trained_token_rows_and_replays_the_rest():
+    stored = load_file(str(WORLD_WEIGHTS["text_encoder"]))
+    assert TOKEN_EMBEDDING not in stored
+    ids, rows, probes = stored[STORED_IDS], stored[STORED_ROWS], stored[PROBE_IDS]
+    initial = initial_token_embedding()
+    trained = ~torch.isin(ids, probes)
+    # the world's caption words were trained, and only they; the concept token was not
+    caption_ids = set(clip_tokenizer()("a photo of a big red striped toy on the beach").input_ids)
+    assert caption_ids <= set(ids[trained].tolist()) and 60 <= int(trained.sum()) <= 200
+    assert (rows[trained] != initial[ids[trained]]).any(dim=1).all()
+    assert CONCEPT_TOKEN_ID in probes.tolist() and torch.equal(rows[~trained], initial[probes])
+    # the loaded embedding: the init everywhere but the trained rows, whatever the build's seed
+    encoder = build_tiny_pipeline(seed=5).text_encoder
+    weight = encoder.get_input_embeddings().weight.detach()
+    assert torch.equal(weight[ids], rows.float())
+    others = torch.ones(len(weight), dtype=torch.bool)
+    others[ids] = False
+    assert torch.equal(weight[others], initial[others].float())
+
+
+def test_a_replay_that_differs_from_the_stored_probes_is_a_clear_error(tmp_path, monkeypatch):
+    """A library that initializes the text encoder differently must not load silently wrong."""
+    stored = load_file(str(WORLD_WEIGHTS["text_encoder"]))
+    probe_row = torch.searchsorted(stored[STORED_IDS], stored[PROBE_IDS][0])
+    stored[STORED_ROWS][probe_row] += 0.01
+    altered = tmp_path / "world_text_encoder.safetensors"
+    save_file(stored, str(altered))
+    monkeypatch.setitem(WORLD_WEIGHTS, "text_encoder", altered)
+    encoder = build_tiny_pipeline(trained=False).text_encoder
+    with pytest.raises(RuntimeError, match=r"world_text_encoder.safetensors: .*replays it differently.*constraints.txt"):
+        load_world_part(encoder, "text_encoder")
 
 
 def test_tiny_vae_decodes_latents_to_distinct_images():
