@@ -166,6 +166,35 @@ def small_generate_params(tmp_path, preset: str = "params.yaml"):
     return path
 
 
+def test_is_ceiling_bench_scores_world_renders_and_both_models(tmp_path, in_repo):
+    """bench/is_ceiling.py at toy sampling sizes: the world's renders of the concept score
+    above other toys (what the IS gate promises), and round_0's split adds up."""
+    import yaml
+
+    from dbdpo.backbones import load_backbone
+    from dbdpo.config import ModelConfig
+    from dbdpo.lora import save_lora
+    from tests.test_lora import random_lora
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["evaluate"].update(num_prompts=12, images_per_prompt=1, steps=2)  # 10 plain prompts, 2 with a color
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    save_lora(load_backbone(ModelConfig()).pipe, random_lora(0), tmp_path / "round_0")
+
+    table = bench_module("is_ceiling").main(["--params", str(tmp_path / "params.yaml"),
+                                             "--round-0", str(tmp_path / "round_0"), "--views", "2",
+                                             "--by-prompt"])
+    assert table.loc["concept, rendered", "images"] == 20 and table.loc["round_0", "images"] == 12
+    assert table.loc["concept, rendered", "IS"] > table.loc["other toys, rendered", "IS"] + 0.2
+    assert table.loc["concept, through the VAE", "IS"] > table.loc["other toys, through the VAE", "IS"] + 0.2
+    assert table.loc["base model (class prompt)", "gain"] == 0
+    plain, color = table.loc["round_0, plain prompts"], table.loc["round_0, prompts asking another color"]
+    assert (plain["images"], color["images"]) == (10, 2)
+    assert abs((10 * plain["IS"] + 2 * color["IS"]) / 12 - table.loc["round_0", "IS"]) < 1e-6
+    by_prompt = table.attrs["by_prompt"]
+    assert len(by_prompt) == 12 and abs(by_prompt.mean() - table.loc["round_0", "gain"]) < 1e-6
+
+
 def test_generate_bench_times_ours_against_the_diffusers_loop(tmp_path, in_repo, capsys):
     """bench/generate.py on the world backbone, one process: both rows over the same 4 images;
     a flag that cannot apply is refused before any model loads."""
