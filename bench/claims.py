@@ -15,7 +15,10 @@ prompt sets:
   e. rounds vs one big round the params' rounds of N prompts vs one round of (rounds x N)
                              prompts from round_0 with as many DPO steps as all rounds together
 
-    python bench/claims.py [--params params.yaml] [--out claims.json]
+    python bench/claims.py [--params params.yaml] [--out claims.json] [--dreambooth-seeds 1 2]
+
+--dreambooth-seeds trains DreamBooth again on each finetune.seed given and prints claim (a) for
+each: on the proving ground the gain depends on that seed's draw (docs/proving_ground.md).
 
 About 15 minutes on 2 CPU cores with the default params.
 """
@@ -91,11 +94,14 @@ class Bench:
         state, _ = train_dpo(backbone, data, dataclasses.replace(cfg.dpo, steps=steps))
         return stack(start, state)
 
+    def instance_prompt(self) -> str:
+        cfg = self.cfg
+        return cfg.finetune.instance_prompt.format(token=cfg.concept.token, class_noun=cfg.concept.class_noun)
+
     def dreambooth(self) -> LoraState:
         """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage."""
-        cfg = self.cfg
-        prompt = cfg.finetune.instance_prompt.format(token=cfg.concept.token, class_noun=cfg.concept.class_noun)
-        state, _ = train_dreambooth(load_backbone(cfg.model), self.concept_images, prompt, cfg.finetune)
+        state, _ = train_dreambooth(load_backbone(self.cfg.model), self.concept_images, self.instance_prompt(),
+                                    self.cfg.finetune)
         return state
 
     def round_scores(self, model: LoraState, templates: list[str], r: int, name: str) -> pd.DataFrame:
@@ -139,13 +145,35 @@ def gains(scores: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def run(cfg: Config, work: Path) -> dict:
+def dreambooth_gain(base: pd.DataFrame, round_0: pd.DataFrame) -> dict[str, float]:
+    """Claim (a) on the held-out images: round_0's IS and TS over the base model's, in
+    round_0's std per image (the table's unit), with IS's standard error."""
+    g = gains(base, round_0)
+    return {"IS": -g["IS"], "TS": -g["TS"], "IS_se": g["IS_se"]}
+
+
+def dreambooth_seeds(bench: Bench, base: pd.DataFrame, seeds: list[int]) -> dict[int, dict[str, float]]:
+    """Claim (a) with DreamBooth trained again on each of `seeds` (finetune.seed), everything
+    else as the params: how much of the gain is the seed's draw."""
+    out = {}
+    for seed in seeds:
+        finetune = dataclasses.replace(bench.cfg.finetune, seed=seed)
+        state, _ = train_dreambooth(load_backbone(bench.cfg.model), bench.concept_images,
+                                    bench.instance_prompt(), finetune)
+        out[seed] = dreambooth_gain(base, bench.measure(state, f"round_0_seed_{seed}", sets=("held-out",))["held-out"])
+    return out
+
+
+def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = ()) -> dict:
     t0 = time.time()
     bench = Bench(cfg, work)
     steps, rounds, default = cfg.dpo.steps, len(bench.round_prompts), with_pairing(cfg, 0.5, "angle")
     measured = {"base (class prompt)": bench.measure(None, "base", class_prompt=True)}
     round_0 = bench.dreambooth()
     measured["round_0"] = bench.measure(round_0, "round_0")
+    base = measured["base (class prompt)"]["held-out"]
+    by_seed = {cfg.finetune.seed: dreambooth_gain(base, measured["round_0"]["held-out"])}
+    by_seed |= dreambooth_seeds(bench, base, [s for s in extra_dreambooth_seeds if s != cfg.finetune.seed])
     first = bench.round_scores(round_0, bench.round_prompts[0], 1, "round_1")  # shared by every 1-round variant
     model = round_0
     for r, templates in enumerate(bench.round_prompts, start=1):  # (b): the params' rounds
@@ -163,7 +191,7 @@ def run(cfg: Config, work: Path) -> dict:
     reference = measured["round_0"]
     table = {name: {where: gains(scores, reference[where]) for where, scores in sets.items()}
              for name, sets in measured.items()}
-    return {"table": table, "minutes": (time.time() - t0) / 60, "rounds": rounds,
+    return {"table": table, "dreambooth_seeds": by_seed, "minutes": (time.time() - t0) / 60, "rounds": rounds,
             "N": cfg.generate.num_prompts, "K": cfg.generate.images_per_prompt,
             "images": {name: {where: len(s) for where, s in sets.items()} for name, sets in measured.items()}}
 
@@ -172,6 +200,11 @@ def print_table(result: dict) -> None:
     print(f"gains over round_0 in round_0 stds (N={result['N']} prompts x K={result['K']} a round; "
           f"{result['minutes']:.1f} min)")
     print_gains(result["table"], "model", 36)
+    seeds = result["dreambooth_seeds"]
+    if len(seeds) > 1:
+        print("claim (a), held-out IS (TS) over the base model by finetune.seed: " + ", ".join(
+            f"{seed}: {g['IS']:+.3f}±{g['IS_se']:.3f} ({g['TS']:+.3f})" for seed, g in seeds.items())
+            + f"; mean IS {sum(g['IS'] for g in seeds.values()) / len(seeds):+.3f}")
 
 
 def print_gains(table: dict, first_column: str, width: int) -> None:
@@ -188,13 +221,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--dreambooth-seeds", type=int, nargs="*", default=[],
+                        help="also train DreamBooth on these finetune.seed values and report claim (a) on each "
+                             "(about 1 min a seed on 2 CPU cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in ("claims", "dbdpo"):  # not open_clip's INFO lines on the root logger
         logging.getLogger(name).setLevel(logging.INFO)
     cfg = load_config(args.params)
     with tempfile.TemporaryDirectory() as work:
-        result = run(cfg, Path(work))
+        result = run(cfg, Path(work), tuple(args.dreambooth_seeds))
     print_table(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

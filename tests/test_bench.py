@@ -104,7 +104,8 @@ def test_claims_bench_measures_every_variant(tmp_path, in_repo):
     params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
-    result = bench_module("claims").main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "c.json")])
+    result = bench_module("claims").main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "c.json"),
+                                          "--dreambooth-seeds", "0", "1"])
     table = result["table"]
     assert list(table) == ["base (class prompt)", "round_0", "lambda=0.5 angle, round 1", "lambda=0.5 angle, round 2",
                            "lambda=0.5 threshold, round 1", "lambda=0 angle, round 1", "lambda=1 angle, round 1",
@@ -114,6 +115,10 @@ def test_claims_bench_measures_every_variant(tmp_path, in_repo):
     assert all(abs(x) < 1e-9 for where in table["round_0"].values() for x in where.values())
     assert all(math.isfinite(x) for sets in table.values() for where in sets.values() for x in where.values())
     assert json.loads((tmp_path / "c.json").read_text())["table"] == table
+    # claim (a) by DreamBooth seed: the params' seed is the table's round_0; seed 1 is trained anew
+    by_seed = result["dreambooth_seeds"]
+    assert list(by_seed) == [0, 1] and by_seed[0]["IS"] == -table["base (class prompt)"]["held-out"]["IS"]
+    assert by_seed[1] != by_seed[0] and all(math.isfinite(x) for g in by_seed.values() for x in g.values())
 
 
 def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monkeypatch, caplog):
