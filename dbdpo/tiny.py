@@ -166,10 +166,11 @@ def clip_tokenizer() -> CLIPTokenizer:
 # The text encoder's token embedding is 49,408 x 64, yet the world's captions use 70 of its
 # tokens; the other rows, `sks` among them, never get a gradient and stay at their init. So
 # the shipped file holds the trained rows and a few untrained probe rows, and the loader
-# replays the init for the rest: 6.3 MB less in the package (issue: <= 30 MB in all).
+# replays the init for the rest: 6.3 MB less, which keeps the world's weights under 30 MB.
 TOKEN_EMBEDDING = "embeddings.token_embedding.weight"
-STORED_IDS, STORED_ROWS, PROBE_IDS = (f"embeddings.token_embedding.{name}" for name in ("stored_ids", "stored_rows",
-                                                                                     "probe_ids"))
+STORED_IDS = "embeddings.token_embedding.stored_ids"  # (n,) int64, sorted
+STORED_ROWS = "embeddings.token_embedding.stored_rows"  # (n, 64) fp16, the rows of STORED_IDS
+PROBE_IDS = "embeddings.token_embedding.probe_ids"  # (m,) int64, sorted: the untrained ones among them
 NUM_PROBES = 64  # untrained rows stored to check the replayed init (the concept token's among them)
 CONCEPT_TOKEN_ID = 48136  # "sks</w>", the default concept.token
 
