@@ -94,14 +94,13 @@ class Bench:
         state, _ = train_dpo(backbone, data, dataclasses.replace(cfg.dpo, steps=steps))
         return stack(start, state)
 
-    def instance_prompt(self) -> str:
+    def dreambooth(self, seed: int | None = None) -> LoraState:
+        """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage
+        (with finetune.seed = `seed` when given)."""
         cfg = self.cfg
-        return cfg.finetune.instance_prompt.format(token=cfg.concept.token, class_noun=cfg.concept.class_noun)
-
-    def dreambooth(self) -> LoraState:
-        """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage."""
-        state, _ = train_dreambooth(load_backbone(self.cfg.model), self.concept_images, self.instance_prompt(),
-                                    self.cfg.finetune)
+        finetune = cfg.finetune if seed is None else dataclasses.replace(cfg.finetune, seed=seed)
+        prompt = finetune.instance_prompt.format(token=cfg.concept.token, class_noun=cfg.concept.class_noun)
+        state, _ = train_dreambooth(load_backbone(cfg.model), self.concept_images, prompt, finetune)
         return state
 
     def round_scores(self, model: LoraState, templates: list[str], r: int, name: str) -> pd.DataFrame:
@@ -155,13 +154,9 @@ def dreambooth_gain(base: pd.DataFrame, round_0: pd.DataFrame) -> dict[str, floa
 def dreambooth_seeds(bench: Bench, base: pd.DataFrame, seeds: list[int]) -> dict[int, dict[str, float]]:
     """Claim (a) with DreamBooth trained again on each of `seeds` (finetune.seed), everything
     else as the params: how much of the gain is the seed's draw."""
-    out = {}
-    for seed in seeds:
-        finetune = dataclasses.replace(bench.cfg.finetune, seed=seed)
-        state, _ = train_dreambooth(load_backbone(bench.cfg.model), bench.concept_images,
-                                    bench.instance_prompt(), finetune)
-        out[seed] = dreambooth_gain(base, bench.measure(state, f"round_0_seed_{seed}", sets=("held-out",))["held-out"])
-    return out
+    return {seed: dreambooth_gain(base, bench.measure(bench.dreambooth(seed), f"round_0_seed_{seed}",
+                                                      sets=("held-out",))["held-out"])
+            for seed in seeds}
 
 
 def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = ()) -> dict:

@@ -25,7 +25,6 @@ import torch
 from claims import Bench  # bench/claims.py
 from PIL import Image
 
-from dbdpo.backbones import load_backbone
 from dbdpo.data import to_tensor
 from dbdpo.lora import load_lora
 from dbdpo.params import load_config
@@ -67,7 +66,7 @@ def measure(bench: Bench, round_0, views: int) -> pd.DataFrame:
     base = bench.measure(None, "base", class_prompt=True, sets=("held-out",))["held-out"]
     trained = bench.measure(round_0, "round_0", sets=("held-out",))["held-out"]
     unit = trained["IS"].std()
-    vae = load_backbone(bench.cfg.model).pipe.vae
+    vae = bench.backbone.pipe.vae  # the LoRAs sampled above adapt the UNet only
     kinds = {}
     for kind, images in world_renders(views).items():
         kinds[f"{kind}, rendered"] = images
