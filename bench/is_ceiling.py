@@ -2,11 +2,13 @@
 
 Scores, with the params' scorer against the concept photos, images of the evaluation prompts'
 held-out contexts: the concept and other toys rendered by the world (the best any backbone
-could draw), the same after the VAE's round trip (the best this backbone's latents can hold),
-the base model prompted with the class noun and round_0 (bench/claims.py's claim (a) pair, on
-the `evaluate` seeds). Means, and gains over the base model in round_0's std per image, as
-claim (a) counts them; round_0's gain is also split into the plain prompts and those that ask
-for a color the concept lacks.
+could draw), the concept without its ring (all that the world's captions can name of it), the
+same after the VAE's round trip (the best this backbone's latents can hold), the base model
+prompted with the class noun and round_0 (bench/claims.py's claim (a) pair, on the `evaluate`
+seeds), and the base model prompted with the concept's description in place of the token ("a
+big red striped toy in the jungle": what the backbone draws of it from text alone). Means, and
+gains over the base model in round_0's std per image, as claim (a) counts them; round_0's gain
+is also split into the plain prompts and those that ask for a color the concept lacks.
 
     python bench/is_ceiling.py --round-0 models/round_0 [--views 4] [--guidance-scale 7.5] [--steps 20] [--by-prompt]
 """
@@ -29,18 +31,21 @@ from dbdpo.data import to_tensor
 from dbdpo.lora import load_lora
 from dbdpo.params import load_config
 from dbdpo.scoring import score_loaded
-from dbdpo.world import CONCEPT, SIZE, render, sample_scene
+from dbdpo.world import CONCEPT, SIZE, describe, render, sample_scene
 from dbdpo.world_contexts import EVAL_CONTEXTS
 from dbdpo.world_data import OTHER_COLORS
 
 log = logging.getLogger("is_ceiling")
+# The concept in the world's caption words, in place of the token: "a big red striped toy".
+DESCRIPTION = f"{CONCEPT.size} {describe(CONCEPT).removesuffix(' ' + CONCEPT.object_class)}"
 
 
 def world_renders(views: int, seed: int = 0) -> dict[str, list[Image.Image]]:
-    """`views` renders a held-out context of the concept (as the concept photos are placed)
-    and of other toys (random attributes; never the concept)."""
+    """`views` renders a held-out context of the concept (as the concept photos are placed),
+    of the same without its ring and green knob (a red toy with yellow stripes, as a caption
+    can describe it) and of other toys (random attributes; never the concept)."""
     rng = random.Random(seed)
-    out = {"concept": [], "other toys": []}
+    out = {"concept": [], "concept without its ring": [], "other toys": []}
     for context in EVAL_CONTEXTS:
         for _ in range(views):
             radius = rng.uniform(0.24, 0.32)
@@ -48,6 +53,7 @@ def world_renders(views: int, seed: int = 0) -> dict[str, list[Image.Image]]:
                                           x=rng.uniform(radius + 0.03, 0.97 - radius),
                                           y=rng.uniform(radius + 0.03, 0.97 - radius))
             out["concept"].append(render(concept))
+            out["concept without its ring"].append(render(dataclasses.replace(concept, ring=False)))
             out["other toys"].append(render(sample_scene(rng, contexts=(context,), classes=("toy",))))
     return out
 
@@ -77,9 +83,15 @@ def measure(bench: Bench, round_0, views: int) -> pd.DataFrame:
         rows[kind] = score_loaded(images, labels, [""] * len(images), bench.scorers, bench.cfg.score.batch_size,
                                   desc=kind)["IS"]
     asks_a_color = trained["template"].map(lambda t: any(f"a {c} {{token}}" in t for c in OTHER_COLORS))
-    models = {"base model (class prompt)": base, "round_0": trained, "round_0, plain prompts": trained[~asks_a_color],
+    described = bench.sample(None, [t.format(token=DESCRIPTION, class_noun="{class_noun}") for t in bench.held_out],
+                             bench.cfg.evaluate.images_per_prompt, bench.cfg.evaluate.seed, "described",
+                             settings=bench.cfg.evaluate)[~asks_a_color]  # the same seeds as `base`, row by row
+    described["TS"] = float("nan")  # scored against another text than the other rows' TS
+    models = {"base model (class prompt)": base, "base model (the concept described), plain prompts": described,
+              "round_0": trained, "round_0, plain prompts": trained[~asks_a_color],
               "round_0, prompts asking another color": trained[asks_a_color]}
-    reference = {"round_0, plain prompts": base[~asks_a_color], "round_0, prompts asking another color": base[asks_a_color]}
+    reference = {"round_0, plain prompts": base[~asks_a_color], "round_0, prompts asking another color": base[asks_a_color],
+                 "base model (the concept described), plain prompts": base[~asks_a_color]}
     table = pd.DataFrame({kind: {"IS": s.mean(), "TS": float("nan"), "images": len(s)} for kind, s in rows.items()}
                          | {kind: {"IS": m["IS"].mean(), "TS": m["TS"].mean(), "images": len(m)}
                             for kind, m in models.items()}).T

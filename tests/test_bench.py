@@ -172,8 +172,9 @@ def small_generate_params(tmp_path, preset: str = "params.yaml"):
 
 
 def test_is_ceiling_bench_scores_world_renders_and_both_models(tmp_path, in_repo):
-    """bench/is_ceiling.py at toy sampling sizes: the world's renders of the concept score
-    above other toys (what the IS gate promises), and round_0's split adds up."""
+    """bench/is_ceiling.py at toy sampling sizes: the world's renders of the concept, with or
+    without its ring, score above other toys (what the IS gate promises); the described-concept
+    row covers the plain prompts; round_0's split adds up."""
     import yaml
 
     from dbdpo.backbones import load_backbone
@@ -193,6 +194,12 @@ def test_is_ceiling_bench_scores_world_renders_and_both_models(tmp_path, in_repo
     assert table.loc["concept, rendered", "IS"] > table.loc["other toys, rendered", "IS"] + 0.2
     assert table.loc["concept, through the VAE", "IS"] > table.loc["other toys, through the VAE", "IS"] + 0.2
     assert table.loc["base model (class prompt)", "gain"] == 0
+    # Without its ring the concept is a red toy with yellow stripes: still far above other toys.
+    assert table.loc["concept without its ring, rendered", "images"] == 20
+    assert table.loc["concept without its ring, rendered", "IS"] > table.loc["other toys, rendered", "IS"] + 0.2
+    described = table.loc["base model (the concept described), plain prompts"]
+    assert bench_module("is_ceiling").DESCRIPTION == "big red striped"
+    assert described["images"] == 10 and described["TS"] != described["TS"]  # NaN: scored against another text
     plain, color = table.loc["round_0, plain prompts"], table.loc["round_0, prompts asking another color"]
     assert (plain["images"], color["images"]) == (10, 2)
     assert abs((10 * plain["IS"] + 2 * color["IS"]) / 12 - table.loc["round_0", "IS"]) < 1e-6
