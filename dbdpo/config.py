@@ -77,6 +77,8 @@ class ScoreConfig:
     clip_pretrained: str | None = None
     dino_model: str | None = None
     pickscore_model: str | None = None
+    hps_weights: str | None = None  # an HPSv2 checkpoint file: the HPS reward column when set
+    hps_arch: str = "ViT-H-14"  # the open_clip architecture of hps_weights (HPSv2 and v2.1: ViT-H-14)
     ts_prompt: str = "without_concept"  # the authors' evaluator: token and class removed
     batch_size: int = 32
     seed: int = 0

@@ -6,6 +6,9 @@ runs a set of them over image files in batches, decoding each image once.
 DreamBoothDPO (arXiv 2505.20975, Sec. 3): with one pre-trained CLIP,
   IS(x) = mean_i cos(E_I(x), E_I(c_i))   concept fidelity vs the concept images c_i
   TS(x) = cos(E_I(x), E_T(p))            prompt alignment, p without the instance token.
+HPSv2 (Wu et al. 2023, "Human Preference Score v2") is TS's formula with a CLIP ViT-H-14
+fine-tuned on human preferences: its score.py scores diag(image_features @ text_features.T)
+of open_clip's unit-norm features, so it loads and scores through the same open_clip path.
 With `clip_model: tiny` the CLIP is randomly initialized (seeded): the numbers are then a
 deterministic smoke signal of the code path, not a measure of anything.
 """
@@ -39,13 +42,16 @@ WORLD_CLIP_WEIGHTS = Path(__file__).parent / "assets" / "world_clip.safetensors"
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-def load_open_clip(model_name: str, pretrained: str | None, seed: int = 0):
+def load_open_clip(model_name: str, pretrained: str | None, seed: int = 0,
+                   keys: tuple[str, str] = ("score.clip_model", "score.clip_pretrained")):
     """(model, preprocess, tokenizer) from open_clip.
 
     `model_name` is any open_clip name (ViT-B-32 ...), `dbdpo-world-clip` (the proving
     ground's trained CLIP; `pretrained` null means its shipped weights) or `tiny` (a seeded
     random 3.4M-param CLIP for code-path tests, never a default). `pretrained` is an
-    open_clip tag or a local weights file.
+    open_clip tag or a local weights file (safetensors, or a torch file that open_clip reads
+    with weights_only=True: tensors only, no code). `keys`: the params keys the two values
+    came from, for the errors.
     """
     import open_clip
 
@@ -55,15 +61,15 @@ def load_open_clip(model_name: str, pretrained: str | None, seed: int = 0):
     elif model_name == WORLD_CLIP and pretrained is None:
         pretrained = str(WORLD_CLIP_WEIGHTS)
     if model_name not in open_clip.list_models():
-        raise ScorerError(f"score.clip_model={model_name!r} is not an open_clip model name (e.g. ViT-B-32)")
+        raise ScorerError(f"{keys[0]}={model_name!r} is not an open_clip model name (e.g. ViT-B-32)")
     torch.manual_seed(seed)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
     except Exception as e:  # download failure, bad file: one clear message either way
         raise ScorerError(
-            f"score.clip_pretrained={pretrained!r} for {model_name}: cannot load "
+            f"{keys[1]}={pretrained!r} for {model_name}: cannot load "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Offline, download the "
-            "open_clip checkpoint on a connected machine and set score.clip_pretrained to its local path."
+            f"open_clip checkpoint on a connected machine and set {keys[1]} to its local path."
         ) from None
     if pretrained is None and model_name != TINY_CLIP:
         log.warning("score: %s has random weights (score.clip_pretrained is null)", model_name)
@@ -76,15 +82,16 @@ class ClipSimilarity:
 
     `text_columns` maps each TS column to the function that turns the scorer's text input
     (a prompt template) into the CLIP text, e.g. {"TS": template -> "a toy in the jungle"},
-    so several TS variants share one image embedding.
+    so several TS variants share one image embedding. Without `concept_images` there is no
+    IS column: HPSv2 is {"HPS": the TS text} on its own CLIP.
     """
 
-    def __init__(self, model, preprocess, tokenizer, concept_images: list[Image.Image],
+    def __init__(self, model, preprocess, tokenizer, concept_images: list[Image.Image] | None,
                  text_columns: dict[str, Callable[[str], str]]):
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.device = next(model.parameters()).device
         self.text_columns = text_columns
-        self.concept = self.embed_images(concept_images)  # (C, D), unit norm
+        self.concept = None if concept_images is None else self.embed_images(concept_images)  # (C, D), unit norm
         self._text_cache: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -104,7 +111,7 @@ class ClipSimilarity:
 
     def __call__(self, images: list[Image.Image], texts: list[str]) -> dict[str, np.ndarray]:
         img = self.embed_images(images)
-        out = {"IS": (img @ self.concept.T).mean(dim=1).numpy()}
+        out = {} if self.concept is None else {"IS": (img @ self.concept.T).mean(dim=1).numpy()}
         for column, to_text in self.text_columns.items():
             out[column] = (img * self.embed_texts([to_text(t) for t in texts])).sum(dim=1).numpy()
         return out
@@ -207,8 +214,8 @@ class PickScore:
 def build_scorers(cfg: ScoreConfig, concept_images: list[Image.Image],
                   text_columns: dict[str, Callable[[str], str]]) -> list[Scorer]:
     """CLIP IS/TS (one TS column per entry of `text_columns`), DINO unless disabled, and
-    PickScore when `score.pickscore_model` is set (scored against the "TS" text). Models run
-    on the GPU when there is one, in fp32."""
+    PickScore and HPS when `score.pickscore_model` / `score.hps_weights` are set (both scored
+    against the "TS" text). Models run on the GPU when there is one, in fp32."""
     device = compute_device()
     clip, preprocess, tokenizer = load_open_clip(cfg.clip_model, cfg.clip_pretrained, cfg.seed)
     scorers: list[Scorer] = [ClipSimilarity(clip.to(device), preprocess, tokenizer, concept_images, text_columns)]
@@ -217,7 +224,23 @@ def build_scorers(cfg: ScoreConfig, concept_images: list[Image.Image],
     if cfg.pickscore_model is not None:
         model, processor = load_pickscore(cfg.pickscore_model, cfg.seed)
         scorers.append(PickScore(model.to(device), processor, text_columns["TS"]))
+    if cfg.hps_weights is not None:
+        scorers.append(ClipSimilarity(*load_hps(cfg.hps_weights, cfg.hps_arch, device), None,
+                                      {"HPS": text_columns["TS"]}))
     return scorers
+
+
+def load_hps(weights: str, arch: str, device: torch.device | str = "cpu"):
+    """(model, preprocess, tokenizer) of HPSv2 (Wu et al. 2023): the open_clip `arch`
+    (ViT-H-14 for HPS_v2_compressed.pt and HPS_v2.1_compressed.pt of xswu/HPSv2) with the
+    weights of the local file `weights`. A square image's preprocessing (resize, center crop,
+    OpenAI mean/std) is HPSv2's own."""
+    if not Path(weights).is_file():
+        raise ScorerError(f"score.hps_weights={weights!r}: no such file. Download HPS_v2.1_compressed.pt "
+                          "from the hub repository xswu/HPSv2 on a connected machine and set score.hps_weights "
+                          "to its local path (or null for no HPS column)")
+    model, preprocess, tokenizer = load_open_clip(arch, weights, keys=("score.hps_arch", "score.hps_weights"))
+    return model.to(device), preprocess, tokenizer
 
 
 def score_images(paths: list[str], texts: list[str], scorers: list[Scorer], batch_size: int,

@@ -52,6 +52,7 @@ def test_repository_params_load(in_repo):
     ({"dpo__rank_by": "ensemble"}, r"dpo.rank_by='ensemble' is invalid: expected one of preference \| model"),
     ({"pair__normalize": "rank"}, r"pair.normalize='rank'"),
     ({"score__rewards": {"IS": 1.0, "PickScore": 1.0}}, r"PickScore needs score.pickscore_model"),
+    ({"score__rewards": {"TS": 1.0, "HPS": 1.0}}, r"HPS needs score.hps_weights"),
     ({"score__rewards": {"IS": 0}}, r"score.rewards=\{'IS': 0.0\} is invalid: expected a non-empty mapping"),
     ({"dpo__loss": "rank_dpo"}, r"pair.mode='pairs' is invalid: expected rank with dpo.loss=rank_dpo"),
     # a weights file silently dropped would score with a random CLIP

@@ -7,9 +7,11 @@ from PIL import Image
 from dbdpo.config import ScoreConfig
 from dbdpo.pairs import normalize
 from dbdpo.scoring import (
+    TINY_CLIP,
     ClipSimilarity,
     ScorerError,
     build_scorers,
+    load_hps,
     load_open_clip,
     score_images,
     score_loaded,
@@ -120,6 +122,45 @@ def test_pickscore_is_scaled_clip_cosine_and_joins_the_scorers(tmp_path):
         img.save(tmp_path / f"{i}.png")
         paths.append(str(tmp_path / f"{i}.png"))
     assert list(score_images(paths, texts, scorers, batch_size=2).columns) == ["IS", "TS", "PickScore"]
+
+
+def test_hps_is_the_unit_cosine_of_its_clip_loaded_from_the_released_file_layout(tmp_path):
+    """HPSv2 ships a torch file {"state_dict": ...} of an open_clip ViT-H-14; a tiny CLIP in
+    that layout loads through load_hps (weights_only) and scores HPSv2's own formula,
+    diag(image_features @ text_features.T) of the model's unit-norm outputs."""
+    source, preprocess, tokenizer = load_open_clip("tiny", None, seed=7)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 3},
+               tmp_path / "HPS_v2.1_compressed.pt")  # DDP-saved keys, as a training run writes them
+    model, _, _ = load_hps(str(tmp_path / "HPS_v2.1_compressed.pt"), TINY_CLIP)
+    for (name, loaded), original in zip(model.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(loaded, original), name
+
+    generated, texts = images(3, seed=5), ["a toy in the snow", "a toy on a beach", "a toy"]
+    cfg = ScoreConfig(dino_model=None, hps_weights=str(tmp_path / "HPS_v2.1_compressed.pt"), hps_arch=TINY_CLIP)
+    paths = []
+    for i, img in enumerate(generated):
+        img.save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    scores = score_images(paths, texts, build_scorers(cfg, images(1), {"TS": lambda t: t}), batch_size=2)
+    assert list(scores.columns) == ["IS", "TS", "HPS"]
+    with torch.no_grad():
+        # open_clip's forward: unit-norm (image_features, text_features, logit_scale)
+        image_features, text_features, _ = source(torch.stack([preprocess(Image.open(p).convert("RGB"))
+                                                                for p in paths]), tokenizer(texts))
+        expected = torch.diagonal(image_features @ text_features.T).numpy()
+    np.testing.assert_allclose(scores["HPS"], expected, atol=1e-6)
+    assert not np.allclose(scores["HPS"], scores["TS"])  # its own CLIP, not the IS/TS one
+
+
+def test_hps_weights_missing_or_of_another_architecture_are_clear_errors(tmp_path):
+    with pytest.raises(ScorerError, match=r"score.hps_weights='.*nope.pt': no such file. Download HPS_v2.1"):
+        load_hps(str(tmp_path / "nope.pt"), "ViT-H-14")
+    source, _, _ = load_open_clip("tiny", None)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "tiny.pt")
+    with pytest.raises(ScorerError, match=r"score.hps_weights='.*tiny.pt' for dbdpo-world-clip: cannot load"):
+        load_hps(str(tmp_path / "tiny.pt"), "dbdpo-world-clip")
+    with pytest.raises(ScorerError, match=r"score.hps_arch='ViT-Nope' is not an open_clip model name"):
+        load_hps(str(tmp_path / "tiny.pt"), "ViT-Nope")
 
 
 def test_missing_pickscore_weights_say_what_to_download(tmp_path):
