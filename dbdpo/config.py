@@ -79,6 +79,9 @@ class ScoreConfig:
     pickscore_model: str | None = None
     hps_weights: str | None = None  # an HPSv2 checkpoint file: the HPS reward column when set
     hps_arch: str = "ViT-H-14"  # the open_clip architecture of hps_weights (HPSv2 and v2.1: ViT-H-14)
+    aesthetic_weights: str | None = None  # LAION's aesthetic MLP file: the Aesthetic reward column when set
+    aesthetic_clip: str = "ViT-L-14"  # the open_clip model whose image embedding the MLP reads
+    aesthetic_clip_pretrained: str = "openai"  # its weights: an open_clip tag or a local file
     ts_prompt: str = "without_concept"  # the authors' evaluator: token and class removed
     batch_size: int = 32
     seed: int = 0

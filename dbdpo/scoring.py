@@ -9,6 +9,8 @@ DreamBoothDPO (arXiv 2505.20975, Sec. 3): with one pre-trained CLIP,
 HPSv2 (Wu et al. 2023, "Human Preference Score v2") is TS's formula with a CLIP ViT-H-14
 fine-tuned on human preferences: its score.py scores diag(image_features @ text_features.T)
 of open_clip's unit-norm features, so it loads and scores through the same open_clip path.
+LAION's aesthetic predictor (improved-aesthetic-predictor, sac+logos+ava1-l14-linearMSE) is
+a linear MLP on the unit-norm image embedding of OpenAI's CLIP ViT-L/14: a 1-10 rating.
 With `clip_model: tiny` the CLIP is randomly initialized (seeded): the numbers are then a
 deterministic smoke signal of the code path, not a measure of anything.
 """
@@ -214,8 +216,9 @@ class PickScore:
 def build_scorers(cfg: ScoreConfig, concept_images: list[Image.Image],
                   text_columns: dict[str, Callable[[str], str]]) -> list[Scorer]:
     """CLIP IS/TS (one TS column per entry of `text_columns`), DINO unless disabled, and
-    PickScore and HPS when `score.pickscore_model` / `score.hps_weights` are set (both scored
-    against the "TS" text). Models run on the GPU when there is one, in fp32."""
+    PickScore, HPS and Aesthetic when `score.pickscore_model` / `score.hps_weights` /
+    `score.aesthetic_weights` are set (the first two scored against the "TS" text). Models run
+    on the GPU when there is one, in fp32."""
     device = compute_device()
     clip, preprocess, tokenizer = load_open_clip(cfg.clip_model, cfg.clip_pretrained, cfg.seed)
     scorers: list[Scorer] = [ClipSimilarity(clip.to(device), preprocess, tokenizer, concept_images, text_columns)]
@@ -227,6 +230,9 @@ def build_scorers(cfg: ScoreConfig, concept_images: list[Image.Image],
     if cfg.hps_weights is not None:
         scorers.append(ClipSimilarity(*load_hps(cfg.hps_weights, cfg.hps_arch, device), None,
                                       {"HPS": text_columns["TS"]}))
+    if cfg.aesthetic_weights is not None:
+        scorers.append(load_aesthetic(cfg.aesthetic_weights, cfg.aesthetic_clip, cfg.aesthetic_clip_pretrained,
+                                      device))
     return scorers
 
 
@@ -242,6 +248,68 @@ def load_hps(weights: str, arch: str, device: torch.device | str = "cpu"):
     model, preprocess, tokenizer = load_open_clip(arch, weights, keys=("score.hps_arch", "score.hps_weights"))
     return model.to(device), preprocess, tokenizer
 
+
+
+class AestheticMlp(torch.nn.Module):
+    """The aesthetic predictor's head: five linear layers, no activation between them (the
+    `linearMSE` checkpoints; dropout is idle at inference). Its state-dict keys,
+    layers.{0,2,4,6,7}.{weight,bias}, are the released file's."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(embed_dim, 1024), torch.nn.Dropout(0.2), torch.nn.Linear(1024, 128),
+            torch.nn.Dropout(0.2), torch.nn.Linear(128, 64), torch.nn.Dropout(0.1), torch.nn.Linear(64, 16),
+            torch.nn.Linear(16, 1))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, D) unit-norm image embeddings -> (B,) ratings."""
+        return self.layers(embeddings).squeeze(-1)
+
+
+class AestheticScore:
+    """LAION's aesthetic rating of each image (text unused): the MLP on the unit-norm CLIP
+    image embedding, as the predictor's simple_inference.py computes it."""
+
+    def __init__(self, clip, preprocess, mlp: AestheticMlp):
+        self.clip, self.preprocess, self.mlp = clip, preprocess, mlp
+        self.device = next(clip.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image], texts: list[str]) -> dict[str, np.ndarray]:
+        pixels = torch.stack([self.preprocess(img) for img in images]).to(self.device)
+        embeddings = F.normalize(self.clip.encode_image(pixels).float(), dim=-1)
+        return {"Aesthetic": self.mlp(embeddings).cpu().numpy()}
+
+
+def load_aesthetic(weights: str, clip_model: str, clip_pretrained: str | None,
+                   device: torch.device | str = "cpu") -> AestheticScore:
+    """The aesthetic predictor: the MLP from the local file `weights` (a torch state dict read
+    with weights_only=True, or safetensors) on the open_clip model `clip_model` with
+    `clip_pretrained` (ViT-L-14 / openai for the released MLPs)."""
+    if not Path(weights).is_file():
+        raise ScorerError(f"score.aesthetic_weights={weights!r}: no such file. Download "
+                          "sac+logos+ava1-l14-linearMSE.pth from github.com/christophschuhmann/improved-aesthetic-"
+                          "predictor on a connected machine and set score.aesthetic_weights to its local path "
+                          "(or null for no Aesthetic column)")
+    if weights.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(weights)
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    clip, preprocess, _ = load_open_clip(clip_model, clip_pretrained,
+                                         keys=("score.aesthetic_clip", "score.aesthetic_clip_pretrained"))
+    embed_dim = clip.visual.output_dim
+    mlp = AestheticMlp(embed_dim)
+    try:
+        mlp.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise ScorerError(
+            f"score.aesthetic_weights={weights!r}: not an aesthetic MLP on {clip_model}'s {embed_dim}-d embeddings "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the released linearMSE files read ViT-L-14 (768)"
+        ) from None
+    return AestheticScore(clip.to(device), preprocess, mlp.to(device).eval())
 
 def score_images(paths: list[str], texts: list[str], scorers: list[Scorer], batch_size: int,
                  desc: str = "score") -> pd.DataFrame:

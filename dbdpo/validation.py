@@ -130,10 +130,16 @@ def validate_groups(c: Config) -> None:
     _require(bool(c.score.rewards) and all(w > 0 for w in c.score.rewards.values()), "score.rewards",
              c.score.rewards, "a non-empty mapping of score names to weights > 0")
     available = {"IS", "TS"} | ({"DINO"} if c.score.dino_model else set()) | (
-        {"PickScore"} if c.score.pickscore_model else set()) | ({"HPS"} if c.score.hps_weights else set())
+        {"PickScore"} if c.score.pickscore_model else set()) | ({"HPS"} if c.score.hps_weights else set()) | (
+        {"Aesthetic"} if c.score.aesthetic_weights else set())
     _require(set(c.score.rewards) <= available, "score.rewards", c.score.rewards,
              f"names among {', '.join(sorted(available))} (DINO needs score.dino_model, "
-             "PickScore needs score.pickscore_model, HPS needs score.hps_weights)")
+             "PickScore needs score.pickscore_model, HPS needs score.hps_weights, "
+             "Aesthetic needs score.aesthetic_weights)")
+    _require(c.score.aesthetic_weights is None or bool(c.score.aesthetic_clip_pretrained),
+             "score.aesthetic_clip_pretrained", c.score.aesthetic_clip_pretrained,
+             "the CLIP weights the aesthetic MLP was trained on (openai, or a local file): a random CLIP's "
+             "embeddings would make its ratings meaningless")
     _positive(c.score.batch_size, "score.batch_size")
 
     _one_of(c.pair.mode, ("pairs", "rank"), "pair.mode")

@@ -8,7 +8,8 @@ from stages.common import EVAL, PARAMS_OPTION, checked_model, setup, user_errors
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
 READS = ("model", "concept", "score.clip_model", "score.clip_pretrained", "score.dino_model",
-         "score.pickscore_model", "score.hps_weights", "score.hps_arch", "score.ts_prompt", "score.batch_size",
+         "score.pickscore_model", "score.hps_weights", "score.hps_arch", "score.aesthetic_weights",
+         "score.aesthetic_clip", "score.aesthetic_clip_pretrained", "score.ts_prompt", "score.batch_size",
          "score.seed", "rounds", "evaluate")
 
 app = typer.Typer(add_completion=False)

@@ -1,4 +1,4 @@
-"""Stage score@round: IS, TS (and DINO, PickScore, HPS when set) for every generated image of the round."""
+"""Stage score@round: IS, TS (and DINO, PickScore, HPS, Aesthetic when set) for every generated image of the round."""
 
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from stages.common import (
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
 # Not score.rewards: only pair reads it.
 READS = ("concept", "score.clip_model", "score.clip_pretrained", "score.dino_model", "score.pickscore_model",
-         "score.hps_weights", "score.hps_arch", "score.ts_prompt", "score.batch_size", "score.seed")
+         "score.hps_weights", "score.hps_arch", "score.aesthetic_weights", "score.aesthetic_clip",
+         "score.aesthetic_clip_pretrained", "score.ts_prompt", "score.batch_size", "score.seed")
 
 app = typer.Typer(add_completion=False)
 

@@ -53,6 +53,10 @@ def test_repository_params_load(in_repo):
     ({"pair__normalize": "rank"}, r"pair.normalize='rank'"),
     ({"score__rewards": {"IS": 1.0, "PickScore": 1.0}}, r"PickScore needs score.pickscore_model"),
     ({"score__rewards": {"TS": 1.0, "HPS": 1.0}}, r"HPS needs score.hps_weights"),
+    ({"score__rewards": {"IS": 1.0, "Aesthetic": 1.0}}, r"Aesthetic needs score.aesthetic_weights"),
+    # open_clip reads an empty tag as "no weights": a random CLIP under the MLP
+    ({"score__aesthetic_weights": "mlp.pth", "score__aesthetic_clip_pretrained": ""},
+     r"score.aesthetic_clip_pretrained='' is invalid: expected the CLIP weights the aesthetic MLP was trained on"),
     ({"score__rewards": {"IS": 0}}, r"score.rewards=\{'IS': 0.0\} is invalid: expected a non-empty mapping"),
     ({"dpo__loss": "rank_dpo"}, r"pair.mode='pairs' is invalid: expected rank with dpo.loss=rank_dpo"),
     # a weights file silently dropped would score with a random CLIP

@@ -7,6 +7,7 @@ the dvc CLI is not what a test checks, it runs dvc.yaml's stage commands in-proc
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -290,25 +291,31 @@ def test_adding_a_round_reruns_only_that_round_and_evaluate(project):
         assert grid.width == 3 * 64 * 2 + 2 * 4
 
 
-def test_rank_dpo_round_with_hpsv2_in_the_reward_ensemble(project, monkeypatch):
-    """RankDPO through the stages (pair writes ranked lists, dpo trains on them) with HPS in
-    the ensemble: a tiny open_clip CLIP saved in HPSv2's file layout stands in for its
-    ViT-H-14. score, pair, dpo and evaluate run in-process on the rank params."""
+def test_rank_dpo_round_with_hpsv2_and_aesthetic_rewards_in_the_ensemble(project, monkeypatch):
+    """RankDPO through the stages (pair writes ranked lists, dpo trains on them) with HPS and
+    Aesthetic in the ensemble: tiny open_clip CLIPs saved in the released files' layouts stand
+    in for HPSv2's ViT-H-14 and for ViT-L-14 under LAION's aesthetic MLP. score, pair, dpo
+    and evaluate run in-process on the rank params."""
     import torch
 
-    from dbdpo.scoring import TINY_CLIP, load_open_clip
+    from dbdpo.scoring import TINY_CLIP, AestheticMlp, load_open_clip
 
     back_to_baseline(project)
-    hps, _, _ = load_open_clip("tiny", None, seed=5)
-    torch.save({"state_dict": hps.state_dict()}, project / "hps.pt")
+    for name, seed in (("hps.pt", 5), ("clip.pt", 6)):
+        clip, _, _ = load_open_clip("tiny", None, seed=seed)
+        torch.save({"state_dict": clip.state_dict()}, project / name)
+    torch.save(AestheticMlp(clip.visual.output_dim).state_dict(), project / "aesthetic.pth")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["pair"]["mode"], params["dpo"]["loss"] = "rank", "rank_dpo"
-    params["score"].update(hps_weights="hps.pt", hps_arch=TINY_CLIP, rewards={"IS": 1.0, "TS": 1.0, "HPS": 1.0})
+    params["score"].update(hps_weights="hps.pt", hps_arch=TINY_CLIP, aesthetic_weights="aesthetic.pth",
+                           aesthetic_clip=TINY_CLIP, aesthetic_clip_pretrained="clip.pt",
+                           rewards={"IS": 1.0, "TS": 1.0, "HPS": 1.0, "Aesthetic": 1.0})
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_stages_in_process(project, monkeypatch, ("score@round_1", "pair@round_1", "dpo@round_1", "evaluate"))
 
     scores = pd.read_parquet(project / "rounds/round_1/scores.parquet")
-    assert {"IS", "TS", "HPS"} <= set(scores.columns) and scores["HPS"].between(-1, 1).all()
+    assert {"IS", "TS", "HPS", "Aesthetic"} <= set(scores.columns) and scores["HPS"].between(-1, 1).all()
+    assert scores["Aesthetic"].map(math.isfinite).all() and scores["Aesthetic"].nunique() == len(scores)
     ranked = pd.read_parquet(project / "rounds/round_1/preferences/ranked.parquet")
     assert len(ranked) == 8 and sorted(ranked["rank"].unique()) == [1, 2, 3, 4]
     assert not (project / "rounds/round_1/preferences/pairs.parquet").exists()
@@ -319,7 +326,8 @@ def test_rank_dpo_round_with_hpsv2_in_the_reward_ensemble(project, monkeypatch):
     assert {"implicit_accuracy.tsv", "reward_margin.tsv"} <= {p.name for p in logs.iterdir()}
     metrics = json.loads((project / "metrics.json").read_text())
     committed = json.loads(run(["git", "show", "HEAD:metrics.json"], project).stdout)
-    assert metrics["round_0"] == committed["round_0"] | {key: metrics["round_0"][key] for key in ("HPS", "HPS_std")}
+    extra = ("HPS", "HPS_std", "Aesthetic", "Aesthetic_std")
+    assert metrics["round_0"] == committed["round_0"] | {key: metrics["round_0"][key] for key in extra}
     assert -1 <= metrics["round_0"]["HPS"] <= 1  # the same DreamBooth model and seeds, one more column
     assert metrics["round_1"]["IS"] != committed["round_1"]["IS"]  # another round-1 model
 

@@ -8,9 +8,11 @@ from dbdpo.config import ScoreConfig
 from dbdpo.pairs import normalize
 from dbdpo.scoring import (
     TINY_CLIP,
+    AestheticMlp,
     ClipSimilarity,
     ScorerError,
     build_scorers,
+    load_aesthetic,
     load_hps,
     load_open_clip,
     score_images,
@@ -161,6 +163,49 @@ def test_hps_weights_missing_or_of_another_architecture_are_clear_errors(tmp_pat
         load_hps(str(tmp_path / "tiny.pt"), "dbdpo-world-clip")
     with pytest.raises(ScorerError, match=r"score.hps_arch='ViT-Nope' is not an open_clip model name"):
         load_hps(str(tmp_path / "tiny.pt"), "ViT-Nope")
+
+
+def saved_aesthetic(tmp_path, embed_dim: int, seed: int = 0):
+    """A random aesthetic MLP saved as the predictor's released .pth is: a bare state dict."""
+    torch.manual_seed(seed)
+    mlp = AestheticMlp(embed_dim)
+    torch.save(mlp.state_dict(), tmp_path / "aesthetic.pth")
+    return mlp.eval(), str(tmp_path / "aesthetic.pth")
+
+
+def test_aesthetic_is_the_mlp_on_the_unit_norm_clip_image_embedding(tmp_path):
+    """load_aesthetic on a tiny CLIP (from a weights file, as ViT-L-14's would be) and an MLP
+    in the released file's layout: each rating is mlp(normalize(E_I(x))), and the MLP is the
+    five linear maps composed (no activation in the linearMSE head)."""
+    clip, preprocess, _ = load_open_clip("tiny", None, seed=2)
+    torch.save({"state_dict": clip.state_dict()}, tmp_path / "clip.pt")
+    mlp, weights = saved_aesthetic(tmp_path, clip.visual.output_dim)
+    scorer = load_aesthetic(weights, TINY_CLIP, str(tmp_path / "clip.pt"))
+    generated = images(4, seed=6)
+    out = scorer(generated, ["unused"] * 4)["Aesthetic"]
+    with torch.no_grad():
+        embeddings = F.normalize(clip.encode_image(torch.stack([preprocess(i) for i in generated])), dim=-1)
+        linear = [m for m in mlp.layers if isinstance(m, torch.nn.Linear)]
+        expected = embeddings
+        for layer in linear:
+            expected = expected @ layer.weight.T + layer.bias
+    assert out.shape == (4,) and len(linear) == 5
+    np.testing.assert_allclose(out, expected.squeeze(-1).numpy(), rtol=1e-5, atol=1e-6)
+    cfg = ScoreConfig(dino_model=None, aesthetic_weights=weights, aesthetic_clip=TINY_CLIP,
+                      aesthetic_clip_pretrained=str(tmp_path / "clip.pt"))
+    scores = score_loaded(generated, [f"{i}" for i in range(4)], ["a toy"] * 4,
+                          build_scorers(cfg, images(1), {"TS": lambda t: t}), batch_size=3)
+    assert list(scores.columns) == ["IS", "TS", "Aesthetic"]
+    np.testing.assert_allclose(scores["Aesthetic"], out, rtol=1e-6)
+
+
+def test_aesthetic_weights_missing_or_for_another_embedding_size_are_clear_errors(tmp_path):
+    with pytest.raises(ScorerError, match=r"score.aesthetic_weights='.*nope.pth': no such file. Download "
+                                          r"sac\+logos\+ava1-l14-linearMSE.pth"):
+        load_aesthetic(str(tmp_path / "nope.pth"), "ViT-L-14", "openai")
+    _, weights = saved_aesthetic(tmp_path, 768)  # ViT-L-14's size; the tiny CLIP's is smaller
+    with pytest.raises(ScorerError, match=r"not an aesthetic MLP on tiny's 32-d embeddings"):
+        load_aesthetic(weights, "tiny", None)
 
 
 def test_missing_pickscore_weights_say_what_to_download(tmp_path):
