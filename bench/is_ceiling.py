@@ -8,7 +8,9 @@ prompted with the class noun and round_0 (bench/claims.py's claim (a) pair, on t
 seeds), and the base model prompted with the concept's description in place of the token ("a
 big red striped toy in the jungle": what the backbone draws of it from text alone). Means, and
 gains over the base model in round_0's std per image, as claim (a) counts them; round_0's gain
-is also split into the plain prompts and those that ask for a color the concept lacks.
+is also split into the plain prompts and those that ask for a color the concept lacks. Last,
+both models on DreamBooth's own prompts with no context ("a photo of sks toy" over "a photo
+of a toy"): how much of the concept round_0 learned, before a context word competes for it.
 
     python bench/is_ceiling.py --round-0 models/round_0 [--views 4] [--guidance-scale 7.5] [--steps 20] [--by-prompt]
 """
@@ -87,11 +89,20 @@ def measure(bench: Bench, round_0, views: int) -> pd.DataFrame:
                              bench.cfg.evaluate.images_per_prompt, bench.cfg.evaluate.seed, "described",
                              settings=bench.cfg.evaluate)[~asks_a_color]  # the same seeds as `base`, row by row
     described["TS"] = float("nan")  # scored against another text than the other rows' TS
+    # No context at all: DreamBooth's own prompt, as many images as the held-out set.
+    e, finetune = bench.cfg.evaluate, bench.cfg.finetune
+    alone = {kind: bench.sample(lora, [template], len(base), e.seed, f"alone_{i}", settings=e)
+             for i, (kind, lora, template) in enumerate([
+                 ("base model, the class prompt alone", None, finetune.class_prompt),
+                 ("round_0, the instance prompt alone", round_0, finetune.instance_prompt)])}
+    for scores in alone.values():
+        scores["TS"] = float("nan")  # a prompt without a context: not the held-out TS
     models = {"base model (class prompt)": base, "base model (the concept described), plain prompts": described,
               "round_0": trained, "round_0, plain prompts": trained[~asks_a_color],
-              "round_0, prompts asking another color": trained[asks_a_color]}
+              "round_0, prompts asking another color": trained[asks_a_color], **alone}
     reference = {"round_0, plain prompts": base[~asks_a_color], "round_0, prompts asking another color": base[asks_a_color],
-                 "base model (the concept described), plain prompts": base[~asks_a_color]}
+                 "base model (the concept described), plain prompts": base[~asks_a_color],
+                 "round_0, the instance prompt alone": alone["base model, the class prompt alone"]}
     table = pd.DataFrame({kind: {"IS": s.mean(), "TS": float("nan"), "images": len(s)} for kind, s in rows.items()}
                          | {kind: {"IS": m["IS"].mean(), "TS": m["TS"].mean(), "images": len(m)}
                             for kind, m in models.items()}).T

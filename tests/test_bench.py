@@ -200,6 +200,10 @@ def test_is_ceiling_bench_scores_world_renders_and_both_models(tmp_path, in_repo
     described = table.loc["base model (the concept described), plain prompts"]
     assert bench_module("is_ceiling").DESCRIPTION == "big red striped"
     assert described["images"] == 10 and described["TS"] != described["TS"]  # NaN: scored against another text
+    alone = table.loc[["base model, the class prompt alone", "round_0, the instance prompt alone"]]
+    assert (alone["images"] == 12).all() and alone["TS"].isna().all()
+    assert table.loc["round_0, the instance prompt alone", "gain"] == pytest.approx(
+        (alone["IS"].iat[1] - alone["IS"].iat[0]) / table.attrs["unit"])  # over the class prompt alone
     plain, color = table.loc["round_0, plain prompts"], table.loc["round_0, prompts asking another color"]
     assert (plain["images"], color["images"]) == (10, 2)
     assert abs((10 * plain["IS"] + 2 * color["IS"]) / 12 - table.loc["round_0", "IS"]) < 1e-6
