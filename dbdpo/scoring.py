@@ -74,7 +74,7 @@ def load_open_clip(model_name: str, pretrained: str | None, seed: int = 0,
             f"open_clip checkpoint on a connected machine and set {keys[1]} to its local path."
         ) from None
     if pretrained is None and model_name != TINY_CLIP:
-        log.warning("score: %s has random weights (score.clip_pretrained is null)", model_name)
+        log.warning("score: %s has random weights (%s is null)", model_name, keys[1])
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(model_name)
 
@@ -249,7 +249,6 @@ def load_hps(weights: str, arch: str, device: torch.device | str = "cpu"):
     return model.to(device), preprocess, tokenizer
 
 
-
 class AestheticMlp(torch.nn.Module):
     """The aesthetic predictor's head: five linear layers, no activation between them (the
     `linearMSE` checkpoints; dropout is idle at inference). Its state-dict keys,
@@ -269,17 +268,16 @@ class AestheticMlp(torch.nn.Module):
 
 class AestheticScore:
     """LAION's aesthetic rating of each image (text unused): the MLP on the unit-norm CLIP
-    image embedding, as the predictor's simple_inference.py computes it."""
+    image embedding (`clip`: a ClipSimilarity with no columns, for its embed_images), as the
+    predictor's simple_inference.py computes it."""
 
-    def __init__(self, clip, preprocess, mlp: AestheticMlp):
-        self.clip, self.preprocess, self.mlp = clip, preprocess, mlp
-        self.device = next(clip.parameters()).device
+    def __init__(self, clip: ClipSimilarity, mlp: AestheticMlp):
+        self.clip, self.mlp = clip, mlp
+        self.device = next(mlp.parameters()).device
 
     @torch.no_grad()
     def __call__(self, images: list[Image.Image], texts: list[str]) -> dict[str, np.ndarray]:
-        pixels = torch.stack([self.preprocess(img) for img in images]).to(self.device)
-        embeddings = F.normalize(self.clip.encode_image(pixels).float(), dim=-1)
-        return {"Aesthetic": self.mlp(embeddings).cpu().numpy()}
+        return {"Aesthetic": self.mlp(self.clip.embed_images(images).to(self.device)).cpu().numpy()}
 
 
 def load_aesthetic(weights: str, clip_model: str, clip_pretrained: str | None,
@@ -309,7 +307,7 @@ def load_aesthetic(weights: str, clip_model: str, clip_pretrained: str | None,
             f"score.aesthetic_weights={weights!r}: not an aesthetic MLP on {clip_model}'s {embed_dim}-d embeddings "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the released linearMSE files read ViT-L-14 (768)"
         ) from None
-    return AestheticScore(clip.to(device), preprocess, mlp.to(device).eval())
+    return AestheticScore(ClipSimilarity(clip.to(device), preprocess, None, None, {}), mlp.to(device).eval())
 
 def score_images(paths: list[str], texts: list[str], scorers: list[Scorer], batch_size: int,
                  desc: str = "score") -> pd.DataFrame:
