@@ -8,7 +8,9 @@ prompt sets:
   held-out : the evaluation prompts (contexts no training prompt uses), `evaluate` seeds;
   held-in  : round 1's own training prompts, with seeds no round trained on.
 
-  a. DreamBooth works        round_0 vs the base model prompted with the class noun
+  a. DreamBooth works        round_0 vs the base model prompted with the class noun; and on
+                             DreamBooth's own prompt with no context ("a photo of sks toy" vs
+                             "a photo of a toy"): the concept learned, before a context competes
   b. DPO improves S_0.5      lambda=0.5, angle filter: one round, and every round of params
   c. lambda steers           lambda=0 vs lambda=1 (angle window around each direction)
   d. angle vs threshold      lambda=0.5, filter.kind threshold (filter.threshold) vs angle
@@ -103,6 +105,14 @@ class Bench:
         state, _ = train_dreambooth(load_backbone(cfg.model), self.concept_images, prompt, finetune)
         return state
 
+    def own_prompt(self, lora: LoraState | None, name: str) -> pd.DataFrame:
+        """Scored images on DreamBooth's own prompt, with no context: finetune.instance_prompt
+        for a DreamBooth model, finetune.class_prompt for the base model (None); as many as
+        the held-out set, on evaluate's seeds and settings."""
+        e, finetune = self.cfg.evaluate, self.cfg.finetune
+        template = finetune.class_prompt if lora is None else finetune.instance_prompt
+        return self.sample(lora, [template], len(self.held_out) * e.images_per_prompt, e.seed, name, settings=e)
+
     def round_scores(self, model: LoraState, templates: list[str], r: int, name: str) -> pd.DataFrame:
         """Round r's scored training images, seeded as the generate stage seeds round r."""
         g = self.cfg.generate
@@ -144,19 +154,28 @@ def gains(scores: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def dreambooth_gain(base: pd.DataFrame, round_0: pd.DataFrame) -> dict[str, float]:
+def dreambooth_gain(base: pd.DataFrame, round_0: pd.DataFrame, base_alone: pd.DataFrame,
+                    round_0_alone: pd.DataFrame) -> dict[str, float]:
     """Claim (a) on the held-out images: round_0's IS and TS over the base model's, in
-    round_0's std per image (the table's unit), with IS's standard error."""
+    round_0's std per image (the table's unit), with IS's standard error; and `own_prompt_IS`:
+    round_0's IS on DreamBooth's own prompt over the base model's on the class prompt, both
+    with no context (Bench.own_prompt), in the same unit: the concept learned, before a
+    context word competes for it."""
     g = gains(base, round_0)
-    return {"IS": -g["IS"], "TS": -g["TS"], "IS_se": g["IS_se"]}
+    own = (round_0_alone["IS"].mean() - base_alone["IS"].mean()) / round_0["IS"].std()
+    return {"IS": -g["IS"], "TS": -g["TS"], "IS_se": g["IS_se"], "own_prompt_IS": float(own)}
 
 
-def dreambooth_seeds(bench: Bench, base: pd.DataFrame, seeds: list[int]) -> dict[int, dict[str, float]]:
+def dreambooth_seeds(bench: Bench, base: pd.DataFrame, base_alone: pd.DataFrame,
+                     seeds: list[int]) -> dict[int, dict[str, float]]:
     """Claim (a) with DreamBooth trained again on each of `seeds` (finetune.seed), everything
     else as the params: how much of the gain is the seed's draw."""
-    return {seed: dreambooth_gain(base, bench.measure(bench.dreambooth(seed), f"round_0_seed_{seed}",
-                                                      sets=("held-out",))["held-out"])
-            for seed in seeds}
+    out = {}
+    for seed in seeds:
+        lora = bench.dreambooth(seed)
+        held_out = bench.measure(lora, f"round_0_seed_{seed}", sets=("held-out",))["held-out"]
+        out[seed] = dreambooth_gain(base, held_out, base_alone, bench.own_prompt(lora, f"round_0_seed_{seed}_alone"))
+    return out
 
 
 def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = ()) -> dict:
@@ -166,9 +185,10 @@ def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = ()) -
     measured = {"base (class prompt)": bench.measure(None, "base", class_prompt=True)}
     round_0 = bench.dreambooth()
     measured["round_0"] = bench.measure(round_0, "round_0")
-    base = measured["base (class prompt)"]["held-out"]
-    by_seed = {cfg.finetune.seed: dreambooth_gain(base, measured["round_0"]["held-out"])}
-    by_seed |= dreambooth_seeds(bench, base, [s for s in extra_dreambooth_seeds if s != cfg.finetune.seed])
+    base, base_alone = measured["base (class prompt)"]["held-out"], bench.own_prompt(None, "base_alone")
+    by_seed = {cfg.finetune.seed: dreambooth_gain(base, measured["round_0"]["held-out"], base_alone,
+                                                  bench.own_prompt(round_0, "round_0_alone"))}
+    by_seed |= dreambooth_seeds(bench, base, base_alone, [s for s in extra_dreambooth_seeds if s != cfg.finetune.seed])
     first = bench.round_scores(round_0, bench.round_prompts[0], 1, "round_1")  # shared by every 1-round variant
     model = round_0
     for r, templates in enumerate(bench.round_prompts, start=1):  # (b): the params' rounds
@@ -196,10 +216,12 @@ def print_table(result: dict) -> None:
           f"{result['minutes']:.1f} min)")
     print_gains(result["table"], "model", 36)
     seeds = result["dreambooth_seeds"]
-    if len(seeds) > 1:
-        print("claim (a), held-out IS (TS) over the base model by finetune.seed: " + ", ".join(
-            f"{seed}: {g['IS']:+.3f}±{g['IS_se']:.3f} ({g['TS']:+.3f})" for seed, g in seeds.items())
-            + f"; mean IS {sum(g['IS'] for g in seeds.values()) / len(seeds):+.3f}")
+    print("claim (a), held-out IS (TS) over the base model by finetune.seed: " + ", ".join(
+        f"{seed}: {g['IS']:+.3f}±{g['IS_se']:.3f} ({g['TS']:+.3f})" for seed, g in seeds.items())
+        + f"; mean IS {sum(g['IS'] for g in seeds.values()) / len(seeds):+.3f}")
+    print("  the same on DreamBooth's own prompt, no context (instance over class prompt): " + ", ".join(
+        f"{seed}: {g['own_prompt_IS']:+.3f}" for seed, g in seeds.items())
+        + f"; mean {sum(g['own_prompt_IS'] for g in seeds.values()) / len(seeds):+.3f}")
 
 
 def print_gains(table: dict, first_column: str, width: int) -> None:

@@ -119,6 +119,7 @@ def test_claims_bench_measures_every_variant(tmp_path, in_repo):
     by_seed = result["dreambooth_seeds"]
     assert list(by_seed) == [0, 1] and by_seed[0]["IS"] == -table["base (class prompt)"]["held-out"]["IS"]
     assert by_seed[1] != by_seed[0] and all(math.isfinite(x) for g in by_seed.values() for x in g.values())
+    assert all(set(g) == {"IS", "TS", "IS_se", "own_prompt_IS"} for g in by_seed.values())
 
 
 def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monkeypatch, caplog):

@@ -4,7 +4,7 @@ Same seeds before and after; gains in units of round_0's std per image. bench/cl
 measures every claim, this module asserts those that hold here, with thresholds set from its
 measured values (README, "The papers' claims"):
   a. DreamBooth raises IS on the held-out evaluation prompts over the base model prompted
-     with the class noun;
+     with the class noun; on its own prompt with no context, by the 1 std the issue asks;
   b. one DPO round at lambda=0.5 with the angle filter raises S_0.5, with neither IS nor TS
      falling, on the round's prompts (new seeds) and on the held-out contexts;
   c. lambda steers: lambda=0 gains more IS than lambda=1, on both prompt sets (that lambda=1
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 # Measured by bench/claims.py on the default params (2026-11-27, 2-core CPU, N=16 prompts a round,
 # TS against the authors' "a in the jungle"; ± the standard error over the images):
-#   (a) +0.554 (finetune.seed 0's draw: seeds 1, 2 give 0.12, 0.26);
+#   (a) +0.554 (finetune.seed 0's draw: seeds 1, 2 give 0.12, 0.26); on DreamBooth's own prompt with
+#       no context +1.621 (seeds 1, 2: +1.30, +1.54);
 #   (b) held-in S_0.5 +0.108±0.027 (IS +0.177, TS +0.039), held-out +0.061±0.021 (IS +0.097, TS +0.025);
 #   (c) IS: held-in +0.210 vs +0.013, held-out +0.056 vs -0.052 (lambda=0 vs lambda=1).
 # (a), (b) and lambda=0's gains are the same to three decimals with one thread (as here under
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.slow
 # resolved on these defaults and is not asserted; (c)'s IS margins (0.15-0.20 held-in,
 # 0.09-0.11 held-out) are. Thresholds at about half the smallest measured value.
 A_IS_GAIN = 0.4  # the issue asks 1 std: not reached (README)
+A_OWN_PROMPT_IS_GAIN = 1.0  # measured +1.62 (finetune.seed 1, 2: +1.30, +1.54); not claim (a)'s prompts
 B_S_GAIN = {"held-in": 0.05, "held-out": 0.03}  # the issue asks 0.3 std: not reached (README)
 C_IS_MARGIN = {"held-in": 0.07, "held-out": 0.045}
 SETS = ("held-in", "held-out")
@@ -54,15 +56,24 @@ def measured(tmp_path_factory):
     first = bench.round_scores(round_0, bench.round_prompts[0], 1, "round_1")
     out = {"base": bench.measure(None, "base", class_prompt=True, sets=("held-out",)),
            "round_0": bench.measure(round_0, "round_0")}
+    own_prompt = claims.dreambooth_gain(out["base"]["held-out"], out["round_0"]["held-out"],
+                                        bench.own_prompt(None, "base_alone"),
+                                        bench.own_prompt(round_0, "round_0_alone"))["own_prompt_IS"]
     for lam in (0.0, 0.5, 1.0):
         model = bench.dpo(round_0, first, claims.with_pairing(cfg, lam, "angle"), cfg.dpo.steps)
         out[lam] = bench.measure(model, f"lambda_{lam:g}")
     return {name: {where: claims.gains(s, out["round_0"][where]) for where, s in sets.items()}
-            for name, sets in out.items()}
+            for name, sets in out.items()} | {"own prompt": own_prompt}
 
 
 def test_a_dreambooth_raises_held_out_is_over_the_base_model(measured):
     assert -measured["base"]["held-out"]["IS"] >= A_IS_GAIN, measured["base"]
+
+
+def test_a_dreambooth_learns_the_concept_at_one_std_on_its_own_prompt(measured):
+    """With no context in the prompt ("a photo of sks toy" over the base model's "a photo of a
+    toy"), round_0's IS gain is the size claim (a) asks; the held-out contexts take most of it."""
+    assert measured["own prompt"] >= A_OWN_PROMPT_IS_GAIN, measured["own prompt"]
 
 
 @pytest.mark.parametrize("where", SETS)
