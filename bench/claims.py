@@ -43,7 +43,7 @@ from dbdpo.backbones import load_backbone
 from dbdpo.config import SEEDS_PER_ROUND, Config, round_seed
 from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
 from dbdpo.dpo import preference_data, train_dpo
-from dbdpo.dreambooth import train_dreambooth
+from dbdpo.dreambooth import instance_prompt, train_dreambooth
 from dbdpo.lora import LoraState, merged_pipeline, stack
 from dbdpo.pairs import build_pairs
 from dbdpo.params import load_config
@@ -101,8 +101,8 @@ class Bench:
         (with finetune.seed = `seed` when given)."""
         cfg = self.cfg
         finetune = cfg.finetune if seed is None else dataclasses.replace(cfg.finetune, seed=seed)
-        prompt = finetune.instance_prompt.format(token=cfg.concept.token, class_noun=cfg.concept.class_noun)
-        state, _ = train_dreambooth(load_backbone(cfg.model), self.concept_images, prompt, finetune)
+        state, _ = train_dreambooth(load_backbone(cfg.model), self.concept_images,
+                                    instance_prompt(finetune, cfg.concept), finetune)
         return state
 
     def own_prompt(self, lora: LoraState | None, name: str) -> pd.DataFrame:

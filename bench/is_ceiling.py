@@ -90,11 +90,8 @@ def measure(bench: Bench, round_0, views: int) -> pd.DataFrame:
                              settings=bench.cfg.evaluate)[~asks_a_color]  # the same seeds as `base`, row by row
     described["TS"] = float("nan")  # scored against another text than the other rows' TS
     # No context at all: DreamBooth's own prompt, as many images as the held-out set.
-    e, finetune = bench.cfg.evaluate, bench.cfg.finetune
-    alone = {kind: bench.sample(lora, [template], len(base), e.seed, f"alone_{i}", settings=e)
-             for i, (kind, lora, template) in enumerate([
-                 ("base model, the class prompt alone", None, finetune.class_prompt),
-                 ("round_0, the instance prompt alone", round_0, finetune.instance_prompt)])}
+    alone = {"base model, the class prompt alone": bench.own_prompt(None, "base_alone"),
+             "round_0, the instance prompt alone": bench.own_prompt(round_0, "round_0_alone")}
     for scores in alone.values():
         scores["TS"] = float("nan")  # a prompt without a context: not the held-out TS
     models = {"base model (class prompt)": base, "base model (the concept described), plain prompts": described,

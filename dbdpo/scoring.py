@@ -309,6 +309,7 @@ def load_aesthetic(weights: str, clip_model: str, clip_pretrained: str | None,
         ) from None
     return AestheticScore(ClipSimilarity(clip.to(device), preprocess, None, None, {}), mlp.to(device).eval())
 
+
 def score_images(paths: list[str], texts: list[str], scorers: list[Scorer], batch_size: int,
                  desc: str = "score") -> pd.DataFrame:
     """One row per image file, one column per score name, in input order; the files are read
