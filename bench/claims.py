@@ -39,11 +39,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from dbdpo.backbones import load_backbone
-from dbdpo.config import SEEDS_PER_ROUND, Config, round_seed
+from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
+from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
 from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
 from dbdpo.dpo import preference_data, train_dpo
-from dbdpo.dreambooth import instance_prompt, train_dreambooth
+from dbdpo.dreambooth import instance_prompt, save_round_0, train_dreambooth
 from dbdpo.lora import LoraState, merged_pipeline, stack
 from dbdpo.pairs import build_pairs
 from dbdpo.params import load_config
@@ -52,6 +52,17 @@ from dbdpo.scoring import build_scorers, score_images
 
 log = logging.getLogger("claims")
 HELD_IN_SEED = 777 * SEEDS_PER_ROUND  # no round samples these seeds (dbdpo.config.round_seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A round's model as the stages see it (dbdpo.backbones.round_base, round_lora): the
+    model its LoRA applies to, loaded (`base`) and as a config to load afresh (`config`), and
+    the LoRA. For a LoRA DreamBooth the base is the params' model; for finetune.method=full it
+    is the fine-tuned round 0 itself, whose own LoRA is empty."""
+    config: ModelConfig
+    base: Backbone
+    lora: LoraState
 
 
 class Bench:
@@ -67,9 +78,9 @@ class Bench:
         self.held_out = eval_prompts(cfg.evaluate.prompts, cfg.evaluate.num_prompts)
         self.backbone = load_backbone(cfg.model)
 
-    def sample(self, lora: LoraState | None, templates: list[str], per_prompt: int, seed: int,
+    def sample(self, model: Model | None, templates: list[str], per_prompt: int, seed: int,
                name: str, class_prompt: bool = False, settings=None) -> pd.DataFrame:
-        """Images of `lora` (None: the base model) for `templates`, written and scored.
+        """Images of `model` (None: the params' base model) for `templates`, written and scored.
         class_prompt: the prompt with the class noun and no instance token ("a toy in the
         snow"), as the base model is prompted for claim (a). settings: steps, guidance_scale
         and batch_size (cfg.generate unless given: cfg.evaluate for the held-out prompts)."""
@@ -77,8 +88,9 @@ class Bench:
                    for t in templates]
         plan = plan_samples(templates, prompts, per_prompt, seed)
         g = settings or self.cfg.generate
-        with merged_pipeline(self.backbone.pipe, lora or {}):
-            images = generate(self.backbone.pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
+        pipe = (model.base if model else self.backbone).pipe
+        with merged_pipeline(pipe, model.lora if model else {}):
+            images = generate(pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
                               batch_size=g.batch_size, resolution=self.backbone.resolution, scheduler=g.scheduler,
                               desc=name)
         samples = write_samples(plan, images, self.work / name, self.work / f"{name}.parquet")
@@ -86,49 +98,61 @@ class Bench:
                               self.cfg.score.batch_size, desc=f"score {name}")
         return pd.concat([samples, scores], axis=1)
 
-    def dpo(self, start: LoraState, scores: pd.DataFrame, cfg: Config, steps: int) -> LoraState:
+    def dpo(self, start: Model, scores: pd.DataFrame, cfg: Config, steps: int) -> Model:
         """One DPO round from `start` on `scores`' images: pairs by cfg.pair / cfg.filter."""
         pairs, summary = build_pairs(scores, cfg.pair, cfg.filter)
         log.info("pairs: %s", summary.as_metrics())
-        backbone = load_backbone(cfg.model, lora=start)
+        backbone = load_backbone(start.config, lora=start.lora)  # trained on, so a fresh copy
         data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
                                pairs["prompt"].to_list())
         state, _ = train_dpo(backbone, data, dataclasses.replace(cfg.dpo, steps=steps))
-        return stack(start, state)
+        return dataclasses.replace(start, lora=stack(start.lora, state))
 
-    def dreambooth(self, seed: int | None = None) -> LoraState:
+    def dreambooth(self, seed: int | None = None) -> Model:
         """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage
-        (with finetune.seed = `seed` when given)."""
+        (with finetune.seed = `seed` when given). A full fine-tune is saved in the scratch
+        folder and loaded from there, as the later stages load models/round_0."""
         cfg = self.cfg
         finetune = cfg.finetune if seed is None else dataclasses.replace(cfg.finetune, seed=seed)
-        state, _ = train_dreambooth(load_backbone(cfg.model), self.concept_images,
-                                    instance_prompt(finetune, cfg.concept), finetune)
-        return state
+        backbone = load_backbone(cfg.model)
+        state, _ = train_dreambooth(backbone, self.concept_images, instance_prompt(finetune, cfg.concept), finetune)
+        if state is not None:
+            return Model(cfg.model, self.backbone, state)
+        folder = self.work / f"round_0_full_seed_{finetune.seed}"
+        save_round_0(backbone, None, folder)
+        return self.round_0(folder)
 
-    def own_prompt(self, lora: LoraState | None, name: str) -> pd.DataFrame:
+    def round_0(self, folder: Path) -> Model:
+        """A saved round 0 (models/round_0): a DreamBooth LoRA folder, or a full fine-tune's
+        pipeline folder."""
+        config = round_base(self.cfg.model, folder)
+        base = self.backbone if config == self.cfg.model else load_backbone(config)
+        return Model(config, base, round_lora(folder))
+
+    def own_prompt(self, model: Model | None, name: str) -> pd.DataFrame:
         """Scored images on DreamBooth's own prompt, with no context: finetune.instance_prompt
         for a DreamBooth model, finetune.class_prompt for the base model (None); as many as
         the held-out set, on evaluate's seeds and settings."""
         e, finetune = self.cfg.evaluate, self.cfg.finetune
-        template = finetune.class_prompt if lora is None else finetune.instance_prompt
-        return self.sample(lora, [template], len(self.held_out) * e.images_per_prompt, e.seed, name, settings=e)
+        template = finetune.class_prompt if model is None else finetune.instance_prompt
+        return self.sample(model, [template], len(self.held_out) * e.images_per_prompt, e.seed, name, settings=e)
 
-    def round_scores(self, model: LoraState, templates: list[str], r: int, name: str) -> pd.DataFrame:
+    def round_scores(self, model: Model, templates: list[str], r: int, name: str) -> pd.DataFrame:
         """Round r's scored training images, seeded as the generate stage seeds round r."""
         g = self.cfg.generate
         return self.sample(model, templates, g.images_per_prompt, round_seed(g.seed, r), name)
 
-    def measure(self, lora: LoraState | None, name: str, class_prompt: bool = False,
+    def measure(self, model: Model | None, name: str, class_prompt: bool = False,
                 sets: tuple[str, ...] = ("held-out", "held-in")) -> dict[str, pd.DataFrame]:
         """Scored images on the held-out prompts (evaluate's seeds and settings) and on round
         1's prompts with seeds no round trains on (held-in)."""
         e, g = self.cfg.evaluate, self.cfg.generate
         out = {}
         if "held-out" in sets:
-            out["held-out"] = self.sample(lora, self.held_out, e.images_per_prompt, e.seed, f"{name}_out",
+            out["held-out"] = self.sample(model, self.held_out, e.images_per_prompt, e.seed, f"{name}_out",
                                           class_prompt, settings=e)
         if "held-in" in sets:
-            out["held-in"] = self.sample(lora, self.round_prompts[0], g.images_per_prompt, HELD_IN_SEED,
+            out["held-in"] = self.sample(model, self.round_prompts[0], g.images_per_prompt, HELD_IN_SEED,
                                          f"{name}_in", class_prompt)
         return out
 
@@ -172,9 +196,10 @@ def dreambooth_seeds(bench: Bench, base: pd.DataFrame, base_alone: pd.DataFrame,
     else as the params: how much of the gain is the seed's draw."""
     out = {}
     for seed in seeds:
-        lora = bench.dreambooth(seed)
-        held_out = bench.measure(lora, f"round_0_seed_{seed}", sets=("held-out",))["held-out"]
-        out[seed] = dreambooth_gain(base, held_out, base_alone, bench.own_prompt(lora, f"round_0_seed_{seed}_alone"))
+        round_0 = bench.dreambooth(seed)
+        held_out = bench.measure(round_0, f"round_0_seed_{seed}", sets=("held-out",))["held-out"]
+        out[seed] = dreambooth_gain(base, held_out, base_alone,
+                                    bench.own_prompt(round_0, f"round_0_seed_{seed}_alone"))
     return out
 
 

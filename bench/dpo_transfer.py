@@ -34,7 +34,6 @@ import dbdpo.lora
 from dbdpo.config import Config, round_seed
 from dbdpo.data import load_prompt_templates
 from dbdpo.errors import ConfigError
-from dbdpo.lora import load_lora
 from dbdpo.params import config_from_dict, load_config
 
 log = logging.getLogger("dpo_transfer")
@@ -81,7 +80,7 @@ def variant_config(params: dict, spec: str) -> Config:
 def run(cfg: Config, variants: dict[str, Config], work: Path, round_0_dir: Path | None) -> dict:
     """One DPO round per variant (name -> its config) from round_0; gains by prompt set."""
     bench = Bench(cfg, work)
-    round_0 = load_lora(round_0_dir) if round_0_dir else bench.dreambooth()
+    round_0 = bench.round_0(round_0_dir) if round_0_dir else bench.dreambooth()
     reference = bench.measure(round_0, "round_0")
     pool = load_prompt_templates(Path(cfg.generate.prompts))
     scored = {}  # (N, K) -> round 1's scored images: variants that differ only in DPO share them
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--round-0", type=Path, help="a DreamBooth LoRA folder (default: train one)")
+    parser.add_argument("--round-0", type=Path, help="a saved round 0: a DreamBooth LoRA folder or a full fine-tune's pipeline folder (default: train one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("dpo_transfer").setLevel(logging.INFO)

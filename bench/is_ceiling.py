@@ -26,11 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from claims import Bench  # bench/claims.py
+from claims import Bench, Model  # bench/claims.py
 from PIL import Image
 
 from dbdpo.data import to_tensor
-from dbdpo.lora import load_lora
 from dbdpo.params import load_config
 from dbdpo.scoring import score_loaded
 from dbdpo.world import CONCEPT, SIZE, describe, render, sample_scene
@@ -68,13 +67,13 @@ def vae_round_trip(vae, images: list[Image.Image]) -> list[Image.Image]:
     return [Image.fromarray(p) for p in pixels]
 
 
-def measure(bench: Bench, round_0, views: int) -> pd.DataFrame:
+def measure(bench: Bench, round_0: Model, views: int) -> pd.DataFrame:
     """One row a kind of image: mean IS, mean TS (the models' images), images, and the IS gain
     over the base model (on the same prompts) in round_0 stds."""
     base = bench.measure(None, "base", class_prompt=True, sets=("held-out",))["held-out"]
     trained = bench.measure(round_0, "round_0", sets=("held-out",))["held-out"]
     unit = trained["IS"].std()
-    vae = bench.backbone.pipe.vae  # the LoRAs sampled above adapt the UNet only
+    vae = bench.backbone.pipe.vae  # no DreamBooth trains the VAE
     kinds = {}
     for kind, images in world_renders(views).items():
         kinds[f"{kind}, rendered"] = images
@@ -113,7 +112,7 @@ def measure(bench: Bench, round_0, views: int) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--round-0", type=Path, required=True, help="the DreamBooth LoRA (models/round_0)")
+    parser.add_argument("--round-0", type=Path, required=True, help="models/round_0: the DreamBooth LoRA, or a full fine-tune's pipeline")
     parser.add_argument("--views", type=int, default=4, help="world renders per held-out context")
     parser.add_argument("--guidance-scale", type=float, help="sample the models at this guidance (evaluate's)")
     parser.add_argument("--steps", type=int, help="sample the models with this many steps (evaluate's)")
@@ -124,7 +123,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     sampling = {k: v for k, v in (("guidance_scale", args.guidance_scale), ("steps", args.steps)) if v is not None}
     cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, **sampling))
     with tempfile.TemporaryDirectory() as work:
-        table = measure(Bench(cfg, Path(work)), load_lora(args.round_0), args.views)
+        bench = Bench(cfg, Path(work))
+        table = measure(bench, bench.round_0(args.round_0), args.views)
     print(f"held-out IS by kind of image; gain over the base model in round_0 stds "
           f"({table.attrs['unit']:.3f}); guidance {cfg.evaluate.guidance_scale:g}, {cfg.evaluate.steps} steps")
     print(table.to_string(na_rep="-", formatters={"IS": "{:.3f}".format, "TS": "{:.3f}".format,

@@ -3,6 +3,7 @@
 import importlib.util
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ def bench_module(name: str):
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
         spec.loader.exec_module(module)
         return module
     finally:
@@ -120,6 +122,49 @@ def test_claims_bench_measures_every_variant(tmp_path, in_repo):
     assert list(by_seed) == [0, 1] and by_seed[0]["IS"] == -table["base (class prompt)"]["held-out"]["IS"]
     assert by_seed[1] != by_seed[0] and all(math.isfinite(x) for g in by_seed.values() for x in g.values())
     assert all(set(g) == {"IS", "TS", "IS_se", "own_prompt_IS"} for g in by_seed.values())
+
+
+def test_claims_bench_measures_a_full_dreambooth_not_the_base_model(tmp_path, in_repo):
+    """finetune.method=full: round_0 is the fine-tuned pipeline, saved and loaded as the stages
+    do, and its images are its own (the bench once sampled the base model in its place, as
+    `train_dreambooth` returns no LoRA for a full fine-tune); DPO stacks its LoRA on that
+    pipeline; a saved round 0 of either kind loads onto the right base."""
+    import torch
+    import yaml
+
+    from dbdpo.backbones import load_backbone
+    from dbdpo.config import ModelConfig
+    from dbdpo.lora import save_lora
+    from dbdpo.params import load_config
+    from tests.test_lora import random_lora
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["finetune"].update(method="full", steps=2, batch_size=1)
+    params["generate"].update(num_prompts=1, images_per_prompt=3, steps=2)
+    params["filter"]["kind"] = "none"
+    params["dpo"].update(steps=1, batch_size=1)
+    params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    claims = bench_module("claims")
+    bench = claims.Bench(load_config(tmp_path / "params.yaml"), tmp_path / "work")
+
+    round_0 = bench.dreambooth()
+    assert round_0.lora == {} and (Path(round_0.config.path) / "model_index.json").is_file()
+    weight = lambda model: model.pipe.unet.conv_in.weight  # noqa: E731
+    assert not torch.equal(weight(round_0.base), weight(bench.backbone))
+    assert torch.equal(weight(bench.backbone), weight(load_backbone(ModelConfig())))  # the base model untouched
+    base = bench.measure(None, "base", sets=("held-out",))["held-out"]
+    tuned = bench.measure(round_0, "round_0", sets=("held-out",))["held-out"]
+    assert (base["seed"] == tuned["seed"]).all() and (base["IS"] != tuned["IS"]).all()
+
+    model = bench.dpo(round_0, bench.round_scores(round_0, bench.round_prompts[0], 1, "round_1"), bench.cfg, 1)
+    assert model.base is round_0.base and model.config == round_0.config and model.lora
+
+    again = bench.round_0(Path(round_0.config.path))
+    assert again.config == round_0.config and again.lora == {} and torch.equal(weight(again.base), weight(round_0.base))
+    save_lora(bench.backbone.pipe, random_lora(0), tmp_path / "lora")
+    lora = bench.round_0(tmp_path / "lora")
+    assert lora.base is bench.backbone and lora.config == bench.cfg.model and set(lora.lora) == set(random_lora(0))
 
 
 def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monkeypatch, caplog):
