@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -28,6 +29,9 @@ from dbdpo.lora import LoraState, load_lora, merge_into_pipeline
 from dbdpo.tiny import build_tiny_pipeline
 
 log = logging.getLogger(__name__)
+# from_pretrained's dtype argument: diffusers 0.40 renamed torch_dtype (which warns until 1.0)
+_DIFFUSERS = tuple(int(part) for part in diffusers.__version__.split(".")[:2])
+FP32 = {"dtype" if _DIFFUSERS >= (0, 40) else "torch_dtype": torch.float32}
 
 
 @dataclass
@@ -173,7 +177,7 @@ def _load_pretrained(cfg: ModelConfig) -> StableDiffusionPipeline | StableDiffus
     if cfg.vae is not None:
         extra["vae"] = _load_vae(cfg.vae)
     try:
-        pipe = cls.from_pretrained(local, torch_dtype=torch.float32, use_safetensors=True, variant=cfg.variant,
+        pipe = cls.from_pretrained(local, **FP32, use_safetensors=True, variant=cfg.variant,
                                    **extra)
     except (OSError, ValueError, TypeError) as e:
         raise BackboneError(
@@ -197,7 +201,7 @@ def _load_vae(path: str) -> AutoencoderKL:
                             "expected an AutoencoderKL folder")
     check_weights(local, f"model.vae={path!r}", None)
     try:
-        return AutoencoderKL.from_pretrained(local, torch_dtype=torch.float32, use_safetensors=True)
+        return AutoencoderKL.from_pretrained(local, **FP32, use_safetensors=True)
     except (OSError, ValueError, TypeError) as e:
         raise BackboneError(f"model.vae={path!r} does not hold a loadable AutoencoderKL "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None

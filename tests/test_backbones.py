@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -182,13 +184,20 @@ def test_weight_variant_and_a_separate_vae(tiny_dirs, tmp_path):
     with pytest.raises(BackboneError, match=r"no .safetensors weights in .*unet for model.variant=fp16; it has "
                                             r"weights of model.variant None"):
         load_backbone(ModelConfig(backbone="sdxl", path=str(tiny_dirs["sdxl"]), variant="fp16"))
-    variant = load_backbone(ModelConfig(backbone="sdxl", path=str(tmp_path / "fp16"), variant="fp16"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        variant = load_backbone(ModelConfig(backbone="sdxl", path=str(tmp_path / "fp16"), variant="fp16"))
+    assert variant.pipe.unet.conv_in.weight.dtype == torch.float32  # fp16 files load as fp32 on a CPU
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]  # diffusers >= 0.40 calls it dtype
     default = load_backbone(ModelConfig(backbone="sdxl", path=str(tiny_dirs["sdxl"])))
     torch.testing.assert_close(variant.pipe.unet.conv_in.weight, default.pipe.unet.conv_in.weight, atol=1e-3, rtol=1e-3)
 
     torch.manual_seed(5)
     AutoencoderKL(**WORLD_VAE).save_pretrained(tmp_path / "vae")  # e.g. an fp16-safe VAE
-    with_vae = load_backbone(ModelConfig(backbone="sdxl", path=str(tiny_dirs["sdxl"]), vae=str(tmp_path / "vae")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with_vae = load_backbone(ModelConfig(backbone="sdxl", path=str(tiny_dirs["sdxl"]), vae=str(tmp_path / "vae")))
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]
     assert torch.equal(with_vae.pipe.vae.encoder.conv_in.weight,
                        AutoencoderKL.from_pretrained(tmp_path / "vae").encoder.conv_in.weight)
     assert not torch.equal(with_vae.pipe.vae.encoder.conv_in.weight, default.pipe.vae.encoder.conv_in.weight)
