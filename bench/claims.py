@@ -42,11 +42,11 @@ import pandas as pd
 from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
 from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
 from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
-from dbdpo.dpo import preference_data, train_dpo
+from dbdpo.dpo import train_on_preferences
 from dbdpo.dreambooth import instance_prompt, save_round_0, train_dreambooth
 from dbdpo.lora import LoraState, merged_pipeline, stack
-from dbdpo.pairs import build_pairs
 from dbdpo.params import load_config
+from dbdpo.preferences import build_preferences
 from dbdpo.sampling import generate, plan_samples, write_samples
 from dbdpo.scoring import build_scorers, score_images
 
@@ -99,13 +99,12 @@ class Bench:
         return pd.concat([samples, scores], axis=1)
 
     def dpo(self, start: Model, scores: pd.DataFrame, cfg: Config, steps: int) -> Model:
-        """One DPO round from `start` on `scores`' images: pairs by cfg.pair / cfg.filter."""
-        pairs, summary = build_pairs(scores, cfg.pair, cfg.filter)
-        log.info("pairs: %s", summary.as_metrics())
+        """One DPO round from `start` on `scores`' images, as the pair and dpo stages run it:
+        Diffusion-DPO on pairs (cfg.pair, cfg.filter) or RankDPO on ranked lists (pair.mode)."""
+        prefs = build_preferences(scores, cfg.pair, cfg.filter, cfg.score.rewards)
+        log.info("%s: %s", prefs.mode, prefs.summary)
         backbone = load_backbone(start.config, lora=start.lora)  # trained on, so a fresh copy
-        data = preference_data(backbone, pairs["winner_path"].to_list(), pairs["loser_path"].to_list(),
-                               pairs["prompt"].to_list())
-        state, _ = train_dpo(backbone, data, dataclasses.replace(cfg.dpo, steps=steps))
+        state, _ = train_on_preferences(backbone, prefs, dataclasses.replace(cfg.dpo, steps=steps))
         return dataclasses.replace(start, lora=stack(start.lora, state))
 
     def dreambooth(self, seed: int | None = None) -> Model:

@@ -192,15 +192,22 @@ def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monk
 
     with caplog.at_level(logging.INFO, logger="dbdpo"):
         table = module.main(["--params", str(tmp_path / "params.yaml"), "--round-0", str(tmp_path / "round_0"),
-                             "prompts=2", "prompts=2 beta=500 layers=attn2.to_k,attn2.to_v"])
-    assert caplog.text.count("dpo: ") == 2  # the DPO loop's opening line, once a variant
-    assert list(table) == ["prompts=2", "prompts=2 beta=500 layers=attn2.to_k,attn2.to_v"]
+                             "prompts=2", "prompts=2 beta=500 layers=attn2.to_k,attn2.to_v",
+                             "prompts=2 mode=rank loss=rank_dpo"])
+    # the DPO loops' opening lines, once a variant: RankDPO's on the 2 prompts' ranked lists
+    loops = [r.getMessage() for r in caplog.records if r.name == "dbdpo.dpo"]
+    assert [m.split(":")[0] for m in loops] == ["dpo", "dpo", "rank_dpo"]
+    assert loops[2].startswith("rank_dpo: 2 lists of 3 images")
+    assert list(table) == ["prompts=2", "prompts=2 beta=500 layers=attn2.to_k,attn2.to_v",
+                           "prompts=2 mode=rank loss=rank_dpo"]
     assert all(math.isfinite(x) for sets in table.values() for where in sets.values() for x in where.values())
     assert table["prompts=2"] != table["prompts=2 beta=500 layers=attn2.to_k,attn2.to_v"]
+    assert table["prompts=2 mode=rank loss=rank_dpo"] != table["prompts=2"]
 
     for variant, error in [("betta=5", "unknown key 'betta'; expected one of prompts, images"),
                            ("beta=big", "beta='big' is not a float"),
-                           ("filter=wedge", "filter.kind='wedge' is invalid: expected one of")]:
+                           ("filter=wedge", "filter.kind='wedge' is invalid: expected one of"),
+                           ("loss=rank_dpo", "pair.mode='pairs' is invalid: expected rank with dpo.loss=rank_dpo")]:
         caplog.clear()
         with pytest.raises(SystemExit, match=error), caplog.at_level(logging.INFO, logger="dbdpo"):
             module.main(["--params", str(tmp_path / "params.yaml"), "prompts=2", variant])
