@@ -21,6 +21,9 @@ prompt sets:
 
 --dreambooth-seeds trains DreamBooth again on each finetune.seed given and prints claim (a) for
 each: on the proving ground the gain depends on that seed's draw (docs/proving_ground.md).
+DreamBooth runs as the finetune stage runs it, a LoRA or the full model (finetune.method).
+The claims are Diffusion-DPO's (lambda, filters): params with dpo.loss=rank_dpo are refused
+(bench/dpo_transfer.py "mode=rank loss=rank_dpo" measures a RankDPO round).
 
 About 8 minutes on 2 CPU cores with the default params, and 1 more a DreamBooth seed.
 """
@@ -270,6 +273,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("claims", "dbdpo"):  # not open_clip's INFO lines on the root logger
         logging.getLogger(name).setLevel(logging.INFO)
     cfg = load_config(args.params)
+    if cfg.dpo.loss != "diffusion_dpo":
+        raise SystemExit(f"{args.params}: dpo.loss={cfg.dpo.loss}; the claims vary Diffusion-DPO's lambda and "
+                         "filter, which RankDPO has not: set dpo.loss=diffusion_dpo and pair.mode=pairs "
+                         "(bench/dpo_transfer.py 'mode=rank loss=rank_dpo' measures a RankDPO round)")
     with tempfile.TemporaryDirectory() as work:
         result = run(cfg, Path(work), tuple(args.dreambooth_seeds))
     print_table(result)

@@ -167,6 +167,18 @@ def test_claims_bench_measures_a_full_dreambooth_not_the_base_model(tmp_path, in
     assert lora.base is bench.backbone and lora.config == bench.cfg.model and set(lora.lora) == set(random_lora(0))
 
 
+def test_claims_bench_refuses_rank_dpo_params_before_any_work(tmp_path, in_repo):
+    """RankDPO has no lambda or filter: claims (c) and (d) would compare one model with itself."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["dpo"]["loss"], params["pair"]["mode"] = "rank_dpo", "rank"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match=r"params.yaml: dpo.loss=rank_dpo; the claims vary Diffusion-DPO's lambda"):
+        bench_module("claims").main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "c.json")])
+    assert not (tmp_path / "c.json").exists()
+
+
 def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monkeypatch, caplog):
     """bench/dpo_transfer.py at toy sizes: one row per variant, round_0 loaded from a folder,
     a `layers=` variant; a bad key or value fails before anything trains or samples."""
