@@ -227,8 +227,8 @@ FINETUNE_METHODS = ("lora", "full")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS
 TS_PROMPTS = ("with_class", "without_concept")  # score.ts_prompt: the text TS compares with (dbdpo.data)
-RANK_BY = ("preference", "model")
-SCHEDULERS = ("ddim", "dpmpp_2m", "euler_a")  # the keys of dbdpo.sampling.SCHEDULERS  # RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
+RANK_BY = ("preference", "model")  # dpo.rank_by: what orders RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
+SCHEDULERS = ("ddim", "dpmpp_2m", "euler_a")  # the keys of dbdpo.sampling.SCHEDULERS
 
 
 # --- building from a mapping -----------------------------------------------------------------------------
