@@ -21,7 +21,8 @@ prompt sets:
 
 --dreambooth-seeds trains DreamBooth again on each finetune.seed given and prints claim (a) for
 each: on the proving ground the gain depends on that seed's draw (docs/proving_ground.md).
-DreamBooth runs as the finetune stage runs it, a LoRA or the full model (finetune.method).
+DreamBooth runs as the finetune stage runs it: a LoRA or the full model (finetune.method), with
+prior preservation when finetune.prior_preservation asks.
 The claims are Diffusion-DPO's (lambda, filters): params with dpo.loss=rank_dpo are refused
 (bench/dpo_transfer.py "mode=rank loss=rank_dpo" measures a RankDPO round).
 
@@ -46,7 +47,12 @@ from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
 from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
 from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
 from dbdpo.dpo import train_on_preferences
-from dbdpo.dreambooth import instance_prompt, save_round_0, train_dreambooth
+from dbdpo.dreambooth import (
+    class_prior,
+    instance_prompt,
+    save_round_0,
+    train_dreambooth,
+)
 from dbdpo.lora import LoraState, merged_pipeline, stack
 from dbdpo.params import load_config
 from dbdpo.preferences import build_preferences
@@ -91,8 +97,8 @@ class Bench:
                    for t in templates]
         plan = plan_samples(templates, prompts, per_prompt, seed)
         g = settings or self.cfg.generate
-        pipe = (model.base if model else self.backbone).pipe
-        with merged_pipeline(pipe, model.lora if model else {}):
+        pipe = (self.backbone if model is None else model.base).pipe
+        with merged_pipeline(pipe, {} if model is None else model.lora):
             images = generate(pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
                               batch_size=g.batch_size, resolution=self.backbone.resolution, scheduler=g.scheduler,
                               desc=name)
@@ -117,7 +123,9 @@ class Bench:
         cfg = self.cfg
         finetune = cfg.finetune if seed is None else dataclasses.replace(cfg.finetune, seed=seed)
         backbone = load_backbone(cfg.model)
-        state, _ = train_dreambooth(backbone, self.concept_images, instance_prompt(finetune, cfg.concept), finetune)
+        class_images, class_prompt = class_prior(backbone, finetune, cfg.concept, cfg.generate)
+        state, _ = train_dreambooth(backbone, self.concept_images, instance_prompt(finetune, cfg.concept), finetune,
+                                    class_images, class_prompt)
         if state is not None:
             return Model(cfg.model, self.backbone, state)
         folder = self.work / f"round_0_full_seed_{finetune.seed}"

@@ -1,5 +1,6 @@
 """The benchmarks' peer (diffusers' DPO step) and the real-size path, run small on the CPU."""
 
+import dataclasses
 import importlib.util
 import math
 import sys
@@ -165,6 +166,31 @@ def test_claims_bench_measures_a_full_dreambooth_not_the_base_model(tmp_path, in
     save_lora(bench.backbone.pipe, random_lora(0), tmp_path / "lora")
     lora = bench.round_0(tmp_path / "lora")
     assert lora.base is bench.backbone and lora.config == bench.cfg.model and set(lora.lora) == set(random_lora(0))
+
+
+def test_claims_bench_dreambooth_preserves_the_prior_when_asked(tmp_path, in_repo, caplog):
+    """finetune.prior_preservation: the bench's DreamBooth draws the class images and trains
+    on them, as the finetune stage does (it once trained on the concept alone)."""
+    import logging
+
+    import torch
+
+    from dbdpo.params import load_config
+
+    cfg = load_config(REPO / "params.yaml")
+    cfg = dataclasses.replace(cfg, concept=dataclasses.replace(cfg.concept, dir=str(REPO / cfg.concept.dir)),
+                              generate=dataclasses.replace(cfg.generate, prompts=str(REPO / cfg.generate.prompts),
+                                                           steps=2),
+                              evaluate=dataclasses.replace(cfg.evaluate, prompts=str(REPO / cfg.evaluate.prompts)),
+                              finetune=dataclasses.replace(cfg.finetune, steps=2, batch_size=1, num_class_images=2))
+    claims = bench_module("claims")
+    with caplog.at_level(logging.INFO, logger="dbdpo"):
+        alone = claims.Bench(cfg, tmp_path / "alone").dreambooth()
+        preserved = claims.Bench(dataclasses.replace(
+            cfg, finetune=dataclasses.replace(cfg.finetune, prior_preservation=True)), tmp_path / "prior").dreambooth()
+    assert "6 concept images, 0 class images" in caplog.text and "6 concept images, 2 class images" in caplog.text
+    assert set(alone.lora) == set(preserved.lora)
+    assert any(not torch.equal(alone.lora[k], preserved.lora[k]) for k in alone.lora)
 
 
 def test_claims_bench_refuses_rank_dpo_params_before_any_work(tmp_path, in_repo):
