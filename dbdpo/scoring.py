@@ -236,15 +236,21 @@ def build_scorers(cfg: ScoreConfig, concept_images: list[Image.Image],
     return scorers
 
 
+def require_local_file(path: str, key: str, download: str, column: str) -> None:
+    """A reward model's weights file (params key `key`) must be here: offline there is no hub
+    to fetch it from, so the error says what to `download` and where the key points."""
+    if not Path(path).is_file():
+        raise ScorerError(f"{key}={path!r}: no such file. Download {download} on a connected machine and set "
+                          f"{key} to its local path (or null for no {column} column)")
+
+
 def load_hps(weights: str, arch: str, device: torch.device | str = "cpu"):
     """(model, preprocess, tokenizer) of HPSv2 (Wu et al. 2023): the open_clip `arch`
     (ViT-H-14 for HPS_v2_compressed.pt and HPS_v2.1_compressed.pt of xswu/HPSv2) with the
     weights of the local file `weights`. A square image's preprocessing (resize, center crop,
     OpenAI mean/std) is HPSv2's own."""
-    if not Path(weights).is_file():
-        raise ScorerError(f"score.hps_weights={weights!r}: no such file. Download HPS_v2.1_compressed.pt "
-                          "from the hub repository xswu/HPSv2 on a connected machine and set score.hps_weights "
-                          "to its local path (or null for no HPS column)")
+    require_local_file(weights, "score.hps_weights", "HPS_v2.1_compressed.pt from the hub repository xswu/HPSv2",
+                       "HPS")
     model, preprocess, tokenizer = load_open_clip(arch, weights, keys=("score.hps_arch", "score.hps_weights"))
     return model.to(device), preprocess, tokenizer
 
@@ -285,11 +291,8 @@ def load_aesthetic(weights: str, clip_model: str, clip_pretrained: str | None,
     """The aesthetic predictor: the MLP from the local file `weights` (a torch state dict read
     with weights_only=True, or safetensors) on the open_clip model `clip_model` with
     `clip_pretrained` (ViT-L-14 / openai for the released MLPs)."""
-    if not Path(weights).is_file():
-        raise ScorerError(f"score.aesthetic_weights={weights!r}: no such file. Download "
-                          "sac+logos+ava1-l14-linearMSE.pth from github.com/christophschuhmann/improved-aesthetic-"
-                          "predictor on a connected machine and set score.aesthetic_weights to its local path "
-                          "(or null for no Aesthetic column)")
+    require_local_file(weights, "score.aesthetic_weights", "sac+logos+ava1-l14-linearMSE.pth from "
+                       "github.com/christophschuhmann/improved-aesthetic-predictor", "Aesthetic")
     if weights.endswith(".safetensors"):
         from safetensors.torch import load_file
 
