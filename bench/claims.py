@@ -47,12 +47,7 @@ from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
 from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
 from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
 from dbdpo.dpo import train_on_preferences
-from dbdpo.dreambooth import (
-    class_prior,
-    instance_prompt,
-    save_round_0,
-    train_dreambooth,
-)
+from dbdpo.dreambooth import dreambooth, save_round_0
 from dbdpo.lora import LoraState, merged_pipeline, stack
 from dbdpo.params import load_config
 from dbdpo.preferences import build_preferences
@@ -123,9 +118,7 @@ class Bench:
         cfg = self.cfg
         finetune = cfg.finetune if seed is None else dataclasses.replace(cfg.finetune, seed=seed)
         backbone = load_backbone(cfg.model)
-        class_images, class_prompt = class_prior(backbone, finetune, cfg.concept, cfg.generate)
-        state, _ = train_dreambooth(backbone, self.concept_images, instance_prompt(finetune, cfg.concept), finetune,
-                                    class_images, class_prompt)
+        state, _ = dreambooth(backbone, self.concept_images, finetune, cfg.concept, cfg.generate)
         if state is not None:
             return Model(cfg.model, self.backbone, state)
         folder = self.work / f"round_0_full_seed_{finetune.seed}"

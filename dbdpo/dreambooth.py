@@ -197,6 +197,17 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     return None, rows
 
 
+def dreambooth(backbone: Backbone, concept_images: list[Image.Image], cfg: FinetuneConfig,
+               concept: ConceptConfig, sampling: GenerateConfig, on_step: StepCallback | None = None,
+               checkpointing: Checkpointing | None = None) -> tuple[LoraState | None, list[dict]]:
+    """Round 0 as the finetune stage trains it: the instance prompt of `concept`, the class
+    images of prior preservation when cfg asks for them (drawn with `sampling`'s settings),
+    then train_dreambooth, whose result and log rows it returns."""
+    class_images, class_prompt = class_prior(backbone, cfg, concept, sampling)
+    return train_dreambooth(backbone, concept_images, instance_prompt(cfg, concept), cfg, class_images,
+                            class_prompt, on_step, checkpointing)
+
+
 def save_round_0(backbone: Backbone, lora: LoraState | None, directory: Path,
                  made_from: dict[str, str] | None = None) -> None:
     """models/round_0: the DreamBooth LoRA (diffusers' LoRA format), or for a full fine-tune

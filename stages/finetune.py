@@ -38,13 +38,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     from dbdpo.checkpoints import remove_checkpoint
     from dbdpo.data import load_concept
     from dbdpo.distributed import is_main_process
-    from dbdpo.dreambooth import (
-        class_prior,
-        instance_prompt,
-        save_round_0,
-        train_dreambooth,
-        weights_precision,
-    )
+    from dbdpo.dreambooth import dreambooth, save_round_0, weights_precision
     from dbdpo.provenance import made_from
 
     cfg = setup(params, "finetune", READS, processes=True)
@@ -54,13 +48,11 @@ def main(params: Path = PARAMS_OPTION) -> None:
         backbone = load_backbone(cfg.model, precision=weights_precision(ft))
     if is_main_process():
         remove_outputs(model_dir("round_0"), LOGS / "finetune")
-    class_images, class_prompt = class_prior(backbone, ft, cfg.concept, cfg.generate)
     inputs = made_from(Path(cfg.concept.dir))
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir("round_0"), ft.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
     with user_errors(), live_log(LOGS / "finetune") as on_step:
-        lora, _ = train_dreambooth(backbone, concept, instance_prompt(ft, cfg.concept), ft,
-                                   class_images, class_prompt, on_step, ckpt)
+        lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, on_step, ckpt)
     if not is_main_process():  # every process holds the same weights (DDP); one writes them
         return
     save_round_0(backbone, lora, model_dir("round_0"), made_from=inputs)
