@@ -1,8 +1,10 @@
 """The pipeline through the real `dvc` CLI, in a temporary git copy of this repository.
 
-The tests of this module share one one-round project and run in order: repro, no-op, rerun
-(byte-stable), experiments. A stage subprocess costs ~10 s of Python imports alone, so where
-the dvc CLI is not what a test checks, it runs dvc.yaml's stage commands in-process.
+The tests of this module share one one-round project, built and committed once per process
+by the `project` fixture (`dvc repro` on a fresh copy); every test that changes it starts from
+that committed baseline (`baseline`), so each test runs alone or in any order, on any xdist
+worker. A stage subprocess costs ~10 s of Python imports alone, so where the dvc CLI is not
+what a test checks, it runs dvc.yaml's stage commands in-process.
 """
 
 import hashlib
@@ -105,7 +107,8 @@ def digests(root) -> dict[str, str]:
 
 
 def back_to_baseline(root) -> None:
-    """The committed baseline's params, lock and outputs in the workspace, verified.
+    """The committed baseline's params, lock and outputs in the workspace, and nothing else
+    git would see, verified.
 
     The git index is rebuilt first: a failed `dvc exp run` (DVC 3.67) on a workspace that
     differs from HEAD leaves index entries whose stat data matches the workspace file but whose
@@ -114,6 +117,7 @@ def back_to_baseline(root) -> None:
     """
     (root / ".git/index").unlink()
     run(["git", "reset", "-q", "--hard", "HEAD"], root)
+    run(["git", "clean", "-qfd"], root)  # what a test added (a round's folder, weight files); not ignored outputs
     run(["dvc", "checkout", "--force"], root)
     status = run(["dvc", "status"], root).stdout
     assert "Data and pipelines are up to date" in status, status
@@ -127,14 +131,30 @@ def experiment_runs(root) -> tuple[dict, dict[str, dict]]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def fresh_repro(tmp_path_factory):
+    """(the project, the output of its first `dvc repro`), the run committed as the baseline."""
     root = tmp_path_factory.mktemp("project")
     copy_project(root, fast_params())
-    return root
+    out = run(["dvc", "repro"], root).stdout
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "baseline"], root)
+    return root, out
 
 
-def test_repro_writes_every_artifact(project):
-    first = run(["dvc", "repro"], project).stdout
+@pytest.fixture(scope="module")
+def project(fresh_repro):
+    return fresh_repro[0]
+
+
+@pytest.fixture
+def baseline(project):
+    """The project at its committed baseline, whatever an earlier test left in the workspace."""
+    back_to_baseline(project)
+    return project
+
+
+def test_repro_writes_every_artifact(fresh_repro):
+    project, first = fresh_repro
     assert_stages(first, ran=("finetune", *ROUND_1, "evaluate"))
 
     assert (project / "models/round_0/pytorch_lora_weights.safetensors").is_file()
@@ -159,10 +179,11 @@ def test_repro_writes_every_artifact(project):
     assert not list(project.rglob(".tmp-*"))
 
 
-def test_noop_then_rerun_writes_the_same_bytes(project, monkeypatch):
+def test_noop_then_rerun_writes_the_same_bytes(baseline, monkeypatch):
     """Otherwise dvc.lock changes on a forced rerun and DVC reruns everything downstream for
     nothing (the LoRA's safetensors metadata order did exactly that about half the time).
     The rerun is every stage's command in-process: the bytes are the stages' business."""
+    project = baseline
     second = run(["dvc", "repro"], project).stdout
     assert "Data and pipelines are up to date" in second and "Running stage" not in second, second
 
@@ -173,13 +194,13 @@ def test_noop_then_rerun_writes_the_same_bytes(project, monkeypatch):
     assert sorted(k for k in first.keys() | again.keys() if first.get(k) != again.get(k)) == []
     status = run(["dvc", "status"], project).stdout
     assert "Data and pipelines are up to date" in status, status
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline"], project)
+    assert run(["git", "status", "--porcelain"], project).stdout == ""  # the committed bytes, again
 
 
-def test_a_pushed_run_is_pulled_by_a_second_clone_and_not_recomputed(project, tmp_path):
+def test_a_pushed_run_is_pulled_by_a_second_clone_and_not_recomputed(baseline, tmp_path):
     """A shared remote (here a folder; s3://, gs://, ssh:// alike): what one machine computed,
     another pulls, and `dvc repro` there has nothing to run."""
+    project = baseline
     store = tmp_path / "store"
     run(["dvc", "remote", "add", "--local", "store", str(store)], project)  # .dvc/config.local: git-ignored
     run(["dvc", "push", "-r", "store"], project)
@@ -198,9 +219,10 @@ def queued_names(root) -> list[str]:
     return [row.split()[1] for row in rows if row.split() and row.split()[-1] in ("Success", "Failed")]
 
 
-def test_a_queued_lambda_sweep_runs_on_two_workers_reusing_the_sampled_rounds(project):
+def test_a_queued_lambda_sweep_runs_on_two_workers_reusing_the_sampled_rounds(baseline):
     """`dvc exp run --queue -S 'pair.lambda=0,0.5,1'`, `dvc queue start -j 2`: three
     experiments, each pairing the same cached samples and scores anew."""
+    project = baseline
     run(["dvc", "exp", "run", "--queue", "-S", "pair.lambda=0,0.5,1"], project)
     run(["dvc", "queue", "start", "-j", "2"], project)
     deadline = time.monotonic() + 600
@@ -210,7 +232,8 @@ def test_a_queued_lambda_sweep_runs_on_two_workers_reusing_the_sampled_rounds(pr
     run(["dvc", "queue", "stop", "--kill"], project, check=False)
     status = run(["dvc", "queue", "status"], project).stdout
     assert "Failed" not in status, status
-    baseline, runs = experiment_runs(project)
+    baseline, every_run = experiment_runs(project)
+    runs = {name: every_run[name] for name in queued_names(project)}  # not another test's experiments
 
     def final(data):
         return data["metrics"]["metrics.json"]["data"]["final"]
@@ -235,9 +258,9 @@ def test_a_queued_lambda_sweep_runs_on_two_workers_reusing_the_sampled_rounds(pr
     assert header[first + 1] == "final.TS" and not any("." in name for name in header[:first]), header
 
 
-def test_bad_param_fails_before_the_stage_works(project):
-    # the next test's return to the baseline must survive what a failed `exp run` leaves behind
-    result = run(["dvc", "exp", "run", "-S", "pair.lambda=1.5"], project, check=False)
+def test_bad_param_fails_before_the_stage_works(baseline):
+    # `baseline` must survive what a failed `exp run` leaves behind (back_to_baseline)
+    result = run(["dvc", "exp", "run", "-S", "pair.lambda=1.5"], baseline, check=False)
     assert result.returncode != 0
     assert "pair.lambda=1.5 is invalid: expected a value in [0, 1]" in result.stdout + result.stderr
 
@@ -252,8 +275,8 @@ def file_state(root, paths):
     return state
 
 
-def test_adding_a_round_reruns_only_that_round_and_evaluate(project):
-    back_to_baseline(project)
+def test_adding_a_round_reruns_only_that_round_and_evaluate(baseline):
+    project = baseline
     earlier = ["models/round_0", "models/round_1", "rounds/round_1"]
     before = file_state(project, earlier)
     assert len(before) > 10
@@ -291,7 +314,7 @@ def test_adding_a_round_reruns_only_that_round_and_evaluate(project):
         assert grid.width == 3 * 64 * 2 + 2 * 4
 
 
-def test_rank_dpo_round_with_hpsv2_and_aesthetic_rewards_in_the_ensemble(project, monkeypatch):
+def test_rank_dpo_round_with_hpsv2_and_aesthetic_rewards_in_the_ensemble(baseline, monkeypatch):
     """RankDPO through the stages (pair writes ranked lists, dpo trains on them) with HPS and
     Aesthetic in the ensemble: tiny open_clip CLIPs saved in the released files' layouts stand
     in for HPSv2's ViT-H-14 and for ViT-L-14 under LAION's aesthetic MLP. score, pair, dpo
@@ -300,7 +323,7 @@ def test_rank_dpo_round_with_hpsv2_and_aesthetic_rewards_in_the_ensemble(project
 
     from dbdpo.scoring import TINY_CLIP, AestheticMlp, load_open_clip
 
-    back_to_baseline(project)
+    project = baseline
     for name, seed in (("hps.pt", 5), ("clip.pt", 6)):
         clip, _, _ = load_open_clip("tiny", None, seed=seed)
         torch.save({"state_dict": clip.state_dict()}, project / name)
@@ -332,10 +355,10 @@ def test_rank_dpo_round_with_hpsv2_and_aesthetic_rewards_in_the_ensemble(project
     assert metrics["round_1"]["IS"] != committed["round_1"]["IS"]  # another round-1 model
 
 
-def test_a_killed_dpo_stage_resumes_to_the_model_an_uninterrupted_run_writes(project):
+def test_a_killed_dpo_stage_resumes_to_the_model_an_uninterrupted_run_writes(baseline):
     """SIGKILL dpo@round_1 once it has saved a checkpoint (dpo.checkpoint_every); `dvc repro`
     then resumes from it and writes, byte for byte, the LoRA an uninterrupted run writes."""
-    back_to_baseline(project)
+    project = baseline
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["dpo"].update(steps=12, checkpoint_every=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
