@@ -47,6 +47,7 @@ class FinetuneConfig:
     class_prompt: str = "a photo of a {class_noun}"
     num_class_images: int = 8
     prior_loss_weight: float = 1.0
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (dbdpo.losses.min_snr_weights); None: off
     mixed_precision: str = "fp32"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 50  # save the loop's state every N steps to resume a killed run; 0: never

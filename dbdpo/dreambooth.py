@@ -32,7 +32,7 @@ from dbdpo.conditioning import (
 from dbdpo.config import ConceptConfig, FinetuneConfig, GenerateConfig
 from dbdpo.distributed import local_slice, mean_over_processes, num_processes
 from dbdpo.lora import TEXT_ENCODERS, LoraState, lora_state, save_lora
-from dbdpo.losses import per_sample_error
+from dbdpo.losses import min_snr_weights, per_sample_error
 from dbdpo.provenance import RECORD_FILE
 from dbdpo.sampling import generate, plan_samples
 from dbdpo.training import (
@@ -159,7 +159,11 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
         noisy = scheduler.add_noise(batch_latents, noise, t)
         target = training_target(scheduler, batch_latents, noise, t)
         pred = predict(unet, noisy, t, batch_text, None if batch_sizes is None else batch_sizes[mine], device)
-        return per_sample_error(pred, target.to(device)).mean()
+        error = per_sample_error(pred, target.to(device))
+        if cfg.snr_gamma is not None:
+            error = error * min_snr_weights(scheduler.alphas_cumprod, t, cfg.snr_gamma,
+                                            scheduler.config.prediction_type).to(device)
+        return error.mean()
 
     keep = TEXT_ENCODERS if cfg.train_text_encoder else ()
     trained = {"unet": accelerator.unwrap_model(unet),

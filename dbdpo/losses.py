@@ -15,6 +15,28 @@ def per_sample_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Te
     return (target.float() - prediction.float()).pow(2).mean(dim=(1, 2, 3))
 
 
+def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
+                    prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, Eq. 7-8), diffusers' `--snr_gamma`: (B,).
+
+    SNR(t) = alphas_cumprod[t] / (1 - alphas_cumprod[t]). The x0-space weight min(SNR, gamma)
+    becomes min(SNR, gamma) / SNR on an epsilon target and min(SNR, gamma) / (SNR + 1) on a
+    velocity target. Low-noise timesteps (SNR > gamma) then weigh less and the steps that lay
+    out the image weigh as before. A zero-terminal-SNR step (SNR 0) keeps weight 1 on an
+    epsilon target, where the formula is 0/0.
+    """
+    ac = alphas_cumprod.to(torch.float64)[timesteps.cpu()]
+    snr = ac / (1 - ac)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        weights = torch.where(snr > 0, clipped / snr.clamp(min=torch.finfo(torch.float64).tiny), 1.0)
+    elif prediction_type == "v_prediction":
+        weights = clipped / (snr + 1)
+    else:
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    return weights.float()
+
+
 @dataclass(frozen=True)
 class DpoStats:
     """Per-batch diagnostics (plain floats) for the training log."""

@@ -106,6 +106,8 @@ def validate_groups(c: Config) -> None:
         _positive(getattr(c.finetune, key), f"finetune.{key}")
     _require(c.finetune.prior_loss_weight >= 0, "finetune.prior_loss_weight",
              c.finetune.prior_loss_weight, "a value >= 0")
+    _require(c.finetune.snr_gamma is None or c.finetune.snr_gamma > 0, "finetune.snr_gamma",
+             c.finetune.snr_gamma, "null (no weighting) or a value > 0 (5 is the paper's)")
     _one_of(c.finetune.mixed_precision, PRECISIONS, "finetune.mixed_precision")
     _one_of(c.finetune.method, FINETUNE_METHODS, "finetune.method")
     _one_of(c.finetune.optimizer, OPTIMIZERS, "finetune.optimizer")

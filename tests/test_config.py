@@ -48,6 +48,8 @@ def test_repository_params_load(in_repo):
     ({"dpo__lora_targets": "all"}, r"dpo.lora_targets='all' is invalid: expected one of attention \| unet"),
     ({"finetune__method": "dora"}, r"finetune.method='dora' is invalid: expected one of lora \| full"),
     ({"finetune__optimizer": "lion"}, r"finetune.optimizer='lion' is invalid: expected one of adamw \| adamw_8bit"),
+    ({"finetune__snr_gamma": 0}, r"finetune.snr_gamma=0.0 is invalid: expected null \(no weighting\) or a value > 0"),
+    ({"finetune__snr_gamma": float("nan")}, r"finetune.snr_gamma=nan is invalid: expected a finite number"),
     ({"dpo__checkpoint_every": -1}, r"dpo.checkpoint_every=-1 is invalid: expected a number of steps >= 0"),
     ({"dpo__rank_by": "ensemble"}, r"dpo.rank_by='ensemble' is invalid: expected one of preference \| model"),
     ({"pair__normalize": "rank"}, r"pair.normalize='rank'"),

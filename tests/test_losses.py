@@ -3,13 +3,30 @@ import math
 import pytest
 import torch
 
-from dbdpo.losses import diffusion_dpo_loss, per_sample_error
+from dbdpo.losses import diffusion_dpo_loss, min_snr_weights, per_sample_error
 
 
 def test_per_sample_error_is_mean_over_chw():
     pred = torch.zeros(2, 1, 2, 2)
     target = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[2.0, 0.0], [0.0, 0.0]]]])
     assert per_sample_error(pred, target).tolist() == [1.0, 1.0]
+
+
+def test_min_snr_weights_exact_values():
+    # alphas_cumprod 0.9, 0.8, 0.5, 0 give SNR = a / (1 - a) = 9, 4, 1, 0. gamma = 5:
+    # epsilon: min(SNR, 5) / SNR = 5/9, 1, 1, and 1 at SNR 0 (0/0 there);
+    # v: min(SNR, 5) / (SNR + 1) = 5/10, 4/5, 1/2, 0.
+    alphas_cumprod = torch.tensor([0.9, 0.8, 0.5, 0.0], dtype=torch.float64)
+    t = torch.tensor([0, 1, 2, 3, 0])
+    eps = min_snr_weights(alphas_cumprod, t, 5.0, "epsilon")
+    torch.testing.assert_close(eps, torch.tensor([5 / 9, 1.0, 1.0, 1.0, 5 / 9]))
+    assert eps.dtype == torch.float32
+    v = min_snr_weights(alphas_cumprod, t, 5.0, "v_prediction")
+    torch.testing.assert_close(v, torch.tensor([0.5, 0.8, 0.5, 0.0, 0.5]))
+    # gamma at or above every SNR: no weighting on an epsilon target
+    assert min_snr_weights(alphas_cumprod, t, 9.0, "epsilon").tolist() == [1.0] * 5
+    with pytest.raises(ValueError, match="unsupported prediction_type 'sample'"):
+        min_snr_weights(alphas_cumprod, t, 5.0, "sample")
 
 
 def test_diffusion_dpo_loss_exact_values():

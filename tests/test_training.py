@@ -193,6 +193,27 @@ def test_prior_preservation_adds_the_class_loss(in_repo):
     assert all(r["loss"] > r["instance_loss"] for r in prior)
 
 
+def test_min_snr_weighting_weighs_dreambooth_steps_and_is_off_above_every_snr(in_repo):
+    """finetune.snr_gamma: gamma 1 scales down the nearly clean timesteps, so the same first
+    batch (same noise, same timesteps) scores a lower loss and the LoRA trains elsewhere; a
+    gamma above every SNR of the schedule weighs each step by exactly 1: the unweighted run."""
+    from dbdpo.config import ConceptConfig
+    from dbdpo.data import load_concept
+
+    concept = load_concept(ConceptConfig(dir="data/concept"))
+    cfg = FinetuneConfig(steps=3, batch_size=4, lora_rank=4)
+    plain_state, plain = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg)
+    backbone = tiny()
+    max_snr = (lambda a: (a / (1 - a)).max().item())(backbone.training_scheduler().alphas_cumprod)
+    above_state, above = train_dreambooth(backbone, concept, "a photo of sks toy",
+                                          FinetuneConfig(**{**vars(cfg), "snr_gamma": 2 * max_snr}))
+    assert above == plain and all(torch.equal(above_state[k], v) for k, v in plain_state.items())
+    weighted_state, weighted = train_dreambooth(tiny(), concept, "a photo of sks toy",
+                                                FinetuneConfig(**{**vars(cfg), "snr_gamma": 1.0}))
+    assert weighted[0]["loss"] < plain[0]["loss"]
+    assert not all(torch.equal(weighted_state[k], v) for k, v in plain_state.items())
+
+
 def test_dpo_errors_regress_the_velocity_on_v_prediction_backbones(tiny_dirs):
     """SD 2.x: e(x) = mean over C,H,W of (v - v_theta(x_t, t, c))^2 with x_t = sqrt(a) x0 +
     sqrt(1 - a) eps and v = sqrt(a) eps - sqrt(1 - a) x0, a = alphas_cumprod[t], by hand."""
