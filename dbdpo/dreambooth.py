@@ -1,6 +1,9 @@
 """DreamBooth (Ruiz et al. 2023): bind the concept to its instance token with the denoising
 loss on the concept images, plus the prior-preservation loss on the base model's own class
 images when asked (Sec. 3.3). Writes round 0, the model every DPO round starts from.
+finetune.snr_gamma weighs each image's denoising error by Min-SNR-gamma (dbdpo.losses), the
+class images' as the concept's: both are the same objective, and prior_loss_weight alone sets
+their balance (diffusers' DreamBooth LoRA scripts weigh the instance loss only).
 
 finetune.method: `lora` trains a LoRA on the UNet (the proving ground's default, measured in
 docs/proving_ground.md); `full` trains every UNet weight and, with finetune.train_text_encoder,

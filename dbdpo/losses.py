@@ -17,7 +17,8 @@ def per_sample_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Te
 
 def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
                     prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023, Eq. 7-8), diffusers' `--snr_gamma`: (B,).
+    """Min-SNR-gamma loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy"), as diffusers' `--snr_gamma`: (B,) float32 for timesteps (B,).
 
     SNR(t) = alphas_cumprod[t] / (1 - alphas_cumprod[t]). The x0-space weight min(SNR, gamma)
     becomes min(SNR, gamma) / SNR on an epsilon target and min(SNR, gamma) / (SNR + 1) on a
