@@ -34,7 +34,7 @@ from dbdpo.params import load_config
 from dbdpo.scoring import score_loaded
 from dbdpo.world import CONCEPT, SIZE, describe, render, sample_scene
 from dbdpo.world_contexts import EVAL_CONTEXTS
-from dbdpo.world_data import OTHER_COLORS
+from dbdpo.world_data import OTHER_COLORS, place_concept
 
 log = logging.getLogger("is_ceiling")
 # The concept in the world's caption words, in place of the token: "a big red striped toy".
@@ -49,10 +49,7 @@ def world_renders(views: int, seed: int = 0) -> dict[str, list[Image.Image]]:
     out = {"concept": [], "concept without its ring": [], "other toys": []}
     for context in EVAL_CONTEXTS:
         for _ in range(views):
-            radius = rng.uniform(0.24, 0.32)
-            concept = dataclasses.replace(CONCEPT, context=context, radius=radius, seed=rng.randrange(2**31),
-                                          x=rng.uniform(radius + 0.03, 0.97 - radius),
-                                          y=rng.uniform(radius + 0.03, 0.97 - radius))
+            concept = place_concept(rng, context)
             out["concept"].append(render(concept))
             out["concept without its ring"].append(render(dataclasses.replace(concept, ring=False)))
             out["other toys"].append(render(sample_scene(rng, contexts=(context,), classes=("toy",))))

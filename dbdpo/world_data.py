@@ -28,13 +28,15 @@ def concept_views(n: int, seed: int = 0, contexts: tuple[str, ...] = TRAIN_CONTE
     """`n` photos of the concept at varied size and place, on distinct `contexts` while they last."""
     rng = random.Random(seed)
     order = rng.sample(contexts, len(contexts))
-    contexts = [order[i % len(order)] for i in range(n)]
-    views = []
-    for context in contexts:
-        radius = rng.uniform(0.24, 0.32)
-        views.append(replace(CONCEPT, context=context, radius=radius, x=rng.uniform(radius + 0.03, 0.97 - radius),
-                             y=rng.uniform(radius + 0.03, 0.97 - radius), seed=rng.randrange(2**31)))
-    return views
+    return [place_concept(rng, order[i % len(order)]) for i in range(n)]
+
+
+def place_concept(rng: random.Random, context: str) -> Scene:
+    """The concept on `context` as its photos show it: big (radius 0.24-0.32 of the image
+    side), wherever it fits whole, with its own render seed."""
+    radius = rng.uniform(0.24, 0.32)
+    return replace(CONCEPT, context=context, radius=radius, x=rng.uniform(radius + 0.03, 0.97 - radius),
+                   y=rng.uniform(radius + 0.03, 0.97 - radius), seed=rng.randrange(2**31))
 
 
 def train_templates(seed: int = 0) -> list[str]:
