@@ -111,6 +111,16 @@ class Bench:
         state, _ = train_on_preferences(backbone, prefs, dataclasses.replace(cfg.dpo, steps=steps))
         return dataclasses.replace(start, lora=stack(start.lora, state))
 
+    def dpo_rounds(self, round_0: Model, first: pd.DataFrame, cfg: Config, steps: int) -> list[Model]:
+        """The params' rounds (claim b), each a DPO round from the round before it on its own
+        prompt slice, sampled as the generate stage samples it; `first` is round 1's scores."""
+        models, model = [], round_0
+        for r, templates in enumerate(self.round_prompts, start=1):
+            scores = first if r == 1 else self.round_scores(model, templates, r, f"round_{r}")
+            model = self.dpo(model, scores, cfg, steps)
+            models.append(model)
+        return models
+
     def dreambooth(self, seed: int | None = None) -> Model:
         """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage
         (with finetune.seed = `seed` when given). A full fine-tune is saved in the scratch
@@ -218,10 +228,7 @@ def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = ()) -
                                                   bench.own_prompt(round_0, "round_0_alone"))}
     by_seed |= dreambooth_seeds(bench, base, base_alone, [s for s in extra_dreambooth_seeds if s != cfg.finetune.seed])
     first = bench.round_scores(round_0, bench.round_prompts[0], 1, "round_1")  # shared by every 1-round variant
-    model = round_0
-    for r, templates in enumerate(bench.round_prompts, start=1):  # (b): the params' rounds
-        scores = first if r == 1 else bench.round_scores(model, templates, r, f"round_{r}")
-        model = bench.dpo(model, scores, default, steps)
+    for r, model in enumerate(bench.dpo_rounds(round_0, first, default, steps), start=1):  # (b)
         measured[f"lambda=0.5 angle, round {r}"] = bench.measure(model, f"angle_{r}")
     for tag, (lam, kind) in {"threshold": (0.5, "threshold"), "lambda_0": (0.0, "angle"),
                              "lambda_1": (1.0, "angle")}.items():  # (d), (c)

@@ -5,8 +5,9 @@ measures every claim, this module asserts those that hold here, with thresholds 
 measured values (README, "The papers' claims"):
   a. DreamBooth raises IS on the held-out evaluation prompts over the base model prompted
      with the class noun; on its own prompt with no context, by the 1 std the issue asks;
-  b. one DPO round at lambda=0.5 with the angle filter raises S_0.5, with neither IS nor TS
-     falling, on the round's prompts (new seeds) and on the held-out contexts;
+  b. DPO at lambda=0.5 with the angle filter raises S_0.5 by the final round (the params'
+     two), with neither IS nor TS falling, on round 1's prompts (new seeds) and on the
+     held-out contexts;
   c. lambda steers: lambda=0 gains more IS than lambda=1, on both prompt sets (that lambda=1
      gains more TS than lambda=0 is measured, not asserted: below).
 The sizes asked (1 std for a, 0.3 for b) are not reached on this world (README).
@@ -26,10 +27,15 @@ pytestmark = pytest.mark.slow
 # TS against the authors' "a in the jungle"; ± the standard error over the images):
 #   (a) +0.554 (finetune.seed 0's draw: seeds 1, 2 give 0.12, 0.26); on DreamBooth's own prompt with
 #       no context +1.621 (seeds 1, 2: +1.30, +1.54);
-#   (b) held-in S_0.5 +0.108±0.027 (IS +0.177, TS +0.039), held-out +0.061±0.021 (IS +0.097, TS +0.025);
+#   (b) after two rounds, held-in S_0.5 +0.127±0.031 (IS +0.178, TS +0.076), held-out +0.065±0.032
+#       (IS +0.064, TS +0.066); with dpo.seed 1 and 2 held-in +0.126 and +0.198, held-out +0.050 and
+#       +0.087; with one thread (as here) held-in +0.129, held-out +0.054 (IS +0.047, TS +0.060).
+#       After one round the held-out gain is +0.061 on dpo.seed 0 but +0.026 and +0.028 on 1 and 2:
+#       too close to zero for a threshold with margin, so (b) is asserted on the final round, as
+#       the claim reads;
 #   (c) IS: held-in +0.210 vs +0.013, held-out +0.056 vs -0.052 (lambda=0 vs lambda=1).
-# (a), (b) and lambda=0's gains are the same to three decimals with one thread (as here under
-# xdist) and two (the bench); lambda=1's are not: held-in IS +0.057 / +0.013 and TS +0.025 /
+# (a), (b)'s first round and lambda=0's gains are the same to three decimals with one thread (as
+# here under xdist) and two (the bench); lambda=1's are not: held-in IS +0.057 / +0.013 and TS +0.025 /
 # +0.051 with one / two threads. The whole chain differs in its last bits between the two,
 # DreamBooth included; from one saved round_0 and the same round-1 images, the lambda=1 round
 # samples the same images with either, so what lambda=1 amplifies is a last-bit difference
@@ -39,7 +45,7 @@ pytestmark = pytest.mark.slow
 # 0.09-0.11 held-out) are. Thresholds at about half the smallest measured value.
 A_IS_GAIN = 0.4  # the issue asks 1 std: not reached (README)
 A_OWN_PROMPT_IS_GAIN = 1.0  # measured +1.62 (finetune.seed 1, 2: +1.30, +1.54); not claim (a)'s prompts
-B_S_GAIN = {"held-in": 0.05, "held-out": 0.03}  # the issue asks 0.3 std: not reached (README)
+B_S_GAIN = {"held-in": 0.06, "held-out": 0.025}  # the issue asks 0.3 std: not reached (README)
 C_IS_MARGIN = {"held-in": 0.07, "held-out": 0.045}
 SETS = ("held-in", "held-out")
 
@@ -59,9 +65,11 @@ def measured(tmp_path_factory):
     own_prompt = claims.dreambooth_gain(out["base"]["held-out"], out["round_0"]["held-out"],
                                         bench.own_prompt(None, "base_alone"),
                                         bench.own_prompt(round_0, "round_0_alone"))["own_prompt_IS"]
-    for lam in (0.0, 0.5, 1.0):
+    for lam in (0.0, 1.0):
         model = bench.dpo(round_0, first, claims.with_pairing(cfg, lam, "angle"), cfg.dpo.steps)
         out[lam] = bench.measure(model, f"lambda_{lam:g}")
+    final = bench.dpo_rounds(round_0, first, claims.with_pairing(cfg, 0.5, "angle"), cfg.dpo.steps)[-1]
+    out["final"] = bench.measure(final, "final")
     return {name: {where: claims.gains(s, out["round_0"][where]) for where, s in sets.items()}
             for name, sets in out.items()} | {"own prompt": own_prompt}
 
@@ -78,7 +86,7 @@ def test_a_dreambooth_learns_the_concept_at_one_std_on_its_own_prompt(measured):
 
 @pytest.mark.parametrize("where", SETS)
 def test_b_dpo_raises_the_weighted_score_without_losing_either(measured, where):
-    gain = measured[0.5][where]
+    gain = measured["final"][where]
     assert gain["S_0.5"] >= B_S_GAIN[where] and gain["IS"] >= -0.1 and gain["TS"] >= -0.1, gain
 
 
