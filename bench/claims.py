@@ -17,16 +17,19 @@ prompt sets:
   e. rounds vs one big round the params' rounds of N prompts vs one round of (rounds x N)
                              prompts from round_0 with as many DPO steps as all rounds together
 
-    python bench/claims.py [--params params.yaml] [--out claims.json] [--dreambooth-seeds 1 2]
+    python bench/claims.py [--params params.yaml] [--out claims.json] [--dreambooth-seeds 1 2] [--dpo-seeds 1 2]
 
 --dreambooth-seeds trains DreamBooth again on each finetune.seed given and prints claim (a) for
 each: on the proving ground the gain depends on that seed's draw (docs/proving_ground.md).
+--dpo-seeds does the same for the DPO rounds of claims (b) and (c) (dpo.seed), from the same
+round_0 and round-1 images.
 DreamBooth runs as the finetune stage runs it: a LoRA or the full model (finetune.method), with
 prior preservation when finetune.prior_preservation asks.
 The claims are Diffusion-DPO's (lambda, filters): params with dpo.loss=rank_dpo are refused
 (bench/dpo_transfer.py "mode=rank loss=rank_dpo" measures a RankDPO round).
 
-About 8 minutes on 2 CPU cores with the default params, and 1 more a DreamBooth seed.
+About 8 minutes on 2 CPU cores with the default params, 1 more a DreamBooth seed and 2.5 more
+a DPO seed.
 """
 
 from __future__ import annotations
@@ -111,12 +114,14 @@ class Bench:
         state, _ = train_on_preferences(backbone, prefs, dataclasses.replace(cfg.dpo, steps=steps))
         return dataclasses.replace(start, lora=stack(start.lora, state))
 
-    def dpo_rounds(self, round_0: Model, first: pd.DataFrame, cfg: Config, steps: int) -> list[Model]:
+    def dpo_rounds(self, round_0: Model, first: pd.DataFrame, cfg: Config, steps: int,
+                   tag: str = "") -> list[Model]:
         """The params' rounds (claim b), each a DPO round from the round before it on its own
-        prompt slice, sampled as the generate stage samples it; `first` is round 1's scores."""
+        prompt slice, sampled as the generate stage samples it; `first` is round 1's scores;
+        `tag` names this run's sample folders."""
         models, model = [], round_0
         for r, templates in enumerate(self.round_prompts, start=1):
-            scores = first if r == 1 else self.round_scores(model, templates, r, f"round_{r}")
+            scores = first if r == 1 else self.round_scores(model, templates, r, f"round_{r}{tag}")
             model = self.dpo(model, scores, cfg, steps)
             models.append(model)
         return models
@@ -216,7 +221,29 @@ def dreambooth_seeds(bench: Bench, base: pd.DataFrame, base_alone: pd.DataFrame,
     return out
 
 
-def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = ()) -> dict:
+def dpo_seeds(bench: Bench, round_0: Model, first: pd.DataFrame, reference: dict[str, pd.DataFrame],
+              seeds: list[int]) -> dict[int, dict[str, dict]]:
+    """Claims (b) and (c) with DPO trained again on each of `seeds` (dpo.seed) from the same
+    round_0 and round-1 images: each round at lambda=0.5 with the angle filter, and one round
+    at lambda=0 and at lambda=1; gains over round_0 as in the table. How much of a DPO gain is
+    the seed's draw."""
+    out = {}
+    for seed in seeds:
+        cfg = dataclasses.replace(bench.cfg, dpo=dataclasses.replace(bench.cfg.dpo, seed=seed))
+        models = {f"lambda=0.5 angle, round {r}": model for r, model in enumerate(
+            bench.dpo_rounds(round_0, first, with_pairing(cfg, 0.5, "angle"), cfg.dpo.steps, f"_dpo_seed_{seed}"), 1)}
+        for lam in (0.0, 1.0):
+            models[f"lambda={lam:g} angle, round 1"] = bench.dpo(round_0, first, with_pairing(cfg, lam, "angle"),
+                                                                 cfg.dpo.steps)
+        out[seed] = {}
+        for name, model in models.items():
+            measured = bench.measure(model, f"dpo_seed_{seed}_{len(out[seed])}")
+            out[seed][name] = {where: gains(s, reference[where]) for where, s in measured.items()}
+    return out
+
+
+def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = (),
+        extra_dpo_seeds: tuple[int, ...] = ()) -> dict:
     t0 = time.time()
     bench = Bench(cfg, work)
     steps, rounds, default = cfg.dpo.steps, len(bench.round_prompts), with_pairing(cfg, 0.5, "angle")
@@ -241,7 +268,12 @@ def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = ()) -
     reference = measured["round_0"]
     table = {name: {where: gains(scores, reference[where]) for where, scores in sets.items()}
              for name, sets in measured.items()}
-    return {"table": table, "dreambooth_seeds": by_seed, "minutes": (time.time() - t0) / 60, "rounds": rounds,
+    by_dpo_seed = {cfg.dpo.seed: {name: table[name] for name in (*(f"lambda=0.5 angle, round {r}" for r in
+                                                                    range(1, rounds + 1)),
+                                                                  "lambda=0 angle, round 1", "lambda=1 angle, round 1")}}
+    by_dpo_seed |= dpo_seeds(bench, round_0, first, reference, [s for s in extra_dpo_seeds if s != cfg.dpo.seed])
+    return {"table": table, "dreambooth_seeds": by_seed, "dpo_seeds": by_dpo_seed,
+            "minutes": (time.time() - t0) / 60, "rounds": rounds,
             "N": cfg.generate.num_prompts, "K": cfg.generate.images_per_prompt,
             "images": {name: {where: len(s) for where, s in sets.items()} for name, sets in measured.items()}}
 
@@ -257,6 +289,17 @@ def print_table(result: dict) -> None:
     print("  the same on DreamBooth's own prompt, no context (instance over class prompt): " + ", ".join(
         f"{seed}: {g['own_prompt_IS']:+.3f}" for seed, g in seeds.items())
         + f"; mean {sum(g['own_prompt_IS'] for g in seeds.values()) / len(seeds):+.3f}")
+    final = f"lambda=0.5 angle, round {result['rounds']}"
+    for where in ("held-out", "held-in"):
+        by_seed = {seed: rows[final][where]["S_0.5"] for seed, rows in result["dpo_seeds"].items()}
+        print(f"claim (b), {where} S_0.5 after round {result['rounds']} by dpo.seed: "
+              + ", ".join(f"{seed}: {s:+.3f}" for seed, s in by_seed.items())
+              + f"; mean {sum(by_seed.values()) / len(by_seed):+.3f}")
+        margins = {seed: (rows["lambda=0 angle, round 1"][where]["IS"] - rows["lambda=1 angle, round 1"][where]["IS"],
+                          rows["lambda=1 angle, round 1"][where]["TS"] - rows["lambda=0 angle, round 1"][where]["TS"])
+                   for seed, rows in result["dpo_seeds"].items()}
+        print(f"claim (c), {where}, IS (lambda=0 over 1) and TS (lambda=1 over 0) margins by dpo.seed: "
+              + ", ".join(f"{seed}: {m[0]:+.3f} {m[1]:+.3f}" for seed, m in margins.items()))
 
 
 def print_gains(table: dict, first_column: str, width: int) -> None:
@@ -276,6 +319,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dreambooth-seeds", type=int, nargs="*", default=[],
                         help="also train DreamBooth on these finetune.seed values and report claim (a) on each "
                              "(about 1 min a seed on 2 CPU cores)")
+    parser.add_argument("--dpo-seeds", type=int, nargs="*", default=[],
+                        help="also train the DPO rounds of claims (b) and (c) on these dpo.seed values, from the "
+                             "same round_0 and round-1 images, and report both on each (about 2.5 min a seed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in ("claims", "dbdpo"):  # not open_clip's INFO lines on the root logger
@@ -286,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "filter, which RankDPO has not: set dpo.loss=diffusion_dpo and pair.mode=pairs "
                          "(bench/dpo_transfer.py 'mode=rank loss=rank_dpo' measures a RankDPO round)")
     with tempfile.TemporaryDirectory() as work:
-        result = run(cfg, Path(work), tuple(args.dreambooth_seeds))
+        result = run(cfg, Path(work), tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
     print_table(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
