@@ -236,8 +236,8 @@ def dpo_seeds(bench: Bench, round_0: Model, first: pd.DataFrame, reference: dict
             models[f"lambda={lam:g} angle, round 1"] = bench.dpo(round_0, first, with_pairing(cfg, lam, "angle"),
                                                                  cfg.dpo.steps)
         out[seed] = {}
-        for name, model in models.items():
-            measured = bench.measure(model, f"dpo_seed_{seed}_{len(out[seed])}")
+        for i, (name, model) in enumerate(models.items()):
+            measured = bench.measure(model, f"dpo_seed_{seed}_{i}")
             out[seed][name] = {where: gains(s, reference[where]) for where, s in measured.items()}
     return out
 
@@ -268,9 +268,9 @@ def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = (),
     reference = measured["round_0"]
     table = {name: {where: gains(scores, reference[where]) for where, scores in sets.items()}
              for name, sets in measured.items()}
-    by_dpo_seed = {cfg.dpo.seed: {name: table[name] for name in (*(f"lambda=0.5 angle, round {r}" for r in
-                                                                    range(1, rounds + 1)),
-                                                                  "lambda=0 angle, round 1", "lambda=1 angle, round 1")}}
+    seeded = [*(f"lambda=0.5 angle, round {r}" for r in range(1, rounds + 1)),
+              "lambda=0 angle, round 1", "lambda=1 angle, round 1"]  # the rows dpo_seeds trains again
+    by_dpo_seed = {cfg.dpo.seed: {name: table[name] for name in seeded}}
     by_dpo_seed |= dpo_seeds(bench, round_0, first, reference, [s for s in extra_dpo_seeds if s != cfg.dpo.seed])
     return {"table": table, "dreambooth_seeds": by_seed, "dpo_seeds": by_dpo_seed,
             "minutes": (time.time() - t0) / 60, "rounds": rounds,

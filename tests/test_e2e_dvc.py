@@ -232,7 +232,7 @@ def test_a_queued_lambda_sweep_runs_on_two_workers_reusing_the_sampled_rounds(ba
     run(["dvc", "queue", "stop", "--kill"], project, check=False)
     status = run(["dvc", "queue", "status"], project).stdout
     assert "Failed" not in status, status
-    baseline, every_run = experiment_runs(project)
+    baseline_data, every_run = experiment_runs(project)
     runs = {name: every_run[name] for name in queued_names(project)}  # not another test's experiments
 
     def final(data):
@@ -248,10 +248,10 @@ def test_a_queued_lambda_sweep_runs_on_two_workers_reusing_the_sampled_rounds(ba
         assert all(f"Stage '{s}' didn't change, skipping" in log or f"Stage '{s}' is cached" in log
                    for s in reused), log
     by_lambda = {lam(data): final(data) for data in runs.values()}
-    assert by_lambda[0.5] == final(baseline)  # the baseline's params: every stage cached
+    assert by_lambda[0.5] == final(baseline_data)  # the baseline's params: every stage cached
     assert by_lambda[0] != by_lambda[1]  # other pairs, another model
     committed = json.loads(run(["git", "show", "HEAD:metrics.json"], project).stdout)
-    assert final(baseline) == committed["final"]
+    assert final(baseline_data) == committed["final"]
     # the headline metrics are the first columns after the experiment's own (rev, State, ...)
     header = run(["dvc", "exp", "show", "--csv"], project).stdout.splitlines()[0].split(",")
     first = header.index("final.IS")

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -204,19 +205,20 @@ def test_min_snr_weighting_weighs_dreambooth_steps_and_is_off_above_every_snr(in
     cfg = FinetuneConfig(steps=3, batch_size=4, lora_rank=4)
     plain_state, plain = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg)
     backbone = tiny()
-    max_snr = (lambda a: (a / (1 - a)).max().item())(backbone.training_scheduler().alphas_cumprod)
+    alphas_cumprod = backbone.training_scheduler().alphas_cumprod
+    max_snr = (alphas_cumprod / (1 - alphas_cumprod)).max().item()
     above_state, above = train_dreambooth(backbone, concept, "a photo of sks toy",
-                                          FinetuneConfig(**{**vars(cfg), "snr_gamma": 2 * max_snr}))
+                                          dataclasses.replace(cfg, snr_gamma=2 * max_snr))
     assert above == plain and all(torch.equal(above_state[k], v) for k, v in plain_state.items())
     weighted_state, weighted = train_dreambooth(tiny(), concept, "a photo of sks toy",
-                                                FinetuneConfig(**{**vars(cfg), "snr_gamma": 1.0}))
+                                                dataclasses.replace(cfg, snr_gamma=1.0))
     assert weighted[0]["loss"] < plain[0]["loss"]
     assert not all(torch.equal(weighted_state[k], v) for k, v in plain_state.items())
     # the class images' error is weighed as the concept's (the same first draws in both runs)
     with_prior = {"class_images": concept[:2], "class_prompt": "a photo of a toy"}
     _, plain = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg, **with_prior)
     _, weighted = train_dreambooth(tiny(), concept, "a photo of sks toy",
-                                   FinetuneConfig(**{**vars(cfg), "snr_gamma": 1.0}), **with_prior)
+                                   dataclasses.replace(cfg, snr_gamma=1.0), **with_prior)
     prior_part = [rows[0]["loss"] - rows[0]["instance_loss"] for rows in (plain, weighted)]
     assert 0 < prior_part[1] < 0.9 * prior_part[0]  # measured: 0.030 against 0.064
 
