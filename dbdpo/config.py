@@ -122,6 +122,10 @@ class DpoConfig:
     gradient_accumulation_steps: int = 1
     lora_rank: int = 4
     lora_targets: str = "attention"  # attention | unet (dbdpo.lora.TARGET_SETS)
+    # the timesteps the loss is drawn on, uniformly in [min_timestep, max_timestep); max None:
+    # the scheduler's num_train_timesteps. 0 and None: every timestep (Wallace et al.)
+    min_timestep: int = 0
+    max_timestep: int | None = None
     mixed_precision: str = "fp32"
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the UNet for the loop (GPU: fewer, fused kernels)

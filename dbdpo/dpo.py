@@ -23,6 +23,7 @@ from dbdpo.conditioning import TextConditioning, encode_prompts, image_size_ids,
 from dbdpo.config import DpoConfig
 from dbdpo.data import load_image_rgb
 from dbdpo.distributed import local_slice, mean_over_processes, num_processes
+from dbdpo.errors import ConfigError
 from dbdpo.lora import LoraState, lora_state
 from dbdpo.losses import diffusion_dpo_loss, per_sample_error, rank_dpo_loss
 from dbdpo.preferences import Preferences
@@ -105,17 +106,33 @@ def adapters_disabled(model) -> Iterator[None]:
         model.enable_adapters()
 
 
+def timestep_range(cfg: DpoConfig, num_train_timesteps: int) -> tuple[int, int]:
+    """[low, high) of the timesteps the DPO loss is drawn on: dpo.min_timestep up to
+    dpo.max_timestep (None: the scheduler's num_train_timesteps, so 0 and None draw every
+    timestep, as Wallace et al. 2024 do). Raising min_timestep trains on the noisier steps
+    only, where a sample's layout is decided (what is drawn, and where); the nearly clean
+    steps refine detail. docs/proving_ground.md measures it."""
+    high = num_train_timesteps if cfg.max_timestep is None else cfg.max_timestep
+    if not 0 <= cfg.min_timestep < high <= num_train_timesteps:
+        raise ConfigError(f"dpo.min_timestep={cfg.min_timestep}, dpo.max_timestep={cfg.max_timestep} is invalid for "
+                          f"this backbone: expected 0 <= dpo.min_timestep < dpo.max_timestep <= "
+                          f"{num_train_timesteps}, its scheduler's num_train_timesteps")
+    return cfg.min_timestep, high
+
+
 def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, desc: str,
                      on_step: StepCallback | None, checkpointing: Checkpointing | None):
     """The DPO loop shared by Diffusion-DPO and RankDPO, on a fresh LoRA named "dpo".
 
-    draw(gen, num_timesteps, size) -> batch (a tuple of tensors of `size` rows); errors(unet, scheduler, batch, device) -> per-image
+    draw(gen, timesteps, size) -> batch (a tuple of tensors of `size` rows, timesteps drawn from the
+    range [low, high) given); errors(unet, scheduler, batch, device) -> per-image
     errors; loss_fn(policy_errors, reference_errors, batch) -> (loss, DpoStats). The reference pass is
     the same UNet with the adapter disabled, under no_grad, on the same batch, noise and t.
     With `checkpointing`, the loop saves its state every `checkpointing.every` steps and
     resumes from a saved state with the same fingerprint (dbdpo.checkpoints).
     """
     scheduler = backbone.training_scheduler()
+    timesteps = timestep_range(cfg, scheduler.config.num_train_timesteps)
     accelerator, unet, optimizer, params = prepare_lora_training(
         backbone, cfg.lora_rank, cfg.lora_targets, "dpo", cfg.learning_rate, cfg.gradient_accumulation_steps,
         cfg.gradient_checkpointing)
@@ -133,7 +150,7 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
                 with accelerator.accumulate(unet):
                     # every process draws the global batch from the same generator and takes
                     # its rows; DDP averages the gradients (dbdpo.distributed)
-                    batch = tuple(x[mine] for x in draw(gen, scheduler.config.num_train_timesteps, global_batch))
+                    batch = tuple(x[mine] for x in draw(gen, timesteps, global_batch))
                     with accelerator.autocast():
                         policy = errors(unet, scheduler, batch, accelerator.device)
                         with torch.no_grad(), adapters_disabled(base):  # reference = start model
@@ -159,13 +176,14 @@ def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig, on_step:
     Returns the DPO LoRA (relative to the start model) and one log row per optimizer step
     (also passed to `on_step`, a resumed run's saved rows first).
     """
-    log.info("dpo: %d pairs over %d images and %d prompts, %d steps of %d pairs, beta=%g",
-             len(data.winner), len(data.latents), len(data.text), cfg.steps, cfg.batch_size, cfg.beta)
+    log.info("dpo: %d pairs over %d images and %d prompts, %d steps of %d pairs, beta=%g, timesteps [%d, %s)",
+             len(data.winner), len(data.latents), len(data.text), cfg.steps, cfg.batch_size, cfg.beta,
+             cfg.min_timestep, cfg.max_timestep or "T")
 
-    def draw(gen, num_timesteps, size):
+    def draw(gen, timesteps, size):
         pair_idx = torch.randint(0, len(data.winner), (size,), generator=gen)
         noise = torch.randn((size, *data.latents.shape[1:]), generator=gen)
-        return pair_idx, noise, torch.randint(0, num_timesteps, (size,), generator=gen)
+        return pair_idx, noise, torch.randint(*timesteps, (size,), generator=gen)
 
     def errors(unet, scheduler, batch, device):
         return torch.stack(dpo_errors(unet, scheduler, data, *batch, device))  # (2, B): winners, losers
@@ -235,13 +253,14 @@ def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig, on_step
                    checkpointing: Checkpointing | None = None) -> tuple[LoraState, list[dict]]:
     """RankDPO on a fresh LoRA (cfg.batch_size ranked lists a step); reference = the start model."""
     num_lists, k = data.images.shape
-    log.info("rank_dpo: %d lists of %d images, %d steps of %d lists, beta=%g, %s weights ranked by %s",
-             num_lists, k, cfg.steps, cfg.batch_size, cfg.beta, cfg.rank_weighting, cfg.rank_by)
+    log.info("rank_dpo: %d lists of %d images, %d steps of %d lists, beta=%g, timesteps [%d, %s), %s weights ranked "
+             "by %s", num_lists, k, cfg.steps, cfg.batch_size, cfg.beta, cfg.min_timestep, cfg.max_timestep or "T",
+             cfg.rank_weighting, cfg.rank_by)
 
-    def draw(gen, num_timesteps, size):
+    def draw(gen, timesteps, size):
         list_idx = torch.randint(0, num_lists, (size,), generator=gen)
         noise = torch.randn((size, k, *data.latents.shape[1:]), generator=gen)
-        return list_idx, noise, torch.randint(0, num_timesteps, (size,), generator=gen)
+        return list_idx, noise, torch.randint(*timesteps, (size,), generator=gen)
 
     def errors(unet, scheduler, batch, device):
         return rank_errors(unet, scheduler, data, *batch, device)

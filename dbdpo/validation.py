@@ -171,6 +171,9 @@ def validate_groups(c: Config) -> None:
         _positive(getattr(c.dpo, key), f"dpo.{key}")
     _one_of(c.dpo.mixed_precision, PRECISIONS, "dpo.mixed_precision")
     _one_of(c.dpo.lora_targets, LORA_TARGETS, "dpo.lora_targets")
+    _require(c.dpo.min_timestep >= 0, "dpo.min_timestep", c.dpo.min_timestep, "a timestep >= 0 (0: from the first)")
+    _require(c.dpo.max_timestep is None or c.dpo.max_timestep > c.dpo.min_timestep, "dpo.max_timestep",
+             c.dpo.max_timestep, f"null (up to the scheduler's last timestep) or above dpo.min_timestep={c.dpo.min_timestep}")
     for group in ("finetune", "dpo"):
         every = getattr(c, group).checkpoint_every
         _require(every >= 0, f"{group}.checkpoint_every", every, "a number of steps >= 0 (0: no checkpoints)")

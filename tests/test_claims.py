@@ -6,11 +6,12 @@ measured values (README, "The papers' claims"):
   a. DreamBooth raises IS on the held-out evaluation prompts over the base model prompted
      with the class noun; on its own prompt with no context, by the 1 std the issue asks;
   b. DPO at lambda=0.5 with the angle filter raises S_0.5 by the final round (the params'
-     two), with neither IS nor TS falling, on round 1's prompts (new seeds) and on the
-     held-out contexts;
-  c. lambda steers: lambda=0 gains more IS than lambda=1, on both prompt sets (that lambda=1
-     gains more TS than lambda=0 is measured, not asserted: below).
-The sizes asked (1 std for a, 0.3 for b) are not reached on this world (README).
+     two), with neither IS nor TS falling by more than 0.1 std, on round 1's prompts (new
+     seeds) and on the held-out contexts;
+  c. lambda steers: lambda=0 gains more IS than lambda=1, and lambda=1 more TS than lambda=0,
+     on both prompt sets.
+The sizes asked (1 std for a on the held-out prompts, 0.3 for b on the held-out contexts) are
+not reached on this world (README).
 """
 
 import dataclasses
@@ -24,29 +25,30 @@ from tests.test_bench import bench_module
 pytestmark = pytest.mark.slow
 
 # Measured by bench/claims.py on the default params (2026-11-27, 2-core CPU, N=16 prompts a round,
-# TS against the authors' "a in the jungle"; ± the standard error over the images):
+# DPO on the timesteps 500-999, TS against the authors' "a in the jungle"; ± the standard error
+# over the images):
 #   (a) +0.554 (finetune.seed 0's draw: seeds 1, 2 give 0.12, 0.26); on DreamBooth's own prompt with
 #       no context +1.621 (seeds 1, 2: +1.30, +1.54);
-#   (b) after two rounds, held-in S_0.5 +0.127±0.031 (IS +0.178, TS +0.076), held-out +0.065±0.032
-#       (IS +0.064, TS +0.066); with dpo.seed 1 and 2 held-in +0.126 and +0.198, held-out +0.050 and
-#       +0.087; with one thread (as here) held-in +0.129, held-out +0.054 (IS +0.047, TS +0.060).
-#       After one round the held-out gain is +0.061 on dpo.seed 0 but +0.026 and +0.028 on 1 and 2:
-#       too close to zero for a threshold with margin, so (b) is asserted on the final round, as
-#       the claim reads;
-#   (c) IS: held-in +0.210 vs +0.013, held-out +0.056 vs -0.052 (lambda=0 vs lambda=1).
-# (a), (b)'s first round and lambda=0's gains are the same to three decimals with one thread (as
-# here under xdist) and two (the bench); lambda=1's are not: held-in IS +0.057 / +0.013 and TS +0.025 /
-# +0.051 with one / two threads. The whole chain differs in its last bits between the two,
-# DreamBooth included; from one saved round_0 and the same round-1 images, the lambda=1 round
-# samples the same images with either, so what lambda=1 amplifies is a last-bit difference
-# upstream of its DPO round. It is the size of (c)'s TS margin (lambda=1 over lambda=0: held-in
-# +0.024 and held-out +0.037 with two threads, -0.002 and +0.012 with one), so that side is not
-# resolved on these defaults and is not asserted; (c)'s IS margins (0.15-0.20 held-in,
-# 0.09-0.11 held-out) are. Thresholds at about half the smallest measured value.
+#   (b) after two rounds, held-in S_0.5 +0.338±0.042 (IS +0.649, TS +0.027), held-out +0.198±0.082
+#       (IS +0.344, TS +0.052); with dpo.seed 1 and 2 held-in +0.273 and +0.249, held-out +0.106 and
+#       +0.100 (seed 2's TS falls by 0.107 and 0.112, so the claim's TS bound is met on seed 0, the
+#       seed asserted here, and not on every seed); with one thread (as here) held-in +0.339,
+#       held-out +0.198 (IS +0.342, TS +0.055);
+#   (c) lambda=0 over lambda=1: IS margins held-out 0.285, 0.291, 0.548 and held-in 0.457, 0.368,
+#       0.462 on dpo.seed 0, 1, 2; one thread 0.321 and 0.386. lambda=1 over lambda=0: TS margins
+#       held-out +0.071, +0.070, +0.205 and held-in +0.052, +0.035, +0.030; one thread +0.056 and
+#       +0.052.
+# Everything but lambda=1's round is the same to about three decimals with one thread (as here
+# under xdist) and two (the bench); lambda=1's round amplifies the last-bit differences upstream of
+# it (one / two threads: held-out IS -0.008 / +0.028, held-in IS +0.208 / +0.137). Its TS margins
+# (above) keep their sign on every seed and both thread counts since DPO trains on the noisy
+# timesteps (on every timestep they did not: held-in +0.024, -0.029, +0.032, one thread -0.002).
+# Thresholds at about half the smallest measured value.
 A_IS_GAIN = 0.4  # the issue asks 1 std: not reached (README)
 A_OWN_PROMPT_IS_GAIN = 1.0  # measured +1.62 (finetune.seed 1, 2: +1.30, +1.54); not claim (a)'s prompts
-B_S_GAIN = {"held-in": 0.06, "held-out": 0.025}  # the issue asks 0.3 std: not reached (README)
-C_IS_MARGIN = {"held-in": 0.07, "held-out": 0.045}
+B_S_GAIN = {"held-in": 0.15, "held-out": 0.05}  # the issue asks 0.3 std: held-in +0.34 here, held-out +0.20
+C_IS_MARGIN = {"held-in": 0.18, "held-out": 0.14}
+C_TS_MARGIN = {"held-in": 0.015, "held-out": 0.025}
 SETS = ("held-in", "held-out")
 
 
@@ -94,3 +96,9 @@ def test_b_dpo_raises_the_weighted_score_without_losing_either(measured, where):
 def test_c_lambda_steers_fidelity(measured, where):
     fidelity, alignment = measured[0.0][where], measured[1.0][where]
     assert fidelity["IS"] - alignment["IS"] >= C_IS_MARGIN[where], (fidelity, alignment)
+
+
+@pytest.mark.parametrize("where", SETS)
+def test_c_lambda_steers_alignment(measured, where):
+    fidelity, alignment = measured[0.0][where], measured[1.0][where]
+    assert alignment["TS"] - fidelity["TS"] >= C_TS_MARGIN[where], (fidelity, alignment)

@@ -9,6 +9,7 @@ from dbdpo.conditioning import TextConditioning, encode_prompts
 from dbdpo.config import DpoConfig, FinetuneConfig, ModelConfig
 from dbdpo.dpo import PreferenceData, RankedData, dpo_errors, train_dpo, train_rank_dpo
 from dbdpo.dreambooth import train_dreambooth
+from dbdpo.errors import ConfigError
 from dbdpo.lora import TARGET_SETS, merge_into
 from dbdpo.losses import diffusion_dpo_loss
 from dbdpo.training import TrainingDiverged, training_target
@@ -391,3 +392,22 @@ def test_a_failing_reference_pass_leaves_the_adapter_enabled():
             raise RuntimeError("CUDA out of memory")
     assert layers and not any(layer.disable_adapters for layer in layers)
 
+
+
+@pytest.mark.parametrize("loss", ["diffusion_dpo", "rank_dpo"])
+def test_dpo_draws_its_timesteps_from_the_configured_range_only(loss):
+    """dpo.min_timestep / max_timestep bound every timestep the UNet sees, policy and reference
+    passes alike; out of the scheduler's range, the error names both keys and the bound."""
+    backbone = tiny()
+    seen = []
+    backbone.pipe.unet.register_forward_pre_hook(lambda _, args: seen.append(args[1].clone()))
+    cfg = DpoConfig(loss=loss, steps=3, batch_size=4, min_timestep=700, max_timestep=750)
+    train = train_dpo if loss == "diffusion_dpo" else train_rank_dpo
+    data = random_preferences(backbone) if loss == "diffusion_dpo" else random_ranked(backbone)
+    train(backbone, data, cfg)
+    timesteps = torch.cat(seen)
+    assert len(seen) == 6 and timesteps.min() >= 700 and timesteps.max() < 750
+    assert len(timesteps.unique()) > 3  # drawn, not one fixed value
+    with pytest.raises(ConfigError, match=r"dpo.min_timestep=0, dpo.max_timestep=1001 is invalid for this backbone: "
+                                          r"expected 0 <= dpo.min_timestep < dpo.max_timestep <= 1000"):
+        train(tiny(), data, dataclasses.replace(cfg, min_timestep=0, max_timestep=1001))
