@@ -278,6 +278,7 @@ def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig, on_step
 def train_on_preferences(backbone: Backbone, prefs: Preferences, cfg: DpoConfig, on_step: StepCallback | None = None,
                          checkpointing: Checkpointing | None = None) -> tuple[LoraState, list[dict]]:
     """Diffusion-DPO on pairs or RankDPO on ranked lists, as the preferences were built."""
+    timestep_range(cfg, backbone.training_scheduler().config.num_train_timesteps)  # before encoding the images
     if prefs.mode == "rank":
         return train_rank_dpo(backbone, ranked_data(backbone, prefs.ranked()), cfg, on_step, checkpointing)
     t = prefs.table

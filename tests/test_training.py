@@ -9,7 +9,7 @@ from dbdpo.conditioning import TextConditioning, encode_prompts
 from dbdpo.config import DpoConfig, FinetuneConfig, ModelConfig
 from dbdpo.dpo import PreferenceData, RankedData, dpo_errors, train_dpo, train_rank_dpo
 from dbdpo.dreambooth import train_dreambooth
-from dbdpo.errors import ConfigError
+from dbdpo.errors import ConfigError, DataError
 from dbdpo.lora import TARGET_SETS, merge_into
 from dbdpo.losses import diffusion_dpo_loss
 from dbdpo.training import TrainingDiverged, training_target
@@ -411,3 +411,19 @@ def test_dpo_draws_its_timesteps_from_the_configured_range_only(loss):
     with pytest.raises(ConfigError, match=r"dpo.min_timestep=0, dpo.max_timestep=1001 is invalid for this backbone: "
                                           r"expected 0 <= dpo.min_timestep < dpo.max_timestep <= 1000"):
         train(tiny(), data, dataclasses.replace(cfg, min_timestep=0, max_timestep=1001))
+
+
+def test_a_timestep_range_beyond_the_scheduler_fails_before_any_image_is_encoded(tmp_path):
+    """The pairs name images that do not exist: the range error must come first."""
+    import pandas as pd
+
+    from dbdpo.dpo import train_on_preferences
+    from dbdpo.preferences import Preferences
+
+    missing = str(tmp_path / "missing.png")
+    prefs = Preferences("pairs", pd.DataFrame({"winner_path": [missing], "loser_path": [missing],
+                                               "prompt": ["a sks toy in the snow"]}), {})
+    with pytest.raises(ConfigError, match=r"dpo.min_timestep=1000, dpo.max_timestep=None is invalid for this backbone"):
+        train_on_preferences(tiny(), prefs, DpoConfig(min_timestep=1000))
+    with pytest.raises(DataError, match="missing.png: not a readable image"):  # a valid range reaches the images
+        train_on_preferences(tiny(), prefs, DpoConfig(min_timestep=999))
