@@ -21,14 +21,14 @@ prompt sets:
 
 --dreambooth-seeds trains DreamBooth again on each finetune.seed given and prints claim (a) for
 each: on the proving ground the gain depends on that seed's draw (docs/proving_ground.md).
---dpo-seeds does the same for the DPO rounds of claims (b) and (c) (dpo.seed), from the same
-round_0 and round-1 images.
+--dpo-seeds does the same for the DPO models of claims (b), (c) and (d) (dpo.seed), from the
+same round_0 and round-1 images.
 DreamBooth runs as the finetune stage runs it: a LoRA or the full model (finetune.method), with
 prior preservation when finetune.prior_preservation asks.
 The claims are Diffusion-DPO's (lambda, filters): params with dpo.loss=rank_dpo are refused
 (bench/dpo_transfer.py "mode=rank loss=rank_dpo" measures a RankDPO round).
 
-About 8 minutes on 2 CPU cores with the default params, 1 more a DreamBooth seed and 2.5 more
+About 8 minutes on 2 CPU cores with the default params, 1 more a DreamBooth seed and 3 more
 a DPO seed.
 """
 
@@ -221,20 +221,28 @@ def dreambooth_seeds(bench: Bench, base: pd.DataFrame, base_alone: pd.DataFrame,
     return out
 
 
+def dpo_models(bench: Bench, round_0: Model, first: pd.DataFrame, cfg: Config, tag: str = "") -> dict[str, Model]:
+    """The DPO models of claims (b)-(d), named by their table rows and in the table's order:
+    each of the params' rounds at lambda=0.5 with the angle filter (b), one round from round_0
+    with the threshold filter (d), and one at lambda=0 and at lambda=1 (c). `first` is round 1's
+    scored images; `tag` names the later rounds' sample folders."""
+    models = {f"lambda=0.5 angle, round {r}": model for r, model in enumerate(
+        bench.dpo_rounds(round_0, first, with_pairing(cfg, 0.5, "angle"), cfg.dpo.steps, tag), start=1)}
+    for lam, kind in ((0.5, "threshold"), (0.0, "angle"), (1.0, "angle")):
+        models[f"lambda={lam:g} {kind}, round 1"] = bench.dpo(round_0, first, with_pairing(cfg, lam, kind),
+                                                              cfg.dpo.steps)
+    return models
+
+
 def dpo_seeds(bench: Bench, round_0: Model, first: pd.DataFrame, reference: dict[str, pd.DataFrame],
               seeds: list[int]) -> dict[int, dict[str, dict]]:
-    """Claims (b) and (c) with DPO trained again on each of `seeds` (dpo.seed) from the same
-    round_0 and round-1 images: each round at lambda=0.5 with the angle filter, and one round
-    at lambda=0 and at lambda=1; gains over round_0 as in the table. How much of a DPO gain is
-    the seed's draw."""
+    """Claims (b)-(d) with DPO trained again on each of `seeds` (dpo.seed) from the same
+    round_0 and round-1 images (`dpo_models`); gains over round_0 as in the table. How much of
+    a DPO gain is the seed's draw."""
     out = {}
     for seed in seeds:
         cfg = dataclasses.replace(bench.cfg, dpo=dataclasses.replace(bench.cfg.dpo, seed=seed))
-        models = {f"lambda=0.5 angle, round {r}": model for r, model in enumerate(
-            bench.dpo_rounds(round_0, first, with_pairing(cfg, 0.5, "angle"), cfg.dpo.steps, f"_dpo_seed_{seed}"), 1)}
-        for lam in (0.0, 1.0):
-            models[f"lambda={lam:g} angle, round 1"] = bench.dpo(round_0, first, with_pairing(cfg, lam, "angle"),
-                                                                 cfg.dpo.steps)
+        models = dpo_models(bench, round_0, first, cfg, f"_dpo_seed_{seed}")
         out[seed] = {}
         for i, (name, model) in enumerate(models.items()):
             measured = bench.measure(model, f"dpo_seed_{seed}_{i}")
@@ -246,7 +254,7 @@ def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = (),
         extra_dpo_seeds: tuple[int, ...] = ()) -> dict:
     t0 = time.time()
     bench = Bench(cfg, work)
-    steps, rounds, default = cfg.dpo.steps, len(bench.round_prompts), with_pairing(cfg, 0.5, "angle")
+    rounds = len(bench.round_prompts)
     measured = {"base (class prompt)": bench.measure(None, "base", class_prompt=True)}
     round_0 = bench.dreambooth()
     measured["round_0"] = bench.measure(round_0, "round_0")
@@ -255,22 +263,17 @@ def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = (),
                                                   bench.own_prompt(round_0, "round_0_alone"))}
     by_seed |= dreambooth_seeds(bench, base, base_alone, [s for s in extra_dreambooth_seeds if s != cfg.finetune.seed])
     first = bench.round_scores(round_0, bench.round_prompts[0], 1, "round_1")  # shared by every 1-round variant
-    for r, model in enumerate(bench.dpo_rounds(round_0, first, default, steps), start=1):  # (b)
-        measured[f"lambda=0.5 angle, round {r}"] = bench.measure(model, f"angle_{r}")
-    for tag, (lam, kind) in {"threshold": (0.5, "threshold"), "lambda_0": (0.0, "angle"),
-                             "lambda_1": (1.0, "angle")}.items():  # (d), (c)
-        model = bench.dpo(round_0, first, with_pairing(cfg, lam, kind), steps)
-        measured[f"lambda={lam:g} {kind}, round 1"] = bench.measure(model, tag)
+    models = dpo_models(bench, round_0, first, cfg)  # (b), (d), (c)
+    for i, (name, model) in enumerate(models.items()):
+        measured[name] = bench.measure(model, f"dpo_{i}")
     if rounds > 1:  # (e): all rounds' prompts in one round from round_0, as many DPO steps as all rounds
         scores = bench.round_scores(round_0, sum(bench.round_prompts, []), 1, "one_round")
-        model = bench.dpo(round_0, scores, default, steps * rounds)
+        model = bench.dpo(round_0, scores, with_pairing(cfg, 0.5, "angle"), cfg.dpo.steps * rounds)
         measured[f"lambda=0.5 angle, 1 round of {rounds}N"] = bench.measure(model, "one_round")
     reference = measured["round_0"]
     table = {name: {where: gains(scores, reference[where]) for where, scores in sets.items()}
              for name, sets in measured.items()}
-    seeded = [*(f"lambda=0.5 angle, round {r}" for r in range(1, rounds + 1)),
-              "lambda=0 angle, round 1", "lambda=1 angle, round 1"]  # the rows dpo_seeds trains again
-    by_dpo_seed = {cfg.dpo.seed: {name: table[name] for name in seeded}}
+    by_dpo_seed = {cfg.dpo.seed: {name: table[name] for name in models}}
     by_dpo_seed |= dpo_seeds(bench, round_0, first, reference, [s for s in extra_dpo_seeds if s != cfg.dpo.seed])
     return {"table": table, "dreambooth_seeds": by_seed, "dpo_seeds": by_dpo_seed,
             "minutes": (time.time() - t0) / 60, "rounds": rounds,
@@ -300,6 +303,10 @@ def print_table(result: dict) -> None:
                    for seed, rows in result["dpo_seeds"].items()}
         print(f"claim (c), {where}, IS (lambda=0 over 1) and TS (lambda=1 over 0) margins by dpo.seed: "
               + ", ".join(f"{seed}: {m[0]:+.3f} {m[1]:+.3f}" for seed, m in margins.items()))
+        print(f"claim (d), {where} S_0.5, angle (threshold) filter by dpo.seed: " + ", ".join(
+            f"{seed}: {rows['lambda=0.5 angle, round 1'][where]['S_0.5']:+.3f} "
+            f"({rows['lambda=0.5 threshold, round 1'][where]['S_0.5']:+.3f})"
+            for seed, rows in result["dpo_seeds"].items()))
 
 
 def print_gains(table: dict, first_column: str, width: int) -> None:
@@ -320,8 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also train DreamBooth on these finetune.seed values and report claim (a) on each "
                              "(about 1 min a seed on 2 CPU cores)")
     parser.add_argument("--dpo-seeds", type=int, nargs="*", default=[],
-                        help="also train the DPO rounds of claims (b) and (c) on these dpo.seed values, from the "
-                             "same round_0 and round-1 images, and report both on each (about 2.5 min a seed)")
+                        help="also train the DPO models of claims (b)-(d) on these dpo.seed values, from the "
+                             "same round_0 and round-1 images, and report each claim on each (about 3 min a seed)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in ("claims", "dbdpo"):  # not open_clip's INFO lines on the root logger

@@ -123,10 +123,10 @@ def test_claims_bench_measures_every_variant(tmp_path, in_repo):
     assert list(by_seed) == [0, 1] and by_seed[0]["IS"] == -table["base (class prompt)"]["held-out"]["IS"]
     assert by_seed[1] != by_seed[0] and all(math.isfinite(x) for g in by_seed.values() for x in g.values())
     assert all(set(g) == {"IS", "TS", "IS_se", "own_prompt_IS"} for g in by_seed.values())
-    # claims (b) and (c) by DPO seed: the params' seed is the table's rows; seed 1 trains anew
+    # claims (b)-(d) by DPO seed: the params' seed is the table's rows; seed 1 trains anew
     by_dpo_seed = result["dpo_seeds"]
-    rows = ["lambda=0.5 angle, round 1", "lambda=0.5 angle, round 2", "lambda=0 angle, round 1",
-            "lambda=1 angle, round 1"]
+    rows = ["lambda=0.5 angle, round 1", "lambda=0.5 angle, round 2", "lambda=0.5 threshold, round 1",
+            "lambda=0 angle, round 1", "lambda=1 angle, round 1"]
     assert list(by_dpo_seed) == [0, 1] and all(list(by_dpo_seed[s]) == rows for s in (0, 1))
     assert all(by_dpo_seed[0][row] == table[row] for row in rows)
     assert by_dpo_seed[1]["lambda=0.5 angle, round 2"] != table["lambda=0.5 angle, round 2"]
