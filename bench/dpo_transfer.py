@@ -7,7 +7,7 @@ evaluation prompts and on round 1's first prompts with new seeds (held-in). Ever
 filter keeps is used (no `pair.max_total` cap), so a larger N means more pairs.
 
 A variant is one argument of space-separated key=value overrides of the params file:
-  prompts=N  images=K  steps=S  lambda=L  filter=angle|threshold|none  seed=D  (dpo.seed)
+  prompts=N  images=K  steps=S  lambda=L  filter=angle|threshold|none  angle=A  seed=D  (dpo.seed)
   beta=B  lr=R  rank=R  targets=attention|unet  min_timestep=T  max_timestep=T
   mode=pairs|rank  loss=diffusion_dpo|rank_dpo   (RankDPO: "mode=rank loss=rank_dpo", lists
                                                  ranked by score.rewards; filter unused)
@@ -45,7 +45,7 @@ OVERRIDES = {"prompts": ("generate", "num_prompts", int), "images": ("generate",
              "steps": ("dpo", "steps", int), "seed": ("dpo", "seed", int), "beta": ("dpo", "beta", float),
              "lr": ("dpo", "learning_rate", float), "rank": ("dpo", "lora_rank", int),
              "targets": ("dpo", "lora_targets", str), "lambda": ("pair", "lambda", float),
-             "filter": ("filter", "kind", str), "mode": ("pair", "mode", str), "loss": ("dpo", "loss", str),
+             "filter": ("filter", "kind", str), "angle": ("filter", "angle", float), "mode": ("pair", "mode", str), "loss": ("dpo", "loss", str),
              "min_timestep": ("dpo", "min_timestep", int), "max_timestep": ("dpo", "max_timestep", int)}
 
 

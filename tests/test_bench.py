@@ -252,6 +252,7 @@ def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monk
     for variant, error in [("betta=5", "unknown key 'betta'; expected one of prompts, images"),
                            ("beta=big", "beta='big' is not a float"),
                            ("filter=wedge", "filter.kind='wedge' is invalid: expected one of"),
+                           ("angle=0", "filter.angle=0.0 is invalid"),
                            ("loss=rank_dpo", "pair.mode='pairs' is invalid: expected rank with dpo.loss=rank_dpo")]:
         caplog.clear()
         with pytest.raises(SystemExit, match=error), caplog.at_level(logging.INFO, logger="dbdpo"):
