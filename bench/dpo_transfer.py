@@ -45,7 +45,8 @@ OVERRIDES = {"prompts": ("generate", "num_prompts", int), "images": ("generate",
              "steps": ("dpo", "steps", int), "seed": ("dpo", "seed", int), "beta": ("dpo", "beta", float),
              "lr": ("dpo", "learning_rate", float), "rank": ("dpo", "lora_rank", int),
              "targets": ("dpo", "lora_targets", str), "lambda": ("pair", "lambda", float),
-             "filter": ("filter", "kind", str), "angle": ("filter", "angle", float), "mode": ("pair", "mode", str), "loss": ("dpo", "loss", str),
+             "filter": ("filter", "kind", str), "angle": ("filter", "angle", float),
+             "mode": ("pair", "mode", str), "loss": ("dpo", "loss", str),
              "min_timestep": ("dpo", "min_timestep", int), "max_timestep": ("dpo", "max_timestep", int)}
 
 

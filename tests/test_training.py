@@ -393,7 +393,6 @@ def test_a_failing_reference_pass_leaves_the_adapter_enabled():
     assert layers and not any(layer.disable_adapters for layer in layers)
 
 
-
 @pytest.mark.parametrize("loss", ["diffusion_dpo", "rank_dpo"])
 def test_dpo_draws_its_timesteps_from_the_configured_range_only(loss):
     """dpo.min_timestep / max_timestep bound every timestep the UNet sees, policy and reference
