@@ -48,14 +48,19 @@ import pandas as pd
 
 from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
 from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
-from dbdpo.data import eval_prompts, load_concept, render, text_prompt, train_prompts
-from dbdpo.dpo import train_on_preferences
+from dbdpo.data import eval_prompts, load_concept, text_prompt, train_prompts
 from dbdpo.dreambooth import dreambooth, save_round_0
-from dbdpo.lora import LoraState, merged_pipeline, stack
+from dbdpo.lora import LoraState, merged_pipeline
 from dbdpo.params import load_config
-from dbdpo.preferences import build_preferences
-from dbdpo.sampling import generate, plan_samples, write_samples
-from dbdpo.scoring import build_scorers, score_images
+from dbdpo.rounds import (
+    SCORED_SAMPLE_COLUMNS,
+    concept_prompts,
+    dpo_round,
+    pair_round,
+    sample_round,
+    score_round,
+)
+from dbdpo.scoring import build_scorers
 
 log = logging.getLogger("claims")
 HELD_IN_SEED = 777 * SEEDS_PER_ROUND  # no round samples these seeds (dbdpo.config.round_seed)
@@ -91,28 +96,24 @@ class Bench:
         class_prompt: the prompt with the class noun and no instance token ("a toy in the
         snow"), as the base model is prompted for claim (a). settings: steps, guidance_scale
         and batch_size (cfg.generate unless given: cfg.evaluate for the held-out prompts)."""
-        prompts = [text_prompt(t, self.cfg.concept, "with_class") if class_prompt else render(t, self.cfg.concept)
-                   for t in templates]
-        plan = plan_samples(templates, prompts, per_prompt, seed)
-        g = settings or self.cfg.generate
-        pipe = (self.backbone if model is None else model.base).pipe
-        with merged_pipeline(pipe, {} if model is None else model.lora):
-            images = generate(pipe, plan, steps=g.steps, guidance_scale=g.guidance_scale,
-                              batch_size=g.batch_size, resolution=self.backbone.resolution, scheduler=g.scheduler,
-                              desc=name)
-        samples = write_samples(plan, images, self.work / name, self.work / f"{name}.parquet")
-        scores = score_images(samples["path"].to_list(), samples["template"].to_list(), self.scorers,
-                              self.cfg.score.batch_size, desc=f"score {name}")
-        return pd.concat([samples, scores], axis=1)
+        prompts = ([text_prompt(t, self.cfg.concept, "with_class") for t in templates] if class_prompt
+                   else concept_prompts(templates, self.cfg.concept))
+        backbone = self.backbone if model is None else model.base
+        with merged_pipeline(backbone.pipe, {} if model is None else model.lora):
+            samples = sample_round(backbone, templates, prompts, per_prompt, seed, settings or self.cfg.generate,
+                                   self.work / name, self.work / f"{name}.parquet", desc=name)
+        scores = score_round(samples, self.scorers, self.cfg.score.batch_size, desc=f"score {name}")
+        # every sample column beside the scores: `gains` pairs images by seed
+        return pd.concat([samples, scores.drop(columns=SCORED_SAMPLE_COLUMNS)], axis=1)
 
     def dpo(self, start: Model, scores: pd.DataFrame, cfg: Config, steps: int) -> Model:
         """One DPO round from `start` on `scores`' images, as the pair and dpo stages run it:
         Diffusion-DPO on pairs (cfg.pair, cfg.filter) or RankDPO on ranked lists (pair.mode)."""
-        prefs = build_preferences(scores, cfg.pair, cfg.filter, cfg.score.rewards)
+        prefs = pair_round(scores, cfg.pair, cfg.filter, cfg.score.rewards)
         log.info("%s: %s", prefs.mode, prefs.summary)
         backbone = load_backbone(start.config, lora=start.lora)  # trained on, so a fresh copy
-        state, _ = train_on_preferences(backbone, prefs, dataclasses.replace(cfg.dpo, steps=steps))
-        return dataclasses.replace(start, lora=stack(start.lora, state))
+        lora, _ = dpo_round(backbone, start.lora, prefs, dataclasses.replace(cfg.dpo, steps=steps))
+        return dataclasses.replace(start, lora=lora)
 
     def dpo_rounds(self, round_0: Model, first: pd.DataFrame, cfg: Config, steps: int,
                    tag: str = "") -> list[Model]:

@@ -32,7 +32,6 @@ from pathlib import Path
 import yaml
 from claims import Bench, gains, print_gains  # bench/claims.py
 
-import dbdpo.lora
 from dbdpo.config import Config, round_seed
 from dbdpo.data import load_prompt_templates
 from dbdpo.errors import ConfigError
@@ -74,10 +73,8 @@ def variant_config(params: dict, spec: str) -> Config:
         cfg = config_from_dict(raw)
     except ConfigError as e:
         raise SystemExit(f"variant {spec!r}: {e}") from None
-    if layers:  # an experiment's own module list, registered as a target set named by it
-        name = "layers=" + ",".join(layers)
-        dbdpo.lora.TARGET_SETS[name] = layers
-        cfg = dataclasses.replace(cfg, dpo=dataclasses.replace(cfg.dpo, lora_targets=name))
+    if layers:  # an experiment's own module list: dpo.lora_targets as an explicit list
+        cfg = dataclasses.replace(cfg, dpo=dataclasses.replace(cfg.dpo, lora_targets=tuple(layers)))
     return cfg
 
 

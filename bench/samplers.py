@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
-from dbdpo.backbones import load_backbone, round_base, round_lora
+from dbdpo.backbones import round_lora
 from dbdpo.data import eval_prompts, load_concept, ts_texts
 from dbdpo.evaluation import RoundModel, sample_and_score
 from dbdpo.params import load_config
+from dbdpo.rounds import load_round_model
 from dbdpo.scoring import build_scorers
 
 # (scheduler, steps): the reference first
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     e = dataclasses.replace(cfg.evaluate, images_per_prompt=args.images_per_prompt)
     templates = eval_prompts(e.prompts, e.num_prompts)
     scorers = build_scorers(cfg.score, load_concept(cfg.concept), ts_texts(cfg.concept, cfg.score.ts_prompt))
-    backbone = load_backbone(round_base(cfg.model, args.model))
+    backbone = load_round_model(cfg.model, args.model)  # the base the model's LoRA applies to
     model = RoundModel(args.model.name, round_lora(args.model))
     rows = []
     for scheduler, steps in VARIANTS:

@@ -41,7 +41,8 @@ class FinetuneConfig:
     learning_rate: float = 5e-3
     batch_size: int = 4
     lora_rank: int = 16
-    lora_targets: str = "attention"  # attention | unet (dbdpo.lora.TARGET_SETS)
+    # attention | unet (dbdpo.lora.TARGET_SETS), or a list of module names (["attn2.to_k", ...])
+    lora_targets: str | tuple[str, ...] = "attention"
     instance_prompt: str = "a photo of {token} {class_noun}"
     prior_preservation: bool = False
     class_prompt: str = "a photo of a {class_noun}"
@@ -121,7 +122,8 @@ class DpoConfig:
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
     lora_rank: int = 4
-    lora_targets: str = "attention"  # attention | unet (dbdpo.lora.TARGET_SETS)
+    # attention | unet (dbdpo.lora.TARGET_SETS), or a list of module names (["attn2.to_k", ...])
+    lora_targets: str | tuple[str, ...] = "attention"
     # the timesteps the loss is drawn on, uniformly in [min_timestep, max_timestep); max None:
     # the scheduler's num_train_timesteps. 0 and None: every timestep (Wallace et al.)
     min_timestep: int = 0
@@ -247,12 +249,23 @@ def yaml_name(field_name: str) -> str:
 
 
 def _coerce(value, annotation, key: str):
-    """Check `value` against a field annotation (str, int, float, bool, X | None)."""
+    """Check `value` against a field annotation (str, int, float, bool, tuple[str, ...], X | None,
+    str | tuple[str, ...]: the first alternative that takes the value)."""
     if isinstance(annotation, types.UnionType):
         args = typing.get_args(annotation)
         if value is None and type(None) in args:
             return None
-        annotation = next(a for a in args if a is not type(None))
+        arms = [a for a in args if a is not type(None)]
+        for arm in arms[:-1]:
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError:
+                continue
+        annotation = arms[-1]
+    if typing.get_origin(annotation) is tuple:  # a YAML list of names
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a name or a list of names, got {value!r}")
+        return tuple(value)
     if typing.get_origin(annotation) is dict:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{key}: expected a mapping of names to numbers, got {value!r}")

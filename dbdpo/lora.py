@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -66,10 +66,19 @@ def by_component(state: LoraState) -> dict[str, LoraState]:
     return parts
 
 
-def add_lora(module: torch.nn.Module, rank: int, adapter_name: str, targets: str = "attention") -> None:
-    """Attach a trainable LoRA (B = 0, so the model starts unchanged) to the layers of the
-    target set `targets` (a key of TARGET_SETS; "text_encoder": TEXT_ENCODER_TARGETS)."""
-    names = TEXT_ENCODER_TARGETS if targets == "text_encoder" else TARGET_SETS[targets]
+def target_names(targets: str | Sequence[str]) -> list[str]:
+    """The module names a LoRA adapts: a target set by its name (a key of TARGET_SETS;
+    "text_encoder": TEXT_ENCODER_TARGETS), or an explicit list of names, taken as given."""
+    if not isinstance(targets, str):
+        return list(targets)
+    return TEXT_ENCODER_TARGETS if targets == "text_encoder" else TARGET_SETS[targets]
+
+
+def add_lora(module: torch.nn.Module, rank: int, adapter_name: str,
+             targets: str | Sequence[str] = "attention") -> None:
+    """Attach a trainable LoRA (B = 0, so the model starts unchanged) to the layers that
+    `targets` names (target_names)."""
+    names = target_names(targets)
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=names)
     module.add_adapter(config, adapter_name=adapter_name)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -166,7 +166,7 @@ def encoders_offloaded(pipe, keep: tuple[str, ...] = ()) -> Iterator[None]:
             module.to(device)
 
 
-def prepare_lora_training(backbone: Backbone, rank: int, targets: str, adapter: str, lr: float,
+def prepare_lora_training(backbone: Backbone, rank: int, targets: str | Sequence[str], adapter: str, lr: float,
                           grad_accum: int, checkpointing: bool, text_encoders: bool = False):
     """Freeze the pipeline, add the trainable LoRA (to the text encoders' attention too with
     `text_encoders`), hand UNet + optimizer to accelerate; returns (accelerator, unet,

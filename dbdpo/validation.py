@@ -32,6 +32,15 @@ def _one_of(value, choices: tuple, key: str) -> None:
     _require(value in choices, key, value, "one of " + " | ".join(map(str, choices)))
 
 
+def _lora_targets(value: str | tuple[str, ...], key: str) -> None:
+    """A target set's name, or an explicit list of module names (each a suffix of a layer's name)."""
+    if isinstance(value, str):
+        _one_of(value, LORA_TARGETS, key)
+    else:
+        _require(bool(value) and all(name.strip() for name in value), key, list(value),
+                 f"one of {' | '.join(LORA_TARGETS)}, or a non-empty list of module names such as [to_k, to_v]")
+
+
 def _positive(value, key: str) -> None:
     _require(value > 0, key, value, "a value > 0")
 
@@ -114,7 +123,7 @@ def validate_groups(c: Config) -> None:
     _require(c.finetune.optimizer != "adamw_8bit" or importlib.util.find_spec("bitsandbytes") is not None,
              "finetune.optimizer", c.finetune.optimizer, "adamw, or install bitsandbytes (pip install bitsandbytes) "
              "for its 8-bit AdamW")
-    _one_of(c.finetune.lora_targets, LORA_TARGETS, "finetune.lora_targets")
+    _lora_targets(c.finetune.lora_targets, "finetune.lora_targets")
 
     for key in ("generate.prompts", "evaluate.prompts"):
         group, name = key.split(".")
@@ -170,7 +179,7 @@ def validate_groups(c: Config) -> None:
                 "lora_rank"):
         _positive(getattr(c.dpo, key), f"dpo.{key}")
     _one_of(c.dpo.mixed_precision, PRECISIONS, "dpo.mixed_precision")
-    _one_of(c.dpo.lora_targets, LORA_TARGETS, "dpo.lora_targets")
+    _lora_targets(c.dpo.lora_targets, "dpo.lora_targets")
     _require(c.dpo.min_timestep >= 0, "dpo.min_timestep", c.dpo.min_timestep, "a timestep >= 0 (0: from the first)")
     _require(c.dpo.max_timestep is None or c.dpo.max_timestep > c.dpo.min_timestep, "dpo.max_timestep",
              c.dpo.max_timestep, f"null (up to the scheduler's last timestep) or above dpo.min_timestep={c.dpo.min_timestep}")

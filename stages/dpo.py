@@ -37,13 +37,14 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     rounds/<round>/train/metrics.json."""
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     from dbdpo.artifacts import remove_outputs, write_json
-    from dbdpo.backbones import load_backbone, round_base, round_lora
+    from dbdpo.backbones import round_lora
     from dbdpo.checkpoints import remove_checkpoint
     from dbdpo.distributed import is_main_process
-    from dbdpo.dpo import final_metrics, train_on_preferences
-    from dbdpo.lora import save_lora, stack
+    from dbdpo.dpo import final_metrics
+    from dbdpo.lora import save_lora
     from dbdpo.preferences import read_preferences
     from dbdpo.provenance import check_made_from, folder_record, made_from
+    from dbdpo.rounds import dpo_round, load_round_model
 
     round_name = stage_round(round_name, "dpo")
     cfg, plans = setup_round(params, "dpo", READS, round_name, processes=True)
@@ -52,20 +53,18 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         check_made_from(out / "preferences", folder_record(out / "preferences"), writer("preferences", round_name))
         prefs = read_preferences(out / "preferences", cfg.dpo.loss)
         start_dir = checked_model(plans[round_name].start)
-        start = round_lora(start_dir)
         # the start LoRA merged: the reference is exactly the round's start model
-        backbone = load_backbone(round_base(cfg.model, checked_model("round_0")), lora=start,
-                                 precision=cfg.dpo.mixed_precision)
+        backbone = load_round_model(cfg.model, checked_model("round_0"), start_dir, cfg.dpo.mixed_precision)
     if is_main_process():
         remove_outputs(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json")
     inputs = made_from(start_dir, out / "preferences")
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir(round_name), cfg.dpo.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
     with user_errors(), live_log(LOGS / "dpo" / round_name) as on_step:
-        dpo_state, log_rows = train_on_preferences(backbone, prefs, cfg.dpo, on_step, ckpt)
+        lora, log_rows = dpo_round(backbone, round_lora(start_dir), prefs, cfg.dpo, on_step, ckpt)
     if not is_main_process():  # every process holds the same weights (DDP); one writes them
         return
-    save_lora(backbone.pipe, stack(start, dpo_state), model_dir(round_name), made_from=inputs)
+    save_lora(backbone.pipe, lora, model_dir(round_name), made_from=inputs)
     write_json(final_metrics(log_rows), out / "train" / "metrics.json")
     remove_checkpoint(ckpt)
 

@@ -30,7 +30,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
         write_json,
         write_parquet,
     )
-    from dbdpo.backbones import load_backbone, round_base, round_lora
+    from dbdpo.backbones import round_lora
     from dbdpo.data import eval_prompts, load_concept, ts_texts
     from dbdpo.distributed import is_main_process
     from dbdpo.evaluation import (
@@ -41,6 +41,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
         sample_and_score,
         tradeoff_figure,
     )
+    from dbdpo.rounds import load_round_model
     from dbdpo.scoring import build_scorers
 
     cfg = setup(params, "evaluate", READS, processes=True)
@@ -51,7 +52,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
         concept = load_concept(cfg.concept)
         models = [RoundModel(n, round_lora(checked_model(n))) for n in names]
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
-        backbone = load_backbone(round_base(cfg.model, checked_model("round_0")), precision=cfg.model.precision)
+        backbone = load_round_model(cfg.model, checked_model("round_0"), precision=cfg.model.precision)
     if not is_main_process():  # samples and scores its share; every process gets all (dbdpo.distributed)
         sample_and_score(backbone, models, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
         return

@@ -30,11 +30,10 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     """
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     from dbdpo.artifacts import remove_outputs
-    from dbdpo.backbones import load_backbone, round_base, round_lora
-    from dbdpo.data import render, train_prompts
+    from dbdpo.data import train_prompts
     from dbdpo.distributed import is_main_process
     from dbdpo.provenance import made_from
-    from dbdpo.sampling import generate, plan_samples, write_samples
+    from dbdpo.rounds import concept_prompts, load_round_model, sample_round
 
     round_name = stage_round(round_name, "generate")
     cfg, plans = setup_round(params, "generate", READS, round_name, processes=True)
@@ -42,17 +41,14 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     with user_errors():  # every round's slice is checked: a short pool fails before round 1 samples
         templates = train_prompts(g.prompts, {name: p.prompts for name, p in plans.items()})[plan.name]
         start_dir = checked_model(plan.start)
-        backbone = load_backbone(round_base(cfg.model, checked_model("round_0")), lora=round_lora(start_dir),
-                                 precision=cfg.model.precision)
+        backbone = load_round_model(cfg.model, checked_model("round_0"), start_dir, cfg.model.precision)
     out = round_dir(plan.name)
-    if is_main_process():
+    main_process = is_main_process()  # every process holds every image (dbdpo.distributed); one writes them
+    if main_process:
         remove_outputs(out / "images", out / "samples.parquet")
-    requests = plan_samples(templates, [render(t, cfg.concept) for t in templates], g.images_per_prompt, plan.seed)
-    images = generate(backbone.pipe, requests, steps=g.steps, guidance_scale=g.guidance_scale,
-                      batch_size=g.batch_size, resolution=backbone.resolution, scheduler=g.scheduler,
-                      desc=f"generate {plan.name}")
-    if is_main_process():  # every process holds every image (dbdpo.distributed); one writes them
-        write_samples(requests, images, out / "images", out / "samples.parquet", made_from=made_from(start_dir))
+    sample_round(backbone, templates, concept_prompts(templates, cfg.concept), g.images_per_prompt, plan.seed, g,
+                 out / "images" if main_process else None, out / "samples.parquet",
+                 made_from=made_from(start_dir), desc=f"generate {plan.name}")
 
 
 if __name__ == "__main__":

@@ -27,17 +27,18 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     diffusers DPO layout, or ranked.parquet) and pair_summary.json (what was kept, a DVC metric)."""
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     from dbdpo.artifacts import atomic_dir, read_parquet, remove_outputs, write_json
-    from dbdpo.preferences import build_preferences, write_preferences
+    from dbdpo.preferences import write_preferences
     from dbdpo.provenance import RECORD_FILE, RECORD_KEY, check_made_from, made_from
+    from dbdpo.rounds import SCORED_SAMPLE_COLUMNS, pair_round
 
     round_name = stage_round(round_name, "pair")
     cfg, _ = setup_round(params, "pair", READS, round_name)
     out = round_dir(round_name)
     with user_errors():
-        scores = read_parquet(out / "scores.parquet", ["image_id", "prompt_id", "prompt", "path", "IS", "TS"])
+        scores = read_parquet(out / "scores.parquet", [*SCORED_SAMPLE_COLUMNS, "IS", "TS"])
         check_made_from(out / "scores.parquet", scores.attrs.get(RECORD_KEY), writer("scores", round_name))
         remove_outputs(out / "preferences", out / "pair_summary.json")
-        prefs = build_preferences(scores, cfg.pair, cfg.filter, cfg.score.rewards)
+        prefs = pair_round(scores, cfg.pair, cfg.filter, cfg.score.rewards)
     with user_errors(), atomic_dir(out / "preferences") as tmp:  # the export reads every image
         write_preferences(prefs, tmp)
         write_json(made_from(out / "scores.parquet"), tmp / RECORD_FILE)

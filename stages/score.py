@@ -30,14 +30,13 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     Writes rounds/<round>/scores.parquet: one row per image, raw scores (pair normalizes).
     """
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
-    import pandas as pd
-
     from dbdpo.artifacts import read_parquet, remove_outputs, write_parquet
     from dbdpo.data import load_concept, ts_texts
     from dbdpo.distributed import is_main_process
     from dbdpo.provenance import RECORD_KEY, check_made_from, made_from
+    from dbdpo.rounds import score_round
     from dbdpo.sampling import SAMPLE_COLUMNS
-    from dbdpo.scoring import build_scorers, score_images
+    from dbdpo.scoring import build_scorers
 
     round_name = stage_round(round_name, "score")
     cfg, _ = setup_round(params, "score", READS, round_name, processes=True)
@@ -49,11 +48,9 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt))
         if is_main_process():
             remove_outputs(out / "scores.parquet")
-        scores = score_images(samples["path"].to_list(), samples["template"].to_list(), scorers,
-                              cfg.score.batch_size, desc=f"score {round_name}")
+        table = score_round(samples, scorers, cfg.score.batch_size, desc=f"score {round_name}")
     if not is_main_process():  # every process holds every score (dbdpo.distributed); one writes them
         return
-    table = pd.concat([samples[["image_id", "prompt_id", "prompt", "path"]], scores], axis=1)
     table.attrs = {RECORD_KEY: made_from(out / "samples.parquet", Path(cfg.concept.dir))}
     write_parquet(table, out / "scores.parquet")
 

@@ -212,14 +212,13 @@ def test_claims_bench_refuses_rank_dpo_params_before_any_work(tmp_path, in_repo)
     assert not (tmp_path / "c.json").exists()
 
 
-def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monkeypatch, caplog):
+def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, caplog):
     """bench/dpo_transfer.py at toy sizes: one row per variant, round_0 loaded from a folder,
     a `layers=` variant; a bad key or value fails before anything trains or samples."""
     import logging
 
     import yaml
 
-    import dbdpo.lora
     from dbdpo.backbones import load_backbone
     from dbdpo.config import ModelConfig
     from dbdpo.lora import save_lora
@@ -233,7 +232,6 @@ def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, monk
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     save_lora(load_backbone(ModelConfig()).pipe, random_lora(0), tmp_path / "round_0")
     module = bench_module("dpo_transfer")
-    monkeypatch.setattr(dbdpo.lora, "TARGET_SETS", dict(dbdpo.lora.TARGET_SETS))  # `layers=` registers a set
 
     with caplog.at_level(logging.INFO, logger="dbdpo"):
         table = module.main(["--params", str(tmp_path / "params.yaml"), "--round-0", str(tmp_path / "round_0"),

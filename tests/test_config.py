@@ -22,6 +22,11 @@ def params(**overrides):
     return raw
 
 
+def test_lora_targets_take_an_explicit_list_of_module_names(in_repo):
+    cfg = config_from_dict(params(dpo__lora_targets=["attn2.to_k", "attn2.to_v"], finetune__lora_targets="unet"))
+    assert cfg.dpo.lora_targets == ("attn2.to_k", "attn2.to_v") and cfg.finetune.lora_targets == "unet"
+
+
 def test_repository_params_load(in_repo):
     cfg = load_config("params.yaml")
     assert cfg.filter.kind == "angle" and cfg.filter.angle == 25.0
@@ -47,6 +52,8 @@ def test_repository_params_load(in_repo):
     ({"model__precision": "fp8"}, r"model.precision='fp8' is invalid: expected one of fp32 \| fp16 \| bf16"),
     ({"finetune__lora_targets": "convs"}, r"finetune.lora_targets='convs' is invalid: expected one of attention \| unet"),
     ({"dpo__lora_targets": "all"}, r"dpo.lora_targets='all' is invalid: expected one of attention \| unet"),
+    ({"dpo__lora_targets": []}, r"dpo.lora_targets=\[\] is invalid: expected one of attention \| unet, or a non-empty list"),
+    ({"dpo__lora_targets": ["to_k", 3]}, r"dpo.lora_targets: expected a name or a list of names, got \['to_k', 3\]"),
     ({"finetune__method": "dora"}, r"finetune.method='dora' is invalid: expected one of lora \| full"),
     ({"finetune__optimizer": "lion"}, r"finetune.optimizer='lion' is invalid: expected one of adamw \| adamw_8bit"),
     ({"finetune__snr_gamma": 0}, r"finetune.snr_gamma=0.0 is invalid: expected null \(no weighting\) or a value > 0"),
