@@ -9,9 +9,11 @@ several granularities ("a red striped toy on the beach", "a toy on the beach", "
 "a on the beach"), so a model trained on them learns the object words, the context words,
 and the "a in the jungle" form that TS is scored against.
 
-The concept (`CONCEPT`) is one toy instance with a feature no sampled scene has (a blue ring
-and a green knob on red/yellow stripes): the base model cannot draw it from any caption, so
-DreamBooth has something to learn and IS something to measure.
+A concept is one object instance with a feature no sampled scene has (`FEATURES`: the
+default toy top's blue ring and green knob, a ball's band, a dog's collar, ...): the base model
+cannot draw it from any caption, so DreamBooth has something to learn and IS something to
+measure. `CONCEPT` is the default run's; dbdpo.world_concepts holds the set the claims are
+measured on.
 
 Everything is drawn with PIL at twice the size and downsampled (anti-aliased edges);
 `render` is a pure function of the scene, so the same seed gives the same pixels.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw
 
 from dbdpo.world_contexts import CONTEXTS, RGB, SCALE, SIZE, STUDIO
 
@@ -34,6 +36,14 @@ COLORS: dict[str, RGB] = {
 PATTERNS = ("plain", "striped", "dotted")
 CLASSES = ("toy", "ball", "cup", "car", "dog")
 SIZES = ("small", "big")
+RING_BLUE: RGB = (30, 60, 200)  # the default concept's ring, a shade no caption's "blue" draws
+KNOB_GREEN: RGB = (40, 160, 60)
+# What a concept may have that no sampled object has, and the classes each is drawn on:
+# ring (and a green knob) on a top; band: a vertical band through a ball; star: a mark on the
+# body; collar: a dog's; ears: a dog's in the feature color; wheels: colored hubs; roof: a
+# light bar on a car's cabin; handle: a cup's in the feature color.
+FEATURES = {"ring": ("toy",), "band": ("ball",), "star": ("ball", "cup", "toy"), "collar": ("dog",),
+            "ears": ("dog",), "wheels": ("car",), "roof": ("car",), "handle": ("cup",)}
 
 
 @dataclass(frozen=True)
@@ -49,13 +59,14 @@ class Scene:
     radius: float  # object half-extent, fraction of the side
     x: float  # object center, fraction of the side
     y: float
-    ring: bool = False  # the concept's own feature: never sampled
+    feature: str | None = None  # a concept's own part (FEATURES): never sampled
+    feature_color: RGB = RING_BLUE
     seed: int = 0  # texture details of the context (leaf positions, stars, ...)
 
 
 # The default concept: a red toy top with yellow stripes, a blue ring and a green knob.
 CONCEPT = Scene(context="studio", object_class="toy", color="red", pattern="striped", pattern_color="yellow",
-                size="big", radius=0.3, x=0.5, y=0.5, ring=True)
+                size="big", radius=0.3, x=0.5, y=0.5, feature="ring")
 
 
 # --- objects ----------------------------------------------------------------------------------
@@ -97,19 +108,24 @@ def _draw_object(img: Image.Image, scene: Scene) -> None:
         m.pieslice([cx - r, cy - 0.8 * r, cx + r, cy + 0.4 * r], 180, 360, fill=255)
         m.polygon([(cx - r, cy - 0.2 * r), (cx + r, cy - 0.2 * r), (cx, cy + r)], fill=255)
         _fill_pattern(img, mask, scene, box)
-        if scene.ring:
-            d.line([(cx - 0.95 * r, cy - 0.2 * r), (cx + 0.95 * r, cy - 0.2 * r)], fill=(30, 60, 200),
+        if scene.feature == "ring":
+            d.line([(cx - 0.95 * r, cy - 0.2 * r), (cx + 0.95 * r, cy - 0.2 * r)], fill=scene.feature_color,
                    width=max(2, int(r / 5)))
-        stem = (40, 160, 60) if scene.ring else dark
+        stem = KNOB_GREEN if scene.feature == "ring" else dark
         d.rectangle([cx - 0.12 * r, cy - r, cx + 0.12 * r, cy - 0.75 * r], fill=stem)
     elif kind == "ball":
         m.ellipse(box, fill=255)
         _fill_pattern(img, mask, scene, box)
+        if scene.feature == "band":  # clipped to the ball's outline
+            band = Image.new("L", img.size, 0)
+            ImageDraw.Draw(band).rectangle([cx - 0.2 * r, cy - r, cx + 0.2 * r, cy + r], fill=255)
+            img.paste(scene.feature_color, mask=ImageChops.multiply(mask, band))
         d.ellipse([cx - 0.55 * r, cy - 0.6 * r, cx - 0.25 * r, cy - 0.3 * r], fill=(255, 255, 255))
     elif kind == "cup":  # body, dark rim, handle on the right
         body = (cx - 0.7 * r, cy - 0.7 * r, cx + 0.5 * r, cy + 0.8 * r)
-        d.ellipse([cx + 0.25 * r, cy - 0.4 * r, cx + r, cy + 0.4 * r], outline=COLORS[scene.color],
-                  width=max(2, int(r / 5)))
+        handle = scene.feature_color if scene.feature == "handle" else COLORS[scene.color]
+        d.ellipse([cx + 0.25 * r, cy - 0.4 * r, cx + r, cy + 0.4 * r], outline=handle,
+                  width=max(2, int(r / (3 if scene.feature == "handle" else 5))))
         m.polygon([(body[0], body[1]), (body[2], body[1]), (body[2] - 0.1 * r, body[3]), (body[0] + 0.1 * r, body[3])],
                   fill=255)
         _fill_pattern(img, mask, scene, body)
@@ -123,6 +139,10 @@ def _draw_object(img: Image.Image, scene: Scene) -> None:
                    (cx + 0.45 * r, cy - 0.2 * r)], fill=(180, 220, 240))
         for wx in (cx - 0.55 * r, cx + 0.55 * r):
             d.ellipse([wx - 0.28 * r, cy + 0.2 * r, wx + 0.28 * r, cy + 0.76 * r], fill=dark)
+            if scene.feature == "wheels":
+                d.ellipse([wx - 0.16 * r, cy + 0.32 * r, wx + 0.16 * r, cy + 0.64 * r], fill=scene.feature_color)
+        if scene.feature == "roof":
+            d.rectangle([cx - 0.4 * r, cy - 0.8 * r, cx + 0.4 * r, cy - 0.6 * r], fill=scene.feature_color)
     elif kind == "dog":  # body, head, ears, legs, tail
         for lx in (cx - 0.6 * r, cx - 0.3 * r, cx + 0.2 * r, cx + 0.5 * r):
             m.rectangle([lx - 0.09 * r, cy, lx + 0.09 * r, cy + 0.75 * r], fill=255)
@@ -130,10 +150,23 @@ def _draw_object(img: Image.Image, scene: Scene) -> None:
         m.ellipse([cx + 0.35 * r, cy - 0.85 * r, cx + r, cy - 0.2 * r], fill=255)
         m.line([(cx - 0.8 * r, cy - 0.1 * r), (cx - r, cy - 0.6 * r)], fill=255, width=max(2, int(r / 6)))
         _fill_pattern(img, mask, scene, box)
-        d.polygon([(cx + 0.42 * r, cy - 0.7 * r), (cx + 0.55 * r, cy - r), (cx + 0.62 * r, cy - 0.68 * r)], fill=dark)
+        if scene.feature == "ears":  # larger than a sampled dog's, in the feature color
+            d.polygon([(cx + 0.36 * r, cy - 0.6 * r), (cx + 0.5 * r, cy - 1.05 * r), (cx + 0.68 * r, cy - 0.62 * r)],
+                      fill=scene.feature_color)
+        else:
+            d.polygon([(cx + 0.42 * r, cy - 0.7 * r), (cx + 0.55 * r, cy - r), (cx + 0.62 * r, cy - 0.68 * r)],
+                      fill=dark)
+        if scene.feature == "collar":
+            d.line([(cx + 0.3 * r, cy - 0.45 * r), (cx + 0.62 * r, cy - 0.12 * r)], fill=scene.feature_color,
+                   width=max(2, int(r / 5)))
         d.ellipse([cx + 0.72 * r, cy - 0.62 * r, cx + 0.82 * r, cy - 0.52 * r], fill=dark)
     else:
         raise ValueError(f"unknown object class {kind!r}: expected one of {', '.join(CLASSES)}")
+    if scene.feature == "star":  # a four-point star on the body's center
+        s = 0.38 * r
+        d.polygon([(cx, cy - s), (cx + 0.3 * s, cy - 0.3 * s), (cx + s, cy), (cx + 0.3 * s, cy + 0.3 * s),
+                   (cx, cy + s), (cx - 0.3 * s, cy + 0.3 * s), (cx - s, cy), (cx - 0.3 * s, cy - 0.3 * s)],
+                  fill=scene.feature_color)
 
 
 def render(scene: Scene) -> Image.Image:
@@ -149,7 +182,7 @@ def render(scene: Scene) -> Image.Image:
 
 def sample_scene(rng: random.Random, contexts: tuple[str, ...] = tuple(CONTEXTS),
                  classes: tuple[str, ...] = CLASSES) -> Scene:
-    """A random scene; never the concept (no sampled object has the concept's ring)."""
+    """A random scene; never a concept (no sampled object has a concept's feature)."""
     color, pattern_color = rng.sample(sorted(COLORS), 2)
     size = rng.choice(SIZES)
     radius = rng.uniform(0.13, 0.19) if size == "small" else rng.uniform(0.24, 0.32)

@@ -24,18 +24,21 @@ CONCEPT_VIEWS = 6
 OTHER_COLORS = tuple(c for c in COLORS if c not in (CONCEPT.color, CONCEPT.pattern_color))
 
 
-def concept_views(n: int, seed: int = 0, contexts: tuple[str, ...] = TRAIN_CONTEXTS) -> list[Scene]:
-    """`n` photos of the concept at varied size and place, on distinct `contexts` while they last."""
+def concept_views(n: int, seed: int = 0, contexts: tuple[str, ...] = TRAIN_CONTEXTS,
+                  concept: Scene = CONCEPT) -> list[Scene]:
+    """`n` photos of `concept` at varied size and place, on distinct `contexts` while they last.
+    Every concept of the set (dbdpo.world_concepts) is drawn with the same seed, so all are
+    photographed on the same contexts, sizes and places."""
     rng = random.Random(seed)
     order = rng.sample(contexts, len(contexts))
-    return [place_concept(rng, order[i % len(order)]) for i in range(n)]
+    return [place_concept(rng, order[i % len(order)], concept) for i in range(n)]
 
 
-def place_concept(rng: random.Random, context: str) -> Scene:
-    """The concept on `context` as its photos show it: big (radius 0.24-0.32 of the image
+def place_concept(rng: random.Random, context: str, concept: Scene = CONCEPT) -> Scene:
+    """`concept` on `context` as its photos show it: big (radius 0.24-0.32 of the image
     side), wherever it fits whole, with its own render seed."""
     radius = rng.uniform(0.24, 0.32)
-    return replace(CONCEPT, context=context, radius=radius, x=rng.uniform(radius + 0.03, 0.97 - radius),
+    return replace(concept, context=context, radius=radius, x=rng.uniform(radius + 0.03, 0.97 - radius),
                    y=rng.uniform(radius + 0.03, 0.97 - radius), seed=rng.randrange(2**31))
 
 

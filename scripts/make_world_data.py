@@ -1,4 +1,5 @@
-"""Write the proving ground's data files: data/concept/*.png and data/prompts/*.txt.
+"""Write the proving ground's data files: data/concept/*.png (the default run's concept),
+data/concepts/<name>/*.png (the concept set, dbdpo.world_concepts) and data/prompts/*.txt.
 
 Deterministic: `python scripts/make_world_data.py` rewrites them byte for byte (a test writes
 them to a scratch folder with `--out` and compares with the committed files).
@@ -8,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from dbdpo.world import render
+from dbdpo.world_concepts import CONCEPTS
 from dbdpo.world_data import (
     CONCEPT_VIEWS,
     concept_views,
@@ -26,16 +28,22 @@ EVAL_HEADER = """# DreamBooth-style evaluation prompts (Ruiz et al. 2023, Sec. 4
 """
 
 
+def write_photos(folder: Path, views, stem: str) -> None:
+    """The views' renders as folder/<stem>_NN.png, and nothing else there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    for i, view in enumerate(views):
+        render(view).save(folder / f"{stem}_{i:02d}.png")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DATA, help="the data folder to write (default: the repository's)")
     data = parser.parse_args(argv).out
-    concept = data / "concept"
-    concept.mkdir(parents=True, exist_ok=True)
-    for old in concept.glob("*.png"):
-        old.unlink()
-    for i, view in enumerate(concept_views(CONCEPT_VIEWS)):
-        render(view).save(concept / f"toy_{i:02d}.png")
+    write_photos(data / "concept", concept_views(CONCEPT_VIEWS), "toy")
+    for name, c in CONCEPTS.items():
+        write_photos(data / "concepts" / name, concept_views(CONCEPT_VIEWS, concept=c.scene), c.class_noun)
     prompts = data / "prompts"
     prompts.mkdir(parents=True, exist_ok=True)
     (prompts / "train.txt").write_text(TRAIN_HEADER + "\n".join(train_templates()) + "\n")

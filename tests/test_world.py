@@ -6,12 +6,14 @@ import hashlib
 import random
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from dbdpo.scoring import WORLD_CLIP, load_open_clip
 from dbdpo.world import CLASSES, CONCEPT, render, sample_scene
+from dbdpo.world_concepts import CONCEPTS, DEFAULT_CONCEPT, concepts_of
 from dbdpo.world_contexts import CONTEXTS, EVAL_CONTEXTS, TRAIN_CONTEXTS
 from dbdpo.world_data import concept_views, eval_templates, train_templates
 from dbdpo.world_eval import concept_auc, context_retrieval_accuracy, roc_auc
@@ -30,10 +32,33 @@ def test_render_is_a_pure_function_of_the_scene():
     assert not np.array_equal(a, np.asarray(render(sample_scene(random.Random(4)))))
 
 
-def test_sampled_scenes_never_draw_the_concept():
+def test_sampled_scenes_never_draw_a_concept():
     rng = random.Random(0)
-    assert not any(sample_scene(rng).ring for _ in range(2000))
-    assert all(view.ring for view in concept_views(6))
+    assert not any(sample_scene(rng).feature for _ in range(2000))
+    assert all(view.feature == "ring" for view in concept_views(6))
+    for concept in CONCEPTS.values():
+        assert all(view.feature == concept.scene.feature for view in concept_views(6, concept=concept.scene))
+
+
+def test_the_concept_set_spans_classes_and_a_fixed_split():
+    """At least 8 concepts over 4 classes, each with its own feature and colors; about 5 dev and
+    3 test, the default run's toy top in dev. The split is written here: a change to it is a
+    change to this test."""
+    assert {name: c.split for name, c in CONCEPTS.items()} == {
+        "toy_top": "dev", "ball_band": "dev", "cup_star": "dev", "dog_collar": "dev", "car_roof": "dev",
+        "car_wheels": "test", "dog_ears": "test", "cup_handle": "test"}
+    assert len({c.class_noun for c in CONCEPTS.values()}) >= 4
+    assert CONCEPTS[DEFAULT_CONCEPT].scene == CONCEPT
+    looks = {(c.scene.object_class, c.scene.color, c.scene.feature, c.scene.feature_color) for c in CONCEPTS.values()}
+    assert len(looks) == len(CONCEPTS)
+    # each concept draws its feature: the same photo without it differs
+    for c in CONCEPTS.values():
+        view = concept_views(1, concept=c.scene)[0]
+        assert not np.array_equal(np.asarray(render(view)), np.asarray(render(replace(view, feature=None)))), c.name
+    assert [c.name for c in concepts_of("test")] == ["car_wheels", "dog_ears", "cup_handle"]
+    assert [c.name for c in concepts_of("toy_top, dog_ears")] == ["toy_top", "dog_ears"]
+    with pytest.raises(ValueError, match="unknown toy_bottom; expected dev, test, all"):
+        concepts_of("toy_top,toy_bottom")
 
 
 def test_prompt_pools_hold_out_the_eval_contexts():
@@ -55,7 +80,11 @@ def test_committed_data_files_are_what_the_world_makes(tmp_path):
     subprocess.run([sys.executable, "scripts/make_world_data.py", "--out", str(tmp_path)], cwd=REPO, check=True)
     written, committed = digests(tmp_path), digests(REPO / "data")
     assert {"prompts/train.txt", "prompts/eval.txt"} <= set(written) and {k: committed.get(k) for k in written} == written
-    assert {k for k in committed if k.startswith("concept/")} <= set(written)  # no stray concept image
+    assert {k for k in committed if k.startswith("concept")} <= set(written)  # no stray concept image
+    assert len([k for k in written if k.startswith("concepts/")]) == 6 * len(CONCEPTS)
+    # the default run's photos are the toy top's in the set
+    assert {k.removeprefix("concept/"): v for k, v in written.items() if k.startswith("concept/")} == {
+        k.removeprefix("concepts/toy_top/"): v for k, v in written.items() if k.startswith("concepts/toy_top/")}
 
 
 def test_roc_auc_by_hand():
