@@ -18,6 +18,13 @@ prompt sets:
                              prompts from round_0 with as many DPO steps as all rounds together
 
     python bench/claims.py [--params params.yaml] [--out claims.json] [--dreambooth-seeds 1 2] [--dpo-seeds 1 2]
+    python bench/claims.py --concepts dev|test|all|NAME,NAME [--out claims.json]
+
+--concepts measures every claim on each concept of the proving ground's concept set
+(dbdpo.world_concepts: its photos in data/concepts/<name>/, its class noun; every other param as
+the params file says), prints one row of headline figures per concept, then their mean and its
+standard error across concepts: a claim is the method's when it holds on the mean over concepts,
+not on one. Defaults are chosen on dev; test is only measured.
 
 --dreambooth-seeds trains DreamBooth again on each finetune.seed given and prints claim (a) for
 each: on the proving ground the gain depends on that seed's draw (docs/proving_ground.md).
@@ -28,8 +35,8 @@ prior preservation when finetune.prior_preservation asks.
 The claims are Diffusion-DPO's (lambda, filters): params with dpo.loss=rank_dpo are refused
 (bench/dpo_transfer.py "mode=rank loss=rank_dpo" measures a RankDPO round).
 
-About 8 minutes on 2 CPU cores with the default params, 1 more a DreamBooth seed and 3 more
-a DPO seed.
+About 8 minutes a concept on 2 CPU cores with the default params, 1 more a DreamBooth seed and
+3 more a DPO seed.
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ from dbdpo.rounds import (
     score_round,
 )
 from dbdpo.scoring import build_scorers
+from dbdpo.world_concepts import WorldConcept, concepts_of
+
+CONCEPT_SET_DATA = Path(__file__).resolve().parent.parent / "data" / "concepts"
 
 log = logging.getLogger("claims")
 HELD_IN_SEED = 777 * SEEDS_PER_ROUND  # no round samples these seeds (dbdpo.config.round_seed)
@@ -282,6 +292,76 @@ def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = (),
             "images": {name: {where: len(s) for where, s in sets.items()} for name, sets in measured.items()}}
 
 
+def concept_config(cfg: Config, concept: WorldConcept) -> Config:
+    """The params with the concept set's `concept` in place of the params' own concept."""
+    return dataclasses.replace(cfg, concept=dataclasses.replace(
+        cfg.concept, dir=str(CONCEPT_SET_DATA / concept.name), class_noun=concept.class_noun))
+
+
+def headline(result: dict, seed: int) -> dict[str, float]:
+    """One concept's claims as numbers (a run's result, `seed` its finetune.seed): (a) the
+    held-out IS gain over the base model and the no-context one; per prompt set, (b) the
+    final round's IS, TS and S_0.5, (c) the margins of lambda=0 over 1 on IS and of 1 over 0
+    on TS, (d) the angle and threshold filters' S_0.5, (e) one round of rounds x N's S_0.5."""
+    table, final = result["table"], f"lambda=0.5 angle, round {result['rounds']}"
+    out = {"a IS": result["dreambooth_seeds"][seed]["IS"],
+           "a own-prompt IS": result["dreambooth_seeds"][seed]["own_prompt_IS"]}
+    for where in ("held-out", "held-in"):
+        low, high = table["lambda=0 angle, round 1"][where], table["lambda=1 angle, round 1"][where]
+        out |= {f"b {where} IS": table[final][where]["IS"], f"b {where} TS": table[final][where]["TS"],
+                f"b {where} S_0.5": table[final][where]["S_0.5"],
+                f"c {where} IS margin": low["IS"] - high["IS"], f"c {where} TS margin": high["TS"] - low["TS"],
+                f"d {where} angle": table["lambda=0.5 angle, round 1"][where]["S_0.5"],
+                f"d {where} threshold": table["lambda=0.5 threshold, round 1"][where]["S_0.5"]}
+        one_round = f"lambda=0.5 angle, 1 round of {result['rounds']}N"
+        if one_round in table:
+            out[f"e {where} one round"] = table[one_round][where]["S_0.5"]
+    return out
+
+
+def mean_over_concepts(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each headline figure's mean over the concepts (`rows`: concept -> headline) and its
+    standard error across concepts (the std of the concepts' figures over sqrt(concepts);
+    0 for one concept)."""
+    out = {}
+    for key in next(iter(rows.values())):
+        values = [row[key] for row in rows.values()]
+        n = len(values)
+        mean = sum(values) / n
+        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+        out[key] = {"mean": mean, "se": se}
+    return out
+
+
+def run_concepts(cfg: Config, work: Path, concepts: list[WorldConcept], extra_dreambooth_seeds: tuple[int, ...] = (),
+                 extra_dpo_seeds: tuple[int, ...] = ()) -> dict:
+    """`run` on each concept (concept_config), then the headline figures per concept and their
+    mean over concepts."""
+    results = {}
+    for concept in concepts:
+        log.info("concept %s (%s, %s)", concept.name, concept.class_noun, concept.split)
+        (work / concept.name).mkdir(parents=True, exist_ok=True)
+        results[concept.name] = run(concept_config(cfg, concept), work / concept.name, extra_dreambooth_seeds,
+                                    extra_dpo_seeds)
+    rows = {name: headline(result, cfg.finetune.seed) for name, result in results.items()}
+    return {"concepts": results, "splits": {c.name: c.split for c in concepts}, "headline": rows,
+            "mean": mean_over_concepts(rows), "minutes": sum(r["minutes"] for r in results.values())}
+
+
+def print_concepts(result: dict) -> None:
+    """Per-concept rows of the headline figures, then their mean ± se over concepts."""
+    rows, mean = result["headline"], result["mean"]
+    keys = [k for k in mean if not k.startswith(("d ", "e "))] + [k for k in mean if k.startswith(("d ", "e "))]
+    print(f"claims over {len(rows)} concepts, gains in round_0 stds ({result['minutes']:.1f} min)")
+    for start in range(0, len(keys), 6):
+        chunk = keys[start:start + 6]
+        print(f"{'concept':12s} {'split':5s} | " + " | ".join(f"{k:>20s}" for k in chunk))
+        for name, row in rows.items():
+            print(f"{name:12s} {result['splits'][name]:5s} | " + " | ".join(f"{row[k]:+20.3f}" for k in chunk))
+        print(f"{'mean ± se':18s} | " + " | ".join(f"{mean[k]['mean']:+13.3f} ± {mean[k]['se']:.3f}" for k in chunk))
+        print()
+
+
 def print_table(result: dict) -> None:
     print(f"gains over round_0 in round_0 stds (N={result['N']} prompts x K={result['K']} a round; "
           f"{result['minutes']:.1f} min)")
@@ -324,6 +404,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--concepts", help="measure on the concept set instead of the params' concept: "
+                                           "dev, test, all, or names joined by commas (dbdpo.world_concepts)")
     parser.add_argument("--dreambooth-seeds", type=int, nargs="*", default=[],
                         help="also train DreamBooth on these finetune.seed values and report claim (a) on each "
                              "(about 1 min a seed on 2 CPU cores)")
@@ -335,13 +417,20 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("claims", "dbdpo"):  # not open_clip's INFO lines on the root logger
         logging.getLogger(name).setLevel(logging.INFO)
     cfg = load_config(args.params)
+    try:
+        concepts = concepts_of(args.concepts) if args.concepts else None
+    except ValueError as e:
+        raise SystemExit(f"--concepts: {e}") from None
     if cfg.dpo.loss != "diffusion_dpo":
         raise SystemExit(f"{args.params}: dpo.loss={cfg.dpo.loss}; the claims vary Diffusion-DPO's lambda and "
                          "filter, which RankDPO has not: set dpo.loss=diffusion_dpo and pair.mode=pairs "
                          "(bench/dpo_transfer.py 'mode=rank loss=rank_dpo' measures a RankDPO round)")
     with tempfile.TemporaryDirectory() as work:
-        result = run(cfg, Path(work), tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
-    print_table(result)
+        if concepts:
+            result = run_concepts(cfg, Path(work), concepts, tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
+        else:
+            result = run(cfg, Path(work), tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
+    (print_concepts if concepts else print_table)(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result

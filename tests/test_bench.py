@@ -132,6 +132,41 @@ def test_claims_bench_measures_every_variant(tmp_path, in_repo):
     assert by_dpo_seed[1]["lambda=0.5 angle, round 2"] != table["lambda=0.5 angle, round 2"]
 
 
+def test_claims_bench_measures_each_concept_of_a_split_and_their_mean(tmp_path, in_repo, capsys):
+    """bench/claims.py --concepts at toy sizes: each concept trains on its own photos and class
+    noun, one headline row a concept, and the mean over concepts with its standard error."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["finetune"].update(steps=1, batch_size=1)
+    params["generate"].update(num_prompts=1, images_per_prompt=3, steps=2)
+    params["filter"]["angle"] = 90  # the whole half-plane: toy rounds keep their pairs
+    params["dpo"].update(steps=1, batch_size=1)
+    params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    claims = bench_module("claims")
+    result = claims.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "toy_top,dog_ears"])
+    assert list(result["concepts"]) == ["toy_top", "dog_ears"] == list(result["headline"])
+    assert result["splits"] == {"toy_top": "dev", "dog_ears": "test"}
+    rows, mean = result["headline"], result["mean"]
+    assert rows["toy_top"] != rows["dog_ears"]  # another concept, another DreamBooth
+    for key in ("a IS", "b held-out S_0.5", "c held-in TS margin", "d held-out threshold", "e held-in one round"):
+        values = [rows["toy_top"][key], rows["dog_ears"][key]]
+        assert mean[key]["mean"] == pytest.approx(sum(values) / 2)
+        assert mean[key]["se"] == pytest.approx(abs(values[0] - values[1]) / 2)  # std over sqrt(2) of two values
+    assert "dog_ears     test  |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--concepts: concepts 'toy_top,toy_bottom': unknown toy_bottom"):
+        claims.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "toy_top,toy_bottom"])
+
+
+def test_mean_over_concepts_by_hand():
+    claims = bench_module("claims")
+    mean = claims.mean_over_concepts({"a": {"x": 1.0}, "b": {"x": 2.0}, "c": {"x": 6.0}})
+    assert mean["x"]["mean"] == pytest.approx(3.0)
+    assert mean["x"]["se"] == pytest.approx((7.0 ** 0.5) / 3 ** 0.5)  # sample std sqrt(7) over sqrt(3)
+    assert claims.mean_over_concepts({"a": {"x": 1.5}}) == {"x": {"mean": 1.5, "se": 0.0}}
+
+
 def test_claims_bench_measures_a_full_dreambooth_not_the_base_model(tmp_path, in_repo):
     """finetune.method=full: round_0 is the fine-tuned pipeline, saved and loaded as the stages
     do, and its images are its own (the bench once sampled the base model in its place, as
