@@ -47,12 +47,11 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     return {arch: save_tiny_pipeline(arch, root / arch) for arch in ("sd2", "sdxl")}
 
 
-# The order files reach the workers (measured with --durations on 2 workers on the 2-core
-# machine of 2026-11-26; on the faster one of 2026-11-27 the claims fixture took 4 min, not 11).
-# `--dist loadfile` keeps two files queued on each worker, the second waiting for the first: test_claims.py
-# (~11 min) first, with a file of a second behind it, while the other worker takes the DVC
-# end-to-end file (~6.5 min) and the learning-signal one (~4 min); the rest go to whichever
-# worker frees first. (Alphabetical order queued a 4-minute file behind test_claims.py.)
+# The order files reach the workers, longest first (pytest --durations on 2 workers): `--dist
+# loadfile` keeps two files queued on each worker, the second waiting for the first, so the
+# claims file goes first with a short file behind it, while the other worker takes the DVC
+# end-to-end file and the learning-signal one; the rest go to whichever worker frees first.
+# (Alphabetical order queued a long file behind test_claims.py.)
 SCHEDULE = ("test_claims.py", "test_e2e_dvc.py", "test_config.py", "test_learning_signal.py", "test_distributed.py",
             "test_bench.py", "test_init.py", "test_compile.py", "test_e2e_backbones.py", "test_training.py")
 
