@@ -38,11 +38,11 @@ class FinetuneConfig:
     train_text_encoder: bool = False  # also train the text encoder(s): fully, or a LoRA on their attention
     optimizer: str = "adamw"  # adamw | adamw_8bit (bitsandbytes, GPU)
     steps: int = 600
-    learning_rate: float = 5e-3
+    learning_rate: float = 1e-3
     batch_size: int = 4
     lora_rank: int = 16
     # attention | unet (dbdpo.lora.TARGET_SETS), or a list of module names (["attn2.to_k", ...])
-    lora_targets: str | tuple[str, ...] = "attention"
+    lora_targets: str | tuple[str, ...] = "unet"
     instance_prompt: str = "a photo of {token} {class_noun}"
     prior_preservation: bool = False
     class_prompt: str = "a photo of a {class_noun}"
@@ -68,8 +68,8 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class GenerateConfig(SamplingConfig):
     prompts: str = "data/prompts/train.txt"  # the training prompt pool; rounds take disjoint slices
-    num_prompts: int = 8
-    images_per_prompt: int = 4
+    num_prompts: int = 16
+    images_per_prompt: int = 6
     seed: int = 0
 
 
@@ -125,8 +125,8 @@ class DpoConfig:
     # attention | unet (dbdpo.lora.TARGET_SETS), or a list of module names (["attn2.to_k", ...])
     lora_targets: str | tuple[str, ...] = "attention"
     # the timesteps the loss is drawn on, uniformly in [min_timestep, max_timestep); max None:
-    # the scheduler's num_train_timesteps. 0 and None: every timestep (Wallace et al.)
-    min_timestep: int = 0
+    # the scheduler's num_train_timesteps. 0 and None: every timestep (Wallace et al.; the presets')
+    min_timestep: int = 500
     max_timestep: int | None = None
     mixed_precision: str = "fp32"
     gradient_checkpointing: bool = False
@@ -236,6 +236,8 @@ LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS
 TS_PROMPTS = ("with_class", "without_concept")  # score.ts_prompt: the text TS compares with (dbdpo.data)
 RANK_BY = ("preference", "model")  # dpo.rank_by: what orders RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
 SCHEDULERS = ("ddim", "dpmpp_2m", "euler_a")  # the keys of dbdpo.sampling.SCHEDULERS
+WORLD_CLIP = "dbdpo-world-clip"  # score.clip_model: the proving ground's trained CLIP (dbdpo.scoring)
+RANDOM_WEIGHTS = "random"  # score.clip_pretrained: random weights, asked for by name (code-path tests only)
 
 
 # --- building from a mapping -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dbdpo.config import ScoreConfig
+from dbdpo.config import RANDOM_WEIGHTS, WORLD_CLIP, ScoreConfig
 from dbdpo.data import load_image_rgb
 from dbdpo.devices import compute_device
 from dbdpo.distributed import map_batches
@@ -39,7 +39,6 @@ Scorer = Callable[[list[Image.Image], list[str]], dict[str, np.ndarray]]
 TINY_CLIP = "dbdpo-tiny-clip"
 # The proving ground's scorer: an open_clip architecture registered from dbdpo/configs, with
 # weights trained on the world by scripts/train_world_clip.py (docs/proving_ground.md).
-WORLD_CLIP = "dbdpo-world-clip"
 WORLD_CLIP_WEIGHTS = Path(__file__).parent / "assets" / "world_clip.safetensors"
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -51,7 +50,7 @@ def load_open_clip(model_name: str, pretrained: str | None, seed: int = 0,
     `model_name` is any open_clip name (ViT-B-32 ...), `dbdpo-world-clip` (the proving
     ground's trained CLIP; `pretrained` null means its shipped weights) or `tiny` (a seeded
     random 3.4M-param CLIP for code-path tests, never a default). `pretrained` is an
-    open_clip tag or a local weights file (safetensors, or a torch file that open_clip reads
+    open_clip tag, `random` (random weights: code-path tests only) or a local weights file (safetensors, or a torch file that open_clip reads
     with weights_only=True: tensors only, no code). `keys`: the params keys the two values
     came from, for the errors.
     """
@@ -64,6 +63,12 @@ def load_open_clip(model_name: str, pretrained: str | None, seed: int = 0,
         pretrained = str(WORLD_CLIP_WEIGHTS)
     if model_name not in open_clip.list_models():
         raise ScorerError(f"{keys[0]}={model_name!r} is not an open_clip model name (e.g. ViT-B-32)")
+    if pretrained is None and model_name != TINY_CLIP:  # random weights would make every pair noise
+        raise ScorerError(f"{keys[1]} is null for {keys[0]}={model_name!r}: name its weights (an open_clip tag "
+                          f"such as openai, or a local weights file), or `{RANDOM_WEIGHTS}` for random weights "
+                          "(code-path tests only: the scores then mean nothing)")
+    if pretrained == RANDOM_WEIGHTS:
+        pretrained = None
     torch.manual_seed(seed)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
@@ -74,7 +79,8 @@ def load_open_clip(model_name: str, pretrained: str | None, seed: int = 0,
             f"open_clip checkpoint on a connected machine and set {keys[1]} to its local path."
         ) from None
     if pretrained is None and model_name != TINY_CLIP:
-        log.warning("score: %s has random weights (%s is null)", model_name, keys[1])
+        log.warning("score: %s has random weights (%s: %s): its scores mean nothing", model_name, keys[1],
+                    RANDOM_WEIGHTS)
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(model_name)
 

@@ -13,9 +13,11 @@ from dbdpo.config import (
     LORA_TARGETS,
     OPTIMIZERS,
     PRECISIONS,
+    RANDOM_WEIGHTS,
     RANK_BY,
     SCHEDULERS,
     TS_PROMPTS,
+    WORLD_CLIP,
     Config,
     ConfigError,
     SamplingConfig,
@@ -134,6 +136,9 @@ def validate_groups(c: Config) -> None:
              c.generate.images_per_prompt, "at least 2 images per prompt to form pairs")
     _sampling(c.generate, "generate")
 
+    _require(c.score.clip_pretrained is not None or c.score.clip_model in ("tiny", WORLD_CLIP), "score.clip_pretrained",
+             None, f"the weights of score.clip_model={c.score.clip_model}: an open_clip tag (openai, "
+             f"laion2b_s34b_b79k), a local weights file, or {RANDOM_WEIGHTS} (random weights: code-path tests only)")
     _require(not (c.score.clip_model == "tiny" and c.score.clip_pretrained is not None), "score.clip_pretrained",
              c.score.clip_pretrained, "null with score.clip_model=tiny (a random CLIP for code-path tests); "
              "name the weights' architecture in score.clip_model instead")

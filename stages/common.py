@@ -53,7 +53,8 @@ class ParamView:
     """A read-only view of a Config that lets a stage read only the keys it declares.
 
     `reads` are params.yaml keys or groups ("model", "concept.dir"), as the stage lists them
-    in dvc.yaml. Reading a group gives a view of it; reading a key outside `reads` raises
+    in dvc.yaml. Reading a declared group gives its config object; reading a group of which
+    only some keys are declared gives a view of it; reading a key outside `reads` raises
     UndeclaredRead, so dvc.yaml cannot silently miss a key a stage uses.
     """
 
@@ -67,9 +68,12 @@ class ParamView:
             raise AttributeError(f"params {prefix.rstrip('.') or 'file'} has no key {name!r}")
         key = prefix + yaml_name(name)
         value = getattr(target, name)
+        declared = any(key == r or key.startswith(r + ".") for r in reads)
         if dataclasses.is_dataclass(value):
-            return ParamView(value, reads, who, key + ".")
-        if not any(key == r or key.startswith(r + ".") for r in reads):
+            # a whole declared group is the library's own config object (a dataclasses.replace
+            # on it works as in the unit tests); a partly declared one stays a view
+            return value if declared else ParamView(value, reads, who, key + ".")
+        if not declared:
             raise UndeclaredRead(f"{who} reads params key {key}, which its declared reads (dvc.yaml's params "
                                  f"for it: {', '.join(reads)}) do not list")
         return value
@@ -79,18 +83,21 @@ class ParamView:
 
     def read_key(self, key: str):
         """A key by its params.yaml path ("pair.lambda", a group: "dpo"), read through the view
-        like an attribute; a group comes back as a plain dict (`as_dict`)."""
+        like an attribute; a group comes back as a plain dict keyed by field name."""
         value = self
         for part in key.split("."):  # yaml names ("lambda") to field names ("lambda_")
-            target = object.__getattribute__(value, "_view")[0]
+            target = object.__getattribute__(value, "_view")[0] if isinstance(value, ParamView) else value
             value = getattr(value, next(f.name for f in dataclasses.fields(target) if yaml_name(f.name) == part))
-        return value.as_dict() if isinstance(value, ParamView) else value
+        if isinstance(value, ParamView):
+            return value.as_dict()
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
     def as_dict(self) -> dict:
         """This group as a plain dict keyed by field name, every key read through the view."""
         target = object.__getattribute__(self, "_view")[0]
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(target)}
-        return {name: v.as_dict() if isinstance(v, ParamView) else v for name, v in values.items()}
+        return {name: v.as_dict() if isinstance(v, ParamView) else dataclasses.asdict(v) if dataclasses.is_dataclass(v)
+                else v for name, v in values.items()}
 
     def __repr__(self) -> str:
         target, reads, who, _ = object.__getattribute__(self, "_view")

@@ -27,6 +27,16 @@ def test_lora_targets_take_an_explicit_list_of_module_names(in_repo):
     assert cfg.dpo.lora_targets == ("attn2.to_k", "attn2.to_v") and cfg.finetune.lora_targets == "unet"
 
 
+def test_the_typed_configs_defaults_are_params_yaml(in_repo):
+    """One source of truth: a Python user of FinetuneConfig() runs the method a dvc repro user
+    runs; every group's dataclass defaults equal the repository's params.yaml."""
+    cfg = load_config("params.yaml")
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if dataclasses.is_dataclass(value):
+            assert type(value)() == value, field.name
+
+
 def test_repository_params_load(in_repo):
     cfg = load_config("params.yaml")
     assert cfg.filter.kind == "angle" and cfg.filter.angle == 25.0
@@ -73,6 +83,8 @@ def test_repository_params_load(in_repo):
     ({"score__rewards": {"IS": 0}}, r"score.rewards=\{'IS': 0.0\} is invalid: expected a non-empty mapping"),
     ({"dpo__loss": "rank_dpo"}, r"pair.mode='pairs' is invalid: expected rank with dpo.loss=rank_dpo"),
     # a weights file silently dropped would score with a random CLIP
+    ({"score__clip_model": "RN50"}, r"score.clip_pretrained=None is invalid: expected the weights of "
+                                    r"score.clip_model=RN50: an open_clip tag .* or random \(random weights"),
     ({"score__clip_model": "tiny", "score__clip_pretrained": "/w/clip.safetensors"},
      r"score.clip_pretrained='/w/clip.safetensors' is invalid: expected null with score.clip_model=tiny"),
     # inf / nan pass "> 0" and would train to a NaN LoRA
@@ -235,6 +247,12 @@ def test_a_stage_reads_only_the_keys_it_declares(in_repo):
         cfg.for_round  # derived values come from the library (Config.round_plans), before the view
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.pair.lambda_ = 1.0
+    # a declared group is the library's config object: what the library does with it in a unit
+    # test (dataclasses.replace), it does in the pipeline
+    from dbdpo.config import PairConfig
+
+    assert type(cfg.pair) is PairConfig and dataclasses.replace(cfg.pair, lambda_=1.0).lambda_ == 1.0
+    assert type(cfg.model) is ParamView  # only model.backbone is declared
 
 
 def readme_knobs() -> list[tuple[str, str]]:

@@ -103,6 +103,20 @@ def test_unknown_clip_model_and_missing_weights_are_clear_errors(tmp_path):
         load_open_clip("ViT-B-32", str(tmp_path / "missing.safetensors"))
 
 
+def test_a_real_clip_scores_with_random_weights_only_when_asked_by_name(caplog):
+    """score.clip_pretrained null on a real architecture once scored every image with random
+    weights (IS 0.9997 ± 0.0001) behind a warning; now it is an error naming the key, and
+    random weights come only with the `random` tag."""
+    with pytest.raises(ScorerError, match=r"score.clip_pretrained is null for score.clip_model='RN50': name its "
+                                          r"weights .* or `random` for random weights"):
+        load_open_clip("RN50", None)
+    with pytest.raises(ScorerError, match="score.aesthetic_clip_pretrained is null"):
+        load_open_clip("ViT-L-14", None, keys=("score.aesthetic_clip", "score.aesthetic_clip_pretrained"))
+    asked, _, _ = load_open_clip("tiny", "random", seed=3)
+    default, _, _ = load_open_clip("tiny", None, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(asked.state_dict().values(), default.state_dict().values()))
+
+
 def test_pickscore_is_scaled_clip_cosine_and_joins_the_scorers(tmp_path):
     from dbdpo.scoring import PickScore, load_pickscore
 
