@@ -17,6 +17,12 @@ A variant is one argument of space-separated key=value overrides of the params f
     python bench/dpo_transfer.py --round-0 models/round_0 default "prompts=16" "prompts=16 beta=500"
 
 With --round-0 (the default run's `models/round_0`) the DreamBooth round is loaded, not trained.
+
+    python bench/dpo_transfer.py --concepts dev default "beta=5000" "lambda=0.3"
+
+--concepts runs every variant on each concept of the set (dbdpo.world_concepts; its own
+DreamBooth round 0) and prints each variant's mean over the concepts with its standard error
+across them: the measurement defaults are chosen on (dev), never on one concept.
 """
 
 from __future__ import annotations
@@ -24,18 +30,20 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
-from claims import Bench, gains, print_gains  # bench/claims.py
+from claims import Bench, concept_config, gains, print_gains  # bench/claims.py
 
 from dbdpo.config import Config, round_seed
 from dbdpo.data import load_prompt_templates
 from dbdpo.errors import ConfigError
 from dbdpo.params import config_from_dict, load_config
+from dbdpo.world_concepts import concepts_of
 
 log = logging.getLogger("dpo_transfer")
 
@@ -100,21 +108,64 @@ def run(cfg: Config, variants: dict[str, Config], work: Path, round_0_dir: Path 
     return table
 
 
+def mean_table(tables: dict[str, dict]) -> dict[str, dict]:
+    """Per variant and prompt set, each gain's mean over the concepts (`tables`: concept ->
+    run's table) and, as `<name>_se`, its standard error across the concepts."""
+    first = next(iter(tables.values()))
+    out = {}
+    for spec, sets in first.items():
+        out[spec] = {}
+        for where in sets:
+            row = {}
+            for key in ("IS", "TS", "S_0.5"):
+                values = [t[spec][where][key] for t in tables.values()]
+                mean = sum(values) / len(values)
+                row[key] = mean
+                row[f"{key}_se"] = (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5 \
+                    if len(values) > 1 else 0.0
+            out[spec][where] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--round-0", type=Path, help="a saved round 0: a DreamBooth LoRA folder or a full fine-tune's pipeline folder (default: train one)")
+    parser.add_argument("--concepts", help="every variant on each concept of the set (dev, test, all, or names "
+                                           "joined by commas), then the mean over concepts")
+    parser.add_argument("--out", type=Path, help="also write the table(s) as JSON here")
     args = parser.parse_args(argv)
+    if args.concepts and args.round_0:
+        raise SystemExit("--concepts trains each concept's own round 0: leave out --round-0")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("dpo_transfer").setLevel(logging.INFO)
     cfg = load_config(args.params)  # the file itself checked first, its errors naming it
     params = yaml.safe_load(Path(args.params).read_text())
     variants = {spec: variant_config(params, spec) for spec in args.variants}  # all checked before any trains
+    try:
+        concepts = concepts_of(args.concepts) if args.concepts else None
+    except ValueError as e:
+        raise SystemExit(f"--concepts: {e}") from None
     with tempfile.TemporaryDirectory() as work:
-        table = run(cfg, variants, Path(work), args.round_0)
-    print_gains(table, "variant", 40)
-    return table
+        if not concepts:
+            result = run(cfg, variants, Path(work), args.round_0)
+            print_gains(result, "variant", 40)
+        else:
+            tables = {}
+            for c in concepts:
+                log.info("concept %s (%s, %s)", c.name, c.class_noun, c.split)
+                (Path(work) / c.name).mkdir()
+                tables[c.name] = run(concept_config(cfg, c), {spec: concept_config(v, c) for spec, v in variants.items()},
+                                     Path(work) / c.name, None)
+                print(f"{c.name} ({c.split})")
+                print_gains(tables[c.name], "variant", 40)
+            result = {"concepts": tables, "mean": mean_table(tables)}
+            print(f"mean over {len(tables)} concepts (± its standard error across concepts in S_0.5's column)")
+            print_gains(result["mean"], "variant", 40)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

@@ -159,6 +159,33 @@ def test_claims_bench_measures_each_concept_of_a_split_and_their_mean(tmp_path, 
         claims.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "toy_top,toy_bottom"])
 
 
+def test_dpo_transfer_bench_averages_variants_over_concepts(tmp_path, in_repo):
+    """bench/dpo_transfer.py --concepts at toy sizes: each concept's own round 0 and table, and
+    each variant's mean over the concepts; --round-0 with --concepts is refused."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["finetune"].update(steps=1, batch_size=1)
+    params["generate"].update(num_prompts=1, images_per_prompt=3, steps=2)
+    params["filter"]["angle"] = 90
+    params["dpo"].update(steps=1, batch_size=1)
+    params["evaluate"].update(num_prompts=1, images_per_prompt=1, steps=2, grid_prompts=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    module = bench_module("dpo_transfer")
+    result = module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star,car_roof",
+                          "--out", str(tmp_path / "t.json"), "default", "beta=500"])
+    tables, mean = result["concepts"], result["mean"]
+    assert list(tables) == ["cup_star", "car_roof"] and list(mean) == ["default", "beta=500"]
+    for where in ("held-out", "held-in"):
+        values = [tables[c]["beta=500"][where]["S_0.5"] for c in tables]
+        assert mean["beta=500"][where]["S_0.5"] == pytest.approx(sum(values) / 2)
+        assert mean["beta=500"][where]["S_0.5_se"] == pytest.approx(abs(values[0] - values[1]) / 2)
+    assert (tmp_path / "t.json").is_file()
+    with pytest.raises(SystemExit, match="leave out --round-0"):
+        module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "dev", "--round-0", str(tmp_path),
+                     "default"])
+
+
 def test_mean_over_concepts_by_hand():
     claims = bench_module("claims")
     mean = claims.mean_over_concepts({"a": {"x": 1.0}, "b": {"x": 2.0}, "c": {"x": 6.0}})
