@@ -93,11 +93,11 @@ def atomic_file(target: Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-    except BaseException:
+        _apply_umask(tmp)
+        os.replace(tmp, target)
+    except BaseException:  # a failed rename (the target a folder, a read-only one) leaves no temp file either
         tmp.unlink(missing_ok=True)
         raise
-    _apply_umask(tmp)
-    os.replace(tmp, target)
 
 
 def write_parquet(frame: pd.DataFrame, target: Path) -> None:

@@ -21,9 +21,14 @@ def export() -> None:
     """Write a round's model for other tools."""
 
 
+def inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
 @app.command()
 def kohya(model_dir: Path = typer.Argument(..., help="a round's model folder, e.g. models/round_2"),
-          out: Path = typer.Argument(..., help="the .safetensors file to write")) -> None:
+          out: Path = typer.Argument(..., help="the .safetensors file to write"),
+          force: bool = typer.Option(False, "--force", help="overwrite `out` if it exists")) -> None:
     """The round's LoRA in kohya-ss format (ComfyUI, A1111/Forge), fp16."""
     from dbdpo.backbones import is_pipeline_folder
     from dbdpo.errors import UserError
@@ -38,6 +43,14 @@ def kohya(model_dir: Path = typer.Argument(..., help="a round's model folder, e.
         state = load_lora(model_dir)
     except UserError as e:
         fail(str(e))
+    # models/ holds DVC's outputs: an export there would replace a round's own weights
+    models = model_dir.resolve().parent if model_dir.resolve().parent.name == "models" else model_dir
+    if inside(out, model_dir) or inside(out, models) or inside(out, Path("models")):
+        fail(f"{out}: inside {models}, where the rounds' models live; export elsewhere, e.g. exports/")
+    if out.is_dir():
+        fail(f"{out} is a folder; give the .safetensors file to write in it, e.g. {out / 'lora.safetensors'}")
+    if out.exists() and not force:
+        fail(f"{out} exists; pass --force to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
     save_kohya(state, out)
     typer.echo(f"wrote {out} ({len(state) // 2} LoRA modules, kohya format)")

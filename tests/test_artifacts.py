@@ -27,6 +27,14 @@ def test_outputs_get_the_umask_modes_not_mkstemps_private_ones(tmp_path, umask_0
     assert mode(tmp_path / "lora/w.safetensors") == 0o644
 
 
+def test_a_write_whose_rename_fails_leaves_no_temp_file(tmp_path):
+    """A file written over a folder once left its .tmp- sibling behind after the failed rename."""
+    (tmp_path / "lora.safetensors").mkdir()
+    with pytest.raises(OSError), atomic_file(tmp_path / "lora.safetensors") as f:
+        f.write_bytes(b"weights")
+    assert [p.name for p in tmp_path.iterdir()] == ["lora.safetensors"]
+
+
 def test_leftovers_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
     # what a SIGKILL during a write leaves behind (no except/finally runs)
     (tmp_path / ".tmp-images-abc123").mkdir()

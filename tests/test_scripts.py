@@ -3,6 +3,7 @@
 Each script's Typer command runs in-process (a subprocess costs ~12 s of imports)."""
 
 import importlib.util
+from pathlib import Path
 
 import torch
 import typer
@@ -64,6 +65,32 @@ def test_export_kohya_writes_the_rounds_lora_in_fp16(in_repo, tmp_path):
     assert pipeline.exit_code == 2 and "is a whole pipeline (finetune.method=full), not a LoRA" in pipeline.stderr
     wrong = invoke_stage("export", "kohya", str(tmp_path / "round_1"), str(tmp_path / "x.pt"))
     assert wrong.exit_code == 2 and "x.pt: the output must end in .safetensors" in wrong.stderr
+
+
+def test_export_never_overwrites_without_force_nor_writes_into_models(in_repo, tmp_path, monkeypatch):
+    """An export once overwrote the round's own tracked LoRA (evaluate then failed on "mixed
+    ranks []"): models/ is refused, an existing file needs --force, a folder is named."""
+    monkeypatch.chdir(tmp_path)
+    round_1 = Path("models/round_1")
+    save_lora(load_backbone(ModelConfig()).pipe, random_lora(0), round_1)
+    own = round_1 / "pytorch_lora_weights.safetensors"
+    before = own.read_bytes()
+    for target in (own, Path("models/round_2.safetensors")):
+        result = invoke_stage("export", "kohya", str(round_1), str(target), "--force")
+        assert result.exit_code == 2 and "where the rounds' models live" in result.stderr, result.output
+    assert own.read_bytes() == before
+
+    out = Path("exports/r1.safetensors")
+    assert invoke_stage("export", "kohya", str(round_1), str(out)).exit_code == 0
+    first = out.read_bytes()
+    again = invoke_stage("export", "kohya", str(round_1), str(out))
+    assert again.exit_code == 2 and "exists; pass --force to overwrite it" in again.stderr
+    assert invoke_stage("export", "kohya", str(round_1), str(out), "--force").exit_code == 0
+    assert out.read_bytes() == first
+    Path("exports/a_folder.safetensors").mkdir()
+    folder = invoke_stage("export", "kohya", str(round_1), "exports/a_folder.safetensors", "--force")
+    assert folder.exit_code == 2 and "is a folder" in folder.stderr
+    assert sorted(p.name for p in Path("exports").iterdir()) == ["a_folder.safetensors", "r1.safetensors"]
 
 
 def test_the_offline_plots_page_inlines_the_vega_versions_dvc_loads(in_repo):
