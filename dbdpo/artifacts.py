@@ -120,7 +120,11 @@ def read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise MissingInput(f"{path}: missing; run the stage that writes it first")
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise StaleInputError(f"{path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160]}); delete it "
+                              "and rerun the stage that writes it") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise StaleInputError(f"{path}: missing columns {missing}; another version of dbdpo wrote it: rerun "

@@ -42,12 +42,41 @@ def config_from_dict(raw: dict) -> Config:
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the plain loader keeps the
+    last silently; DVC refuses such a file, so a hand run must too)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} is given twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                  "keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_params(path: Path) -> dict:
+    """params.yaml as a mapping; a syntax error or a duplicate key names the file and line."""
+    try:
+        with path.open() as f:
+            return yaml.load(f, Loader=_UniqueKeyLoader) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        hint = "; indent with spaces, not tabs" if "\\t" in problem or "\t" in problem else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}{hint}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
 def load_config(path: str | Path = "params.yaml") -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (run from the repository root)")
-    with path.open() as f:
-        raw = yaml.safe_load(f) or {}
+    raw = parse_params(path)
     try:
         return config_from_dict(raw)
     except ConfigError as e:

@@ -3,7 +3,8 @@ import stat
 
 import pytest
 
-from dbdpo.artifacts import atomic_dir, atomic_file, write_json
+from dbdpo.artifacts import atomic_dir, atomic_file, read_parquet, write_json
+from dbdpo.errors import StaleInputError
 
 
 def mode(path) -> int:
@@ -33,6 +34,14 @@ def test_a_write_whose_rename_fails_leaves_no_temp_file(tmp_path):
     with pytest.raises(OSError), atomic_file(tmp_path / "lora.safetensors") as f:
         f.write_bytes(b"weights")
     assert [p.name for p in tmp_path.iterdir()] == ["lora.safetensors"]
+
+
+def test_a_corrupt_table_is_named_with_what_to_do(tmp_path):
+    """A truncated parquet once surfaced as a raw ArrowInvalid."""
+    (tmp_path / "scores.parquet").write_bytes(b"PAR1 then nothing")
+    with pytest.raises(StaleInputError, match=r"scores.parquet: unreadable \(ArrowInvalid: .*\); delete it and rerun "
+                                              r"the stage that writes it"):
+        read_parquet(tmp_path / "scores.parquet", ["IS"])
 
 
 def test_leftovers_of_a_killed_write_are_removed_by_the_next_write(tmp_path):

@@ -27,6 +27,19 @@ def test_lora_targets_take_an_explicit_list_of_module_names(in_repo):
     assert cfg.dpo.lora_targets == ("attn2.to_k", "attn2.to_v") and cfg.finetune.lora_targets == "unet"
 
 
+@pytest.mark.parametrize("text, message", [
+    ("model:\n  backbone: tiny\n  backbone: sd\n", r"p.yaml: key 'backbone' is given twice in one mapping \(line 3\); keep one"),
+    ("model:\n\tbackbone: tiny\n", r"p.yaml: not valid YAML \(line 2, column 1\): .*'\\t'.*; indent with spaces, not tabs"),
+    ("model: [tiny\n", r"p.yaml: not valid YAML \(line 2, column 1\)"),
+])
+def test_a_params_file_yaml_would_misread_is_refused_by_line(tmp_path, text, message):
+    """A duplicate key (the plain YAML loader keeps the last; DVC refuses the file) and a tab
+    indent (a raw scanner traceback) name the file and the line."""
+    (tmp_path / "p.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "p.yaml")
+
+
 def test_the_typed_configs_defaults_are_params_yaml(in_repo):
     """One source of truth: a Python user of FinetuneConfig() runs the method a dvc repro user
     runs; every group's dataclass defaults equal the repository's params.yaml."""
