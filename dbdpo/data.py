@@ -26,11 +26,15 @@ def _wide_gray_to_rgb(img: Image.Image) -> Image.Image:
     """16/32-bit integer and float grayscale to 8-bit RGB, scaled by the mode's range.
 
     PIL's own convert clips them at 255, so a 16-bit PNG (0..65535) turns all white.
-    Integer images: 0..65535 (0..255 if no value exceeds 255); float: 0..1 (0..255 likewise).
+    A 16-bit file (I;16 modes: PNG, TIFF) spans 0..65535 whatever its values, so a dark one
+    stays dark; 32-bit integers: 0..65535 (0..255 if no value exceeds 255, 8-bit values stored
+    wide); float: 0..1 (0..255 likewise).
     """
     values = np.asarray(img, dtype=np.float64)
     if img.mode.startswith("F"):
         full = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
+    elif img.mode.startswith("I;16"):
+        full = 65535.0
     else:
         full = 255.0 if values.max(initial=0.0) <= 255 else 65535.0
     gray = np.clip(np.round(values / full * 255.0), 0, 255).astype(np.uint8)
@@ -72,6 +76,10 @@ def load_concept(cfg: ConceptConfig) -> list[Image.Image]:
     if not folder.is_dir():
         raise DataError(f"concept.dir={cfg.dir!r} is not a directory of concept images")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.rglob("*") if f.is_file()):
+            raise DataError(f"{sub}: a folder of images inside concept.dir={cfg.dir!r}; DreamBooth trains on "
+                            "concept.dir's own files only: move them up into it, or out of it")
     others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
     if others:
         raise DataError(

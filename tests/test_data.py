@@ -38,6 +38,7 @@ def test_modes_are_converted_to_rgb(tmp_path):
 
 @pytest.mark.parametrize("name, array, mode, expected", [
     ("gray16.png", np.full((40, 40), 32896, np.uint16), None, 128),   # 16-bit PNG opens as I;16
+    ("dark16.png", np.full((40, 40), 250, np.uint16), None, 1),  # dark, not 8-bit: 250/65535 of white
     ("gray32.tif", np.full((40, 40), 65535, np.int32), "I", 255),
     ("gray8_in_32.tif", np.full((40, 40), 100, np.int32), "I", 100),  # 8-bit values stored wide
     ("float.tif", np.full((40, 40), 0.25, np.float32), "F", 64),
@@ -47,6 +48,18 @@ def test_wide_grayscale_keeps_its_brightness(tmp_path, name, array, mode, expect
     Image.fromarray(array, mode=mode).save(tmp_path / name)
     (loaded,) = load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))
     assert loaded.mode == "RGB" and loaded.getpixel((0, 0)) == (expected,) * 3
+
+
+def test_photos_in_a_subfolder_of_the_concept_are_named_not_skipped(tmp_path):
+    Image.new("RGB", (40, 40)).save(tmp_path / "a.png")
+    (tmp_path / "more").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "more" / "b.png")
+    with pytest.raises(DataError, match=r"more: a folder of images inside concept.dir=.*move them up into it"):
+        load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))
+    (tmp_path / "more" / "b.png").unlink()  # an empty subfolder, or one of notes, is not a photo set
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / ".ipynb_checkpoints" / "a-checkpoint.png")
+    assert len(load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))) == 1
 
 
 def test_gray_alpha_and_palette_transparency_composite_on_white(tmp_path):
