@@ -93,9 +93,23 @@ def validate(c: Config) -> None:
                 raise ConfigError(f"rounds.{name} overrides: {e}") from None
 
 
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes no more; a round adds its offset (config.round_seed)
+
+
+def _seeds(c: Config) -> None:
+    """Every group's `seed`: a generator seed, 0 .. MAX_SEED (torch and numpy refuse others, but
+    only once a model is loaded)."""
+    for group in dataclasses.fields(c):
+        value = getattr(c, group.name)
+        if dataclasses.is_dataclass(value) and hasattr(value, "seed"):
+            _require(0 <= value.seed <= MAX_SEED // 2, f"{group.name}.seed", value.seed,
+                     f"a seed from 0 to {MAX_SEED // 2}")
+
+
 def validate_groups(c: Config) -> None:
     """Checks of the stage groups (also run on each round's overridden config)."""
     _finite_floats(c)
+    _seeds(c)
     _one_of(c.model.backbone, ("tiny", "sd", "sdxl"), "model.backbone")
     if c.model.resolution is not None:
         _require(c.model.resolution > 0 and c.model.resolution % 8 == 0, "model.resolution",

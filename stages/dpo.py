@@ -40,7 +40,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     from dbdpo.backbones import round_lora
     from dbdpo.checkpoints import remove_checkpoint
     from dbdpo.distributed import is_main_process
-    from dbdpo.dpo import final_metrics
+    from dbdpo.dpo import final_metrics, timestep_range
     from dbdpo.lora import save_lora
     from dbdpo.preferences import read_preferences
     from dbdpo.provenance import check_made_from, folder_record, made_from
@@ -55,6 +55,8 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         start_dir = checked_model(plans[round_name].start)
         # the start LoRA merged: the reference is exactly the round's start model
         backbone = load_round_model(cfg.model, checked_model("round_0"), start_dir, cfg.dpo.mixed_precision)
+        # a range past the scheduler's fails here, before the round's model is removed
+        timestep_range(cfg.dpo, backbone.training_scheduler().config.num_train_timesteps)
     if is_main_process():
         remove_outputs(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json")
     inputs = made_from(start_dir, out / "preferences")

@@ -96,6 +96,8 @@ def test_repository_params_load(in_repo):
     ({"score__rewards": {"IS": 0}}, r"score.rewards=\{'IS': 0.0\} is invalid: expected a non-empty mapping"),
     ({"dpo__loss": "rank_dpo"}, r"pair.mode='pairs' is invalid: expected rank with dpo.loss=rank_dpo"),
     # a weights file silently dropped would score with a random CLIP
+    ({"pair__seed": -1}, r"pair.seed=-1 is invalid: expected a seed from 0 to"),
+    ({"dpo__seed": 2**64}, r"dpo.seed=18446744073709551616 is invalid: expected a seed from 0 to"),
     ({"score__clip_model": "RN50"}, r"score.clip_pretrained=None is invalid: expected the weights of "
                                     r"score.clip_model=RN50: an open_clip tag .* or random \(random weights"),
     ({"score__clip_model": "tiny", "score__clip_pretrained": "/w/clip.safetensors"},

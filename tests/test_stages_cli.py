@@ -121,6 +121,26 @@ def test_pair_records_its_scores_and_dpo_refuses_the_preferences_once_scores_cha
     assert not Path("models").exists()
 
 
+def test_a_dpo_timestep_range_past_the_scheduler_fails_before_the_rounds_model_is_removed(scored_round):
+    """dpo.max_timestep past the scheduler's 1000 is known only once the backbone is loaded; the
+    stage once removed models/round_1 before it found out."""
+    from dbdpo.backbones import load_backbone
+    from dbdpo.config import ModelConfig
+    from dbdpo.lora import save_lora
+    from tests.test_lora import random_lora
+
+    assert invoke_stage("pair", "--round", "round_1").exit_code == 0
+    save_lora(load_backbone(ModelConfig()).pipe, random_lora(0), Path("models/round_0"), made_from={})
+    Path("models/round_1").mkdir()
+    (Path("models/round_1") / "last_run.txt").write_text("the last run's model")
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["dpo"]["max_timestep"] = 2000
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    result = invoke_stage("dpo", "--round", "round_1")
+    assert result.exit_code == 2 and "2000" in result.stderr and "max_timestep" in result.stderr, result.output
+    assert (Path("models/round_1") / "last_run.txt").read_text() == "the last run's model"
+
+
 def test_generate_refuses_a_start_model_whose_preferences_changed_since(scored_round):
     assert invoke_stage("pair", "--round", "round_1").exit_code == 0
     model = Path("models/round_1")
