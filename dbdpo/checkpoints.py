@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from dbdpo.artifacts import atomic_file
 from dbdpo.distributed import is_main_process, same_on_every_process
+from dbdpo.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def load_loop_state(ckpt: Checkpointing) -> LoopState | None:
     if metadata.get("fingerprint") != ckpt.fingerprint:
         log.info("%s was saved by another configuration or other inputs: starting over", path)
         return None
-    tensors = load_file(path)
+    tensors = _read(path, load_file)
     optimizer: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -155,8 +156,25 @@ def _metadata(path: Path) -> dict[str, str] | None:
     """A checkpoint file's metadata, read from its header alone; None if there is no file."""
     if not path.is_file():
         return None
-    with safe_open(path, "pt") as f:
-        return f.metadata()
+
+    def header(file):
+        with safe_open(file, "pt") as f:
+            return f.metadata()
+
+    metadata = _read(path, header)
+    if not metadata or not {"fingerprint", "step", "rows", "scaler"} <= metadata.keys():
+        raise CheckpointError(f"{path} is not a dbdpo checkpoint (its header lacks the loop's state); delete "
+                              f"{path.parent} to start the stage over")
+    return metadata
+
+
+def _read(path: Path, read):
+    """read(path), a corrupt or truncated file (a kill mid-copy, a full disk) named with the fix."""
+    try:
+        return read(path)
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError or ValueError
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160]}); delete "
+                              f"{path.parent} to start the stage over") from None
 
 
 def remove_checkpoint(ckpt: Checkpointing) -> None:

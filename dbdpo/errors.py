@@ -35,6 +35,10 @@ class TrainingDiverged(UserError, RuntimeError):
     """A loss or gradient became inf/NaN: stop before any weight is written."""
 
 
+class CheckpointError(UserError, RuntimeError):
+    """A training checkpoint that cannot be read: delete it to start the stage over."""
+
+
 class MissingInput(UserError, FileNotFoundError):
     """An artifact a stage reads is absent: the stage that writes it has not run."""
 

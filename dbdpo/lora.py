@@ -171,10 +171,14 @@ def load_lora(directory: Path) -> LoraState:
     path = Path(directory) / WEIGHT_NAME
     if not path.is_file():
         raise MissingInput(f"{path}: no LoRA weights; run the stage that writes {directory} first")
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get(LORA_METADATA_KEY, "{}"))
-        state = {k.removeprefix("unet."): f.get_tensor(k).float() for k in f.keys()
-                 if k.startswith(("unet.", *(f"{name}." for name in TEXT_ENCODERS)))}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(LORA_METADATA_KEY, "{}"))
+            state = {k.removeprefix("unet."): f.get_tensor(k).float() for k in f.keys()
+                     if k.startswith(("unet.", *(f"{name}." for name in TEXT_ENCODERS)))}
+    except Exception as e:  # a truncated or overwritten file: safetensors' own error names no path
+        raise LoraError(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:160]}); rerun the "
+                        f"stage that writes {directory} (dvc repro --force on it)") from None
     check_finite_lora(state, str(path))
     rank = lora_rank(state)
     scales = {c: float(meta.get(f"{c}.lora_alpha", rank)) / float(meta.get(f"{c}.r", rank))

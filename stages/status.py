@@ -28,6 +28,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     from dvc.repo import Repo
 
     from dbdpo.checkpoints import saved_step
+    from dbdpo.errors import CheckpointError
     from dbdpo.params import load_config
 
     with user_errors():
@@ -39,7 +40,11 @@ def main(params: Path = PARAMS_OPTION) -> None:
         if name in metrics:
             line += f" held-out IS {metrics[name]['IS']:.4f}  TS {metrics[name]['TS']:.4f}"
         folder = checkpoint_dir(name)
-        step = saved_step(folder)
+        try:
+            step = saved_step(folder)
+        except CheckpointError as e:
+            typer.echo(f"{line} {e}")
+            continue
         if step is not None:
             stage, total = (("finetune", cfg.finetune.steps) if name == "round_0"
                             else ("dpo", cfg.for_round(name).dpo.steps))

@@ -52,6 +52,26 @@ def test_a_killed_dpo_run_resumes_from_its_checkpoint_to_the_same_lora(tmp_path,
     assert all(torch.equal(state[k], expected_state[k]) for k in state)
 
 
+@pytest.mark.parametrize("content", [b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":", None])
+def test_a_corrupt_checkpoint_is_named_with_the_folder_to_delete(tmp_path, content):
+    """A truncated checkpoint made every dvc repro and dbdpo status crash with a raw
+    SafetensorError until the user guessed which folder to delete."""
+    from safetensors.torch import save_file
+
+    from dbdpo.checkpoints import saved_step
+    from dbdpo.errors import CheckpointError
+
+    ckpt = Checkpointing(tmp_path / "dpo" / "round_1", every=2, fingerprint="f")
+    ckpt.directory.mkdir(parents=True)
+    if content is None:  # a safetensors file, but not a loop's state
+        save_file({"x": torch.zeros(1)}, ckpt.directory / STATE_FILE)
+    else:
+        (ckpt.directory / STATE_FILE).write_bytes(content)
+    for read in (lambda: load_loop_state(ckpt), lambda: saved_step(ckpt.directory)):
+        with pytest.raises(CheckpointError, match=rf"{STATE_FILE} .*; delete {ckpt.directory} to start the stage over"):
+            read()
+
+
 def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     ckpt = Checkpointing(tmp_path / "ckpt", every=2, fingerprint="lr 1e-2")
     backbone = tiny()

@@ -52,6 +52,13 @@ def test_save_load_roundtrip_is_exact(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
+def test_a_corrupt_lora_file_is_named(tmp_path):
+    (tmp_path / "round_1").mkdir()
+    (tmp_path / "round_1" / WEIGHT_NAME).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(LoraError, match=rf"round_1/{WEIGHT_NAME} is unreadable \(SafetensorError: .*\); rerun the stage"):
+        load_lora(tmp_path / "round_1")
+
+
 def test_non_finite_lora_is_neither_written_nor_read(tmp_path):
     state = random_lora(0)
     key = next(k for k in state if k.endswith("lora_B.weight"))
