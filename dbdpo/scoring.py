@@ -299,12 +299,18 @@ def load_aesthetic(weights: str, clip_model: str, clip_pretrained: str | None,
     `clip_pretrained` (ViT-L-14 / openai for the released MLPs)."""
     require_local_file(weights, "score.aesthetic_weights", "sac+logos+ava1-l14-linearMSE.pth from "
                        "github.com/christophschuhmann/improved-aesthetic-predictor", "Aesthetic")
-    if weights.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        state = load_file(weights)
-    else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = load_file(weights)
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses a pickle of code (UnpicklingError): say so, not a traceback
+        raise ScorerError(
+            f"score.aesthetic_weights={weights!r}: not loadable as tensors alone ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160]}); a file that needs pickled code is refused: use a state dict of "
+            "tensors (torch.save(model.state_dict())) or safetensors") from None
     clip, preprocess, _ = load_open_clip(clip_model, clip_pretrained,
                                          keys=("score.aesthetic_clip", "score.aesthetic_clip_pretrained"))
     embed_dim = clip.visual.output_dim

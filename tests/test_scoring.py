@@ -222,6 +222,17 @@ def test_aesthetic_weights_missing_or_for_another_embedding_size_are_clear_error
         load_aesthetic(weights, "tiny", None)
 
 
+class Payload:
+    """Stands for code in a pickle: torch.load(weights_only=True) refuses to build it."""
+
+
+def test_pickled_code_in_aesthetic_weights_is_refused_by_name(tmp_path):
+    torch.save({"layers.0.weight": Payload()}, tmp_path / "mlp.pth")
+    with pytest.raises(ScorerError, match=r"score.aesthetic_weights='.*mlp.pth': not loadable as tensors alone "
+                                          r"\(UnpicklingError: .*\); a file that needs pickled code is refused"):
+        load_aesthetic(str(tmp_path / "mlp.pth"), "tiny", None)
+
+
 def test_missing_pickscore_weights_say_what_to_download(tmp_path):
     from dbdpo.scoring import load_pickscore
 
