@@ -41,7 +41,8 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         prefs = pair_round(scores, cfg.pair, cfg.filter, cfg.score.rewards)
     with user_errors(), atomic_dir(out / "preferences") as tmp:  # the export reads every image
         write_preferences(prefs, tmp)
-        write_json(made_from(out / "scores.parquet"), tmp / RECORD_FILE)
+        # the images too: dpo trains on them, and must refuse ones changed after pairing
+        write_json(made_from(out / "scores.parquet", out / "images"), tmp / RECORD_FILE)
     write_json(prefs.summary, out / "pair_summary.json")
     typer.echo(f"{round_name}: {prefs.summary}")
 

@@ -51,7 +51,8 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         table = score_round(samples, scorers, cfg.score.batch_size, desc=f"score {round_name}")
     if not is_main_process():  # every process holds every score (dbdpo.distributed); one writes them
         return
-    table.attrs = {RECORD_KEY: made_from(out / "samples.parquet", Path(cfg.concept.dir))}
+    # the images too: a hand-run pair must refuse images changed after they were scored
+    table.attrs = {RECORD_KEY: made_from(out / "samples.parquet", out / "images", Path(cfg.concept.dir))}
     write_parquet(table, out / "scores.parquet")
 
 

@@ -53,7 +53,7 @@ def test_a_prompt_pool_too_small_for_a_later_round_fails_before_round_1_runs(in_
 def scores_frame() -> pd.DataFrame:
     return pd.DataFrame({"image_id": [f"p{p}_k{k}" for p in range(2) for k in range(3)],
                          "prompt_id": [p for p in range(2) for _ in range(3)], "prompt": ["a sks toy"] * 6,
-                         "path": [f"{i}.png" for i in range(6)], "IS": [0.1, 0.2, 0.3] * 2,
+                         "path": [f"rounds/round_1/images/{i}.png" for i in range(6)], "IS": [0.1, 0.2, 0.3] * 2,
                          "TS": [0.1, 0.25, 0.3] * 2})  # IS and TS rise together: pairs the angle filter keeps
 
 
@@ -66,10 +66,11 @@ def scored_round(in_repo, tmp_path, monkeypatch):
     out = tmp_path / "rounds/round_1"
     out.mkdir(parents=True)
     (out / "samples.parquet").write_bytes(b"the manifest score read")
+    (out / "images").mkdir()
     for i in range(6):  # the images the scores name (pair's Pick-a-Pic export reads their bytes)
-        (tmp_path / f"{i}.png").write_bytes(b"image %d" % i)
+        (out / "images" / f"{i}.png").write_bytes(b"image %d" % i)
     frame = scores_frame()
-    frame.attrs = {RECORD_KEY: made_from(Path("rounds/round_1/samples.parquet"))}
+    frame.attrs = {RECORD_KEY: made_from(Path("rounds/round_1/samples.parquet"), Path("rounds/round_1/images"))}
     frame.to_parquet(out / "scores.parquet")
     return out
 
@@ -86,7 +87,7 @@ def test_a_stage_that_fails_leaves_no_previous_output_behind(scored_round):
     (out / "pair_summary.json").write_text("{}")
     result = invoke_stage("pair", "--round", "round_1")
     assert result.exit_code == 2 and "error: no preference pairs left" in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["samples.parquet", "scores.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["images", "samples.parquet", "scores.parquet"]
 
 
 def test_pair_refuses_scores_made_from_a_manifest_that_changed_since(scored_round):
@@ -96,7 +97,25 @@ def test_pair_refuses_scores_made_from_a_manifest_that_changed_since(scored_roun
     assert result.exit_code == 2
     assert ("error: rounds/round_1/scores.parquet was made from another rounds/round_1/samples.parquet "
             "(it changed since); rerun score@round_1 before this stage") in result.stderr
-    assert sorted(p.name for p in scored_round.iterdir()) == ["samples.parquet", "scores.parquet"]
+    assert sorted(p.name for p in scored_round.iterdir()) == ["images", "samples.parquet", "scores.parquet"]
+
+
+def test_pair_and_dpo_refuse_images_changed_after_they_were_scored_or_paired(scored_round):
+    """The records once covered the tables, not the images: a hand-run pair or dpo trained on
+    images their scores were not computed from."""
+    image = scored_round / "images" / "0.png"
+    image.write_bytes(b"an image drawn later")
+    result = invoke_stage("pair", "--round", "round_1")
+    assert result.exit_code == 2
+    assert ("rounds/round_1/scores.parquet was made from another rounds/round_1/images (it changed since); "
+            "rerun score@round_1") in result.stderr
+    image.write_bytes(b"image 0")
+    assert invoke_stage("pair", "--round", "round_1").exit_code == 0
+    image.write_bytes(b"an image drawn after pairing")
+    result = invoke_stage("dpo", "--round", "round_1")
+    assert result.exit_code == 2
+    assert ("rounds/round_1/preferences was made from another rounds/round_1/images (it changed since); "
+            "rerun pair@round_1") in result.stderr
 
 
 def test_pair_refuses_scores_that_do_not_record_their_inputs(scored_round):
@@ -110,9 +129,10 @@ def test_pair_refuses_scores_that_do_not_record_their_inputs(scored_round):
 def test_pair_records_its_scores_and_dpo_refuses_the_preferences_once_scores_change(scored_round):
     assert invoke_stage("pair", "--round", "round_1").exit_code == 0
     assert json.loads((scored_round / "preferences" / RECORD_FILE).read_text()) == {
-        "rounds/round_1/scores.parquet": digest(scored_round / "scores.parquet")}
+        "rounds/round_1/scores.parquet": digest(scored_round / "scores.parquet"),
+        "rounds/round_1/images": digest(scored_round / "images")}
     frame = scores_frame().assign(IS=[0.3, 0.2, 0.1] * 2)  # score rerun by hand, pair not
-    frame.attrs = {RECORD_KEY: made_from(Path("rounds/round_1/samples.parquet"))}
+    frame.attrs = {RECORD_KEY: made_from(Path("rounds/round_1/samples.parquet"), Path("rounds/round_1/images"))}
     frame.to_parquet(scored_round / "scores.parquet")
     result = invoke_stage("dpo", "--round", "round_1")
     assert result.exit_code == 2
