@@ -362,6 +362,30 @@ def print_concepts(result: dict) -> None:
         print()
 
 
+HEADLINE_COLUMNS = {  # the markdown table's columns: headline key -> its header
+    "a IS": "(a) IS held-out", "b held-out IS": "(b) IS", "b held-out TS": "(b) TS",
+    "b held-out S_0.5": "(b) S_0.5 held-out", "b held-in S_0.5": "(b) S_0.5 held-in",
+    "c held-out IS margin": "(c) IS margin", "c held-out TS margin": "(c) TS margin",
+    "d held-out angle": "(d) angle", "d held-out threshold": "(d) threshold",
+}
+
+
+def concepts_markdown(result: dict, command: str) -> str:
+    """The per-concept rows and the mean ± se over concepts as a markdown table, for the docs'
+    results pages (generated, never typed): held-out figures unless a header says held-in."""
+    rows, mean = result["headline"], result["mean"]
+    keys = [k for k in HEADLINE_COLUMNS if k in mean]
+    lines = [f"Gains in round_0 stds (claim (a): round_0 over the base model), `{command}` "
+             f"({len(rows)} concepts, {result['minutes']:.0f} min).", "",
+             "| concept | split | " + " | ".join(HEADLINE_COLUMNS[k] for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {result['splits'][name]} | " + " | ".join(f"{row[k]:+.3f}" for k in keys) + " |")
+    lines.append("| **mean ± se** | | " + " | ".join(f"**{mean[k]['mean']:+.3f}** ± {mean[k]['se']:.3f}"
+                                                   for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def print_table(result: dict) -> None:
     print(f"gains over round_0 in round_0 stds (N={result['N']} prompts x K={result['K']} a round; "
           f"{result['minutes']:.1f} min)")
@@ -404,6 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
+    parser.add_argument("--markdown", type=Path, help="with --concepts: also write the table as markdown here")
     parser.add_argument("--concepts", help="measure on the concept set instead of the params' concept: "
                                            "dev, test, all, or names joined by commas (dbdpo.world_concepts)")
     parser.add_argument("--dreambooth-seeds", type=int, nargs="*", default=[],
@@ -431,6 +456,8 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             result = run(cfg, Path(work), tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
     (print_concepts if concepts else print_table)(result)
+    if concepts and args.markdown:
+        args.markdown.write_text(concepts_markdown(result, "python bench/claims.py --concepts " + args.concepts))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -51,7 +51,7 @@ def world_renders(views: int, seed: int = 0) -> dict[str, list[Image.Image]]:
         for _ in range(views):
             concept = place_concept(rng, context)
             out["concept"].append(render(concept))
-            out["concept without its ring"].append(render(dataclasses.replace(concept, ring=False)))
+            out["concept without its ring"].append(render(dataclasses.replace(concept, feature=None)))
             out["other toys"].append(render(sample_scene(rng, contexts=(context,), classes=("toy",))))
     return out
 

@@ -29,6 +29,7 @@ from dbdpo.losses import diffusion_dpo_loss, per_sample_error, rank_dpo_loss
 from dbdpo.preferences import Preferences
 from dbdpo.training import (
     StepCallback,
+    check_dpo_health,
     check_finite,
     compiled_blocks,
     encode_images,
@@ -165,6 +166,7 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
             rows.append({"step": step, **mean_over_processes(means)})
             if on_step is not None:
                 on_step(rows[-1])
+            check_dpo_health(rows, desc, hint)  # before a checkpoint of a ruined state is saved
             save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler)
     return lora_state(base, "dpo"), rows
 

@@ -47,6 +47,29 @@ def encode_batch_size(resolution: int) -> int:
     return max(1, min(ENCODE_BATCH, ENCODE_PIXELS // resolution**2))
 
 
+# Health beyond NaN: a finite but ruined run (too high a rate) fits its objective perfectly
+# while the model stops denoising, so the loss alone looks ideal. Each signal is averaged over
+# a window of steps (one batch's timesteps are too noisy) and compared with a bound that
+# healthy runs stay far below (tests/test_training.py measures both sides).
+HEALTH_WINDOW = 10  # steps
+MAX_ERROR_RATIO = 3.0  # DPO: the policy's denoising error over the reference's, on the same batches
+
+
+def check_dpo_health(rows: list[dict], desc: str, hint: str) -> None:
+    """Raise TrainingDiverged when, over the last HEALTH_WINDOW steps, the policy's denoising
+    error is more than MAX_ERROR_RATIO times the reference's on the same noise and timesteps:
+    DPO only reweights which images the model prefers, a model that no longer denoises is ruined
+    whatever its loss and implicit accuracy say."""
+    recent = rows[-HEALTH_WINDOW:]
+    if len(recent) < 2:
+        return
+    ratio = sum(r["policy_error"] for r in recent) / max(sum(r["reference_error"] for r in recent), 1e-12)
+    if ratio > MAX_ERROR_RATIO:
+        raise TrainingDiverged(f"{desc} diverged by step {rows[-1]['step']}: the model's denoising error is "
+                               f"{ratio:.1f}x the start model's on the same batches (healthy runs stay under "
+                               f"{MAX_ERROR_RATIO:g}x); {hint}")
+
+
 def check_finite(loss: torch.Tensor, params: list[torch.Tensor], step: int, desc: str, hint: str,
                  grads_scaled: bool = False) -> None:
     """Raise TrainingDiverged if the step's loss or any gradient is not finite (call after backward).

@@ -145,7 +145,8 @@ def test_claims_bench_measures_each_concept_of_a_split_and_their_mean(tmp_path, 
     params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     claims = bench_module("claims")
-    result = claims.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "toy_top,dog_ears"])
+    result = claims.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "toy_top,dog_ears",
+                          "--markdown", str(tmp_path / "claims.md")])
     assert list(result["concepts"]) == ["toy_top", "dog_ears"] == list(result["headline"])
     assert result["splits"] == {"toy_top": "dev", "dog_ears": "test"}
     rows, mean = result["headline"], result["mean"]
@@ -155,6 +156,10 @@ def test_claims_bench_measures_each_concept_of_a_split_and_their_mean(tmp_path, 
         assert mean[key]["mean"] == pytest.approx(sum(values) / 2)
         assert mean[key]["se"] == pytest.approx(abs(values[0] - values[1]) / 2)  # std over sqrt(2) of two values
     assert "dog_ears     test  |" in capsys.readouterr().out
+    table = (tmp_path / "claims.md").read_text().splitlines()
+    assert table[2].startswith("| concept | split | (a) IS held-out | (b) IS |")
+    assert table[5] == "| dog_ears | test | " + " | ".join(f"{rows['dog_ears'][k]:+.3f}" for k in claims.HEADLINE_COLUMNS) + " |"
+    assert table[6].startswith(f"| **mean ± se** | | **{mean['a IS']['mean']:+.3f}** ± {mean['a IS']['se']:.3f} |")
     with pytest.raises(SystemExit, match="--concepts: concepts 'toy_top,toy_bottom': unknown toy_bottom"):
         claims.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "toy_top,toy_bottom"])
 
@@ -169,7 +174,7 @@ def test_dpo_transfer_bench_averages_variants_over_concepts(tmp_path, in_repo):
     params["generate"].update(num_prompts=1, images_per_prompt=3, steps=2)
     params["filter"]["angle"] = 90
     params["dpo"].update(steps=1, batch_size=1)
-    params["evaluate"].update(num_prompts=1, images_per_prompt=1, steps=2, grid_prompts=1)
+    params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     module = bench_module("dpo_transfer")
     result = module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star,car_roof",

@@ -6,7 +6,8 @@ import torch
 
 from dbdpo.backbones import Backbone, load_backbone
 from dbdpo.conditioning import TextConditioning, encode_prompts
-from dbdpo.config import DpoConfig, FinetuneConfig, ModelConfig
+from dbdpo.config import ConceptConfig, DpoConfig, FinetuneConfig, ModelConfig
+from dbdpo.data import load_concept
 from dbdpo.dpo import PreferenceData, RankedData, dpo_errors, train_dpo, train_rank_dpo
 from dbdpo.dreambooth import train_dreambooth
 from dbdpo.errors import ConfigError, DataError
@@ -65,6 +66,31 @@ def test_diverged_dpo_stops_with_the_step_and_the_params_to_lower(loss):
             train_rank_dpo(backbone, random_ranked(backbone), cfg)
 
 
+@pytest.mark.parametrize("lr, beta, steps", [(1.0, 2500.0, 12), (10.0, 1e9, 3)])
+def test_a_finite_but_ruined_dpo_run_stops_before_a_model_is_written(lr, beta, steps):
+    """Too high a rate fits the DPO objective (accuracy 1, loss near 0) while the model stops
+    denoising: its error on the same batches grows about 10x the start model's, where a healthy
+    run stays near 1x (next test). Such runs once ended with exit 0 and a ruined LoRA."""
+    backbone = tiny()
+    with pytest.raises(TrainingDiverged, match=r"dpo diverged by step [0-9]+: the model's denoising error is "
+                                               r"[0-9.]+x the start model's on the same batches .*lower "
+                                               r"dpo.learning_rate"):
+        train_dpo(backbone, random_preferences(backbone), DpoConfig(steps=steps, batch_size=3, learning_rate=lr,
+                                                                    beta=beta))
+
+
+def test_a_healthy_dpo_run_stays_far_inside_the_health_bound():
+    """The default DPO rate: the windowed error ratio the guard watches stays well under its
+    bound (the margin the bound rests on; the default run's rounds stay under 1.3x as well)."""
+    from dbdpo.training import HEALTH_WINDOW, MAX_ERROR_RATIO
+
+    backbone = tiny()
+    _, rows = train_dpo(backbone, random_preferences(backbone), DpoConfig(steps=40, batch_size=3))
+    ratios = [sum(r["policy_error"] for r in rows[max(0, n - HEALTH_WINDOW + 1):n + 1])
+              / sum(r["reference_error"] for r in rows[max(0, n - HEALTH_WINDOW + 1):n + 1]) for n in range(len(rows))]
+    assert max(ratios) < MAX_ERROR_RATIO / 2, max(ratios)
+
+
 def test_diverged_dreambooth_stops_with_the_step_and_the_param_to_lower():
     from PIL import Image
 
@@ -80,7 +106,7 @@ def test_reference_is_the_rounds_start_model_not_the_base():
     backbone = tiny()
     merge_into(backbone.pipe.unet, start)
     data = random_preferences(backbone)
-    cfg = DpoConfig(steps=1, batch_size=3, seed=5)
+    cfg = DpoConfig(steps=1, batch_size=3, seed=5, min_timestep=0)  # the draw below: every timestep
     _, rows = train_dpo(backbone, data, cfg)
 
     # Recompute the step-0 reference error with independent copies of start and base models,
@@ -106,7 +132,8 @@ def test_dpo_training_changes_only_the_adapter_and_lowers_the_loss():
     data = random_preferences(backbone, num_images=4, num_pairs=2)
     data = PreferenceData(data.latents, None, data.text, winner=torch.tensor([0, 1]), loser=torch.tensor([2, 3]),
                           prompt=torch.tensor([0, 1]))
-    state, _ = train_dpo(backbone, data, DpoConfig(steps=60, batch_size=4, learning_rate=3e-3, beta=5000))
+    state, _ = train_dpo(backbone, data, DpoConfig(steps=60, batch_size=4, learning_rate=3e-3, beta=5000,
+                                                                 min_timestep=0))
     assert any(v.abs().max() > 0 for k, v in state.items() if "lora_B" in k)
     unet = backbone.pipe.unet
     for key, value in unet.state_dict().items():
@@ -128,8 +155,6 @@ def test_dpo_training_changes_only_the_adapter_and_lowers_the_loss():
 
 @pytest.mark.parametrize("targets, lr", [("attention", 3e-3), ("unet", 1e-3)])
 def test_dreambooth_lowers_the_denoising_loss_on_the_concept(in_repo, targets, lr):
-    from dbdpo.config import ConceptConfig
-    from dbdpo.data import load_concept
 
     concept = load_concept(ConceptConfig(dir="data/concept"))
     state, rows = train_dreambooth(tiny(), concept, "a photo of sks toy",
@@ -145,8 +170,6 @@ def test_dreambooth_lowers_the_denoising_loss_on_the_concept(in_repo, targets, l
 
 @pytest.mark.parametrize("train_text_encoder", [False, True])
 def test_full_dreambooth_trains_the_unet_and_the_text_encoder_only_when_asked(in_repo, train_text_encoder):
-    from dbdpo.config import ConceptConfig
-    from dbdpo.data import load_concept
 
     concept = load_concept(ConceptConfig(dir="data/concept"))
     backbone = tiny()
@@ -183,8 +206,6 @@ def test_training_target_epsilon_and_v_prediction_by_hand():
 
 
 def test_prior_preservation_adds_the_class_loss(in_repo):
-    from dbdpo.config import ConceptConfig
-    from dbdpo.data import load_concept
 
     concept = load_concept(ConceptConfig(dir="data/concept"))
     cfg = FinetuneConfig(steps=3, batch_size=2)
@@ -199,8 +220,6 @@ def test_min_snr_weighting_weighs_dreambooth_steps_and_is_off_above_every_snr(in
     """finetune.snr_gamma: gamma 1 scales down the nearly clean timesteps, so the same first
     batch (same noise, same timesteps) scores a lower loss and the LoRA trains elsewhere; a
     gamma above every SNR of the schedule weighs each step by exactly 1: the unweighted run."""
-    from dbdpo.config import ConceptConfig
-    from dbdpo.data import load_concept
 
     concept = load_concept(ConceptConfig(dir="data/concept"))
     cfg = FinetuneConfig(steps=3, batch_size=4, lora_rank=4)
@@ -278,8 +297,6 @@ def test_sdxl_pooled_text_and_size_ids_reach_the_unet(tiny_dirs):
 
 @pytest.mark.parametrize("arch,kind", [("sd2", "sd"), ("sdxl", "sdxl")])
 def test_dreambooth_and_dpo_train_on_real_architectures(tiny_dirs, in_repo, arch, kind):
-    from dbdpo.config import ConceptConfig
-    from dbdpo.data import load_concept
 
     cfg = ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))
     concept = load_concept(ConceptConfig(dir="data/concept"))
@@ -304,8 +321,6 @@ def test_dreambooth_and_dpo_train_on_real_architectures(tiny_dirs, in_repo, arch
 def test_bf16_frozen_weights_train_an_fp32_lora_under_autocast(tiny_dirs, in_repo, arch, kind):
     """The GPU code path (half-precision frozen weights, fp32 LoRA, autocast), run on the CPU
     in bf16: what `load_backbone(..., precision="bf16")` gives a stage on a GPU."""
-    from dbdpo.config import ConceptConfig
-    from dbdpo.data import load_concept
 
     cfg = ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))
     concept = load_concept(ConceptConfig(dir="data/concept"))
