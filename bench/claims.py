@@ -376,7 +376,7 @@ def concepts_markdown(result: dict, command: str) -> str:
     rows, mean = result["headline"], result["mean"]
     keys = [k for k in HEADLINE_COLUMNS if k in mean]
     lines = [f"Gains in round_0 stds (claim (a): round_0 over the base model), `{command}` "
-             f"({len(rows)} concepts, {result['minutes']:.0f} min).", "",
+             f"({len(rows)} concepts).", "",
              "| concept | split | " + " | ".join(HEADLINE_COLUMNS[k] for k in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for name, row in rows.items():

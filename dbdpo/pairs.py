@@ -164,8 +164,10 @@ def ranked_lists(scores: pd.DataFrame, rewards: dict[str, float], method: str) -
     """RankDPO's ranked lists (Karthik et al. 2024, Sec. 3.2): every prompt's K images, best first.
 
     ensemble = sum_r w_r * normalize(score_r) / sum_r w_r (normalized per round, `method`);
-    rank 1 = highest ensemble, ties broken by image_id. psi_i = fraction of the (reward, other
-    image of the prompt) comparisons image i strictly wins; a tie wins nothing (Algorithm 1).
+    rank 1 = highest ensemble, ties broken by image_id. psi_i = sum_r w_r * (the fraction of the
+    prompt's other images that reward r ranks i strictly above) / sum_r w_r: the ensemble's
+    weighted preference (Algorithm 1; a tie wins nothing), so the weights shape the loss's
+    targets, not only the order. Equal weights give the plain win count over rewards.
     """
     missing = [r for r in rewards if r not in scores.columns]
     if missing:
@@ -179,10 +181,10 @@ def ranked_lists(scores: pd.DataFrame, rewards: dict[str, float], method: str) -
         rows = scores.index.get_indexer(group.index)
         if len(rows) < 2:
             raise PairingError(f"prompt {int(group['prompt_id'].iat[0])} has one image: RankDPO needs K >= 2")
-        for r in rewards:
+        for r, weight in rewards.items():
             values = scores[r].to_numpy()[rows]
             wins = (values[:, None] > values[None, :]).sum(1)
-            psi[rows] += wins / (len(rewards) * (len(rows) - 1))
+            psi[rows] += weight * wins / (total * (len(rows) - 1))
     frame["psi"] = psi
     frame = frame.sort_values(["prompt_id", "ensemble", "image_id"], ascending=[True, False, True])
     frame["rank"] = frame.groupby("prompt_id").cumcount() + 1

@@ -2,7 +2,7 @@
 
 Same seeds before and after; gains in units of round_0's std per image. bench/claims.py
 measures every claim, this module asserts those that hold here, with thresholds set from its
-measured values (README, "The papers' claims"):
+measured values (docs/proving_ground.md, "The claims on the toy top alone"):
   a. DreamBooth raises IS on the held-out evaluation prompts over the base model prompted
      with the class noun; on its own prompt with no context, by the 1 std the issue asks;
   b. DPO at lambda=0.5 with the angle filter raises S_0.5 by the final round (the params'
@@ -11,7 +11,7 @@ measured values (README, "The papers' claims"):
   c. lambda steers: lambda=0 gains more IS than lambda=1, and lambda=1 more TS than lambda=0,
      on both prompt sets.
 The sizes asked (1 std for a on the held-out prompts, 0.3 for b on the held-out contexts) are
-not reached on this world (README).
+not reached on this world (docs/proving_ground.md).
 """
 
 import dataclasses
@@ -28,9 +28,9 @@ pytestmark = pytest.mark.slow
 # the seeds the fixture runs (finetune.seed and dpo.seed 0), with one thread (as here under
 # xdist) or two (the bench); the figures are in docs/proving_ground.md. lambda=1's round
 # amplifies last-bit differences upstream of it, so its margins are set from the smaller of the two.
-A_IS_GAIN = 0.4  # the claim's size is 1 std: not reached on the held-out contexts (README)
+A_IS_GAIN = 0.4  # the claim's size is 1 std: not reached on the held-out contexts (docs/proving_ground.md)
 A_OWN_PROMPT_IS_GAIN = 1.0  # on DreamBooth's own prompt with no context, not claim (a)'s prompts
-B_S_GAIN = {"held-in": 0.15, "held-out": 0.05}  # the claim's size is 0.3 std: not reached held-out (README)
+B_S_GAIN = {"held-in": 0.15, "held-out": 0.05}  # the claim's size is 0.3 std: not reached held-out (docs/proving_ground.md)
 C_IS_MARGIN = {"held-in": 0.18, "held-out": 0.14}
 C_TS_MARGIN = {"held-in": 0.015, "held-out": 0.025}
 SETS = ("held-in", "held-out")

@@ -168,6 +168,24 @@ def test_ranked_lists_order_psi_and_ties():
     assert tied["psi"].tolist() == [0.5, 0.5, 0.0]  # strict wins: x and y beat z only (Algorithm 1)
 
 
+def test_the_ensembles_weights_shape_psi_and_so_the_rank_dpo_loss():
+    """psi was an unweighted win count: {IS: 10, TS: 1} and {IS: 1, TS: 1} gave the same psi and
+    the same loss. Weighted (RankDPO's ensemble): b wins IS 2/3, TS 1/3; c wins IS 1/3, TS 2/3."""
+    import torch
+
+    from dbdpo.losses import rank_dpo_loss
+    from dbdpo.pairs import ranked_lists
+
+    scores = table([("a", 3.0, 3.0), ("b", 2.0, 0.0), ("c", 1.0, 1.0), ("d", 0.0, -1.0)])
+    psi = {name: ranked_lists(scores, weights, "none").set_index("image_id")["psi"]
+           for name, weights in {"equal": {"IS": 1.0, "TS": 1.0}, "IS": {"IS": 10.0, "TS": 1.0}}.items()}
+    np.testing.assert_allclose(psi["IS"][["a", "b", "c", "d"]], [1.0, (10 * 2 + 1) / 33, (10 * 1 + 2) / 33, 0.0])
+    policy, reference = torch.tensor([[0.10, 0.30, 0.20, 0.40]]), torch.tensor([[0.20, 0.20, 0.20, 0.20]])
+    losses = [rank_dpo_loss(policy, reference, torch.tensor([psi[k][["a", "b", "c", "d"]].to_numpy()]), 100.0)[0]
+              for k in ("equal", "IS")]
+    assert not torch.isclose(losses[0], losses[1])
+
+
 def test_ranked_lists_reject_unknown_rewards():
     from dbdpo.pairs import ranked_lists
 
