@@ -14,6 +14,7 @@ IS/TS are normalized per round (`pair.normalize`) before all of this.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ import pandas as pd
 
 from dbdpo.config import FilterConfig, PairConfig
 from dbdpo.errors import PairingError
+
+log = logging.getLogger(__name__)
 
 PAIR_COLUMNS = [
     "prompt_id", "prompt", "winner_id", "loser_id", "winner_path", "loser_path",
@@ -53,8 +56,11 @@ class PairSummary:
     kept_by_filter: int
     kept_after_prompt_cap: int
     kept: int  # final count, after pair.max_total
+    # the filter kept every candidate: it filtered nothing (a threshold of 0 keeps every pair,
+    # since the winner is the one with the higher S), so it compares as no filter
+    filter_kept_every_candidate: bool = False
 
-    def as_metrics(self) -> dict[str, int]:
+    def as_metrics(self) -> dict[str, int | bool]:
         return dict(self.__dict__)
 
 
@@ -126,7 +132,11 @@ def build_pairs(scores: pd.DataFrame, pair: PairConfig, f: FilterConfig) -> tupl
     candidates, ties = candidate_pairs(scores, pair.lambda_, pair.normalize)
     kept = candidates[filter_mask(candidates, pair.lambda_, f)]
     final, after_prompt_cap = cap(kept, pair.max_per_prompt, pair.max_total, pair.seed)
-    summary = PairSummary(len(candidates), ties, len(kept), after_prompt_cap, len(final))
+    summary = PairSummary(len(candidates), ties, len(kept), after_prompt_cap, len(final),
+                          filter_kept_every_candidate=f.kind != "none" and len(kept) == len(candidates) > 0)
+    if summary.filter_kept_every_candidate:
+        log.warning("filter.kind=%s kept every one of the %d candidate pairs: it filters nothing here",
+                    f.kind, len(candidates))
     if len(final) == 0:
         hint = {
             "angle": "widen filter.angle (or filter.angle_min/angle_max), lower filter.min_norm",

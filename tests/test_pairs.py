@@ -131,8 +131,20 @@ def test_build_pairs_summary_counts():
     pairs, summary = build_pairs(ABC, PairConfig(lambda_=0.5, normalize="none", max_per_prompt=6, max_total=64),
                                  FilterConfig(kind="angle", angle=25))
     assert summary.as_metrics() == {"candidates": 3, "ties": 0, "kept_by_filter": 1,
-                                    "kept_after_prompt_cap": 1, "kept": 1}
+                                    "kept_after_prompt_cap": 1, "kept": 1, "filter_kept_every_candidate": False}
     assert pair_keys(pairs) == [("a", "b")]
+
+
+def test_a_threshold_that_keeps_every_candidate_says_so(caplog):
+    """The winner always has the higher S, so filter.threshold 0 keeps every pair: the claims'
+    "threshold" row was no filter at all, and nothing said so."""
+    pair = PairConfig(lambda_=0.5, normalize="none", max_per_prompt=6, max_total=64)
+    with caplog.at_level("WARNING", logger="dbdpo.pairs"):
+        _, summary = build_pairs(ABC, pair, FilterConfig(kind="threshold", threshold=0.0))
+    assert summary.filter_kept_every_candidate and summary.kept_by_filter == summary.candidates == 3
+    assert "filter.kind=threshold kept every one of the 3 candidate pairs" in caplog.text
+    _, unfiltered = build_pairs(ABC, pair, FilterConfig(kind="none"))
+    assert not unfiltered.filter_kept_every_candidate  # no filter asked: nothing to report
 
 
 def test_no_pairs_left_is_a_clear_error_naming_the_param():
