@@ -124,6 +124,8 @@ class DpoConfig:
     lora_rank: int = 4
     # attention | unet (dbdpo.lora.TARGET_SETS), or a list of module names (["attn2.to_k", ...])
     lora_targets: str | tuple[str, ...] = "attention"
+    max_grad_norm: float | None = None  # clip the gradient's norm to this (diffusers' DPO scripts: 1.0); None: no clipping
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay on the DPO LoRA (diffusers' DPO scripts: 1e-2)
     # the timesteps the loss is drawn on, uniformly in [min_timestep, max_timestep); max None:
     # the scheduler's num_train_timesteps. 0 and None: every timestep (Wallace et al.; the presets')
     min_timestep: int = 500

@@ -136,7 +136,7 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     timesteps = timestep_range(cfg, scheduler.config.num_train_timesteps)
     accelerator, unet, optimizer, params = prepare_lora_training(
         backbone, cfg.lora_rank, cfg.lora_targets, "dpo", cfg.learning_rate, cfg.gradient_accumulation_steps,
-        cfg.gradient_checkpointing)
+        cfg.gradient_checkpointing, weight_decay=cfg.weight_decay)
     hint = f"lower dpo.learning_rate (now {cfg.learning_rate:g}) or dpo.beta (now {cfg.beta:g})"
     base = accelerator.unwrap_model(unet)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -159,6 +159,8 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
                     loss, stats = loss_fn(policy, reference, batch)
                     accelerator.backward(loss)
                     check_finite(loss, params, step, desc, hint, grads_scaled=accelerator.scaler is not None)
+                    if cfg.max_grad_norm is not None and accelerator.sync_gradients:  # as diffusers' DPO scripts
+                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     step_stats.append(asdict(stats))

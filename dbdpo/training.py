@@ -190,7 +190,8 @@ def encoders_offloaded(pipe, keep: tuple[str, ...] = ()) -> Iterator[None]:
 
 
 def prepare_lora_training(backbone: Backbone, rank: int, targets: str | Sequence[str], adapter: str, lr: float,
-                          grad_accum: int, checkpointing: bool, text_encoders: bool = False):
+                          grad_accum: int, checkpointing: bool, text_encoders: bool = False,
+                          weight_decay: float = 0.0):
     """Freeze the pipeline, add the trainable LoRA (to the text encoders' attention too with
     `text_encoders`), hand UNet + optimizer to accelerate; returns (accelerator, unet,
     optimizer, trainable parameters).
@@ -209,7 +210,7 @@ def prepare_lora_training(backbone: Backbone, rank: int, targets: str | Sequence
     params = [p for module in trained for p in module.parameters() if p.requires_grad]
     for param in params:
         param.data = param.data.float()
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return (*accelerate_training(pipe, trained, optimizer, autocast, grad_accum, checkpointing), params)
 
 

@@ -199,6 +199,9 @@ def validate_groups(c: Config) -> None:
         _positive(getattr(c.dpo, key), f"dpo.{key}")
     _one_of(c.dpo.mixed_precision, PRECISIONS, "dpo.mixed_precision")
     _lora_targets(c.dpo.lora_targets, "dpo.lora_targets")
+    _require(c.dpo.max_grad_norm is None or c.dpo.max_grad_norm > 0, "dpo.max_grad_norm", c.dpo.max_grad_norm,
+             "null (no clipping) or a norm > 0 (diffusers' DPO scripts: 1.0)")
+    _require(c.dpo.weight_decay >= 0, "dpo.weight_decay", c.dpo.weight_decay, "a value >= 0 (diffusers': 1e-2)")
     _require(c.dpo.min_timestep >= 0, "dpo.min_timestep", c.dpo.min_timestep, "a timestep >= 0 (0: from the first)")
     _require(c.dpo.max_timestep is None or c.dpo.max_timestep > c.dpo.min_timestep, "dpo.max_timestep",
              c.dpo.max_timestep, f"null (up to the scheduler's last timestep) or above dpo.min_timestep={c.dpo.min_timestep}")

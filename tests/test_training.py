@@ -91,6 +91,21 @@ def test_a_healthy_dpo_run_stays_far_inside_the_health_bound():
     assert max(ratios) < MAX_ERROR_RATIO / 2, max(ratios)
 
 
+def test_dpo_clips_the_gradient_norm_and_decays_the_weights_when_asked():
+    """dpo.max_grad_norm and dpo.weight_decay, as diffusers' DPO scripts: a norm clipped to
+    1e-12 leaves Adam's step at about 1e-4 of its size (its eps dominates such a gradient), and
+    weight decay changes the LoRA that the same draws train."""
+    def trained(**knobs):
+        backbone = tiny()
+        state, _ = train_dpo(backbone, random_preferences(backbone), DpoConfig(steps=2, batch_size=3, **knobs))
+        return torch.cat([v.flatten() for k, v in sorted(state.items()) if k.endswith("lora_B.weight")])
+
+    plain, clipped = trained(), trained(max_grad_norm=1e-12)
+    assert clipped.norm() < 1e-2 * plain.norm()
+    assert torch.equal(trained(max_grad_norm=1e6), plain)  # a bound above the norm changes nothing
+    assert not torch.equal(trained(weight_decay=0.5), plain)
+
+
 def test_diverged_dreambooth_stops_with_the_step_and_the_param_to_lower():
     from PIL import Image
 
