@@ -13,9 +13,11 @@ prompt sets:
                              "a photo of a toy"): the concept learned, before a context competes
   b. DPO improves S_0.5      lambda=0.5, angle filter: one round, and every round of params
   c. lambda steers           lambda=0 vs lambda=1 (angle window around each direction)
-  d. angle vs threshold      lambda=0.5, filter.kind threshold (filter.threshold) vs angle
+  d. angle vs threshold      lambda=0.5, the threshold filter keeping as many pairs as the angle
+                             filter keeps (an equal budget) vs the angle filter
   e. rounds vs one big round the params' rounds of N prompts vs one round of (rounds x N)
-                             prompts from round_0 with as many DPO steps as all rounds together
+                             prompts from round_0 with as many DPO steps and as large a pair
+                             budget (pair.max_total) as all rounds together
 
     python bench/claims.py [--params params.yaml] [--out claims.json] [--dreambooth-seeds 1 2] [--dpo-seeds 1 2]
     python bench/claims.py --concepts dev|test|all|NAME,NAME [--out claims.json]
@@ -58,6 +60,7 @@ from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
 from dbdpo.data import eval_prompts, load_concept, text_prompt, train_prompts
 from dbdpo.dreambooth import dreambooth, save_round_0
 from dbdpo.lora import LoraState, merged_pipeline
+from dbdpo.pairs import equal_budget_threshold
 from dbdpo.params import load_config
 from dbdpo.rounds import (
     SCORED_SAMPLE_COLUMNS,
@@ -235,13 +238,19 @@ def dreambooth_seeds(bench: Bench, base: pd.DataFrame, base_alone: pd.DataFrame,
 def dpo_models(bench: Bench, round_0: Model, first: pd.DataFrame, cfg: Config, tag: str = "") -> dict[str, Model]:
     """The DPO models of claims (b)-(d), named by their table rows and in the table's order:
     each of the params' rounds at lambda=0.5 with the angle filter (b), one round from round_0
-    with the threshold filter (d), and one at lambda=0 and at lambda=1 (c). `first` is round 1's
+    with the threshold filter at the angle filter's pair budget (d: the threshold that keeps as
+    many of round 1's candidates), and one at lambda=0 and at lambda=1 (c). `first` is round 1's
     scored images; `tag` names the later rounds' sample folders."""
     models = {f"lambda=0.5 angle, round {r}": model for r, model in enumerate(
         bench.dpo_rounds(round_0, first, with_pairing(cfg, 0.5, "angle"), cfg.dpo.steps, tag), start=1)}
-    for lam, kind in ((0.5, "threshold"), (0.0, "angle"), (1.0, "angle")):
-        models[f"lambda={lam:g} {kind}, round 1"] = bench.dpo(round_0, first, with_pairing(cfg, lam, kind),
-                                                              cfg.dpo.steps)
+    angle = with_pairing(cfg, 0.5, "angle")
+    budget = equal_budget_threshold(first, angle.pair, angle.filter)  # (d) at the angle filter's pair count
+    threshold = dataclasses.replace(with_pairing(cfg, 0.5, "threshold"),
+                                    filter=dataclasses.replace(cfg.filter, kind="threshold", threshold=budget))
+    models["lambda=0.5 threshold, round 1"] = bench.dpo(round_0, first, threshold, cfg.dpo.steps)
+    for lam in (0.0, 1.0):
+        models[f"lambda={lam:g} angle, round 1"] = bench.dpo(round_0, first, with_pairing(cfg, lam, "angle"),
+                                                             cfg.dpo.steps)
     return models
 
 
@@ -279,7 +288,9 @@ def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = (),
         measured[name] = bench.measure(model, f"dpo_{i}")
     if rounds > 1:  # (e): all rounds' prompts in one round from round_0, as many DPO steps as all rounds
         scores = bench.round_scores(round_0, sum(bench.round_prompts, []), 1, "one_round")
-        model = bench.dpo(round_0, scores, with_pairing(cfg, 0.5, "angle"), cfg.dpo.steps * rounds)
+        one = with_pairing(cfg, 0.5, "angle")  # the pair budget of all the rounds it stands in for
+        one = dataclasses.replace(one, pair=dataclasses.replace(one.pair, max_total=cfg.pair.max_total * rounds))
+        model = bench.dpo(round_0, scores, one, cfg.dpo.steps * rounds)
         measured[f"lambda=0.5 angle, 1 round of {rounds}N"] = bench.measure(model, "one_round")
     reference = measured["round_0"]
     table = {name: {where: gains(scores, reference[where]) for where, scores in sets.items()}

@@ -113,6 +113,20 @@ def filter_mask(pairs: pd.DataFrame, lam: float, f: FilterConfig) -> np.ndarray:
     return (angle >= lo) & (angle <= hi) & (pairs["norm"].to_numpy() >= f.min_norm)
 
 
+def equal_budget_threshold(scores: pd.DataFrame, pair: PairConfig, f: FilterConfig) -> float:
+    """The filter.threshold that keeps as many of `scores`' candidate pairs as the filter `f`
+    keeps (the top ones by d_S): a comparison of two filters at one pair budget, so that it
+    measures which pairs they keep, not how many (a threshold of 0 keeps every candidate)."""
+    candidates, _ = candidate_pairs(scores, pair.lambda_, pair.normalize)
+    keep = int(filter_mask(candidates, pair.lambda_, f).sum())
+    d_s = np.sort(candidates["d_S"].to_numpy())[::-1]
+    if keep >= len(d_s):
+        return 0.0  # every candidate has d_S > 0
+    if keep == 0:
+        return float(d_s[0])
+    return float((d_s[keep - 1] + d_s[keep]) / 2)
+
+
 def cap(pairs: pd.DataFrame, max_per_prompt: int, max_total: int, seed: int) -> tuple[pd.DataFrame, int]:
     """Uniform seeded subsample: at most `max_per_prompt` per prompt, then `max_total` overall."""
     rng = np.random.default_rng(seed)

@@ -135,6 +135,22 @@ def test_build_pairs_summary_counts():
     assert pair_keys(pairs) == [("a", "b")]
 
 
+def test_an_equal_budget_threshold_keeps_as_many_pairs_as_the_angle_filter():
+    """Claim (d) compares the filters at one pair budget: the threshold keeps the angle filter's
+    count of candidates, the top ones by d_S."""
+    from dbdpo.pairs import equal_budget_threshold
+
+    pair = PairConfig(lambda_=0.5, normalize="none", max_per_prompt=6, max_total=64)
+    angle = FilterConfig(kind="angle", angle=25)
+    threshold = equal_budget_threshold(ABC, pair, angle)
+    by_angle, _ = build_pairs(ABC, pair, angle)
+    by_threshold, summary = build_pairs(ABC, pair, FilterConfig(kind="threshold", threshold=threshold))
+    candidates, _ = candidate_pairs(ABC, 0.5, "none")
+    assert summary.kept_by_filter == len(by_angle) == 1 and not summary.filter_kept_every_candidate
+    assert by_threshold["d_S"].iat[0] == candidates["d_S"].max()
+    assert equal_budget_threshold(ABC, pair, FilterConfig(kind="none")) == 0.0  # every candidate
+
+
 def test_a_threshold_that_keeps_every_candidate_says_so(caplog):
     """The winner always has the higher S, so filter.threshold 0 keeps every pair: the claims'
     "threshold" row was no filter at all, and nothing said so."""
