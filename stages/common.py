@@ -196,6 +196,21 @@ def setup_round(params: Path, stage: str, reads: tuple[str, ...], round_name: st
     return ParamView(cfg.for_round(round_name), reads, f"{stage}@{round_name}"), cfg.round_plans()
 
 
+def clear_outputs(*outputs: Path) -> bool:
+    """The stage protocol's step between checking the inputs and computing: the main process
+    removes the stage's previous outputs, so that a failure from here on leaves nothing a
+    later stage (or a hand run) would accept. Returns whether this process writes the outputs:
+    the main one; the other processes of a launched stage compute their share and return
+    (dbdpo.distributed)."""
+    from dbdpo.artifacts import remove_outputs
+    from dbdpo.distributed import is_main_process
+
+    writes = is_main_process()
+    if writes:
+        remove_outputs(*outputs)
+    return writes
+
+
 def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)

@@ -12,6 +12,7 @@ from stages.common import (
     ROUND_OPTION,
     checked_model,
     checkpoint_dir,
+    clear_outputs,
     live_log,
     model_dir,
     round_dir,
@@ -36,10 +37,9 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     base backbone), logs/dpo/<round>/ (DVCLive, each step as it happens) and
     rounds/<round>/train/metrics.json."""
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
-    from dbdpo.artifacts import remove_outputs, write_json
+    from dbdpo.artifacts import write_json
     from dbdpo.backbones import round_lora
     from dbdpo.checkpoints import remove_checkpoint
-    from dbdpo.distributed import is_main_process
     from dbdpo.dpo import final_metrics, timestep_range
     from dbdpo.lora import save_lora
     from dbdpo.preferences import read_preferences
@@ -57,14 +57,13 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         backbone = load_round_model(cfg.model, checked_model("round_0"), start_dir, cfg.dpo.mixed_precision)
         # a range past the scheduler's fails here, before the round's model is removed
         timestep_range(cfg.dpo, backbone.training_scheduler().config.num_train_timesteps)
-    if is_main_process():
-        remove_outputs(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json")
+    writes = clear_outputs(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json")
     inputs = made_from(start_dir, out / "preferences")
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir(round_name), cfg.dpo.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
     with user_errors(), live_log(LOGS / "dpo" / round_name) as on_step:
         lora, log_rows = dpo_round(backbone, round_lora(start_dir), prefs, cfg.dpo, on_step, ckpt)
-    if not is_main_process():  # every process holds the same weights (DDP); one writes them
+    if not writes:  # every process holds the same weights (DDP); one writes them
         return
     save_lora(backbone.pipe, lora, model_dir(round_name), made_from=inputs)
     write_json(final_metrics(log_rows), out / "train" / "metrics.json")

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import typer
 
-from stages.common import EVAL, PARAMS_OPTION, checked_model, setup, user_errors
+from stages.common import (
+    EVAL,
+    PARAMS_OPTION,
+    checked_model,
+    clear_outputs,
+    setup,
+    user_errors,
+)
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
 READS = ("model", "concept", "score.clip_model", "score.clip_pretrained", "score.dino_model",
@@ -23,16 +30,9 @@ def main(params: Path = PARAMS_OPTION) -> None:
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     import pandas as pd
 
-    from dbdpo.artifacts import (
-        atomic_dir,
-        remove_outputs,
-        write_csv,
-        write_json,
-        write_parquet,
-    )
+    from dbdpo.artifacts import atomic_dir, write_csv, write_json, write_parquet
     from dbdpo.backbones import round_lora
     from dbdpo.data import eval_prompts, load_concept, ts_texts
-    from dbdpo.distributed import is_main_process
     from dbdpo.evaluation import (
         RoundModel,
         comparison_grids,
@@ -53,11 +53,11 @@ def main(params: Path = PARAMS_OPTION) -> None:
         models = [RoundModel(n, round_lora(checked_model(n))) for n in names]
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
         backbone = load_round_model(cfg.model, checked_model("round_0"), precision=cfg.model.precision)
-    if not is_main_process():  # samples and scores its share; every process gets all (dbdpo.distributed)
+    writes = clear_outputs(EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png",
+                           EVAL / "grids", Path("metrics.json"))
+    if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
         sample_and_score(backbone, models, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
         return
-    remove_outputs(EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png",
-                   EVAL / "grids", Path("metrics.json"))
 
     with atomic_dir(EVAL / "images") as image_dir:
         samples = sample_and_score(backbone, models, templates, cfg.concept, e, scorers, image_dir,

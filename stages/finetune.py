@@ -8,6 +8,7 @@ from stages.common import (
     LOGS,
     PARAMS_OPTION,
     checkpoint_dir,
+    clear_outputs,
     live_log,
     model_dir,
     setup,
@@ -33,11 +34,9 @@ def main(params: Path = PARAMS_OPTION) -> None:
     safetensors) and logs/finetune/ (DVCLive, each step as it happens).
     """
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
-    from dbdpo.artifacts import remove_outputs
     from dbdpo.backbones import load_backbone
     from dbdpo.checkpoints import remove_checkpoint
     from dbdpo.data import load_concept
-    from dbdpo.distributed import is_main_process
     from dbdpo.dreambooth import dreambooth, save_round_0, weights_precision
     from dbdpo.provenance import made_from
 
@@ -46,14 +45,13 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with user_errors():
         concept = load_concept(cfg.concept)
         backbone = load_backbone(cfg.model, precision=weights_precision(ft))
-    if is_main_process():
-        remove_outputs(model_dir("round_0"), LOGS / "finetune")
+    writes = clear_outputs(model_dir("round_0"), LOGS / "finetune")
     inputs = made_from(Path(cfg.concept.dir))
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir("round_0"), ft.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
     with user_errors(), live_log(LOGS / "finetune") as on_step:
         lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, on_step, ckpt)
-    if not is_main_process():  # every process holds the same weights (DDP); one writes them
+    if not writes:  # every process holds the same weights (DDP); one writes them
         return
     save_round_0(backbone, lora, model_dir("round_0"), made_from=inputs)
     remove_checkpoint(ckpt)

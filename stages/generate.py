@@ -8,6 +8,7 @@ from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
     checked_model,
+    clear_outputs,
     round_dir,
     setup_round,
     stage_round,
@@ -29,9 +30,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     Writes rounds/<round>/images/*.png and rounds/<round>/samples.parquet.
     """
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
-    from dbdpo.artifacts import remove_outputs
     from dbdpo.data import train_prompts
-    from dbdpo.distributed import is_main_process
     from dbdpo.provenance import made_from
     from dbdpo.rounds import concept_prompts, load_round_model, sample_round
 
@@ -43,11 +42,9 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         start_dir = checked_model(plan.start)
         backbone = load_round_model(cfg.model, checked_model("round_0"), start_dir, cfg.model.precision)
     out = round_dir(plan.name)
-    main_process = is_main_process()  # every process holds every image (dbdpo.distributed); one writes them
-    if main_process:
-        remove_outputs(out / "images", out / "samples.parquet")
+    writes = clear_outputs(out / "images", out / "samples.parquet")  # every process samples; one writes
     sample_round(backbone, templates, concept_prompts(templates, cfg.concept), g.images_per_prompt, plan.seed, g,
-                 out / "images" if main_process else None, out / "samples.parquet",
+                 out / "images" if writes else None, out / "samples.parquet",
                  made_from=made_from(start_dir), desc=f"generate {plan.name}")
 
 

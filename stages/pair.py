@@ -8,6 +8,7 @@ import typer
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
+    clear_outputs,
     round_dir,
     setup_round,
     stage_round,
@@ -26,7 +27,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     """Writes rounds/<round>/preferences/ (pairs.parquet + pickapic/train.parquet, the
     diffusers DPO layout, or ranked.parquet) and pair_summary.json (what was kept, a DVC metric)."""
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
-    from dbdpo.artifacts import atomic_dir, read_parquet, remove_outputs, write_json
+    from dbdpo.artifacts import atomic_dir, read_parquet, write_json
     from dbdpo.preferences import write_preferences
     from dbdpo.provenance import RECORD_FILE, RECORD_KEY, check_made_from, made_from
     from dbdpo.rounds import SCORED_SAMPLE_COLUMNS, pair_round
@@ -37,7 +38,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     with user_errors():
         scores = read_parquet(out / "scores.parquet", [*SCORED_SAMPLE_COLUMNS, "IS", "TS"])
         check_made_from(out / "scores.parquet", scores.attrs.get(RECORD_KEY), writer("scores", round_name))
-        remove_outputs(out / "preferences", out / "pair_summary.json")
+        clear_outputs(out / "preferences", out / "pair_summary.json")  # one process: it writes
         prefs = pair_round(scores, cfg.pair, cfg.filter, cfg.score.rewards)
     with user_errors(), atomic_dir(out / "preferences") as tmp:  # the export reads every image
         write_preferences(prefs, tmp)

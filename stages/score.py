@@ -7,6 +7,7 @@ import typer
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
+    clear_outputs,
     round_dir,
     setup_round,
     stage_round,
@@ -30,9 +31,8 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     Writes rounds/<round>/scores.parquet: one row per image, raw scores (pair normalizes).
     """
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
-    from dbdpo.artifacts import read_parquet, remove_outputs, write_parquet
+    from dbdpo.artifacts import read_parquet, write_parquet
     from dbdpo.data import load_concept, ts_texts
-    from dbdpo.distributed import is_main_process
     from dbdpo.provenance import RECORD_KEY, check_made_from, made_from
     from dbdpo.rounds import score_round
     from dbdpo.sampling import SAMPLE_COLUMNS
@@ -46,10 +46,9 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         check_made_from(out / "samples.parquet", samples.attrs.get(RECORD_KEY), writer("samples", round_name))
         concept = load_concept(cfg.concept)
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt))
-        if is_main_process():
-            remove_outputs(out / "scores.parquet")
+        writes = clear_outputs(out / "scores.parquet")
         table = score_round(samples, scorers, cfg.score.batch_size, desc=f"score {round_name}")
-    if not is_main_process():  # every process holds every score (dbdpo.distributed); one writes them
+    if not writes:  # every process holds every score (dbdpo.distributed); one writes them
         return
     # the images too: a hand-run pair must refuse images changed after they were scored
     table.attrs = {RECORD_KEY: made_from(out / "samples.parquet", out / "images", Path(cfg.concept.dir))}
