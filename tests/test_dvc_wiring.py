@@ -3,6 +3,7 @@
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +17,46 @@ def stage_deps(root) -> dict[str, set[str]]:
             "print(json.dumps({s.addressing: [d.fs_path for d in s.deps] for s in r.index.stages}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
     return {name: set(paths) for name, paths in yaml.safe_load(out).items()}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The dbdpo / stages modules a file imports anywhere in it (a stage imports at call time)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("dbdpo", "stages"):
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names if alias.name.split(".")[0] in ("dbdpo", "stages")}
+    return {name for name in names if (REPO / (name.replace(".", "/") + ".py")).is_file()}
+
+
+def code_of(stage: str) -> set[str]:
+    """Every source file `python -m stages.<stage>` can run: the closure of its imports."""
+    seen, todo = set(), [f"stages.{stage}"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += imported_modules(REPO / (name.replace(".", "/") + ".py"))
+    return {name.replace(".", "/") + ".py" for name in seen}
+
+
+MODEL_STAGES = {"finetune", "generate", "score", "dpo", "evaluate"}  # they load the world's weights and configs
+
+
+@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "evaluate"])
+def test_each_stage_depends_on_exactly_the_code_it_imports(stage):
+    """A stage depended on the whole dbdpo/ folder, so a docstring edit in the proving ground's
+    renderer reran DreamBooth and everything after it. Now its code deps are the closure of its
+    imports (and the shipped weights for the stages that load a model), derived here."""
+    config = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    deps = config.get("do", config)["deps"]
+    code = {d for d in deps if d.startswith(("dbdpo", "stages/"))}
+    expected = code_of(stage) | ({"dbdpo/assets", "dbdpo/configs"} if stage in MODEL_STAGES else set())
+    assert code == expected, f"dvc.yaml {stage} code deps should be: {sorted(expected)}"
+    assert not any(p.startswith("dbdpo/world") for p in code)  # the proving ground's renderer reruns nothing
 
 
 def test_a_concept_dir_outside_the_repo_is_a_dependency(tmp_path):
