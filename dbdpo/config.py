@@ -9,19 +9,36 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dbdpo.errors import ConfigError
+
+# The allowed values of every choice param live in its type, checked once when params are built.
+# fp32, not accelerate's "no": DVC's `-S` rewrites params.yaml unquoted, and YAML 1.1 reads
+# a bare `no` as false.
+Precision = Literal["fp32", "fp16", "bf16"]
+BackboneKind = Literal["tiny", "sd", "sdxl"]
+FinetuneMethod = Literal["lora", "full"]
+Optimizer = Literal["adamw", "adamw_8bit"]  # adamw_8bit: bitsandbytes
+Scheduler = Literal["ddim", "dpmpp_2m", "euler_a"]  # the keys of dbdpo.sampling.SCHEDULERS
+TsPrompt = Literal["with_class", "without_concept"]  # the text TS compares with (dbdpo.data)
+PairMode = Literal["pairs", "rank"]
+Normalize = Literal["zscore", "minmax", "none"]
+FilterKind = Literal["none", "threshold", "angle"]
+DpoLoss = Literal["diffusion_dpo", "rank_dpo"]
+RankWeighting = Literal["dcg", "unit"]
+RankBy = Literal["preference", "model"]  # what orders RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "tiny"
+    backbone: BackboneKind = "tiny"
     path: str | None = None
     revision: str | None = None
     variant: str | None = None  # weight files to load, e.g. fp16 (model.fp16.safetensors)
     vae: str | None = None  # a separate AutoencoderKL (hub id or local dir), e.g. an fp16-safe SDXL VAE
     resolution: int | None = None  # pixels; None = the UNet's native size (SD2.1 768, SDXL 1024)
-    precision: str = "fp32"  # weights when sampling (generate, evaluate) on a GPU
+    precision: Precision = "fp32"  # weights when sampling (generate, evaluate) on a GPU
 
 
 @dataclass(frozen=True)
@@ -34,9 +51,9 @@ class ConceptConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    method: str = "lora"  # lora | full (every UNet weight, the paper's DreamBooth)
+    method: FinetuneMethod = "lora"  # lora | full (every UNet weight, the paper's DreamBooth)
     train_text_encoder: bool = False  # also train the text encoder(s): fully, or a LoRA on their attention
-    optimizer: str = "adamw"  # adamw | adamw_8bit (bitsandbytes, GPU)
+    optimizer: Optimizer = "adamw"  # adamw | adamw_8bit (bitsandbytes, GPU)
     steps: int = 600
     learning_rate: float = 1e-3
     batch_size: int = 4
@@ -49,7 +66,7 @@ class FinetuneConfig:
     num_class_images: int = 8
     prior_loss_weight: float = 1.0
     snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (dbdpo.losses.min_snr_weights); None: off
-    mixed_precision: str = "fp32"
+    mixed_precision: Precision = "fp32"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 50  # save the loop's state every N steps to resume a killed run; 0: never
     seed: int = 0
@@ -60,7 +77,7 @@ class SamplingConfig:
     """How a stage samples images (dbdpo.sampling.generate): generate and evaluate share these."""
 
     steps: int = 20  # denoising steps
-    scheduler: str = "ddim"  # ddim | dpmpp_2m | euler_a (dbdpo.sampling.SCHEDULERS)
+    scheduler: Scheduler = "ddim"  # ddim | dpmpp_2m | euler_a (dbdpo.sampling.SCHEDULERS)
     guidance_scale: float = 7.5  # classifier-free guidance
     batch_size: int = 8  # images per pipeline call
 
@@ -84,7 +101,7 @@ class ScoreConfig:
     aesthetic_weights: str | None = None  # LAION's aesthetic MLP file: the Aesthetic reward column when set
     aesthetic_clip: str = "ViT-L-14"  # the open_clip model whose image embedding the MLP reads
     aesthetic_clip_pretrained: str = "openai"  # its weights: an open_clip tag or a local file
-    ts_prompt: str = "without_concept"  # the authors' evaluator: token and class removed
+    ts_prompt: TsPrompt = "without_concept"  # the authors' evaluator: token and class removed
     batch_size: int = 32
     seed: int = 0
     # RankDPO's reward ensemble: score column -> weight (ranked lists, pair.mode=rank)
@@ -93,9 +110,9 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class PairConfig:
-    mode: str = "pairs"  # pairs (DreamBoothDPO) | rank (RankDPO ranked lists)
+    mode: PairMode = "pairs"  # pairs (DreamBoothDPO) | rank (RankDPO ranked lists)
     lambda_: float = 0.5  # `lambda` in params.yaml
-    normalize: str = "zscore"
+    normalize: Normalize = "zscore"
     max_per_prompt: int = 6
     max_total: int = 64
     seed: int = 0
@@ -103,7 +120,7 @@ class PairConfig:
 
 @dataclass(frozen=True)
 class FilterConfig:
-    kind: str = "angle"
+    kind: FilterKind = "angle"
     angle: float = 25.0
     angle_min: float | None = None
     angle_max: float | None = None
@@ -113,9 +130,9 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class DpoConfig:
-    loss: str = "diffusion_dpo"  # diffusion_dpo | rank_dpo
-    rank_weighting: str = "dcg"  # rank_dpo pair weights: dcg (the paper's) | unit
-    rank_by: str = "preference"  # rank_dpo DCG ranks: preference (psi, the paper's) | model (current s)
+    loss: DpoLoss = "diffusion_dpo"  # diffusion_dpo | rank_dpo
+    rank_weighting: RankWeighting = "dcg"  # rank_dpo pair weights: dcg (the paper's) | unit
+    rank_by: RankBy = "preference"  # rank_dpo DCG ranks: preference (psi, the paper's) | model (current s)
     beta: float = 2500.0
     steps: int = 100
     learning_rate: float = 1e-3
@@ -130,7 +147,7 @@ class DpoConfig:
     # the scheduler's num_train_timesteps. 0 and None: every timestep (Wallace et al.; the presets')
     min_timestep: int = 500
     max_timestep: int | None = None
-    mixed_precision: str = "fp32"
+    mixed_precision: Precision = "fp32"
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the UNet for the loop (GPU: fewer, fused kernels)
     checkpoint_every: int = 50  # save the loop's state every N steps to resume a killed run; 0: never
@@ -229,15 +246,11 @@ def round_seed(seed: int, round_index: int) -> int:
 ROUND_GROUPS = ("generate", "pair", "filter", "dpo")  # the groups a round may override
 
 
-# fp32, not accelerate's "no": DVC's `-S` rewrites params.yaml unquoted, and YAML 1.1 reads
-# a bare `no` as false.
-PRECISIONS = ("fp32", "fp16", "bf16")
-FINETUNE_METHODS = ("lora", "full")
-OPTIMIZERS = ("adamw", "adamw_8bit")
-LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS
-TS_PROMPTS = ("with_class", "without_concept")  # score.ts_prompt: the text TS compares with (dbdpo.data)
-RANK_BY = ("preference", "model")  # dpo.rank_by: what orders RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
-SCHEDULERS = ("ddim", "dpmpp_2m", "euler_a")  # the keys of dbdpo.sampling.SCHEDULERS
+PRECISIONS = typing.get_args(Precision)
+TS_PROMPTS = typing.get_args(TsPrompt)
+RANK_BY = typing.get_args(RankBy)
+SCHEDULERS = typing.get_args(Scheduler)
+LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS (or a list of module names)
 WORLD_CLIP = "dbdpo-world-clip"  # score.clip_model: the proving ground's trained CLIP (dbdpo.scoring)
 RANDOM_WEIGHTS = "random"  # score.clip_pretrained: random weights, asked for by name (code-path tests only)
 
@@ -266,6 +279,11 @@ def _coerce(value, annotation, key: str):
             except ConfigError:
                 continue
         annotation = arms[-1]
+    if typing.get_origin(annotation) is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices or isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is invalid: expected one of {' | '.join(map(str, choices))}")
+        return value
     if typing.get_origin(annotation) is tuple:  # a YAML list of names
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected a name or a list of names, got {value!r}")
