@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import functools
 import logging
 import os
 import subprocess
@@ -209,6 +211,27 @@ def clear_outputs(*outputs: Path) -> bool:
     if writes:
         remove_outputs(*outputs)
     return writes
+
+
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device: free space, then rerun",
+               errno.EDQUOT: "the disk quota is used up: free space, then rerun",
+               errno.EROFS: "the file system is read-only: run the stage where it can write",
+               errno.EACCES: "no permission to write there: fix the folder's permissions, then rerun"}
+
+
+def disk_errors(command):
+    """A stage command whose disk failures (a full disk, a read-only folder) end in one line
+    naming the file and the fix; the atomic writes have left nothing half-written behind."""
+    @functools.wraps(command)
+    def guarded(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except OSError as e:
+            if e.errno not in DISK_ERRORS:
+                raise
+            fail(f"{e.filename or 'a stage output'}: {e.strerror}; {DISK_ERRORS[e.errno]}")
+
+    return guarded
 
 
 def fail(message: str) -> None:

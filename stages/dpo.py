@@ -13,6 +13,7 @@ from stages.common import (
     checked_model,
     checkpoint_dir,
     clear_outputs,
+    disk_errors,
     live_log,
     model_dir,
     round_dir,
@@ -32,6 +33,7 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
+@disk_errors
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Writes models/<round>/ (start LoRA stacked with the DPO LoRA: one file, relative to the
     base backbone), logs/dpo/<round>/ (DVCLive, each step as it happens) and

@@ -9,6 +9,7 @@ from stages.common import (
     PARAMS_OPTION,
     checked_model,
     clear_outputs,
+    disk_errors,
     setup,
     user_errors,
 )
@@ -23,6 +24,7 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
+@disk_errors
 def main(params: Path = PARAMS_OPTION) -> None:
     """Writes metrics.json (IS/TS/DINO per round, `final` = last round), eval/tradeoff.csv,
     eval/tradeoff.png, eval/scores.parquet, eval/images/<round>/ and eval/grids/ (same seed,

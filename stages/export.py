@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from stages.common import fail
+from stages.common import disk_errors, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -26,6 +26,7 @@ def inside(path: Path, folder: Path) -> bool:
 
 
 @app.command()
+@disk_errors
 def kohya(model_dir: Path = typer.Argument(..., help="a round's model folder, e.g. models/round_2"),
           out: Path = typer.Argument(..., help="the .safetensors file to write"),
           force: bool = typer.Option(False, "--force", help="overwrite `out` if it exists")) -> None:

@@ -9,6 +9,7 @@ from stages.common import (
     PARAMS_OPTION,
     checkpoint_dir,
     clear_outputs,
+    disk_errors,
     live_log,
     model_dir,
     setup,
@@ -26,6 +27,7 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
+@disk_errors
 def main(params: Path = PARAMS_OPTION) -> None:
     """DreamBooth on concept.dir with the instance prompt (V* = concept.token): a LoRA, or the
     whole model with finetune.method=full.

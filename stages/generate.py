@@ -9,6 +9,7 @@ from stages.common import (
     ROUND_OPTION,
     checked_model,
     clear_outputs,
+    disk_errors,
     round_dir,
     setup_round,
     stage_round,
@@ -23,6 +24,7 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
+@disk_errors
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Sample the round's start model on its own slice of the generate.prompts pool
     (round 1 the first generate.num_prompts prompts, round 2 the next ones, ...).

@@ -9,6 +9,7 @@ from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
     clear_outputs,
+    disk_errors,
     round_dir,
     setup_round,
     stage_round,
@@ -23,6 +24,7 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
+@disk_errors
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Writes rounds/<round>/preferences/ (pairs.parquet + pickapic/train.parquet, the
     diffusers DPO layout, or ranked.parquet) and pair_summary.json (what was kept, a DVC metric)."""

@@ -8,6 +8,7 @@ from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
     clear_outputs,
+    disk_errors,
     round_dir,
     setup_round,
     stage_round,
@@ -25,6 +26,7 @@ app = typer.Typer(add_completion=False)
 
 
 @app.command()
+@disk_errors
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Score rounds/<round>/images against the concept images and the prompts.
 

@@ -90,6 +90,24 @@ def test_a_stage_that_fails_leaves_no_previous_output_behind(scored_round):
     assert sorted(p.name for p in out.iterdir()) == ["images", "samples.parquet", "scores.parquet"]
 
 
+def test_a_full_disk_ends_in_one_line_naming_the_file_and_the_fix(scored_round, monkeypatch):
+    """ENOSPC while writing the preferences was a raw OSError traceback; the atomic write has
+    left nothing behind that the dpo stage would accept."""
+    import errno
+
+    import dbdpo.preferences
+
+    def full_disk(prefs, folder):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "pairs.parquet"))
+
+    monkeypatch.setattr(dbdpo.preferences, "write_preferences", full_disk)
+    result = invoke_stage("pair", "--round", "round_1")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "pairs.parquet: No space left on device; no space left on the device: free space, then rerun")
+    assert sorted(p.name for p in scored_round.iterdir()) == ["images", "samples.parquet", "scores.parquet"]
+
+
 def test_pair_refuses_scores_made_from_a_manifest_that_changed_since(scored_round):
     """generate (or score's input) rerun by hand, score not: pair must not pair stale scores."""
     (scored_round / "samples.parquet").write_bytes(b"a newer manifest")
