@@ -51,8 +51,26 @@ class LazyCommands(TyperGroup):
             formatter.write_dl([(name, text) for name, (_, text) in COMMANDS.items()])
 
 
-cli = LazyCommands(name="dbdpo", rich_markup_mode=None, help="DreamBooth + self-scored DPO as a DVC pipeline: `dvc repro` runs "
-                                      "these stages in order; each also runs alone, e.g. `dbdpo pair --round round_1`.")
+app = typer.Typer(cls=LazyCommands, name="dbdpo", rich_markup_mode=None, add_completion=False,
+                  no_args_is_help=True)
+
+
+def print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"dbdpo {version('dbdpo')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def dbdpo(_version: bool = typer.Option(False, "--version", callback=print_version, is_eager=True,
+                                        help="Show the installed dbdpo version (pip's) and exit.")) -> None:
+    """DreamBooth + self-scored DPO as a DVC pipeline: `dvc repro` runs these stages in order;
+    each also runs alone, e.g. `dbdpo pair --round round_1`."""
+
+
+cli = typer.main.get_command(app)
 
 
 def main() -> None:

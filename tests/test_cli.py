@@ -50,6 +50,13 @@ def test_a_stage_runs_through_dbdpo_as_through_python_m(tmp_path):
     assert through_cli.stderr == through_module.stderr
 
 
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    result = dbdpo("--version")
+    assert result.returncode == 0 and result.stdout == f"dbdpo {version('dbdpo')}\n"
+
+
 def test_every_command_module_has_a_typer_app():
     for module, _ in COMMANDS.values():
         assert hasattr(__import__(module, fromlist=["app"]), "app"), module
