@@ -93,20 +93,27 @@ def test_scale_bench_runs_every_path_on_the_full_sd2_architecture(tmp_path):
 
 
 @pytest.mark.slow
+def toy_params(tmp_path, steps: int = 1, prompts: int = 1) -> Path:
+    """params.yaml at toy sizes in tmp_path, every claim's path still run: `steps` DreamBooth and
+    DPO steps, `prompts` training prompts a round; the angle filter's window the whole half-plane,
+    so toy rounds keep their pairs."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["finetune"].update(steps=steps, batch_size=1)
+    params["generate"].update(num_prompts=prompts, images_per_prompt=3, steps=2)
+    params["filter"]["angle"] = 90
+    params["dpo"].update(steps=steps, batch_size=steps)
+    params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=prompts)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path / "params.yaml"
+
+
 def test_claims_bench_measures_every_variant(tmp_path, in_repo):
     """bench/claims.py end to end at toy sizes: every claim's row, on both prompt sets."""
     import json
 
-    import yaml
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["finetune"].update(steps=2, batch_size=1)
-    params["generate"].update(num_prompts=2, images_per_prompt=3, steps=2)
-    params["filter"]["angle"] = 90  # the whole half-plane: toy rounds keep their pairs
-    params["dpo"].update(steps=2, batch_size=2)
-    params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=2)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-
+    toy_params(tmp_path, steps=2, prompts=2)
     result = bench_module("claims").main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "c.json"),
                                           "--dreambooth-seeds", "0", "1", "--dpo-seeds", "1"])
     table = result["table"]
@@ -135,15 +142,7 @@ def test_claims_bench_measures_every_variant(tmp_path, in_repo):
 def test_claims_bench_measures_each_concept_of_a_split_and_their_mean(tmp_path, in_repo, capsys):
     """bench/claims.py --concepts at toy sizes: each concept trains on its own photos and class
     noun, one headline row a concept, and the mean over concepts with its standard error."""
-    import yaml
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["finetune"].update(steps=1, batch_size=1)
-    params["generate"].update(num_prompts=1, images_per_prompt=3, steps=2)
-    params["filter"]["angle"] = 90  # the whole half-plane: toy rounds keep their pairs
-    params["dpo"].update(steps=1, batch_size=1)
-    params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=1)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    toy_params(tmp_path)
     claims = bench_module("claims")
     result = claims.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "toy_top,dog_ears",
                           "--markdown", str(tmp_path / "claims.md")])
@@ -167,15 +166,7 @@ def test_claims_bench_measures_each_concept_of_a_split_and_their_mean(tmp_path, 
 def test_dpo_transfer_bench_averages_variants_over_concepts(tmp_path, in_repo):
     """bench/dpo_transfer.py --concepts at toy sizes: each concept's own round 0 and table, and
     each variant's mean over the concepts; --round-0 with --concepts is refused."""
-    import yaml
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["finetune"].update(steps=1, batch_size=1)
-    params["generate"].update(num_prompts=1, images_per_prompt=3, steps=2)
-    params["filter"]["angle"] = 90
-    params["dpo"].update(steps=1, batch_size=1)
-    params["evaluate"].update(num_prompts=2, images_per_prompt=1, steps=2, grid_prompts=1)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    toy_params(tmp_path)
     module = bench_module("dpo_transfer")
     result = module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star,car_roof",
                           "--out", str(tmp_path / "t.json"), "default", "beta=500"])
