@@ -37,7 +37,13 @@ import time
 from pathlib import Path
 
 import yaml
-from claims import Bench, concept_config, gains, print_gains  # bench/claims.py
+from claims import (  # bench/claims.py
+    Bench,
+    concept_config,
+    gains,
+    mean_over_concepts,
+    print_gains,
+)
 
 from dbdpo.config import Config, round_seed
 from dbdpo.data import load_prompt_templates
@@ -110,20 +116,16 @@ def run(cfg: Config, variants: dict[str, Config], work: Path, round_0_dir: Path 
 
 def mean_table(tables: dict[str, dict]) -> dict[str, dict]:
     """Per variant and prompt set, each gain's mean over the concepts (`tables`: concept ->
-    run's table) and, as `<name>_se`, its standard error across the concepts."""
+    run's table) and, as `<name>_se`, its standard error across the concepts (claims.py's
+    mean_over_concepts)."""
     first = next(iter(tables.values()))
     out = {}
     for spec, sets in first.items():
         out[spec] = {}
         for where in sets:
-            row = {}
-            for key in ("IS", "TS", "S_0.5"):
-                values = [t[spec][where][key] for t in tables.values()]
-                mean = sum(values) / len(values)
-                row[key] = mean
-                row[f"{key}_se"] = (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5 \
-                    if len(values) > 1 else 0.0
-            out[spec][where] = row
+            rows = {c: {k: t[spec][where][k] for k in ("IS", "TS", "S_0.5")} for c, t in tables.items()}
+            mean = mean_over_concepts(rows)
+            out[spec][where] = {k: mean[k]["mean"] for k in mean} | {f"{k}_se": mean[k]["se"] for k in mean}
     return out
 
 
