@@ -9,7 +9,6 @@ from dbdpo.config import ConfigError, round_seed
 from dbdpo.data import eval_prompts, train_prompts
 from dbdpo.params import config_from_dict, load_config
 from stages.common import ParamView, UndeclaredRead
-from tests.conftest import REPO
 
 
 def params(**overrides):
@@ -268,40 +267,3 @@ def test_a_stage_reads_only_the_keys_it_declares(in_repo):
 
     assert type(cfg.pair) is PairConfig and dataclasses.replace(cfg.pair, lambda_=1.0).lambda_ == 1.0
     assert type(cfg.model) is ParamView  # only model.backbone is declared
-
-
-def readme_knobs() -> list[tuple[str, str]]:
-    """(params key, the default the README's knobs table states), one per key of each row;
-    a parenthesis in the default cell (a preset's value) is not the default."""
-    import re
-
-    section = (REPO / "README.md").read_text().split("## The knobs (`params.yaml`)")[1].split("\n## ")[0]
-    knobs = []
-    for line in section.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) < 3 or not cells[0].startswith("`"):
-            continue
-        keys = []
-        for key in re.findall(r"`([^`]+)`", cells[0]):  # `filter.angle_min/angle_max`: two keys
-            first, *more = key.split("/")
-            keys += [first, *(first.rsplit(".", 1)[0] + "." + name for name in more)]
-        defaults = [d.strip() for d in re.sub(r"\([^)]*\)", "", cells[1]).split(",") if d.strip()]
-        assert len(defaults) in (1, len(keys)), f"README knobs row {cells[0]}: {len(keys)} keys, defaults {cells[1]}"
-        knobs += zip(keys, defaults * len(keys) if len(defaults) == 1 else defaults)
-    return knobs
-
-
-def test_readme_knobs_table_states_the_params_defaults(in_repo):
-    """The README said N=8 a round for a day after params.yaml moved to 16."""
-    params = yaml.safe_load((in_repo / "params.yaml").read_text())
-    knobs = readme_knobs()
-    assert len(knobs) > 40
-    wrong = []
-    for key, stated in knobs:
-        group, name = key.split(".")
-        actual, parsed = params[group][name], yaml.safe_load(stated)
-        if isinstance(actual, float) and isinstance(parsed, (int, str)):
-            parsed = float(parsed)  # YAML 1.1 reads 1e-3 as a string
-        if type(parsed) is not type(actual) or parsed != actual:  # bool is not 0, "null" is None
-            wrong.append(f"{key}: README {stated}, params.yaml {actual!r}")
-    assert wrong == []
