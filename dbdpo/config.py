@@ -184,6 +184,9 @@ class ComputeConfig:
     main_process_ip: str | None = None  # the main machine's address (num_machines > 1)
     main_process_port: int = 29500
     config_file: str | None = None  # an accelerate config file (`accelerate config`); its settings win
+    # CPU threads of each stage process (dbdpo.threads); None: its share of the cores with the
+    # other dbdpo stages running on the machine
+    threads: int | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dbdpo.config import ComputeConfig
+from dbdpo.threads import rebalance
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -94,6 +95,7 @@ def map_batches(fn: Callable[[list[T]], list[R]], items: list[T], batch_size: in
 
 
 def _checked(fn: Callable[[list[T]], list[R]], batch: list[T]) -> list[R]:
+    rebalance()  # the cores shared with the stages that started or ended since
     results = list(fn(batch))
     if len(results) != len(batch):
         raise ValueError(f"a batch function returned {len(results)} results for {len(batch)} items")

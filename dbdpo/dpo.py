@@ -27,6 +27,7 @@ from dbdpo.errors import ConfigError
 from dbdpo.lora import LoraState, lora_state
 from dbdpo.losses import diffusion_dpo_loss, per_sample_error, rank_dpo_loss
 from dbdpo.preferences import Preferences
+from dbdpo.threads import rebalance
 from dbdpo.training import (
     StepCallback,
     check_dpo_health,
@@ -146,6 +147,7 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     mine = local_slice(global_batch)
     with training_mode(backbone, accelerator), compiled_blocks(base, cfg.compile):
         for step in tqdm(range(start, cfg.steps), desc=desc, unit="step", initial=start, total=cfg.steps):
+            rebalance()  # the cores shared with the stages that started or ended since
             step_stats = []
             for _ in range(cfg.gradient_accumulation_steps):
                 with accelerator.accumulate(unet):

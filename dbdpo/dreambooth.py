@@ -38,6 +38,7 @@ from dbdpo.lora import TEXT_ENCODERS, LoraState, lora_state, save_lora
 from dbdpo.losses import min_snr_weights, per_sample_error
 from dbdpo.provenance import RECORD_FILE
 from dbdpo.sampling import generate, plan_samples
+from dbdpo.threads import rebalance
 from dbdpo.training import (
     StepCallback,
     accelerate_training,
@@ -175,6 +176,7 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     rows, start = resume(checkpointing, weights, optimizer, gen, accelerator.scaler, on_step)
     with training_mode(backbone, accelerator, keep):
         for step in tqdm(range(start, cfg.steps), desc="finetune", unit="step", initial=start, total=cfg.steps):
+            rebalance()  # the cores shared with the stages that started or ended since
             idx = torch.randint(0, len(latents), (global_batch,), generator=gen)
             with accelerator.autocast():
                 instance_loss = denoising_error(latents[idx], text(0), select_rows(sizes, idx))

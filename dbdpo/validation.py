@@ -202,6 +202,8 @@ def _compute(c: Config) -> None:
     k = c.compute
     for key in ("num_processes", "num_machines", "main_process_port"):
         _positive(getattr(k, key), f"compute.{key}")
+    if k.threads is not None:
+        _positive(k.threads, "compute.threads")
     _require(k.num_processes % k.num_machines == 0, "compute.num_processes", k.num_processes,
              f"a multiple of compute.num_machines={k.num_machines} (the same number on every machine)")
     _require(0 <= k.machine_rank < k.num_machines, "compute.machine_rank", k.machine_rank,

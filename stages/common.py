@@ -175,6 +175,15 @@ def launch_if_asked(cfg: Config, stage: str, params: Path, round_name: str | Non
     raise typer.Exit(code=subprocess.run(command, check=False).returncode)
 
 
+def share_cores(cfg: Config) -> None:
+    """Register this model stage's process with the others running on the machine and take its
+    threads (dbdpo.threads: compute.threads, or a share of the cores), until it exits. Like
+    launch_if_asked, it reads compute beside the declared params."""
+    from dbdpo.threads import register_stage
+
+    register_stage(cfg.compute.threads)
+
+
 def setup(params: Path, stage: str, reads: tuple[str, ...], processes: bool = False) -> ParamView:
     """The validated params as the stage may read them: only `reads`, the keys dvc.yaml lists
     for it (a read of any other key raises, so DVC reruns the stage on every key it uses).
@@ -182,6 +191,7 @@ def setup(params: Path, stage: str, reads: tuple[str, ...], processes: bool = Fa
     cfg = _load(params)
     if processes:
         launch_if_asked(cfg, stage, params)
+        share_cores(cfg)
     return ParamView(cfg, reads, stage)
 
 
@@ -194,6 +204,7 @@ def setup_round(params: Path, stage: str, reads: tuple[str, ...], round_name: st
         fail(f"--round {round_name}: not in {params} rounds ({', '.join(cfg.rounds)})")
     if processes:
         launch_if_asked(cfg, stage, params, round_name)
+        share_cores(cfg)
     reads = tuple(r.replace("${key}", round_name) for r in reads)
     return ParamView(cfg.for_round(round_name), reads, f"{stage}@{round_name}"), cfg.round_plans()
 
