@@ -136,7 +136,21 @@ def transfer_section(path: Path) -> list[str]:
     return lines + [""]
 
 
-SECTIONS = {"claims_": claims_section, "dpo_transfer_": transfer_section}
+def concurrency_section(path: Path) -> list[str]:
+    r = json.loads(path.read_text())
+    fixed = "" if r["threads"] == "share" else f" --fixed-threads {r['threads']}"
+    together = " and ".join(f"{s:.0f} s" for s in r["together_s"].values())
+    return [f"### Two `dvc repro`s at once on {r['cores']} cores", "",
+            f"`python bench/concurrency.py{fixed} --out {path.relative_to(ROOT)}`: the default params, each run in "
+            "its own clone; threads: " + ("each stage's share of the cores (`dbdpo.threads`)" if not fixed
+                                          else f"{r['threads']} per process, fixed") + ".", "",
+            "| one alone | two at once | ratio (2.00x: cores shared perfectly) | the two runs' metrics equal | equal to the run alone |",
+            "|---|---|---|---|---|",
+            f"| {r['alone_s']:.0f} s | {together} | {r['ratio']:.2f}x | {r['together_metrics_equal']} | "
+            f"{r['alone_metrics_equal']} |", ""]
+
+
+SECTIONS = {"claims_": claims_section, "dpo_transfer_": transfer_section, "concurrency_": concurrency_section}
 
 
 def results_markdown(root: Path = ROOT) -> str:
