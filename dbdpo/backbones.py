@@ -51,7 +51,7 @@ class Backbone:
         return DDPMScheduler.from_config(self.pipe.scheduler.config)
 
 
-def _resolve_pretrained(path: str, revision: str | None, key: str = "model.path") -> Path:
+def resolve_pretrained(path: str, revision: str | None, key: str = "model.path") -> Path:
     """A local directory as is; a hub id from the local cache, or downloaded if online.
 
     Fails fast with one clear message instead of huggingface_hub's retries and tracebacks.
@@ -171,7 +171,7 @@ def load_backbone(cfg: ModelConfig, lora: LoraState | None = None, precision: st
 
 def _load_pretrained(cfg: ModelConfig) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     cls = StableDiffusionXLPipeline if cfg.backbone == "sdxl" else StableDiffusionPipeline
-    local = _resolve_pretrained(cfg.path, cfg.revision)
+    local = resolve_pretrained(cfg.path, cfg.revision)
     check_pipeline_dir(local, cfg.backbone, cfg.path, cfg.variant)
     extra = {} if cfg.backbone == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     if cfg.vae is not None:
@@ -193,7 +193,7 @@ def _load_vae(path: str) -> AutoencoderKL:
     """A standalone AutoencoderKL (config.json + weights), e.g. madebyollin/sdxl-vae-fp16-fix,
     whose activations stay in fp16 range where SDXL's own VAE overflows, or the vae/ of
     another pipeline folder."""
-    local = _resolve_pretrained(path, None, key="model.vae")
+    local = resolve_pretrained(path, None, key="model.vae")
     if not (local / "config.json").is_file() and (local / "vae" / "config.json").is_file():
         local = local / "vae"
     if not (local / "config.json").is_file():

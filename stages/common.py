@@ -9,7 +9,7 @@ import functools
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -184,11 +184,15 @@ def share_cores(cfg: Config) -> None:
     register_stage(cfg.compute.threads)
 
 
-def setup(params: Path, stage: str, reads: tuple[str, ...], processes: bool = False) -> ParamView:
+def setup(params: Path, stage: str, reads: tuple[str, ...], processes: bool = False,
+          before: Callable[[Config], None] | None = None) -> ParamView:
     """The validated params as the stage may read them: only `reads`, the keys dvc.yaml lists
     for it (a read of any other key raises, so DVC reruns the stage on every key it uses).
-    `processes`: the stage runs on compute.num_processes processes (launch_if_asked)."""
+    `processes`: the stage runs on compute.num_processes processes (launch_if_asked).
+    `before`: a check of the whole params before any work (the first stage's preflight)."""
     cfg = _load(params)
+    if before is not None:
+        before(cfg)
     if processes:
         launch_if_asked(cfg, stage, params)
         share_cores(cfg)

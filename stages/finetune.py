@@ -4,6 +4,7 @@ from pathlib import Path
 
 import typer
 
+from stages.check import require_inputs
 from stages.common import (
     LOGS,
     PARAMS_OPTION,
@@ -42,7 +43,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     from dbdpo.dreambooth import dreambooth, save_round_0, weights_precision
     from dbdpo.provenance import made_from
 
-    cfg = setup(params, "finetune", READS, processes=True)
+    cfg = setup(params, "finetune", READS, processes=True, before=require_inputs)
     ft = cfg.finetune
     with user_errors():
         concept = load_concept(cfg.concept)

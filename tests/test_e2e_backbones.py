@@ -155,7 +155,11 @@ def test_sdxl_preset_with_an_absent_model_folder_stops_dvc_at_finetune(tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Running stage 'finetune'" in output and "Running stage 'generate" not in output
-    assert f"error: model.path='{model_dir}' is not a directory with a diffusers pipeline" in output
+    # the first stage checks every input before any work: the backbone and the preset's absent scorers
+    assert f"missing  model.path='{model_dir}' is not a directory with a diffusers pipeline" in output
+    assert ("missing  score.clip_pretrained: ViT-B-32 / openai: not in the local Hugging Face cache\n"
+            "         fetch: hf download timm/vit_base_patch32_clip_224.openai open_clip_model.safetensors "
+            "open_clip_config.json") in output
     assert_nothing_written(project)
 
 
@@ -165,6 +169,5 @@ def test_sdxl_preset_with_a_folder_without_weights_fails_fast(tmp_path, tiny_dir
     project = sdxl_preset_project(tmp_path, model_dir)
     result = invoke_stage("finetune", "--params", str(project / "params.yaml"))
     assert result.exit_code == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"error: model.path='{model_dir}': no .safetensors weights in {model_dir}/unet")
+    assert f"\nmissing  model.path='{model_dir}': no .safetensors weights in {model_dir}/unet" in result.stderr
     assert_nothing_written(project)

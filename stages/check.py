@@ -1,0 +1,47 @@
+"""`dbdpo check`: every weight, prompt file and photo the params name, resolved before any work;
+what is missing is printed with the command that fetches only its files. The finetune stage runs
+the same check first, so a GPU run never finds a missing scorer after DreamBooth."""
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import typer
+
+from dbdpo.config import Config
+from stages.common import PARAMS_OPTION, fail, user_errors
+
+app = typer.Typer(add_completion=False)
+
+
+def require_inputs(cfg: Config) -> None:
+    """The first stage's check (`setup(before=...)`): warnings logged, a missing input stops the
+    run before DreamBooth. It reads every params group beside the stage's declared ones: it
+    checks inputs, it makes nothing."""
+    from dbdpo.preflight import check, report_text
+
+    with user_errors():
+        report = check(cfg)
+    for warning in report.warnings:
+        logging.getLogger("dbdpo").warning(warning)
+    if not report.ok:
+        fail("the params name inputs that are not here (`dbdpo check` lists them):\n"
+             + report_text(dataclasses.replace(report, warnings=[])))
+
+
+@app.command()
+def main(params: Path = PARAMS_OPTION) -> None:
+    """Resolve the backbone, VAE, CLIP, DINO, PickScore, HPS and aesthetic weights, the prompt
+    files and the concept photos the params name; exit 1 naming what is missing and how to fetch it."""
+    from dbdpo.params import load_config
+    from dbdpo.preflight import check, report_text
+
+    with user_errors():
+        report = check(load_config(params))
+    typer.echo(report_text(report), err=not report.ok)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    app()
