@@ -59,6 +59,7 @@ from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
 from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
 from dbdpo.data import eval_prompts, load_concept, text_prompt, train_prompts
 from dbdpo.dreambooth import dreambooth, save_round_0
+from dbdpo.evaluation import paired_gains
 from dbdpo.lora import LoraState, merged_pipeline
 from dbdpo.pairs import equal_budget_threshold
 from dbdpo.params import load_config
@@ -116,7 +117,7 @@ class Bench:
             samples = sample_round(backbone, templates, prompts, per_prompt, seed, settings or self.cfg.generate,
                                    self.work / name, self.work / f"{name}.parquet", desc=name)
         scores = score_round(samples, self.scorers, self.cfg.score.batch_size, desc=f"score {name}")
-        # every sample column beside the scores: `gains` pairs images by seed
+        # every sample column beside the scores: `paired_gains` pairs images by seed
         return pd.concat([samples, scores.drop(columns=SCORED_SAMPLE_COLUMNS)], axis=1)
 
     def dpo(self, start: Model, scores: pd.DataFrame, cfg: Config, steps: int) -> Model:
@@ -194,22 +195,6 @@ def with_pairing(cfg: Config, lam: float, kind: str) -> Config:
                                filter=dataclasses.replace(cfg.filter, kind=kind))
 
 
-def gains(scores: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
-    """Mean IS, TS and S_0.5 of `scores` minus the reference's, in the reference's std per image,
-    and each one's standard error (`IS_se`, ...). Both frames hold the same prompts and seeds row
-    by row, so the differences are paired: the error is the per-image differences' std over
-    sqrt(images), the noise of the finite set of images (not of the training run's seed)."""
-    if len(scores) != len(reference) or (scores["seed"].to_numpy() != reference["seed"].to_numpy()).any():
-        raise ValueError("gains: the two frames must hold the same seeds, row by row")
-    z = {k: (scores[k].to_numpy() - reference[k].to_numpy()) / reference[k].std() for k in ("IS", "TS")}
-    z["S_0.5"] = (z["IS"] + z["TS"]) / 2
-    out = {}
-    for name, difference in z.items():
-        out[name] = float(difference.mean())
-        out[f"{name}_se"] = float(difference.std(ddof=1) / math.sqrt(len(difference)))
-    return out
-
-
 def dreambooth_gain(base: pd.DataFrame, round_0: pd.DataFrame, base_alone: pd.DataFrame,
                     round_0_alone: pd.DataFrame) -> dict[str, float]:
     """Claim (a) on the held-out images: round_0's IS and TS over the base model's, in
@@ -217,7 +202,7 @@ def dreambooth_gain(base: pd.DataFrame, round_0: pd.DataFrame, base_alone: pd.Da
     round_0's IS on DreamBooth's own prompt over the base model's on the class prompt, both
     with no context (Bench.own_prompt), in the same unit: the concept learned, before a
     context word competes for it."""
-    g = gains(base, round_0)
+    g = paired_gains(base, round_0)
     own = (round_0_alone["IS"].mean() - base_alone["IS"].mean()) / round_0["IS"].std()
     return {"IS": -g["IS"], "TS": -g["TS"], "IS_se": g["IS_se"], "own_prompt_IS": float(own)}
 
@@ -266,7 +251,7 @@ def dpo_seeds(bench: Bench, round_0: Model, first: pd.DataFrame, reference: dict
         out[seed] = {}
         for i, (name, model) in enumerate(models.items()):
             measured = bench.measure(model, f"dpo_seed_{seed}_{i}")
-            out[seed][name] = {where: gains(s, reference[where]) for where, s in measured.items()}
+            out[seed][name] = {where: paired_gains(s, reference[where]) for where, s in measured.items()}
     return out
 
 
@@ -293,7 +278,7 @@ def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = (),
         model = bench.dpo(round_0, scores, one, cfg.dpo.steps * rounds)
         measured[f"lambda=0.5 angle, 1 round of {rounds}N"] = bench.measure(model, "one_round")
     reference = measured["round_0"]
-    table = {name: {where: gains(scores, reference[where]) for where, scores in sets.items()}
+    table = {name: {where: paired_gains(scores, reference[where]) for where, scores in sets.items()}
              for name, sets in measured.items()}
     by_dpo_seed = {cfg.dpo.seed: {name: table[name] for name in models}}
     by_dpo_seed |= dpo_seeds(bench, round_0, first, reference, [s for s in extra_dpo_seeds if s != cfg.dpo.seed])
@@ -426,7 +411,7 @@ def print_table(result: dict) -> None:
 
 
 def print_gains(table: dict, first_column: str, width: int) -> None:
-    """One row per model: its held-out and held-in gains (the `gains` of each prompt set)."""
+    """One row per model: its held-out and held-in gains (the `paired_gains` of each prompt set)."""
     print(f"{first_column:{width}s} | {'held-out IS':>11s} {'TS':>6s} {'S_0.5 ± se':>13s} | "
           f"{'held-in IS':>10s} {'TS':>6s} {'S_0.5 ± se':>13s}")
     for name, sets in table.items():

@@ -40,7 +40,6 @@ import yaml
 from claims import (  # bench/claims.py
     Bench,
     concept_config,
-    gains,
     mean_over_concepts,
     print_gains,
 )
@@ -48,6 +47,7 @@ from claims import (  # bench/claims.py
 from dbdpo.config import Config, round_seed
 from dbdpo.data import load_prompt_templates
 from dbdpo.errors import ConfigError
+from dbdpo.evaluation import paired_gains
 from dbdpo.params import config_from_dict, load_config
 from dbdpo.world_concepts import concepts_of
 
@@ -109,7 +109,7 @@ def run(cfg: Config, variants: dict[str, Config], work: Path, round_0_dir: Path 
                 f"round_1_{g.num_prompts}x{g.images_per_prompt}")
         model = bench.dpo(round_0, scored[g.num_prompts, g.images_per_prompt], v, v.dpo.steps)
         measured = bench.measure(model, f"variant_{len(table)}")
-        table[spec or "default"] = {where: gains(s, reference[where]) for where, s in measured.items()}
+        table[spec or "default"] = {where: paired_gains(s, reference[where]) for where, s in measured.items()}
         log.info("%s: %.0f s", spec, time.time() - t0)
     return table
 

@@ -111,8 +111,11 @@ def write_csv(rows: list[dict], target: Path) -> None:
 
 
 def write_json(data, target: Path) -> None:
+    """`data` as JSON, atomically; a NaN or infinity raises (it is not JSON, and no later stage
+    may read one) before anything is written."""
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
     with atomic_file(target) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text)
 
 
 def read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:

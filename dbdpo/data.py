@@ -150,11 +150,11 @@ def text_prompt(template: str, cfg: ConceptConfig, mode: str) -> str:
 
 def ts_texts(cfg: ConceptConfig, mode: str, every_form: bool = False) -> dict[str, Callable[[str], str]]:
     """The TS columns to score and each one's text for a prompt template: "TS" against the
-    `mode` form (score.ts_prompt); with every_form also TS_with_class and TS_without_concept,
-    so evaluate reports both whichever is the headline."""
+    `mode` form (score.ts_prompt); with every_form also the other form under its own name
+    (TS_with_class or TS_without_concept), so evaluate reports both, none twice."""
     columns = {"TS": partial(text_prompt, cfg=cfg, mode=mode)}
     if every_form:
-        columns |= {f"TS_{m}": partial(text_prompt, cfg=cfg, mode=m) for m in TS_PROMPTS}
+        columns |= {f"TS_{m}": partial(text_prompt, cfg=cfg, mode=m) for m in TS_PROMPTS if m != mode}
     return columns
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,58 @@ def round_metrics(samples: list[RoundSamples]) -> dict[str, dict[str, float | in
         metrics |= {f"{k}_std": float(v) for k, v in numeric.std(ddof=1).items()}
         out[s.name] = metrics | {"images": len(numeric)}
     return out
+
+
+def paired_gains(scores: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
+    """Mean IS, TS and S_0.5 = (IS + TS) / 2 of `scores` minus the reference's, in the
+    reference's std per image, and each one's standard error (`IS_se`, ...). Both frames hold
+    the same prompts and seeds row by row, so the differences are paired: the error is the
+    per-image differences' std over sqrt(images), the noise of the finite set of images (not of
+    the training run's seed)."""
+    if len(scores) != len(reference) or (scores["seed"].to_numpy() != reference["seed"].to_numpy()).any():
+        raise ValueError("paired_gains: the two frames must hold the same seeds, row by row")
+    z = {k: (scores[k].to_numpy() - reference[k].to_numpy()) / reference[k].std() for k in ("IS", "TS")}
+    z["S_0.5"] = (z["IS"] + z["TS"]) / 2
+    out = {}
+    for name, difference in z.items():
+        out[name] = float(difference.mean())
+        out[f"{name}_se"] = float(difference.std(ddof=1) / math.sqrt(len(difference)))
+    return out
+
+
+GAINS = ("IS", "TS", "S_0.5")
+
+
+def rounds_table(samples: list[RoundSamples]) -> dict[str, dict[str, float | int]]:
+    """eval/rounds.json: each round's round_metrics and, after round_0, its paired_gains over
+    round_0 as `<score>_gain` and `<score>_gain_se` (in round_0's stds per image)."""
+    metrics = round_metrics(samples)
+    for s in samples[1:]:
+        gains = paired_gains(s.scores, samples[0].scores)
+        for k in GAINS:
+            metrics[s.name] |= {f"{k}_gain": gains[k], f"{k}_gain_se": gains[f"{k}_se"]}
+    return metrics
+
+
+HEADLINE = ("IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "S_0.5_gain_se")
+
+
+def headline(table: dict[str, dict[str, float | int]]) -> dict[str, float]:
+    """metrics.json: the last round's mean IS and TS and its gains over round_0 (rounds_table):
+    the few columns `dvc exp show` leads with. The rest of the table is eval/rounds.json."""
+    last = table[list(table)[-1]]
+    return {k: last[k] for k in HEADLINE if k in last}
+
+
+def round_summary(name: str, row: dict) -> str:
+    """One round of eval/rounds.json on one line (evaluate and `dbdpo show` print it): IS and TS
+    with their standard errors (std / sqrt(images)), and the gains over round_0 in its stds."""
+    se = {k: row[f"{k}_std"] / math.sqrt(row["images"]) for k in ("IS", "TS")}
+    line = f"{name:<9} IS {row['IS']:.4f} ± {se['IS']:.4f}   TS {row['TS']:.4f} ± {se['TS']:.4f}"
+    if "S_0.5_gain" in row:
+        line += "   gain (round_0 stds): " + "  ".join(
+            f"{k} {row[f'{k}_gain']:+.3f} ± {row[f'{k}_gain_se']:.3f}" for k in GAINS)
+    return f"{line}   ({row['images']} images)"
 
 
 def pareto_front(is_values: np.ndarray, ts_values: np.ndarray) -> np.ndarray:

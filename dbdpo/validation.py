@@ -192,6 +192,9 @@ def validate_groups(c: Config) -> None:
     _sampling(c.evaluate, "evaluate")
     for key in ("images_per_prompt", "num_prompts", "grid_prompts"):
         _positive(getattr(c.evaluate, key), f"evaluate.{key}")
+    _require(c.evaluate.num_prompts * c.evaluate.images_per_prompt >= 2, "evaluate.images_per_prompt",
+             c.evaluate.images_per_prompt, f"at least 2 evaluation images in all (with evaluate.num_prompts="
+             f"{c.evaluate.num_prompts}): a round's std and standard errors need two")
     _require(c.evaluate.grid_prompts <= c.evaluate.num_prompts, "evaluate.grid_prompts",
              c.evaluate.grid_prompts, f"at most evaluate.num_prompts={c.evaluate.num_prompts}")
     _compute(c)

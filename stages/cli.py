@@ -24,6 +24,7 @@ COMMANDS = {
     "evaluate": ("stages.evaluate", "every round on the held-out prompts: metrics, plots, grids"),
     "export": ("stages.export", "write a round's model for other tools (kohya LoRA)"),
     "init": ("stages.init", "a new DVC project for your concept, ready for dvc repro"),
+    "show": ("stages.show", "each round's held-out IS, TS and gains over round_0, with standard errors"),
     "check": ("stages.check", "every weight, prompt file and photo the params name: what is missing, how to fetch it"),
     "status": ("stages.status", "each round's state, a stopped run's checkpoint, what dvc repro would run"),
 }

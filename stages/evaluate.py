@@ -26,7 +26,8 @@ app = typer.Typer(add_completion=False)
 @app.command()
 @disk_errors
 def main(params: Path = PARAMS_OPTION) -> None:
-    """Writes metrics.json (IS/TS/DINO per round, `final` = last round), eval/tradeoff.csv,
+    """Writes metrics.json (the last round's IS, TS and gains over round_0: the headline),
+    eval/rounds.json (every round's mean and std of each score and its gains), eval/tradeoff.csv,
     eval/tradeoff.png, eval/scores.parquet, eval/images/<round>/ and eval/grids/ (same seed,
     every round)."""
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
@@ -38,8 +39,10 @@ def main(params: Path = PARAMS_OPTION) -> None:
     from dbdpo.evaluation import (
         RoundModel,
         comparison_grids,
+        headline,
         pareto_front,
-        round_metrics,
+        round_summary,
+        rounds_table,
         sample_and_score,
         tradeoff_figure,
     )
@@ -56,7 +59,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
         backbone = load_round_model(cfg.model, checked_model("round_0"), precision=cfg.model.precision)
     writes = clear_outputs(EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png",
-                           EVAL / "grids", Path("metrics.json"))
+                           EVAL / "grids", EVAL / "rounds.json", Path("metrics.json"))
     if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
         sample_and_score(backbone, models, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
         return
@@ -66,7 +69,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
                                    cfg.score.batch_size)
     write_parquet(pd.concat([s.scores for s in samples], ignore_index=True), EVAL / "scores.parquet")
 
-    metrics = round_metrics(samples)
+    metrics = rounds_table(samples)
     front = pareto_front([metrics[n]["IS"] for n in names], [metrics[n]["TS"] for n in names])
     write_csv([{"round": n, "IS": metrics[n]["IS"], "TS": metrics[n]["TS"], "pareto": bool(f)}
                for n, f in zip(names, front)], EVAL / "tradeoff.csv")
@@ -75,10 +78,10 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with atomic_dir(EVAL / "grids") as grid_dir:
         for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt).items():
             grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")
-    write_json({"final": metrics[names[-1]], **metrics}, Path("metrics.json"))
-    final = metrics[names[-1]]
-    typer.echo(f"final ({names[-1]}, {final['images']} images): "
-               + ", ".join(f"{k}={v:.4f}±{final[k + '_std']:.4f}" for k, v in final.items() if f"{k}_std" in final))
+    write_json(metrics, EVAL / "rounds.json")
+    write_json(headline(metrics), Path("metrics.json"))
+    for name, row in metrics.items():
+        typer.echo(round_summary(name, row))
 
 
 if __name__ == "__main__":

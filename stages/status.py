@@ -1,5 +1,5 @@
 """`dbdpo status`: where a project stands. Each round: trained or not, its held-out IS/TS from
-metrics.json, a finetune or DPO run stopped midway (its checkpoint, which `dvc repro`
+eval/rounds.json, a finetune or DPO run stopped midway (its checkpoint, which `dvc repro`
 resumes); then the stages `dvc repro` would run, and why."""
 
 import json
@@ -34,7 +34,8 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with user_errors():
         cfg = load_config(params)
     rounds = list(cfg.round_plans())
-    metrics = json.loads(Path("metrics.json").read_text()) if Path("metrics.json").is_file() else {}
+    table = Path("eval/rounds.json")
+    metrics = json.loads(table.read_text()) if table.is_file() else {}
     for name in ["round_0", *rounds]:
         line = f"{name:<9} {'trained' if (MODELS / name).is_dir() else 'not trained':<12}"
         if name in metrics:

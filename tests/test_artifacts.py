@@ -18,6 +18,14 @@ def umask_022():
     os.umask(old)
 
 
+def test_a_nan_is_never_written(tmp_path):
+    write_json({"IS": 0.5}, tmp_path / "metrics.json")
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        write_json({"IS": float("nan")}, tmp_path / "metrics.json")
+    assert (tmp_path / "metrics.json").read_text() == '{\n  "IS": 0.5\n}\n'  # the earlier file, untouched
+    assert list(tmp_path.iterdir()) == [tmp_path / "metrics.json"]
+
+
 def test_outputs_get_the_umask_modes_not_mkstemps_private_ones(tmp_path, umask_022):
     write_json({"a": 1}, tmp_path / "m.json")
     with atomic_dir(tmp_path / "lora") as d:

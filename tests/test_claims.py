@@ -18,6 +18,7 @@ import dataclasses
 
 import pytest
 
+from dbdpo.evaluation import paired_gains
 from dbdpo.params import load_config
 from tests.conftest import REPO
 from tests.test_bench import bench_module
@@ -56,7 +57,7 @@ def measured(tmp_path_factory):
         out[lam] = bench.measure(model, f"lambda_{lam:g}")
     final = bench.dpo_rounds(round_0, first, claims.with_pairing(cfg, 0.5, "angle"), cfg.dpo.steps)[-1]
     out["final"] = bench.measure(final, "final")
-    return {name: {where: claims.gains(s, out["round_0"][where]) for where, s in sets.items()}
+    return {name: {where: paired_gains(s, out["round_0"][where]) for where, s in sets.items()}
             for name, sets in out.items()} | {"own prompt": own_prompt}
 
 

@@ -1,5 +1,6 @@
 """The `dbdpo` command as a user runs it: the installed console script, in a subprocess."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stages.cli import COMMANDS
-from tests.conftest import REPO
+from tests.conftest import REPO, invoke_stage
 
 DBDPO = Path(sys.executable).parent / "dbdpo"  # the console script pip installed beside python
 
@@ -21,7 +22,7 @@ def test_help_lists_every_stage_and_tool():
     assert result.returncode == 0, result.stderr
     commands = result.stdout.split("Commands:")[1].splitlines()
     listed = [line.split()[0] for line in commands if line.startswith("  ") and not line.startswith("   ")]
-    assert listed == ["finetune", "generate", "score", "pair", "dpo", "evaluate", "export", "init", "check", "status"]
+    assert listed == ["finetune", "generate", "score", "pair", "dpo", "evaluate", "export", "init", "show", "check", "status"]
 
 
 @pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "evaluate"])
@@ -60,3 +61,22 @@ def test_version_is_the_installed_distributions():
 def test_every_command_module_has_a_typer_app():
     for module, _ in COMMANDS.values():
         assert hasattr(__import__(module, fromlist=["app"]), "app"), module
+
+
+def test_show_prints_each_round_with_its_standard_errors_and_gains(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    missing = invoke_stage("show")
+    assert missing.exit_code == 2
+    assert missing.stderr.strip() == "error: eval/rounds.json is missing: `dvc repro` runs the evaluate stage that writes it"
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval/rounds.json").write_text(json.dumps({
+        "round_0": {"IS": 0.2, "TS": 0.3, "IS_std": 0.4, "TS_std": 0.2, "images": 16},
+        "round_1": {"IS": 0.25, "TS": 0.31, "IS_std": 0.4, "TS_std": 0.2, "images": 16, "IS_gain": 0.125,
+                    "IS_gain_se": 0.05, "TS_gain": 0.05, "TS_gain_se": 0.04, "S_0.5_gain": 0.09,
+                    "S_0.5_gain_se": 0.03}}))
+    shown = invoke_stage("show")
+    assert shown.exit_code == 0
+    assert shown.stdout.splitlines() == [
+        "round_0   IS 0.2000 ± 0.1000   TS 0.3000 ± 0.0500   (16 images)",
+        "round_1   IS 0.2500 ± 0.1000   TS 0.3100 ± 0.0500   gain (round_0 stds): IS +0.125 ± 0.050  "
+        "TS +0.050 ± 0.040  S_0.5 +0.090 ± 0.030   (16 images)"]

@@ -96,6 +96,8 @@ def test_repository_params_load(in_repo):
     ({"dpo__loss": "rank_dpo"}, r"pair.mode='pairs' is invalid: expected rank with dpo.loss=rank_dpo"),
     # a weights file silently dropped would score with a random CLIP
     ({"pair__seed": -1}, r"pair.seed=-1 is invalid: expected a seed from 0 to"),
+    ({"evaluate__num_prompts": 1, "evaluate__images_per_prompt": 1, "evaluate__grid_prompts": 1},
+     r"evaluate.images_per_prompt=1 is invalid: expected at least 2 evaluation images in all"),
     ({"dpo__seed": 2**64}, r"dpo.seed=18446744073709551616 is invalid: expected a seed from 0 to"),
     ({"score__clip_model": "RN50"}, r"score.clip_pretrained=None is invalid: expected the weights of "
                                     r"score.clip_model=RN50: an open_clip tag .* or random \(random weights"),

@@ -39,9 +39,9 @@ def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, monkeypatch,
     copy_project(tmp_path, params)
     run_stages_in_process(tmp_path, monkeypatch, STAGES)
 
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert list(metrics) == ["final", "round_0", "round_1"]
-    assert all(math.isfinite(metrics[r][k]) for r in ("round_0", "round_1") for k in ("IS", "TS", "DINO"))
+    rounds = json.loads((tmp_path / "eval/rounds.json").read_text())
+    assert list(rounds) == ["round_0", "round_1"]
+    assert all(math.isfinite(rounds[r][k]) for r in ("round_0", "round_1") for k in ("IS", "TS", "DINO"))
     log = pd.read_csv(tmp_path / "logs/dpo/round_1/plots/metrics/loss.tsv", sep="\t")
     assert log["loss"].iat[0] == pytest.approx(math.log(2), abs=1e-6)  # reference = start model
     assert log["loss"].map(math.isfinite).all()
@@ -122,8 +122,8 @@ def test_dreambooth_with_the_text_encoder_then_dpo_loads_with_diffusers_alone(tm
     assert not torch.allclose(unet_output(pipe), before, atol=1e-4)  # the round's LoRA changes the model
     torch.testing.assert_close(unet_output(pipe), unet_output(ours), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(text_output(pipe), text_output(ours), atol=1e-4, rtol=1e-4)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert all(math.isfinite(metrics[r][k]) for r in ("round_0", "round_1", "round_2") for k in ("IS", "TS"))
+    rounds = json.loads((tmp_path / "eval/rounds.json").read_text())
+    assert all(math.isfinite(rounds[r][k]) for r in ("round_0", "round_1", "round_2") for k in ("IS", "TS"))
 
 
 def load_lora_keys(folder):

@@ -170,11 +170,14 @@ def test_repro_writes_every_artifact(fresh_repro):
     assert pairs["angle"].between(-15, 105).all()  # center 45 +- 60
     assert list(pd.read_parquet(project / "rounds/round_1/preferences/pickapic/train.parquet").columns) == [
         "jpg_0", "jpg_1", "label_0", "caption"]
-    metrics = json.loads((project / "metrics.json").read_text())
-    assert list(metrics) == ["final", "round_0", "round_1"]
-    assert metrics["final"] == metrics["round_1"] and set(metrics["final"]) >= {"IS", "TS"}
-    # the headline TS is the authors' ("a in the jungle"); the with-class form is its own column
-    assert metrics["final"]["TS"] == metrics["final"]["TS_without_concept"] != metrics["final"]["TS_with_class"]
+    rounds = json.loads((project / "eval/rounds.json").read_text())
+    assert list(rounds) == ["round_0", "round_1"] and rounds["round_1"]["images"] == 2
+    metrics = json.loads((project / "metrics.json").read_text())  # the headline: the last round's
+    assert list(metrics) == ["IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "S_0.5_gain_se"]
+    assert metrics == {k: rounds["round_1"][k] for k in metrics}
+    assert "IS_gain" not in rounds["round_0"]
+    # the headline TS is the authors' ("a in the jungle"); the with-class form is its own column, once
+    assert "TS_without_concept" not in rounds["round_1"] and rounds["round_1"]["TS"] != rounds["round_1"]["TS_with_class"]
     assert sorted(p.name for p in (project / "eval/grids").iterdir()) == ["prompt_00.png", "prompt_01.png"]
     assert not list(project.rglob(".tmp-*"))
 
@@ -236,7 +239,7 @@ def test_a_queued_lambda_sweep_runs_on_two_workers_reusing_the_sampled_rounds(ba
     runs = {name: every_run[name] for name in queued_names(project)}  # not another test's experiments
 
     def final(data):
-        return data["metrics"]["metrics.json"]["data"]["final"]
+        return data["metrics"]["metrics.json"]["data"]
 
     def lam(data):
         return data["params"]["params.yaml"]["data"]["pair"]["lambda"]
@@ -251,11 +254,12 @@ def test_a_queued_lambda_sweep_runs_on_two_workers_reusing_the_sampled_rounds(ba
     assert by_lambda[0.5] == final(baseline_data)  # the baseline's params: every stage cached
     assert by_lambda[0] != by_lambda[1]  # other pairs, another model
     committed = json.loads(run(["git", "show", "HEAD:metrics.json"], project).stdout)
-    assert final(baseline_data) == committed["final"]
+    assert final(baseline_data) == committed
     # the headline metrics are the first columns after the experiment's own (rev, State, ...)
     header = run(["dvc", "exp", "show", "--csv"], project).stdout.splitlines()[0].split(",")
-    first = header.index("final.IS")
-    assert header[first + 1] == "final.TS" and not any("." in name for name in header[:first]), header
+    first = header.index("IS")
+    assert header[first:first + 6] == ["IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "S_0.5_gain_se"], header
+    assert not any("." in name for name in header[:first]), header
 
 
 def test_bad_param_fails_before_the_stage_works(baseline):
@@ -285,9 +289,9 @@ def test_adding_a_round_reruns_only_that_round_and_evaluate(baseline):
     assert_stages(out, ran=(*ROUND_2, "evaluate"), skipped=("finetune", *ROUND_1))
     assert file_state(project, earlier) == before
 
-    metrics = json.loads((project / "metrics.json").read_text())
-    assert list(metrics) == ["final", "round_0", "round_1", "round_2"]
-    assert metrics["final"] == metrics["round_2"]
+    rounds = json.loads((project / "eval/rounds.json").read_text())
+    assert list(rounds) == ["round_0", "round_1", "round_2"]
+    assert json.loads((project / "metrics.json").read_text())["S_0.5_gain"] == rounds["round_2"]["S_0.5_gain"]
     # round 2 sampled the next slice of the prompt pool, from the round-1 model
     r1 = pd.read_parquet(project / "rounds/round_1/samples.parquet")
     r2 = pd.read_parquet(project / "rounds/round_2/samples.parquet")
@@ -347,8 +351,8 @@ def test_rank_dpo_round_with_hpsv2_and_aesthetic_rewards_in_the_ensemble(baselin
     assert list(loss.columns) == ["step", "loss"] and loss["loss"].iat[0] > 0
     assert loss["step"].to_list() == list(range(FAST_PARAMS["dpo"]["steps"]))  # every step, in order
     assert {"implicit_accuracy.tsv", "reward_margin.tsv"} <= {p.name for p in logs.iterdir()}
-    metrics = json.loads((project / "metrics.json").read_text())
-    committed = json.loads(run(["git", "show", "HEAD:metrics.json"], project).stdout)
+    metrics = json.loads((project / "eval/rounds.json").read_text())
+    committed = json.loads(run(["git", "show", "HEAD:eval/rounds.json"], project).stdout)
     extra = ("HPS", "HPS_std", "Aesthetic", "Aesthetic_std")
     assert metrics["round_0"] == committed["round_0"] | {key: metrics["round_0"][key] for key in extra}
     assert -1 <= metrics["round_0"]["HPS"] <= 1  # the same DreamBooth model and seeds, one more column

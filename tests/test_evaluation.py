@@ -8,8 +8,12 @@ from dbdpo.evaluation import (
     LABEL_HEIGHT,
     RoundSamples,
     grid_row,
+    headline,
+    paired_gains,
     pareto_front,
     round_metrics,
+    round_summary,
+    rounds_table,
     tradeoff_figure,
 )
 
@@ -51,3 +55,39 @@ def test_round_metrics_give_mean_std_and_count_per_score():
     # sample std (ddof 1): deviations -0.2, -0.1, 0, 0.3 -> sqrt(0.14 / 3)
     assert metrics["IS_std"] == pytest.approx(np.sqrt(0.14 / 3)) and metrics["TS_std"] == 0.0
     assert metrics["images"] == 4
+
+
+def frame(name, seeds, is_values, ts_values):
+    return pd.DataFrame({"round": name, "prompt_id": [0] * len(seeds), "seed": seeds, "IS": is_values,
+                         "TS": ts_values})
+
+
+def test_paired_gains_are_per_image_differences_in_the_references_std():
+    reference = frame("round_0", [1, 2, 3], [0.1, 0.2, 0.3], [0.2, 0.2, 0.5])  # IS std 0.1, TS std sqrt(0.03)
+    after = frame("round_1", [1, 2, 3], [0.2, 0.4, 0.3], [0.2, 0.5, 0.5])
+    gains = paired_gains(after, reference)
+    ts_std = np.sqrt(0.03)
+    # IS differences 0.1, 0.2, 0 in stds of 0.1: 1, 2, 0 -> mean 1, se = std([1, 2, 0]) / sqrt(3) = 1 / sqrt(3)
+    assert gains["IS"] == pytest.approx(1.0) and gains["IS_se"] == pytest.approx(1 / np.sqrt(3))
+    # TS differences 0, 0.3, 0 in stds of sqrt(0.03): 0, sqrt(3), 0 -> mean 1/sqrt(3)
+    assert gains["TS"] == pytest.approx(0.3 / ts_std / 3)
+    # S_0.5 per image: (1 + 0)/2, (2 + sqrt(3))/2, 0
+    s = np.array([0.5, (2 + np.sqrt(3)) / 2, 0.0])
+    assert gains["S_0.5"] == pytest.approx(s.mean()) and gains["S_0.5_se"] == pytest.approx(s.std(ddof=1) / np.sqrt(3))
+    with pytest.raises(ValueError, match="same seeds, row by row"):
+        paired_gains(frame("round_1", [1, 3, 2], [0.2, 0.4, 0.3], [0.2, 0.5, 0.5]), reference)
+
+
+def test_the_rounds_table_and_its_headline():
+    samples = [RoundSamples("round_0", [], [], frame("round_0", [1, 2, 3], [0.1, 0.2, 0.3], [0.2, 0.2, 0.5])),
+               RoundSamples("round_1", [], [], frame("round_1", [1, 2, 3], [0.2, 0.4, 0.3], [0.2, 0.5, 0.5]))]
+    table = rounds_table(samples)
+    assert list(table["round_0"]) == ["IS", "TS", "IS_std", "TS_std", "images"]  # no gain over itself
+    assert table["round_1"]["IS_gain"] == pytest.approx(1.0) and table["round_1"]["IS_gain_se"] == pytest.approx(
+        1 / np.sqrt(3))
+    assert headline(table) == {k: table["round_1"][k] for k in
+                               ("IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "S_0.5_gain_se")}
+    assert round_summary("round_0", table["round_0"]) == (
+        "round_0   IS 0.2000 ± 0.0577   TS 0.3000 ± 0.1000   (3 images)")
+    assert round_summary("round_1", table["round_1"]).startswith(
+        "round_1   IS 0.3000 ± 0.0577   TS 0.4000 ± 0.1000   gain (round_0 stds): IS +1.000 ± 0.577  TS +0.577 ± ")

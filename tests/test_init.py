@@ -67,8 +67,8 @@ def test_init_writes_a_project_that_dvc_repro_runs(installed, tmp_path):
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = run(["dvc", "repro"], project, env).stdout
     assert "Running stage 'finetune'" in out and "Running stage 'evaluate'" in out
-    metrics = json.loads((project / "metrics.json").read_text())
-    assert list(metrics) == ["final", "round_0", "round_1"] and metrics["final"]["images"] == 2
+    rounds = json.loads((project / "eval/rounds.json").read_text())
+    assert list(rounds) == ["round_0", "round_1"] and rounds["round_1"]["images"] == 2
     run(["dvc", "plots", "show", "-o", "plots_html"], project, env)
     html = (project / "plots_html/index.html").read_text()
     assert "<script src=" not in html and "vegaEmbed(" in html  # opens offline
