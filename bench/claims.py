@@ -94,8 +94,11 @@ class Model:
 class Bench:
     """The run's shared pieces: config, scorers, prompt sets, a scratch folder for images."""
 
-    def __init__(self, cfg: Config, work: Path):
+    def __init__(self, cfg: Config, work: Path, held_in_seeds: int | None = None):
+        """`held_in_seeds`: seeds per prompt of the held-in set (default: generate.images_per_prompt,
+        as a round samples its prompts)."""
         self.cfg, self.work = cfg, work
+        self.held_in_seeds = held_in_seeds or cfg.generate.images_per_prompt
         self.concept_images = load_concept(cfg.concept)
         ts = partial(text_prompt, cfg=cfg.concept, mode=cfg.score.ts_prompt)
         self.scorers = build_scorers(cfg.score, self.concept_images, {"TS": ts})
@@ -179,13 +182,13 @@ class Bench:
                 sets: tuple[str, ...] = ("held-out", "held-in")) -> dict[str, pd.DataFrame]:
         """Scored images on the held-out prompts (evaluate's seeds and settings) and on round
         1's prompts with seeds no round trains on (held-in)."""
-        e, g = self.cfg.evaluate, self.cfg.generate
+        e = self.cfg.evaluate
         out = {}
         if "held-out" in sets:
             out["held-out"] = self.sample(model, self.held_out, e.images_per_prompt, e.seed, f"{name}_out",
                                           class_prompt, settings=e)
         if "held-in" in sets:
-            out["held-in"] = self.sample(model, self.round_prompts[0], g.images_per_prompt, HELD_IN_SEED,
+            out["held-in"] = self.sample(model, self.round_prompts[0], self.held_in_seeds, HELD_IN_SEED,
                                          f"{name}_in", class_prompt)
         return out
 
