@@ -87,6 +87,7 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     assert [r["step"] for r in done] == list(range(6))  # started over
 
 
+@pytest.mark.slow
 def test_a_killed_dreambooth_run_resumes_to_the_same_lora(tmp_path, in_repo):
     """The finetune loop resumes the same way (prior preservation's class batches included)."""
     from dbdpo.config import ConceptConfig, FinetuneConfig

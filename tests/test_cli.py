@@ -41,6 +41,7 @@ def test_a_stages_help_names_the_params_it_reads_without_loading_torch(stage):
     assert text.endswith("torch loaded: False")
 
 
+@pytest.mark.slow
 def test_a_stage_runs_through_dbdpo_as_through_python_m(tmp_path):
     """`dbdpo pair` is `python -m stages.pair`: the same command, the same error for a bad round."""
     through_cli = dbdpo("pair", "--round", "round_9")

@@ -182,6 +182,7 @@ def pipeline_image(pipe) -> np.ndarray:
     return out.images[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("targets", ["attention", "unet"])
 @pytest.mark.parametrize("arch,kind", ARCHS)
 def test_lora_round_trips_through_the_pipelines_own_loader(tiny_dirs, tmp_path, arch, kind, targets):

@@ -79,6 +79,7 @@ def test_a_finite_but_ruined_dpo_run_stops_before_a_model_is_written(lr, beta, s
                                                                     beta=beta))
 
 
+@pytest.mark.slow
 def test_a_healthy_dpo_run_stays_far_inside_the_health_bound():
     """The default DPO rate: the windowed error ratio the guard watches stays well under its
     bound (the margin the bound rests on; the default run's rounds stay under 1.3x as well)."""
@@ -141,6 +142,7 @@ def test_reference_is_the_rounds_start_model_not_the_base():
     assert rows[0]["reference_error"] != pytest.approx(reference_error(tiny().pipe.unet), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_dpo_training_changes_only_the_adapter_and_lowers_the_loss():
     backbone = tiny()
     base_weights = {k: v.clone() for k, v in backbone.pipe.unet.state_dict().items()}
@@ -168,6 +170,7 @@ def test_dpo_training_changes_only_the_adapter_and_lowers_the_loss():
     assert loss.item() < math.log(2) - 0.1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("targets, lr", [("attention", 3e-3), ("unet", 1e-3)])
 def test_dreambooth_lowers_the_denoising_loss_on_the_concept(in_repo, targets, lr):
 
@@ -231,6 +234,7 @@ def test_prior_preservation_adds_the_class_loss(in_repo):
     assert all(r["loss"] > r["instance_loss"] for r in prior)
 
 
+@pytest.mark.slow
 def test_min_snr_weighting_weighs_dreambooth_steps_and_is_off_above_every_snr(in_repo):
     """finetune.snr_gamma: gamma 1 scales down the nearly clean timesteps, so the same first
     batch (same noise, same timesteps) scores a lower loss and the LoRA trains elsewhere; a
@@ -310,6 +314,7 @@ def test_sdxl_pooled_text_and_size_ids_reach_the_unet(tiny_dirs):
         assert not torch.allclose(torch.cat(dpo_errors(unet, scheduler, other_pooled, *args)), base)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,kind", [("sd2", "sd"), ("sdxl", "sdxl")])
 def test_dreambooth_and_dpo_train_on_real_architectures(tiny_dirs, in_repo, arch, kind):
 
