@@ -6,6 +6,7 @@ Prompt files hold one template a line with `{token}` and `{class_noun}` placehol
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from dbdpo.config import TS_PROMPTS, ConceptConfig
 from dbdpo.errors import DataError
 
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
@@ -80,15 +82,21 @@ def load_concept(cfg: ConceptConfig) -> list[Image.Image]:
         if any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.rglob("*") if f.is_file()):
             raise DataError(f"{sub}: a folder of images inside concept.dir={cfg.dir!r}; DreamBooth trains on "
                             "concept.dir's own files only: move them up into it, or out of it")
-    others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    # a photo's caption beside it (photo.txt, the kohya / diffusers dataset habit): kept, not read
+    captions = [p for p in files if p.suffix.lower() == ".txt" and any(p.stem == i.stem for i in images)]
+    others = [p for p in files if p not in images and p not in captions]
     if others:
         raise DataError(
-            f"{others[0]}: not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-            f"concept.dir must hold only the concept's images"
+            f"{others[0]}: not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a photo's caption "
+            f"(<photo>.txt); concept.dir must hold only the concept's images"
         )
-    if not files:
+    if not images:
         raise DataError(f"concept.dir={cfg.dir!r} holds no images")
-    return [load_image_rgb(p, cfg.min_size) for p in files]
+    if captions:
+        log.info("concept.dir: %d caption files beside the photos are not used: every photo is captioned "
+                 "finetune.instance_prompt, as DreamBooth does", len(captions))
+    return [load_image_rgb(p, cfg.min_size) for p in images]
 
 
 def to_tensor(images: list[Image.Image], resolution: int) -> torch.Tensor:

@@ -202,10 +202,12 @@ def native_size(cfg: Config, folder: Path | None) -> int | None:
     return None
 
 
-def check(cfg: Config) -> Report:
+def check(cfg: Config, requirements: Path = Path("requirements.txt")) -> Report:
     """Every input the params name, resolved without loading a model. With the hub reachable
     (HF_HUB_OFFLINE unset), a hub file that is not cached is a warning: the stage that needs
-    it downloads it."""
+    it downloads it. `requirements`: the project's pins, checked against the installed dbdpo."""
+    from importlib.metadata import version
+
     missing, folder = check_backbone(cfg)
     missing += check_scorers(cfg)
     data_missing, warnings = check_data(cfg, native_size(cfg, folder))
@@ -214,7 +216,21 @@ def check(cfg: Config) -> Report:
         warnings += [f"{m.key}: {m.what}; the stage that loads it downloads it ({m.fetch} fetches it now)"
                      for m in missing if m.hub]
         missing = [m for m in missing if not m.hub]
-    return Report(missing, warnings)
+    pin = version_warning(requirements, version("dbdpo"))
+    return Report(missing, warnings + ([pin] if pin else []))
+
+
+def version_warning(requirements: Path, installed: str) -> str | None:
+    """A warning when the project's requirements.txt (which `dbdpo init` writes) pins another
+    dbdpo than the one installed: the stages' code is the installed package's."""
+    if not requirements.is_file():
+        return None
+    pins = [line.split("==", 1)[1].strip() for line in requirements.read_text().splitlines()
+            if line.replace(" ", "").startswith("dbdpo==")]
+    if pins and pins[0] != installed:
+        return (f"{requirements} pins dbdpo=={pins[0]}, but dbdpo {installed} is installed: results may differ from "
+                f"the version the project was made with (`pip install dbdpo=={pins[0]}`, or update the pin)")
+    return None
 
 
 def report_text(report: Report) -> str:

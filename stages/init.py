@@ -5,8 +5,9 @@
 
 writes my-dog/ with params.yaml (the preset, pointed at the concept), dvc.yaml (this pipeline,
 each stage run as `dbdpo <stage>`), the training prompts and held-out evaluation prompts, the
-concept's images copied to data/concept/, then `git init`, `dvc init` and a first commit. The
-project files ship in the package (stages/project/, links to this repository's own files).
+concept's images copied to data/concept/, a requirements.txt pinning this dbdpo, then `git init`,
+`dvc init` and a first commit. The project files ship in the package (stages/project/: copies of
+this repository's own files, which tests/test_init.py keeps equal).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def init(project: Path = typer.Argument(..., help="the folder to create (must no
          kind: str = typer.Option("object", help="object | live: picks the DreamBooth evaluation prompts"),
          preset: str = typer.Option("default", help="default (the CPU proving ground) | sd2 | sd21 | sdxl")) -> None:
     """Write a DVC project for your concept, ready for `dvc repro`."""
+    from importlib.metadata import version
+
     from dbdpo.config import ConceptConfig
     from dbdpo.data import load_concept
     from dbdpo.errors import UserError
@@ -105,6 +108,8 @@ def init(project: Path = typer.Argument(..., help="the folder to create (must no
     (project / "params.yaml").write_text(params)
     (project / "dvc.yaml").write_text(project_dvc_yaml())
     (project / ".gitignore").write_text("checkpoints/\n")  # training stages' resume state, not results
+    # the dbdpo the project was made with (`dbdpo check` warns when another is installed)
+    (project / "requirements.txt").write_text(f"dbdpo=={version('dbdpo')}\n")
     load_config(project / "params.yaml")  # the project's params validate as written
 
     run(["git", "init", "-q"], project)

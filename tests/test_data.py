@@ -97,6 +97,19 @@ def test_non_image_and_corrupt_files_are_rejected(tmp_path):
         load_concept(ConceptConfig(dir=str(tmp_path)))
 
 
+def test_a_caption_beside_a_photo_is_kept_and_not_read(tmp_path, caplog):
+    """The kohya / diffusers dataset habit: photo.txt beside photo.png. A .txt of no photo is
+    still refused."""
+    cfg = concept_dir(tmp_path, {"dog.png": Image.new("RGB", (64, 64), "red")})
+    (tmp_path / "dog.txt").write_text("a dog on a sofa")
+    with caplog.at_level("INFO", logger="dbdpo.data"):
+        (loaded,) = load_concept(cfg)
+    assert loaded.size == (64, 64) and "1 caption files beside the photos are not used" in caplog.text
+    (tmp_path / "cat.txt").write_text("no photo of this name")
+    with pytest.raises(DataError, match=r"cat.txt: not an image file .* nor a photo's caption"):
+        load_concept(cfg)
+
+
 def test_missing_or_empty_dir(tmp_path):
     with pytest.raises(DataError, match="is not a directory"):
         load_concept(ConceptConfig(dir=str(tmp_path / "nope")))

@@ -52,9 +52,22 @@ def test_init_writes_a_project_that_dvc_repro_runs(installed, tmp_path):
     where = run([sys.executable, "-c", "import stages, dbdpo; print(stages.__file__, dbdpo.__file__)"], tmp_path, env)
     assert where.stdout.count(str(site)) == 2  # the wheel's code, not this checkout's
 
-    run(["dbdpo", "init", "my-toy", "--concept", str(REPO / "data/concept"), "--class-noun", "toy"], tmp_path, env)
+    photos = tmp_path / "photos"
+    shutil.copytree(REPO / "data/concept", photos)
+    (photos / "toy_00.txt").write_text("a toy on a table")  # a caption beside a photo: kept, not read
+    run(["dbdpo", "init", "my-toy", "--concept", str(photos), "--class-noun", "toy"], tmp_path, env)
     project = tmp_path / "my-toy"
-    assert sorted(p.name for p in (project / "data/concept").iterdir()) == [f"toy_0{i}.png" for i in range(6)]
+    assert sorted(p.name for p in (project / "data/concept").iterdir()) == sorted(
+        [f"toy_0{i}.png" for i in range(6)] + ["toy_00.txt"])
+    installed_version = run([sys.executable, "-c", "from importlib.metadata import version; print(version('dbdpo'))"],
+                            tmp_path, env).stdout.strip()
+    assert (project / "requirements.txt").read_text() == f"dbdpo=={installed_version}\n"
+    checked = run(["dbdpo", "check"], project, env)
+    assert checked.stdout.strip() == "everything the params name is here"
+    (project / "requirements.txt").write_text("dbdpo==0.0.1\n")
+    checked = run(["dbdpo", "check"], project, env)
+    assert f"pins dbdpo==0.0.1, but dbdpo {installed_version} is installed" in checked.stdout
+    (project / "requirements.txt").write_text(f"dbdpo=={installed_version}\n")
     dvc_yaml = (project / "dvc.yaml").read_text()
     assert "cmd: dbdpo finetune" in dvc_yaml and "python -m" not in dvc_yaml and "stages/" not in dvc_yaml
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -1,0 +1,29 @@
+"""The files `dbdpo init` writes ship in the package as real files (stages/project/), never as
+links into a checkout: an editable install must make the project a wheel makes, whatever the
+checkout's workspace holds (an applied `dvc exp` rewrites params.yaml). They stay equal to the
+repository's own files."""
+
+import pytest
+
+from tests.conftest import REPO
+
+SOURCES = {  # stages/project/<name>: the repository file it is a copy of
+    "params.yaml": "params.yaml", "pipeline.yaml": "dvc.yaml", "sd2.yaml": "presets/sd2.yaml",
+    "sd21.yaml": "presets/sd21.yaml", "sdxl.yaml": "presets/sdxl.yaml", "train.txt": "data/prompts/train.txt",
+    "eval.txt": "data/prompts/eval.txt", "pool_object.txt": "data/prompts/pool_object.txt",
+    "pool_live.txt": "data/prompts/pool_live.txt", "dreambooth_object.txt": "data/prompts/dreambooth_object.txt",
+    "dreambooth_live.txt": "data/prompts/dreambooth_live.txt", "offline.html": ".dvc/plots/offline.html",
+    "tradeoff.json": ".dvc/plots/tradeoff.json",
+}
+
+
+def test_every_shipped_file_is_listed_and_a_real_file():
+    shipped = REPO / "stages" / "project"
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(SOURCES)
+    assert not [p for p in shipped.iterdir() if p.is_symlink()]
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_a_shipped_file_equals_the_repositorys(name):
+    shipped, source = REPO / "stages" / "project" / name, REPO / SOURCES[name]
+    assert shipped.read_bytes() == source.read_bytes(), f"stages/project/{name} differs: cp {SOURCES[name]} {shipped}"
