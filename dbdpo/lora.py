@@ -221,14 +221,45 @@ def to_kohya(state: LoraState) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_kohya(state: LoraState, path: Path, dtype: torch.dtype = torch.float16) -> None:
-    """Write `state` as one kohya-format .safetensors file (fp16 by default, as those tools ship)."""
+# kohya-ss's names for the base models (its model_util), by the UNet's cross-attention width
+KOHYA_BASE_VERSIONS = {768: "sd_v1", 1024: "sd_v2", 2048: "sdxl_base_v1-0"}
+
+
+def kohya_metadata(state: LoraState, trigger: str | None = None, resolution: int | None = None,
+                   images: int = 0) -> dict[str, str]:
+    """The `ss_*` header keys kohya-ss's scripts write, which ComfyUI, A1111/Forge and CivitAI
+    read: the network (module, the largest rank as its dim, alpha = dim: each module's own
+    `alpha` tensor equals its rank, a scale of 1), the base model read off the UNet's
+    cross-attention width, the training resolution, and the trigger phrase as kohya's
+    `ss_tag_frequency` ({dataset folder: {caption: images}}), where those tools look for it."""
+    ranks = [v.shape[0] for k, v in state.items() if k.endswith("lora_A.weight")]
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(max(ranks)),
+            "ss_network_alpha": str(float(max(ranks)))}
+    widths = {v.shape[1] for k, v in state.items() if ".attn2.to_k.lora_A" in k and not k.startswith("text_encoder")}
+    base = KOHYA_BASE_VERSIONS.get(next(iter(widths))) if len(widths) == 1 else None
+    if base is not None:
+        meta |= {"ss_base_model_version": base, "ss_v2": str(base == "sd_v2")}
+    if resolution is not None:
+        meta["ss_resolution"] = f"({resolution}, {resolution})"
+    if trigger:
+        meta["ss_tag_frequency"] = json.dumps({"concept": {trigger: images}})
+    return meta
+
+
+def save_kohya(state: LoraState, path: Path, metadata: dict[str, str] | None = None,
+               dtype: torch.dtype = torch.float16) -> None:
+    """Write `state` as one kohya-format .safetensors file (fp16 by default, as those tools ship),
+    with `metadata` beside `ss_network_module`. The header's keys are sorted: safetensors writes
+    them in a per-process hash order, so the same LoRA would export to other bytes each run."""
+    from safetensors.torch import save
+
     tensors = {k: v.to(dtype) for k, v in to_kohya(state).items()}
-    # One metadata key only: with several, safetensors orders them per process and the same
-    # LoRA would export to different bytes (rank and alpha are in the tensors anyway).
-    metadata = {"ss_network_module": "networks.lora"}
+    blob = save(tensors, metadata={"ss_network_module": "networks.lora", **(metadata or {})})
+    size = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format's 8-byte alignment of the tensor data
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(len(header).to_bytes(8, "little") + header + blob[8 + size:])
 
 
 @torch.no_grad()

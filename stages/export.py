@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from stages.common import disk_errors, fail
+from stages.common import PARAMS_OPTION, disk_errors, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -25,15 +25,34 @@ def inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+def project_facts(params: Path) -> dict:
+    """What the export's metadata takes from the project's params: the trigger phrase, the
+    concept's image count and the training resolution (none of them without the file)."""
+    from dbdpo.data import IMAGE_SUFFIXES
+    from dbdpo.params import load_config
+    from dbdpo.preflight import WORLD_SIZE, check_backbone, native_size
+
+    if not params.is_file():
+        return {}
+    cfg = load_config(params)
+    folder = Path(cfg.concept.dir)
+    images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()) if folder.is_dir() else 0
+    resolution = WORLD_SIZE if cfg.model.backbone == "tiny" else native_size(cfg, check_backbone(cfg)[1])
+    return {"trigger": f"{cfg.concept.token} {cfg.concept.class_noun}", "resolution": resolution, "images": images}
+
+
 @app.command()
 @disk_errors
 def kohya(model_dir: Path = typer.Argument(..., help="a round's model folder, e.g. models/round_2"),
           out: Path = typer.Argument(..., help="the .safetensors file to write"),
-          force: bool = typer.Option(False, "--force", help="overwrite `out` if it exists")) -> None:
-    """The round's LoRA in kohya-ss format (ComfyUI, A1111/Forge), fp16."""
+          force: bool = typer.Option(False, "--force", help="overwrite `out` if it exists"),
+          params: Path = PARAMS_OPTION) -> None:
+    """The round's LoRA in kohya-ss format (ComfyUI, A1111/Forge), fp16, with kohya's metadata:
+    network dims, base model, and from the params (when the file is there) the trigger phrase
+    `<concept.token> <concept.class_noun>` and the training resolution."""
     from dbdpo.backbones import is_pipeline_folder
     from dbdpo.errors import UserError
-    from dbdpo.lora import load_lora, save_kohya
+    from dbdpo.lora import kohya_metadata, load_lora, save_kohya
 
     if out.suffix != ".safetensors":
         fail(f"{out}: the output must end in .safetensors")
@@ -52,8 +71,12 @@ def kohya(model_dir: Path = typer.Argument(..., help="a round's model folder, e.
         fail(f"{out} is a folder; give the .safetensors file to write in it, e.g. {out / 'lora.safetensors'}")
     if out.exists() and not force:
         fail(f"{out} exists; pass --force to overwrite it")
+    try:
+        metadata = kohya_metadata(state, **project_facts(params))
+    except UserError as e:
+        fail(str(e))
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_kohya(state, out)
+    save_kohya(state, out, metadata)
     typer.echo(f"wrote {out} ({len(state) // 2} LoRA modules, kohya format)")
 
 

@@ -3,6 +3,7 @@
 Each script's Typer command runs in-process (a subprocess costs ~12 s of imports)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -56,6 +57,12 @@ def test_export_kohya_writes_the_rounds_lora_in_fp16(in_repo, tmp_path):
         torch.testing.assert_close(down.float(), state["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight"],
                                    atol=1e-3, rtol=1e-3)
         assert f.get_tensor(f"{name}.alpha").item() == 4.0
+        # kohya's header keys, from the LoRA and the project's params (the proving ground's toy)
+        assert f.metadata() == {"ss_network_module": "networks.lora", "ss_network_dim": "4", "ss_network_alpha": "4.0",
+                                "ss_resolution": "(64, 64)",
+                                "ss_tag_frequency": json.dumps({"concept": {"sks toy": 6}})}
+    header = json.loads(out.read_bytes()[8:8 + int.from_bytes(out.read_bytes()[:8], "little")])
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted(header["__metadata__"])
 
     missing = invoke_stage("export", "kohya", str(tmp_path / "round_9"), str(out))
     assert missing.exit_code == 2 and "no LoRA weights; run the stage that writes" in missing.stderr
@@ -65,6 +72,35 @@ def test_export_kohya_writes_the_rounds_lora_in_fp16(in_repo, tmp_path):
     assert pipeline.exit_code == 2 and "is a whole pipeline (finetune.method=full), not a LoRA" in pipeline.stderr
     wrong = invoke_stage("export", "kohya", str(tmp_path / "round_1"), str(tmp_path / "x.pt"))
     assert wrong.exit_code == 2 and "x.pt: the output must end in .safetensors" in wrong.stderr
+
+
+def test_kohya_metadata_names_the_base_model_by_the_cross_attention_width():
+    from dbdpo.lora import kohya_metadata
+
+    def lora(width: int, rank: int = 8) -> dict:
+        key = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+        return {f"{key}.lora_A.weight": torch.zeros(rank, width), f"{key}.lora_B.weight": torch.zeros(320, rank),
+                "conv_in.lora_A.weight": torch.zeros(rank // 2, 4)}
+
+    assert kohya_metadata(lora(2048))["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert kohya_metadata(lora(1024)) == {"ss_network_module": "networks.lora", "ss_network_dim": "8",
+                                          "ss_network_alpha": "8.0", "ss_base_model_version": "sd_v2", "ss_v2": "True"}
+    assert kohya_metadata(lora(768))["ss_v2"] == "False"
+    assert "ss_base_model_version" not in kohya_metadata(lora(64))  # the proving ground's world: no kohya name
+
+
+def test_an_export_is_the_same_bytes_in_another_process(in_repo, tmp_path):
+    """safetensors orders header keys per process; the export sorts them."""
+    import subprocess
+    import sys
+
+    save_lora(load_backbone(ModelConfig()).pipe, random_lora(0), tmp_path / "round_1")
+    here = tmp_path / "here.safetensors"
+    assert invoke_stage("export", "kohya", str(tmp_path / "round_1"), str(here)).exit_code == 0
+    there = tmp_path / "there.safetensors"
+    subprocess.run([sys.executable, "-m", "stages.export", "kohya", str(tmp_path / "round_1"), str(there)], cwd=in_repo,
+                   check=True, capture_output=True)
+    assert there.read_bytes() == here.read_bytes()
 
 
 def test_export_never_overwrites_without_force_nor_writes_into_models(in_repo, tmp_path, monkeypatch):
