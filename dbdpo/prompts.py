@@ -10,12 +10,11 @@ context that an evaluation prompt uses (the evaluation stays on held-out context
 Each line is a template with the {token} and {class_noun} placeholders, as every prompt file:
 the TS prompt drops them ("a photo of a in a library"), the generation prompt fills them in.
 
-    python -m dbdpo.prompts --class-noun dog --n 4000 --out data/prompts/train_dog.txt
+    dbdpo prompts --class-noun dog --n 4000 --out data/prompts/train_dog.txt
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import random
 import re
@@ -90,35 +89,21 @@ def compose_pool(kind: str, n: int, eval_templates: list[str] = (), seed: int = 
     return templates[:n]
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--class-noun", help="the concept's class, e.g. dog (live) or backpack (object)")
-    parser.add_argument("--kind", choices=tuple(ACTIONS), help="object or live (default: from --class-noun)")
-    parser.add_argument("--n", type=int, default=4000, help="prompts to write")
-    parser.add_argument("--eval", type=Path, nargs="*", default=[Path("data/prompts/dreambooth_object.txt"),
-                                                                Path("data/prompts/dreambooth_live.txt")],
-                        help="evaluation prompt files whose contexts stay out of the pool")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    if not (args.kind or args.class_noun):
-        parser.error("give --class-noun (e.g. dog) or --kind (object | live)")
-    # imported here: dbdpo.data loads torch, and --help should not
+def write_pool(out: Path, kind: str, n: int, eval_files: list[Path], seed: int = 0,
+               class_noun: str | None = None) -> Path:
+    """compose_pool's `n` templates for a `kind` subject, none on a context of the evaluation
+    prompt files `eval_files`, written to `out` atomically under a header that says how they
+    were made (`dbdpo prompts`). Same arguments, same bytes."""
+    from dbdpo.artifacts import atomic_file
     from dbdpo.data import load_prompt_templates
 
-    held = [t for path in args.eval for t in load_prompt_templates(path)]
-    kind = args.kind or subject_kind(args.class_noun)
-    pool = compose_pool(kind, args.n, held, args.seed)
-    subject = f"a {args.class_noun} ({kind})" if args.class_noun else f"any {kind} subject"
-    header = (f"# {len(pool)} training prompts for {subject}: python -m dbdpo.prompts --kind {kind} --n {args.n} "
-              f"--seed {args.seed}.\n# No context of {', '.join(p.name for p in args.eval)}. Round i takes its own "
-              "slice of generate.num_prompts.\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".tmp-{args.out.name}")
-    tmp.write_text(header + "\n".join(pool) + "\n", encoding="utf-8")
-    tmp.replace(args.out)
-    return args.out
-
-
-if __name__ == "__main__":
-    main()
+    held = [t for path in eval_files for t in load_prompt_templates(path)]
+    pool = compose_pool(kind, n, held, seed)
+    subject = f"a {class_noun} ({kind})" if class_noun else f"any {kind} subject"
+    header = (f"# {len(pool)} training prompts for {subject}: dbdpo prompts --kind {kind} --n {n} --seed {seed}.\n"
+              f"# No context of {', '.join(p.name for p in eval_files)}. Round i takes its own slice of "
+              "generate.num_prompts.\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out) as tmp:
+        tmp.write_text(header + "\n".join(pool) + "\n", encoding="utf-8")
+    return out

@@ -23,6 +23,7 @@ COMMANDS = {
     "dpo": ("stages.dpo", "Diffusion-DPO or RankDPO on a round's preferences"),
     "evaluate": ("stages.evaluate", "every round on the held-out prompts: metrics, plots, grids"),
     "export": ("stages.export", "write a round's model for other tools (kohya LoRA)"),
+    "prompts": ("stages.prompts", "a training prompt pool at the papers' scale, no evaluation context in it"),
     "init": ("stages.init", "a new DVC project for your concept, ready for dvc repro"),
     "show": ("stages.show", "each round's held-out IS, TS and gains over round_0, with standard errors"),
     "check": ("stages.check", "every weight, prompt file and photo the params name: what is missing, how to fetch it"),

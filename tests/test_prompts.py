@@ -12,10 +12,10 @@ from dbdpo.prompts import (
     compose,
     compose_pool,
     eval_contexts,
-    main,
     subject_kind,
+    write_pool,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, invoke_stage
 
 EVAL_FILES = [REPO / "data/prompts/dreambooth_object.txt", REPO / "data/prompts/dreambooth_live.txt",
               REPO / "data/prompts/eval.txt"]
@@ -60,19 +60,34 @@ def test_asking_for_more_than_the_composer_holds_names_both_numbers():
         compose_pool("live", 10_000_000)
 
 
-def test_the_command_writes_a_prompt_file_the_pipeline_loads(tmp_path):
-    out = main(["--class-noun", "dog", "--n", "2500", "--eval", *map(str, EVAL_FILES), "--out", str(tmp_path / "p.txt")])
+def test_the_pool_is_a_prompt_file_the_pipeline_loads_the_same_bytes_each_time(tmp_path):
+    out = write_pool(tmp_path / "p.txt", "live", 2500, EVAL_FILES, class_noun="dog")
     templates = load_prompt_templates(out)
     assert len(templates) == 2500 and out.read_text().startswith("# 2500 training prompts for a dog (live): ")
     first = out.read_bytes()
-    main(["--class-noun", "dog", "--n", "2500", "--eval", *map(str, EVAL_FILES), "--out", str(out)])
+    write_pool(out, "live", 2500, EVAL_FILES, class_noun="dog")
     assert out.read_bytes() == first and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_dbdpo_prompts_runs_in_any_folder_with_the_shipped_evaluation_sets(tmp_path, monkeypatch):
+    """It once ended in a DataError traceback outside this repository: its default evaluation
+    files were the repository's."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke_stage("prompts", "--class-noun", "dog", "--n", "4000", "--out", "data/prompts/train_dog.txt")
+    assert result.exit_code == 0, result.output
+    written = (tmp_path / "data/prompts/train_dog.txt").read_text().splitlines()
+    assert written[1] == "# No context of dreambooth_object.txt, dreambooth_live.txt. Round i takes its own slice of " \
+                         "generate.num_prompts."
+    assert written[2:] == (REPO / "data/prompts/pool_live.txt").read_text().splitlines()[2:]
+    missing = invoke_stage("prompts", "--kind", "object", "--eval", "nope.txt", "--out", "p.txt")
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: ") and "nope.txt" in missing.stderr
+    assert invoke_stage("prompts", "--out", "p.txt").exit_code == 2
 
 
 @pytest.mark.parametrize("kind", ["object", "live"])
 def test_the_shipped_pools_are_the_composers_output(tmp_path, kind):
     """data/prompts/pool_<kind>.txt (the presets' generate.prompts) is what the command writes."""
     shipped = REPO / f"data/prompts/pool_{kind}.txt"
-    out = main(["--kind", kind, "--n", "4000", "--eval", *map(str, EVAL_FILES[:2]), "--out", str(tmp_path / "p.txt")])
+    out = write_pool(tmp_path / "p.txt", kind, 4000, EVAL_FILES[:2])
     assert out.read_text().splitlines()[2:] == shipped.read_text().splitlines()[2:]
     assert len(load_prompt_templates(shipped)) == 4000
