@@ -172,26 +172,32 @@ def comparison_grids(samples: list[RoundSamples], num_prompts: int, images_per_p
                         caption=samples[0].prompts[p * images_per_prompt]) for p in range(num_prompts)}
 
 
-def tradeoff_figure(names: list[str], is_values: list[float], ts_values: list[float], path: Path) -> None:
-    """IS vs TS, one labelled point per round, the Pareto front drawn through its points (PNG)."""
+def tradeoff_figure(table: dict[str, dict[str, float | int]], path: Path) -> None:
+    """IS vs TS, one labelled point per round of `table` (rounds_table) with its standard errors
+    (std / sqrt(images)) as error bars, and the Pareto front drawn through its points (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = list(table)
+    is_values, ts_values = [table[n]["IS"] for n in names], [table[n]["TS"] for n in names]
+    se = {k: [table[n][f"{k}_std"] / math.sqrt(table[n]["images"]) for n in names] for k in ("IS", "TS")}
     front = pareto_front(is_values, ts_values)
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     ax.plot(ts_values, is_values, color="0.7", zorder=1)  # the path the rounds took
+    ax.errorbar(ts_values, is_values, xerr=se["TS"], yerr=se["IS"], fmt="none", ecolor="0.5", elinewidth=1,
+                capsize=2, zorder=1)
     ax.scatter(ts_values, is_values, c=["tab:red" if f else "tab:blue" for f in front], zorder=2)
     order = sorted((t, i) for t, i, f in zip(ts_values, is_values, front) if f)
     ax.step([t for t, _ in order], [i for _, i in order], where="post", color="tab:red", linestyle="--",
-            label="Pareto front")
+            label="Pareto front of the rounds")
     for name, t, i in zip(names, ts_values, is_values):
         ax.annotate(name, (t, i), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("TS (text similarity)")
     ax.set_ylabel("IS (image similarity)")
-    ax.set_title("IS-TS trade-off per round")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("IS-TS trade-off per round (bars: ± standard error)", fontsize=10)
+    ax.legend(loc="best", fontsize=8)  # where it covers no point or label
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -73,8 +73,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     front = pareto_front([metrics[n]["IS"] for n in names], [metrics[n]["TS"] for n in names])
     write_csv([{"round": n, "IS": metrics[n]["IS"], "TS": metrics[n]["TS"], "pareto": bool(f)}
                for n, f in zip(names, front)], EVAL / "tradeoff.csv")
-    tradeoff_figure(names, [metrics[n]["IS"] for n in names], [metrics[n]["TS"] for n in names],
-                    EVAL / "tradeoff.png")
+    tradeoff_figure(metrics, EVAL / "tradeoff.png")
     with atomic_dir(EVAL / "grids") as grid_dir:
         for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt).items():
             grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")

@@ -40,10 +40,15 @@ def test_grid_row_places_each_round_side_by_side():
     assert (captioned[side + LABEL_HEIGHT:] < 128).any() and np.array_equal(captioned[:side + LABEL_HEIGHT], row)
 
 
-def test_tradeoff_figure_is_a_png(tmp_path):
-    tradeoff_figure(["round_0", "round_1", "round_2"], [0.8, 0.85, 0.84], [0.20, 0.22, 0.25], tmp_path / "t.png")
+def test_tradeoff_figure_is_a_png_with_error_bars(tmp_path):
+    table = {name: {"IS": i, "TS": t, "IS_std": 0.1, "TS_std": 0.05, "images": 40}
+             for name, i, t in (("round_0", 0.8, 0.20), ("round_1", 0.85, 0.22), ("round_2", 0.84, 0.25))}
+    tradeoff_figure(table, tmp_path / "t.png")
     with Image.open(tmp_path / "t.png") as img:
         assert img.format == "PNG" and img.size == (500, 400)
+    with pytest.raises(KeyError, match="IS_std"):  # no error bar without the round's std
+        tradeoff_figure({"round_0": {"IS": 0.8, "TS": 0.2, "images": 40}}, tmp_path / "u.png")
+    assert not (tmp_path / "u.png").exists()
 
 
 def test_round_metrics_give_mean_std_and_count_per_score():
