@@ -51,6 +51,17 @@ class Backbone:
         return DDPMScheduler.from_config(self.pipe.scheduler.config)
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE forbids the hub, read as huggingface_hub reads it, but now (its own
+    constant is read once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def is_local_path(name: str) -> bool:
+    """Whether a params value names a path on disk rather than a hub id."""
+    return Path(name).exists() or name.startswith((".", "/", "~"))
+
+
 def resolve_pretrained(path: str, revision: str | None, key: str = "model.path") -> Path:
     """A local directory as is; a hub id from the local cache, or downloaded if online.
 
@@ -58,7 +69,7 @@ def resolve_pretrained(path: str, revision: str | None, key: str = "model.path")
     """
     if Path(path).is_dir():
         return Path(path)
-    if Path(path).exists() or path.startswith((".", "/", "~")):
+    if is_local_path(path):
         raise BackboneError(
             f"{key}={path!r} is not a directory with a diffusers "
             + ("pipeline (model_index.json, unet/, vae/, text_encoder/ ...)" if key == "model.path" else "model")
@@ -69,7 +80,7 @@ def resolve_pretrained(path: str, revision: str | None, key: str = "model.path")
         return Path(snapshot_download(path, revision=revision, local_files_only=True))
     except Exception:
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub_offline():
         raise BackboneError(
             f"{key}={path!r}: not in the local Hugging Face cache and HF_HUB_OFFLINE is "
             f"set. Download it on a connected machine (`huggingface-cli download {path}`) "

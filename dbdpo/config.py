@@ -249,10 +249,8 @@ def round_seed(seed: int, round_index: int) -> int:
 ROUND_GROUPS = ("generate", "pair", "filter", "dpo")  # the groups a round may override
 
 
-PRECISIONS = typing.get_args(Precision)
 TS_PROMPTS = typing.get_args(TsPrompt)
 RANK_BY = typing.get_args(RankBy)
-SCHEDULERS = typing.get_args(Scheduler)
 LORA_TARGETS = ("attention", "unet")  # the keys of dbdpo.lora.TARGET_SETS (or a list of module names)
 WORLD_CLIP = "dbdpo-world-clip"  # score.clip_model: the proving ground's trained CLIP (dbdpo.scoring)
 RANDOM_WEIGHTS = "random"  # score.clip_pretrained: random weights, asked for by name (code-path tests only)

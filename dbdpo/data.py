@@ -84,7 +84,8 @@ def load_concept(cfg: ConceptConfig) -> list[Image.Image]:
                             "concept.dir's own files only: move them up into it, or out of it")
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     # a photo's caption beside it (photo.txt, the kohya / diffusers dataset habit): kept, not read
-    captions = [p for p in files if p.suffix.lower() == ".txt" and any(p.stem == i.stem for i in images)]
+    stems = {i.stem for i in images}
+    captions = [p for p in files if p.suffix.lower() == ".txt" and p.stem in stems]
     others = [p for p in files if p not in images and p not in captions]
     if others:
         raise DataError(

@@ -119,10 +119,15 @@ def headline(table: dict[str, dict[str, float | int]]) -> dict[str, float]:
     return {k: last[k] for k in HEADLINE if k in last}
 
 
+def standard_error(row: dict, score: str) -> float:
+    """The standard error of a round's mean `score` (rounds_table row): std / sqrt(images)."""
+    return row[f"{score}_std"] / math.sqrt(row["images"])
+
+
 def round_summary(name: str, row: dict) -> str:
     """One round of eval/rounds.json on one line (evaluate and `dbdpo show` print it): IS and TS
     with their standard errors (std / sqrt(images)), and the gains over round_0 in its stds."""
-    se = {k: row[f"{k}_std"] / math.sqrt(row["images"]) for k in ("IS", "TS")}
+    se = {k: standard_error(row, k) for k in ("IS", "TS")}
     line = f"{name:<9} IS {row['IS']:.4f} ± {se['IS']:.4f}   TS {row['TS']:.4f} ± {se['TS']:.4f}"
     if "S_0.5_gain" in row:
         line += "   gain (round_0 stds): " + "  ".join(
@@ -182,7 +187,7 @@ def tradeoff_figure(table: dict[str, dict[str, float | int]], path: Path) -> Non
 
     names = list(table)
     is_values, ts_values = [table[n]["IS"] for n in names], [table[n]["TS"] for n in names]
-    se = {k: [table[n][f"{k}_std"] / math.sqrt(table[n]["images"]) for n in names] for k in ("IS", "TS")}
+    se = {k: [standard_error(table[n], k) for n in names] for k in ("IS", "TS")}
     front = pareto_front(is_values, ts_values)
     fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
     ax.plot(ts_values, is_values, color="0.7", zorder=1)  # the path the rounds took

@@ -10,15 +10,20 @@ command that fetches exactly its files.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dbdpo.backbones import (
+    check_pipeline_dir,
+    hub_offline,
+    is_local_path,
+    resolve_pretrained,
+)
 from dbdpo.config import RANDOM_WEIGHTS, WORLD_CLIP, Config
-from dbdpo.errors import UserError
+from dbdpo.errors import BackboneError, UserError
+from dbdpo.tiny import WORLD_UNET, WORLD_VAE, WORLD_WEIGHTS
 
 TOKENIZER_FILES = "{merges.txt,special_tokens_map.json,tokenizer_config.json,vocab.json}"
-WORLD_SIZE = 64  # the proving ground's photos and images (pixels)
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,6 @@ class Report:
         return not self.missing
 
 
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
 def pipeline_files(hub_id: str, kind: str, variant: str | None) -> str:
     """The `hf download` command of a diffusers pipeline's files that dbdpo reads: configs,
     tokenizers and the safetensors weights of `variant`, nothing else."""
@@ -64,18 +65,9 @@ def _cached(repo: str, filename: str, revision: str | None = None) -> Path | Non
     return Path(found) if isinstance(found, str) else None
 
 
-def _local(name: str) -> bool:
-    """Whether a params value names a path on disk rather than a hub id."""
-    return Path(name).exists() or name.startswith((".", "/", "~"))
-
-
 def check_backbone(cfg: Config) -> tuple[list[Missing], Path | None]:
     """model.path (and model.vae): the pipeline folder, or its hub snapshot in the local cache,
     with every part and the safetensors weights of model.variant. Returns the folder found."""
-    from dbdpo.backbones import check_pipeline_dir, resolve_pretrained
-    from dbdpo.errors import BackboneError
-    from dbdpo.tiny import WORLD_WEIGHTS
-
     m = cfg.model
     if m.backbone == "tiny":
         absent = [p for p in WORLD_WEIGHTS.values() if not p.is_file()]
@@ -83,7 +75,7 @@ def check_backbone(cfg: Config) -> tuple[list[Missing], Path | None]:
     if m.path is None:
         return [Missing("model.path", f"model.backbone={m.backbone} needs model.path: a hub id or a pipeline folder")], None
     missing, folder, fetch = [], None, None
-    if _local(m.path):
+    if is_local_path(m.path):
         try:  # the loader's own resolution, so the message is the one a stage would give
             folder = resolve_pretrained(m.path, m.revision)
         except BackboneError as e:
@@ -103,10 +95,10 @@ def check_backbone(cfg: Config) -> tuple[list[Missing], Path | None]:
             check_pipeline_dir(folder, m.backbone, m.path, m.variant)
         except BackboneError as e:
             missing.append(Missing("model.path", str(e), fetch))
-    if m.vae is not None and not _local(m.vae) and _cached(m.vae, "config.json") is None:
+    if m.vae is not None and not is_local_path(m.vae) and _cached(m.vae, "config.json") is None:
         missing.append(Missing("model.vae", f"{m.vae}: not in the local Hugging Face cache",
                                f"hf download {m.vae} config.json diffusion_pytorch_model.safetensors", hub=True))
-    elif m.vae is not None and _local(m.vae) and not (Path(m.vae).expanduser() / "config.json").is_file():
+    elif m.vae is not None and is_local_path(m.vae) and not (Path(m.vae).expanduser() / "config.json").is_file():
         missing.append(Missing("model.vae", f"{m.vae}: no config.json there (a diffusers AutoencoderKL folder)"))
     return missing, folder
 
@@ -118,7 +110,7 @@ def check_open_clip(model: str, pretrained: str | None, keys: tuple[str, str]) -
         return []
     if pretrained is None:
         return [Missing(keys[1], f"null for {keys[0]}={model}: name its weights (an open_clip tag or a file)")]
-    if _local(pretrained):
+    if is_local_path(pretrained):
         return [] if Path(pretrained).expanduser().is_file() else [Missing(keys[1], f"{pretrained}: no such file")]
     import open_clip
 
@@ -136,7 +128,7 @@ def check_transformers_model(name: str | None, key: str, hub_files: str) -> list
     """A transformers model (DINO, PickScore) named by a hub id or a local folder."""
     if name is None or name == "tiny":
         return []
-    if _local(name):
+    if is_local_path(name):
         folder = Path(name).expanduser()
         return [] if (folder / "config.json").is_file() else [Missing(key, f"{name}: no config.json there")]
     if _cached(name, "config.json") is not None:
@@ -180,10 +172,11 @@ def check_data(cfg: Config, size: int | None) -> tuple[list[Missing], list[str]]
         except UserError as e:
             missing.append(Missing(key, str(e)))
     if cfg.model.backbone == "tiny":
-        other = sorted({s for s in sizes if s != (WORLD_SIZE, WORLD_SIZE)})
+        world = pixels(WORLD_UNET, WORLD_VAE)
+        other = sorted({s for s in sizes if s != (world, world)})
         if other:
             warnings.append(f"concept.dir={cfg.concept.dir}: photos of {other[0][0]}x{other[0][1]} px with "
-                            f"model.backbone=tiny: the proving ground's {WORLD_SIZE}-pixel world model draws its "
+                            f"model.backbone=tiny: the proving ground's {world}-pixel world model draws its "
                             "own world, not real photos; use a GPU preset (dbdpo init --preset sdxl|sd2)")
     elif size is not None:
         small = [s for s in sizes if min(s) < size]
@@ -193,13 +186,23 @@ def check_data(cfg: Config, size: int | None) -> tuple[list[Missing], list[str]]
     return missing, warnings
 
 
+def pixels(unet: dict, vae: dict) -> int:
+    """The image side of a UNet and VAE config, as load_backbone computes it: the UNet's sample
+    size times the VAE's downscale (2 per VAE block after the first)."""
+    return unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
 def native_size(cfg: Config, folder: Path | None) -> int | None:
-    """The image side the backbone trains at: model.resolution, else the UNet's sample size x 8."""
+    """The image side the backbone trains at: model.resolution, else its configs' `pixels`
+    (the proving ground's, or the pipeline folder's); None when the folder is not here."""
     if cfg.model.resolution is not None:
         return cfg.model.resolution
-    if folder is not None and (folder / "unet" / "config.json").is_file():
-        return json.loads((folder / "unet" / "config.json").read_text()).get("sample_size", 0) * 8 or None
-    return None
+    if cfg.model.backbone == "tiny":
+        return pixels(WORLD_UNET, WORLD_VAE)
+    configs = [folder / part / "config.json" for part in ("unet", "vae")] if folder is not None else []
+    if not configs or not all(c.is_file() for c in configs):
+        return None
+    return pixels(*(json.loads(c.read_text()) for c in configs))
 
 
 def check(cfg: Config, requirements: Path = Path("requirements.txt")) -> Report:
@@ -212,7 +215,7 @@ def check(cfg: Config, requirements: Path = Path("requirements.txt")) -> Report:
     missing += check_scorers(cfg)
     data_missing, warnings = check_data(cfg, native_size(cfg, folder))
     missing += data_missing
-    if not offline():
+    if not hub_offline():
         warnings += [f"{m.key}: {m.what}; the stage that loads it downloads it ({m.fetch} fetches it now)"
                      for m in missing if m.hub]
         missing = [m for m in missing if not m.hub]

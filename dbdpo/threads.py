@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from dbdpo.artifacts import atomic_file
+
 log = logging.getLogger(__name__)
 
 REGISTRY = Path(tempfile.gettempdir()) / f"dbdpo-stages-{os.getuid()}"
@@ -100,11 +102,8 @@ def register_stage(threads: int | None, registry: Path = REGISTRY) -> int:
         atexit.register(unregister_stage)
     env = os.environ.get("OMP_NUM_THREADS", "")
     fixed = threads if threads is not None else (int(env) if env.isdigit() and int(env) > 0 else None)
-    registry.mkdir(parents=True, exist_ok=True)
-    file = registry / f"{os.getpid()}.stage"
-    tmp = file.with_suffix(".tmp")
-    tmp.write_text(f"{AUTO if fixed is None else fixed} {_start_time(os.getpid())}\n")
-    tmp.replace(file)  # a recount never reads half an entry
+    with atomic_file(registry / f"{os.getpid()}.stage") as tmp:  # a recount never reads half an entry
+        tmp.write_text(f"{AUTO if fixed is None else fixed} {_start_time(os.getpid())}\n")
     _stage = _Stage(fixed, registry)
     if fixed is not None:
         torch.set_num_threads(fixed)

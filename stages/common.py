@@ -27,6 +27,7 @@ ROUND_OPTION = typer.Option(None, "--round", show_default=False,
 MODELS = Path("models")
 ROUNDS = Path("rounds")
 EVAL = Path("eval")
+ROUNDS_TABLE = EVAL / "rounds.json"  # every round's scores and gains (evaluate writes, show and status read)
 LOGS = Path("logs")
 CHECKPOINTS = Path("checkpoints")  # a killed training stage's state (not a DVC output; git-ignored)
 

@@ -7,6 +7,7 @@ import typer
 from stages.common import (
     EVAL,
     PARAMS_OPTION,
+    ROUNDS_TABLE,
     checked_model,
     clear_outputs,
     disk_errors,
@@ -59,7 +60,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
         backbone = load_round_model(cfg.model, checked_model("round_0"), precision=cfg.model.precision)
     writes = clear_outputs(EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png",
-                           EVAL / "grids", EVAL / "rounds.json", Path("metrics.json"))
+                           EVAL / "grids", ROUNDS_TABLE, Path("metrics.json"))
     if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
         sample_and_score(backbone, models, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
         return
@@ -77,7 +78,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with atomic_dir(EVAL / "grids") as grid_dir:
         for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt).items():
             grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")
-    write_json(metrics, EVAL / "rounds.json")
+    write_json(metrics, ROUNDS_TABLE)
     write_json(headline(metrics), Path("metrics.json"))
     for name, row in metrics.items():
         typer.echo(round_summary(name, row))

@@ -28,17 +28,15 @@ def inside(path: Path, folder: Path) -> bool:
 def project_facts(params: Path) -> dict:
     """What the export's metadata takes from the project's params: the trigger phrase, the
     concept's image count and the training resolution (none of them without the file)."""
-    from dbdpo.data import IMAGE_SUFFIXES
+    from dbdpo.data import load_concept
     from dbdpo.params import load_config
-    from dbdpo.preflight import WORLD_SIZE, check_backbone, native_size
+    from dbdpo.preflight import check_backbone, native_size
 
     if not params.is_file():
         return {}
     cfg = load_config(params)
-    folder = Path(cfg.concept.dir)
-    images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()) if folder.is_dir() else 0
-    resolution = WORLD_SIZE if cfg.model.backbone == "tiny" else native_size(cfg, check_backbone(cfg)[1])
-    return {"trigger": f"{cfg.concept.token} {cfg.concept.class_noun}", "resolution": resolution, "images": images}
+    return {"trigger": f"{cfg.concept.token} {cfg.concept.class_noun}", "images": len(load_concept(cfg.concept)),
+            "resolution": native_size(cfg, check_backbone(cfg)[1])}
 
 
 @app.command()

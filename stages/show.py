@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from stages.common import EVAL, fail
+from stages.common import ROUNDS_TABLE, fail
 
 app = typer.Typer(add_completion=False)
 
@@ -16,7 +16,7 @@ def main() -> None:
     """Print each round's held-out IS, TS and gains over round_0 (run in the project folder)."""
     from dbdpo.evaluation import round_summary
 
-    table = EVAL / "rounds.json"
+    table = ROUNDS_TABLE
     if not table.is_file():
         fail(f"{table} is missing: `dvc repro` runs the evaluate stage that writes it")
     rows = json.loads(table.read_text())

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from stages.common import MODELS, PARAMS_OPTION, checkpoint_dir, user_errors
+from stages.common import (
+    MODELS,
+    PARAMS_OPTION,
+    ROUNDS_TABLE,
+    checkpoint_dir,
+    user_errors,
+)
 
 STAGE_ORDER = ("finetune", "generate", "score", "pair", "dpo", "evaluate")
 
@@ -34,8 +40,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with user_errors():
         cfg = load_config(params)
     rounds = list(cfg.round_plans())
-    table = Path("eval/rounds.json")
-    metrics = json.loads(table.read_text()) if table.is_file() else {}
+    metrics = json.loads(ROUNDS_TABLE.read_text()) if ROUNDS_TABLE.is_file() else {}
     for name in ["round_0", *rounds]:
         line = f"{name:<9} {'trained' if (MODELS / name).is_dir() else 'not trained':<12}"
         if name in metrics:

@@ -269,3 +269,16 @@ def test_a_stage_reads_only_the_keys_it_declares(in_repo):
 
     assert type(cfg.pair) is PairConfig and dataclasses.replace(cfg.pair, lambda_=1.0).lambda_ == 1.0
     assert type(cfg.model) is ParamView  # only model.backbone is declared
+
+
+def test_the_choice_types_name_what_the_code_implements():
+    """A params choice is valid where the code that takes it has it: the precisions backbones
+    casts to, the samplers sampling builds."""
+    import typing
+
+    from dbdpo.backbones import PRECISION_DTYPES
+    from dbdpo.config import Precision, Scheduler
+    from dbdpo.sampling import SCHEDULERS
+
+    assert set(typing.get_args(Precision)) == set(PRECISION_DTYPES)
+    assert set(typing.get_args(Scheduler)) == set(SCHEDULERS)
