@@ -72,6 +72,7 @@ from dbdpo.rounds import (
     score_round,
 )
 from dbdpo.scoring import build_scorers
+from dbdpo.training import StepCallback
 from dbdpo.world_concepts import WorldConcept, concepts_of
 
 CONCEPT_SET_DATA = Path(__file__).resolve().parent.parent / "data" / "concepts"
@@ -144,14 +145,15 @@ class Bench:
             models.append(model)
         return models
 
-    def dreambooth(self, seed: int | None = None) -> Model:
+    def dreambooth(self, seed: int | None = None, on_step: StepCallback | None = None) -> Model:
         """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage
-        (with finetune.seed = `seed` when given). A full fine-tune is saved in the scratch
-        folder and loaded from there, as the later stages load models/round_0."""
+        (with finetune.seed = `seed` when given; `on_step` gets each step's log row). A full
+        fine-tune is saved in the scratch folder and loaded from there, as the later stages
+        load models/round_0."""
         cfg = self.cfg
         finetune = cfg.finetune if seed is None else dataclasses.replace(cfg.finetune, seed=seed)
         backbone = load_backbone(cfg.model)
-        state, _ = dreambooth(backbone, self.concept_images, finetune, cfg.concept, cfg.generate)
+        state, _ = dreambooth(backbone, self.concept_images, finetune, cfg.concept, cfg.generate, on_step)
         if state is not None:
             return Model(cfg.model, self.backbone, state)
         folder = self.work / f"round_0_full_seed_{finetune.seed}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,6 +44,7 @@ from dbdpo.training import (
     StepCallback,
     accelerate_training,
     check_finite,
+    check_probe_health,
     encode_images,
     freeze,
     pipeline_text_encoders,
@@ -56,6 +58,15 @@ log = logging.getLogger(__name__)
 
 AUTOCAST = {"fp32": "no", "fp16": "fp16", "bf16": "bf16"}
 FULL_WEIGHT_DECAY = 1e-2  # diffusers' train_dreambooth.py default (--adam_weight_decay)
+
+# The health probe: DreamBooth's loss is drawn on fresh noise and timesteps every step, too
+# noisy to compare with itself, and a ruined run's loss rises within the very steps it would
+# be compared with. A fixed batch (the first PROBE_IMAGES concept and class images, each at
+# PROBE_TIMESTEPS and fixed noise) gives a low-noise error curve whose start is the model as
+# loaded, measured before any update (dbdpo.training.check_probe_health).
+PROBE_EVERY = 50  # steps; the last step is always probed, before the model is returned
+PROBE_IMAGES = 8
+PROBE_TIMESTEPS = (0.25, 0.75)  # fractions of the scheduler's num_train_timesteps
 
 
 def instance_prompt(cfg: FinetuneConfig, concept: ConceptConfig) -> str:
@@ -93,6 +104,53 @@ def _optimizer(params: list[torch.Tensor], cfg: FinetuneConfig) -> torch.optim.O
         return bitsandbytes.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=FULL_WEIGHT_DECAY)
     fused = all(p.device.type == "cuda" for p in params)  # one kernel for all tensors: faster, no extra memory
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=FULL_WEIGHT_DECAY, fused=fused)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A fixed denoising batch of M rows: latents, noise (M, 4, h, w), timesteps (M,), the
+    prompt index of each row (M,) and SDXL size ids (M, 6) or None."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    prompt: torch.Tensor
+    sizes: torch.Tensor | None
+
+
+def make_probe(sets: list[tuple[torch.Tensor, torch.Tensor | None]], num_train_timesteps: int, seed: int) -> Probe:
+    """The probe over image sets [(latents (N, 4, h, w), size ids or None)], set i captioned
+    by prompt i: the first PROBE_IMAGES of each set, each at every PROBE_TIMESTEPS fraction,
+    with noise from its own generator (the training draws stay as they were)."""
+    latents, sizes, prompt = [], [], []
+    for index, (set_latents, set_sizes) in enumerate(sets):
+        n = min(PROBE_IMAGES, len(set_latents))
+        latents.append(set_latents[:n])
+        sizes.append(None if set_sizes is None else set_sizes[:n])
+        prompt.append(torch.full((n,), index))
+    repeats = len(PROBE_TIMESTEPS)
+    latents = torch.cat(latents).repeat(repeats, 1, 1, 1)
+    sizes = None if sizes[0] is None else torch.cat(sizes).repeat(repeats, 1)
+    per_image = len(latents) // repeats
+    timesteps = torch.tensor([int(f * num_train_timesteps) for f in PROBE_TIMESTEPS]).repeat_interleave(per_image)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
+    return Probe(latents, noise, timesteps, torch.cat(prompt).repeat(repeats), sizes)
+
+
+@torch.no_grad()
+def probe_error(unet, scheduler, probe: Probe, text: TextConditioning, batch_size: int, device) -> float:
+    """The model's mean denoising error on the probe (the unweighted per-sample error), in
+    batches of `batch_size` rows."""
+    errors = []
+    for start in range(0, len(probe.latents), batch_size):
+        rows = slice(start, start + batch_size)
+        latents, noise, t = probe.latents[rows], probe.noise[rows], probe.timesteps[rows]
+        noisy = scheduler.add_noise(latents, noise, t)
+        target = training_target(scheduler, latents, noise, t)
+        pred = predict(unet, noisy, t, text.select(probe.prompt[rows]),
+                       None if probe.sizes is None else probe.sizes[rows], device)
+        errors.append(per_sample_error(pred, target.to(device)))
+    return torch.cat(errors).mean().item()
 
 
 def _prepare_full_training(backbone: Backbone, cfg: FinetuneConfig):
@@ -173,24 +231,38 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     trained = {"unet": accelerator.unwrap_model(unet),
                **(pipeline_text_encoders(backbone.pipe) if cfg.train_text_encoder else {})}
     weights = trainable_weights(trained)
-    rows, start = resume(checkpointing, weights, optimizer, gen, accelerator.scaler, on_step)
+    probe = make_probe([(latents, sizes)] + ([(prior_latents, prior_sizes)] if class_images else []),
+                       scheduler.config.num_train_timesteps, cfg.seed)
+
+    def probed() -> float:
+        """The probe's error now; every process computes it whole (no collective)."""
+        with accelerator.autocast():
+            probe_text = cached if cached is not None else text_conditioning(backbone, prompts)
+            return probe_error(trained["unet"], scheduler, probe, probe_text, cfg.batch_size, device)
+
     with training_mode(backbone, accelerator, keep):
+        start_error = probed()  # the model as loaded: before a resumed run's weights replace it
+        rows, start = resume(checkpointing, weights, optimizer, gen, accelerator.scaler, on_step)
         for step in tqdm(range(start, cfg.steps), desc="finetune", unit="step", initial=start, total=cfg.steps):
             rebalance()  # the cores shared with the stages that started or ended since
             idx = torch.randint(0, len(latents), (global_batch,), generator=gen)
             with accelerator.autocast():
                 instance_loss = denoising_error(latents[idx], text(0), select_rows(sizes, idx))
-                loss = instance_loss
+                loss, losses = instance_loss, {}
                 if class_images:
                     pidx = torch.randint(0, len(prior_latents), (global_batch,), generator=gen)
-                    loss = loss + cfg.prior_loss_weight * denoising_error(prior_latents[pidx], text(1),
-                                                                          select_rows(prior_sizes, pidx))
+                    prior_loss = denoising_error(prior_latents[pidx], text(1), select_rows(prior_sizes, pidx))
+                    loss = loss + cfg.prior_loss_weight * prior_loss
+                    # the two parts apart only where there are two (without, they are the loss)
+                    losses = {"instance_loss": instance_loss.item(), "prior_loss": prior_loss.item()}
             accelerator.backward(loss)
             check_finite(loss, params, step, "finetune", hint, grads_scaled=accelerator.scaler is not None)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses = {"loss": loss.item(), "instance_loss": instance_loss.item()}
-            rows.append({"step": step, **mean_over_processes(losses)})
+            rows.append({"step": step, **mean_over_processes({"loss": loss.item(), **losses})})
+            if (step + 1) % PROBE_EVERY == 0 or step + 1 == cfg.steps:
+                rows[-1]["probe_ratio"] = probed() / max(start_error, 1e-12)
+                check_probe_health(rows[-1]["probe_ratio"], step, "finetune", hint)
             if on_step is not None:
                 on_step(rows[-1])
             save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler)

@@ -169,12 +169,23 @@ def grid_row(images: list[Image.Image], labels: list[str], caption: str = "", pa
     return row
 
 
-def comparison_grids(samples: list[RoundSamples], num_prompts: int, images_per_prompt: int) -> dict[int, Image.Image]:
-    """{prompt_id: row of that prompt's first-seed image in every round, round 0 first, with
-    the prompt under it}."""
-    labels = [s.name for s in samples]
-    return {p: grid_row([s.images[p * images_per_prompt] for s in samples], labels,
+def comparison_grids(samples: list[RoundSamples], num_prompts: int, images_per_prompt: int,
+                     concept_photo: Image.Image) -> dict[int, Image.Image]:
+    """{prompt_id: row of `concept_photo` (what IS compares with, at the samples' size) then
+    that prompt's first-seed image in every round, round 0 first, with the prompt under it}."""
+    labels = ["concept", *(s.name for s in samples)]
+    photo = concept_photo.convert("RGB").resize(samples[0].images[0].size, Image.Resampling.LANCZOS)
+    return {p: grid_row([photo, *(s.images[p * images_per_prompt] for s in samples)], labels,
                         caption=samples[0].prompts[p * images_per_prompt]) for p in range(num_prompts)}
+
+
+def tradeoff_rows(table: dict[str, dict[str, float | int]]) -> list[dict]:
+    """eval/tradeoff.csv: per round its mean IS and TS, their standard errors and whether it is
+    on the Pareto front of the rounds (DVC's trade-off plot draws the error bars from them)."""
+    names = list(table)
+    front = pareto_front([table[n]["IS"] for n in names], [table[n]["TS"] for n in names])
+    return [{"round": n, "IS": table[n]["IS"], "TS": table[n]["TS"], "IS_se": standard_error(table[n], "IS"),
+             "TS_se": standard_error(table[n], "TS"), "pareto": bool(f)} for n, f in zip(names, front)]
 
 
 def tradeoff_figure(table: dict[str, dict[str, float | int]], path: Path) -> None:

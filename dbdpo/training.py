@@ -53,6 +53,7 @@ def encode_batch_size(resolution: int) -> int:
 # healthy runs stay far below (tests/test_training.py measures both sides).
 HEALTH_WINDOW = 10  # steps
 MAX_ERROR_RATIO = 5.0  # DPO: the policy's denoising error over the reference's, on the same batches
+MAX_PROBE_RATIO = 3.0  # DreamBooth: the probe's error over the start model's (dbdpo.dreambooth)
 
 
 def check_dpo_health(rows: list[dict], desc: str, hint: str) -> None:
@@ -68,6 +69,17 @@ def check_dpo_health(rows: list[dict], desc: str, hint: str) -> None:
         raise TrainingDiverged(f"{desc} diverged by step {rows[-1]['step']}: the model's denoising error is "
                                f"{ratio:.1f}x the start model's on the same batches (healthy runs stay under "
                                f"{MAX_ERROR_RATIO:g}x); {hint}")
+
+
+def check_probe_health(ratio: float, step: int, desc: str, hint: str) -> None:
+    """Raise TrainingDiverged when the fixed probe batch's denoising error is more than
+    MAX_PROBE_RATIO times the start model's (`ratio`): DreamBooth lowers the error on the
+    concept's own images, so a model that no longer denoises them is ruined however its loss
+    looks."""
+    if ratio > MAX_PROBE_RATIO:
+        raise TrainingDiverged(f"{desc} diverged by step {step}: the model's denoising error on a fixed batch of "
+                               f"the training images is {ratio:.1f}x the start model's (healthy runs stay under "
+                               f"{MAX_PROBE_RATIO:g}x); {hint}")
 
 
 def check_finite(loss: torch.Tensor, params: list[torch.Tensor], step: int, desc: str, hint: str,

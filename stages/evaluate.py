@@ -41,11 +41,11 @@ def main(params: Path = PARAMS_OPTION) -> None:
         RoundModel,
         comparison_grids,
         headline,
-        pareto_front,
         round_summary,
         rounds_table,
         sample_and_score,
         tradeoff_figure,
+        tradeoff_rows,
     )
     from dbdpo.rounds import load_round_model
     from dbdpo.scoring import build_scorers
@@ -71,12 +71,10 @@ def main(params: Path = PARAMS_OPTION) -> None:
     write_parquet(pd.concat([s.scores for s in samples], ignore_index=True), EVAL / "scores.parquet")
 
     metrics = rounds_table(samples)
-    front = pareto_front([metrics[n]["IS"] for n in names], [metrics[n]["TS"] for n in names])
-    write_csv([{"round": n, "IS": metrics[n]["IS"], "TS": metrics[n]["TS"], "pareto": bool(f)}
-               for n, f in zip(names, front)], EVAL / "tradeoff.csv")
+    write_csv(tradeoff_rows(metrics), EVAL / "tradeoff.csv")
     tradeoff_figure(metrics, EVAL / "tradeoff.png")
     with atomic_dir(EVAL / "grids") as grid_dir:
-        for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt).items():
+        for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt, concept[0]).items():
             grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")
     write_json(metrics, ROUNDS_TABLE)
     write_json(headline(metrics), Path("metrics.json"))

@@ -48,7 +48,8 @@ def measured(tmp_path_factory):
     # 3 held-in seeds a prompt (48 images), not the bench's 6: half the held-in sampling of the
     # suite's longest fixture, every claim still measured on both prompt sets
     bench = claims.Bench(cfg, tmp_path_factory.mktemp("claims"), held_in_seeds=HELD_IN_SEEDS)
-    round_0 = bench.dreambooth()
+    finetune_log = []
+    round_0 = bench.dreambooth(on_step=finetune_log.append)
     first = bench.round_scores(round_0, bench.round_prompts[0], 1, "round_1")
     out = {"base": bench.measure(None, "base", class_prompt=True, sets=("held-out",)),
            "round_0": bench.measure(round_0, "round_0")}
@@ -61,7 +62,16 @@ def measured(tmp_path_factory):
     final = bench.dpo_rounds(round_0, first, claims.with_pairing(cfg, 0.5, "angle"), cfg.dpo.steps)[-1]
     out["final"] = bench.measure(final, "final")
     return {name: {where: paired_gains(s, out["round_0"][where]) for where, s in sets.items()}
-            for name, sets in out.items()} | {"own prompt": own_prompt}
+            for name, sets in out.items()} | {"own prompt": own_prompt, "finetune log": finetune_log}
+
+
+def test_the_default_dreambooth_stays_far_inside_its_health_bound(measured):
+    """The probe the finetune guard watches falls as DreamBooth learns the concept (a run at 10x
+    the rate climbs past the bound: tests/test_training.py)."""
+    from dbdpo.training import MAX_PROBE_RATIO
+
+    ratios = [row["probe_ratio"] for row in measured["finetune log"] if "probe_ratio" in row]
+    assert len(ratios) >= 10 and max(ratios) < MAX_PROBE_RATIO / 2 and ratios[-1] < 0.6, ratios
 
 
 def test_a_dreambooth_raises_held_out_is_over_the_base_model(measured):

@@ -156,3 +156,21 @@ def test_the_repository_holds_one_pipeline():
     code = "import json; from dvc.repo import Repo; print(json.dumps(sorted({s.dvcfile.relpath for s in Repo('.').index.stages})))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert yaml.safe_load(out) == ["dvc.yaml"]
+
+
+def test_the_titled_panels_draw_every_round_and_every_training_log():
+    """dvc.yaml's top-level panels name each round's DVCLive files: a round in params.yaml
+    without its lines would train with no curve, and a DVCLive folder declared as a plot would
+    add a panel per file, titled by its path."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    rounds = yaml.safe_load((REPO / "params.yaml").read_text())["rounds"]
+    drawn = {path for panel in dvc["plots"] if isinstance(panel, dict)
+             for props in panel.values() for path in props.get("y", {})}
+    for name in rounds:
+        for quantity in ("policy_error", "reference_error", "loss", "implicit_accuracy"):
+            assert f"logs/dpo/{name}/plots/metrics/{quantity}.tsv" in drawn, (name, quantity)
+    assert {"logs/finetune/plots/metrics/loss.tsv", "logs/finetune/plots/metrics/probe_ratio.tsv"} <= drawn
+    titles = [next(iter(panel)) for panel in dvc["plots"] if isinstance(panel, dict)]
+    assert len(titles) <= 8 and all(" " in title for title in titles)  # a handful, titled in words
+    stage_plots = [stage for stage, body in dvc["stages"].items() if "plots" in body.get("do", body)]
+    assert stage_plots == []

@@ -96,3 +96,31 @@ def test_the_rounds_table_and_its_headline():
         "round_0   IS 0.2000 ± 0.0577   TS 0.3000 ± 0.1000   (3 images)")
     assert round_summary("round_1", table["round_1"]).startswith(
         "round_1   IS 0.3000 ± 0.0577   TS 0.4000 ± 0.1000   gain (round_0 stds): IS +1.000 ± 0.577  TS +0.577 ± ")
+
+
+def test_grids_start_with_a_concept_photo_at_the_samples_size():
+    """What IS compares with, beside every round: a 32 px photo is resized to the samples' 8 px."""
+    from dbdpo.evaluation import comparison_grids
+
+    rounds = [RoundSamples(name, [Image.new("RGB", (8, 8), color)] * 4, ["p0", "p0", "p1", "p1"], pd.DataFrame())
+              for name, color in (("round_0", (255, 0, 0)), ("round_1", (0, 0, 255)))]
+    grids = comparison_grids(rounds, num_prompts=2, images_per_prompt=2,
+                             concept_photo=Image.new("L", (32, 32), 0))
+    side = 8 * GRID_SCALE
+    for grid in grids.values():
+        row = np.asarray(grid)
+        assert row.shape[1] == 3 * side + 2 * 4  # photo, round_0, round_1
+        assert row[LABEL_HEIGHT + 1, 1].tolist() == [0, 0, 0]
+        assert row[LABEL_HEIGHT + 1, side + 4 + 1].tolist() == [255, 0, 0]
+        assert row[LABEL_HEIGHT + 1, 2 * (side + 4) + 1].tolist() == [0, 0, 255]
+
+
+def test_tradeoff_rows_carry_each_rounds_standard_errors_and_front():
+    from dbdpo.evaluation import tradeoff_rows
+
+    table = {"round_0": {"IS": 0.2, "TS": 0.3, "IS_std": 0.1, "TS_std": 0.2, "images": 4},
+             "round_1": {"IS": 0.3, "TS": 0.3, "IS_std": 0.3, "TS_std": 0.4, "images": 9}}
+    rows = tradeoff_rows(table)
+    assert rows == [{"round": "round_0", "IS": 0.2, "TS": 0.3, "IS_se": 0.05, "TS_se": 0.1, "pareto": False},
+                    {"round": "round_1", "IS": 0.3, "TS": 0.3, "IS_se": pytest.approx(0.1), "TS_se": pytest.approx(0.4 / 3),
+                     "pareto": True}]

@@ -13,7 +13,7 @@ from dbdpo.dreambooth import train_dreambooth
 from dbdpo.errors import ConfigError, DataError
 from dbdpo.lora import TARGET_SETS, merge_into
 from dbdpo.losses import diffusion_dpo_loss
-from dbdpo.training import TrainingDiverged, training_target
+from dbdpo.training import MAX_PROBE_RATIO, TrainingDiverged, training_target
 from tests.test_lora import random_lora
 
 
@@ -115,6 +115,31 @@ def test_diverged_dreambooth_stops_with_the_step_and_the_param_to_lower():
     with pytest.raises(TrainingDiverged, match=r"finetune diverged at step [0-9]+: .*lower finetune.learning_rate "
                                                r"\(now 1e\+30\)"):
         train_dreambooth(tiny(), images, "a photo of sks toy", cfg)
+
+
+def test_a_finite_but_ruined_dreambooth_run_stops_before_a_model_is_written(in_repo):
+    """30x the default rate: the loss stays finite while the model stops denoising its own
+    concept images, about 18x the start model's error on the fixed probe batch by step 19,
+    where the default run falls to about 0.3x (tests/test_claims.py). Its last step is probed
+    before train_dreambooth returns, so nothing reaches the stage's writes."""
+    concept = load_concept(ConceptConfig(dir="data/concept"))
+    with pytest.raises(TrainingDiverged, match=r"finetune diverged by step 19: the model's denoising error on a "
+                                               r"fixed batch of the training images is [0-9.]+x the start model's "
+                                               r".*lower finetune.learning_rate \(now 0.03\)"):
+        train_dreambooth(tiny(), concept, "a photo of sks toy", FinetuneConfig(steps=20, learning_rate=3e-2))
+
+
+def test_the_probe_is_logged_every_probe_every_steps_and_at_the_last(in_repo):
+    """probe_ratio: the fixed batch's error over the model-as-loaded's, below 1 once DreamBooth
+    has fit the concept's images a little."""
+    from dbdpo import dreambooth
+
+    concept = load_concept(ConceptConfig(dir="data/concept"))
+    cfg = FinetuneConfig(steps=dreambooth.PROBE_EVERY + 2, batch_size=2, lora_rank=4)
+    _, rows = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg)
+    probed = [r["step"] for r in rows if "probe_ratio" in r]
+    assert probed == [dreambooth.PROBE_EVERY - 1, cfg.steps - 1]
+    assert all(0 < r["probe_ratio"] < 1 for r in rows if "probe_ratio" in r)
 
 
 def test_reference_is_the_rounds_start_model_not_the_base():
@@ -230,8 +255,9 @@ def test_prior_preservation_adds_the_class_loss(in_repo):
     _, plain = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg)
     _, prior = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg, class_images=concept[:2],
                                 class_prompt="a photo of a toy")
-    assert all(r["loss"] == r["instance_loss"] for r in plain)
-    assert all(r["loss"] > r["instance_loss"] for r in prior)
+    assert all(set(r) - {"probe_ratio"} == {"step", "loss"} for r in plain)  # no copy of the loss as instance_loss
+    assert all(r["loss"] == pytest.approx(r["instance_loss"] + cfg.prior_loss_weight * r["prior_loss"])
+               and r["prior_loss"] > 0 for r in prior)
 
 
 @pytest.mark.slow
@@ -324,6 +350,7 @@ def test_dreambooth_and_dpo_train_on_real_architectures(tiny_dirs, in_repo, arch
                                    FinetuneConfig(steps=3, batch_size=2), class_images=concept[:2],
                                    class_prompt="a photo of a toy")
     assert all(math.isfinite(r["loss"]) and r["loss"] > r["instance_loss"] for r in rows)
+    assert rows[-1]["probe_ratio"] < MAX_PROBE_RATIO / 2  # a healthy run on the real architecture
     assert any(v.abs().max() > 0 for k, v in state.items() if "lora_B" in k)
     backbone = load_backbone(cfg, lora=state)
     _, rows = train_dpo(backbone, random_preferences(backbone), DpoConfig(steps=3, batch_size=2))
