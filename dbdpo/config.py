@@ -28,6 +28,7 @@ FilterKind = Literal["none", "threshold", "angle"]
 DpoLoss = Literal["diffusion_dpo", "rank_dpo"]
 RankWeighting = Literal["dcg", "unit"]
 RankBy = Literal["preference", "model"]  # what orders RankDPO's DCG ranks (dbdpo.losses.rank_dpo_loss)
+ReportTo = Literal["tensorboard", "wandb"]  # accelerate's trackers, as diffusers' --report_to
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,15 @@ class ComputeConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """What the training stages report beside their DVCLive logs: like compute, read beside the
+    declared params (it changes no tracked output), so changing it reruns nothing."""
+
+    report_to: ReportTo | None = None  # also send each step's row (and the previews) to this tracker
+    sample_every: int = 0  # finetune and dpo sample preview images every N steps (DVCLive log_image); 0: none
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     concept: ConceptConfig = field(default_factory=ConceptConfig)
@@ -202,6 +212,7 @@ class Config:
     rounds: dict[str, RoundConfig] = field(default_factory=lambda: {"round_1": RoundConfig()})
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def round_names(self) -> list[str]:
         """Rounds in params order (each starts from the previous one's model)."""
@@ -269,7 +280,8 @@ def yaml_name(field_name: str) -> str:
 def _coerce(value, annotation, key: str):
     """Check `value` against a field annotation (str, int, float, bool, tuple[str, ...], X | None,
     str | tuple[str, ...]: the first alternative that takes the value)."""
-    if isinstance(annotation, types.UnionType):
+    # `str | None` is a types.UnionType, `Literal[...] | None` a typing.Union
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = typing.get_args(annotation)
         if value is None and type(None) in args:
             return None

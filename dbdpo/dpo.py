@@ -29,13 +29,16 @@ from dbdpo.losses import diffusion_dpo_loss, per_sample_error, rank_dpo_loss
 from dbdpo.preferences import Preferences
 from dbdpo.threads import rebalance
 from dbdpo.training import (
+    Preview,
     StepCallback,
     check_dpo_health,
     check_finite,
     compiled_blocks,
     encode_images,
     prepare_lora_training,
+    preview_images,
     select_rows,
+    step_log,
     training_mode,
     training_target,
 )
@@ -123,7 +126,7 @@ def timestep_range(cfg: DpoConfig, num_train_timesteps: int) -> tuple[int, int]:
 
 
 def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, desc: str,
-                     on_step: StepCallback | None, checkpointing: Checkpointing | None):
+                     on_step: StepCallback | None, checkpointing: Checkpointing | None, preview: Preview | None):
     """The DPO loop shared by Diffusion-DPO and RankDPO, on a fresh LoRA named "dpo".
 
     draw(gen, timesteps, size) -> batch (a tuple of tensors of `size` rows, timesteps drawn from the
@@ -131,7 +134,8 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     errors; loss_fn(policy_errors, reference_errors, batch) -> (loss, DpoStats). The reference pass is
     the same UNet with the adapter disabled, under no_grad, on the same batch, noise and t.
     With `checkpointing`, the loop saves its state every `checkpointing.every` steps and
-    resumes from a saved state with the same fingerprint (dbdpo.checkpoints).
+    resumes from a saved state with the same fingerprint (dbdpo.checkpoints). With `preview`, it
+    samples the policy every `preview.every` steps (dbdpo.training.Preview).
     """
     scheduler = backbone.training_scheduler()
     timesteps = timestep_range(cfg, scheduler.config.num_train_timesteps)
@@ -160,23 +164,28 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
                             reference = errors(unet, scheduler, batch, accelerator.device)
                     loss, stats = loss_fn(policy, reference, batch)
                     accelerator.backward(loss)
-                    check_finite(loss, params, step, desc, hint, grads_scaled=accelerator.scaler is not None)
+                    grad_norm = check_finite(loss, params, step, desc, hint,
+                                             grads_scaled=accelerator.scaler is not None)
                     if cfg.max_grad_norm is not None and accelerator.sync_gradients:  # as diffusers' DPO scripts
                         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     step_stats.append(asdict(stats))
             means = {k: float(np.mean([s[k] for s in step_stats])) for k in step_stats[0]}
+            means |= step_log(optimizer, grad_norm)  # the norm of the step's whole accumulated gradient
             rows.append({"step": step, **mean_over_processes(means)})
             if on_step is not None:
                 on_step(rows[-1])
             check_dpo_health(rows, desc, hint)  # before a checkpoint of a ruined state is saved
+            if preview is not None and preview.due(step, cfg.steps):
+                preview.log(step, preview_images(backbone, preview))
             save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler)
     return lora_state(base, "dpo"), rows
 
 
 def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig, on_step: StepCallback | None = None,
-              checkpointing: Checkpointing | None = None) -> tuple[LoraState, list[dict]]:
+              checkpointing: Checkpointing | None = None,
+              preview: Preview | None = None) -> tuple[LoraState, list[dict]]:
     """Diffusion-DPO on a fresh LoRA; the reference is the UNet as given (the start model).
 
     Returns the DPO LoRA (relative to the start model) and one log row per optimizer step
@@ -197,7 +206,7 @@ def train_dpo(backbone: Backbone, data: PreferenceData, cfg: DpoConfig, on_step:
     def loss_fn(policy, reference, batch):
         return diffusion_dpo_loss(policy[0], policy[1], reference[0], reference[1], cfg.beta)
 
-    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "dpo", on_step, checkpointing)
+    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "dpo", on_step, checkpointing, preview)
 
 
 # --- RankDPO -----------------------------------------------------------------------------
@@ -256,7 +265,8 @@ def rank_errors(unet, scheduler, data: RankedData, list_idx: torch.Tensor, noise
 
 
 def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig, on_step: StepCallback | None = None,
-                   checkpointing: Checkpointing | None = None) -> tuple[LoraState, list[dict]]:
+                   checkpointing: Checkpointing | None = None,
+                   preview: Preview | None = None) -> tuple[LoraState, list[dict]]:
     """RankDPO on a fresh LoRA (cfg.batch_size ranked lists a step); reference = the start model."""
     num_lists, k = data.images.shape
     log.info("rank_dpo: %d lists of %d images, %d steps of %d lists, beta=%g, timesteps [%d, %s), %s weights ranked "
@@ -275,21 +285,22 @@ def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig, on_step
         preference = data.preference[batch[0]].to(policy.device)
         return rank_dpo_loss(policy, reference, preference, cfg.beta, cfg.rank_weighting, cfg.rank_by)
 
-    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "rank_dpo", on_step, checkpointing)
+    return _preference_loop(backbone, cfg, draw, errors, loss_fn, "rank_dpo", on_step, checkpointing, preview)
 
 
 # --- either loss on a round's preferences ----------------------------------------------------
 
 
 def train_on_preferences(backbone: Backbone, prefs: Preferences, cfg: DpoConfig, on_step: StepCallback | None = None,
-                         checkpointing: Checkpointing | None = None) -> tuple[LoraState, list[dict]]:
+                         checkpointing: Checkpointing | None = None,
+                         preview: Preview | None = None) -> tuple[LoraState, list[dict]]:
     """Diffusion-DPO on pairs or RankDPO on ranked lists, as the preferences were built."""
     timestep_range(cfg, backbone.training_scheduler().config.num_train_timesteps)  # before encoding the images
     if prefs.mode == "rank":
-        return train_rank_dpo(backbone, ranked_data(backbone, prefs.ranked()), cfg, on_step, checkpointing)
+        return train_rank_dpo(backbone, ranked_data(backbone, prefs.ranked()), cfg, on_step, checkpointing, preview)
     t = prefs.table
     data = preference_data(backbone, t["winner_path"].to_list(), t["loser_path"].to_list(), t["prompt"].to_list())
-    return train_dpo(backbone, data, cfg, on_step, checkpointing)
+    return train_dpo(backbone, data, cfg, on_step, checkpointing, preview)
 
 
 def final_metrics(rows: list[dict]) -> dict[str, float]:

@@ -41,6 +41,7 @@ from dbdpo.provenance import RECORD_FILE
 from dbdpo.sampling import generate, plan_samples
 from dbdpo.threads import rebalance
 from dbdpo.training import (
+    Preview,
     StepCallback,
     accelerate_training,
     check_finite,
@@ -49,7 +50,9 @@ from dbdpo.training import (
     freeze,
     pipeline_text_encoders,
     prepare_lora_training,
+    preview_images,
     select_rows,
+    step_log,
     training_mode,
     training_target,
 )
@@ -170,7 +173,8 @@ def _prepare_full_training(backbone: Backbone, cfg: FinetuneConfig):
 def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], instance_prompt: str,
                      cfg: FinetuneConfig, class_images: list[Image.Image] | None = None,
                      class_prompt: str | None = None, on_step: StepCallback | None = None,
-                     checkpointing: Checkpointing | None = None) -> tuple[LoraState | None, list[dict]]:
+                     checkpointing: Checkpointing | None = None,
+                     preview: Preview | None = None) -> tuple[LoraState | None, list[dict]]:
     """DreamBooth: denoising loss on the concept images with the instance prompt, plus the
     prior-preservation loss on class images when given.
 
@@ -178,6 +182,7 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     pipeline itself, trained in place) and one log row per step (also passed to `on_step`, a
     resumed run's saved rows first). With `checkpointing` the loop saves its state every
     `checkpointing.every` steps and resumes from a matching saved state (dbdpo.checkpoints).
+    With `preview`, it samples the model every `preview.every` steps (dbdpo.training.Preview).
     """
     scheduler = backbone.training_scheduler()
     latents, sizes = encode_images(backbone, instance_images), image_size_ids(backbone, instance_images)
@@ -256,13 +261,16 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
                     # the two parts apart only where there are two (without, they are the loss)
                     losses = {"instance_loss": instance_loss.item(), "prior_loss": prior_loss.item()}
             accelerator.backward(loss)
-            check_finite(loss, params, step, "finetune", hint, grads_scaled=accelerator.scaler is not None)
+            grad_norm = check_finite(loss, params, step, "finetune", hint, grads_scaled=accelerator.scaler is not None)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            losses |= step_log(optimizer, grad_norm)
             rows.append({"step": step, **mean_over_processes({"loss": loss.item(), **losses})})
             if (step + 1) % PROBE_EVERY == 0 or step + 1 == cfg.steps:
                 rows[-1]["probe_ratio"] = probed() / max(start_error, 1e-12)
                 check_probe_health(rows[-1]["probe_ratio"], step, "finetune", hint)
+            if preview is not None and preview.due(step, cfg.steps):
+                preview.log(step, preview_images(backbone, preview))
             if on_step is not None:
                 on_step(rows[-1])
             save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler)
@@ -280,13 +288,14 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
 
 def dreambooth(backbone: Backbone, concept_images: list[Image.Image], cfg: FinetuneConfig,
                concept: ConceptConfig, sampling: GenerateConfig, on_step: StepCallback | None = None,
-               checkpointing: Checkpointing | None = None) -> tuple[LoraState | None, list[dict]]:
+               checkpointing: Checkpointing | None = None,
+               preview: Preview | None = None) -> tuple[LoraState | None, list[dict]]:
     """Round 0 as the finetune stage trains it: the instance prompt of `concept`, the class
     images of prior preservation when cfg asks for them (drawn with `sampling`'s settings),
     then train_dreambooth, whose result and log rows it returns."""
     class_images, class_prompt = class_prior(backbone, cfg, concept, sampling)
     return train_dreambooth(backbone, concept_images, instance_prompt(cfg, concept), cfg, class_images,
-                            class_prompt, on_step, checkpointing)
+                            class_prompt, on_step, checkpointing, preview)
 
 
 def save_round_0(backbone: Backbone, lora: LoraState | None, directory: Path,

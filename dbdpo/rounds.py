@@ -29,7 +29,7 @@ from dbdpo.lora import LoraState, stack
 from dbdpo.preferences import Preferences, build_preferences
 from dbdpo.sampling import generate, plan_samples, write_samples
 from dbdpo.scoring import Scorer, score_images
-from dbdpo.training import StepCallback
+from dbdpo.training import Preview, StepCallback
 
 # What a round's scores table holds beside the score columns (scores.parquet; pair reads it).
 SCORED_SAMPLE_COLUMNS = ["image_id", "prompt_id", "prompt", "path"]
@@ -80,10 +80,11 @@ def pair_round(scores: pd.DataFrame, pair: PairConfig, f: FilterConfig, rewards:
 
 
 def dpo_round(backbone: Backbone, start: LoraState, prefs: Preferences, cfg: DpoConfig,
-              on_step: StepCallback | None = None,
-              checkpointing: Checkpointing | None = None) -> tuple[LoraState, list[dict]]:
+              on_step: StepCallback | None = None, checkpointing: Checkpointing | None = None,
+              preview: Preview | None = None) -> tuple[LoraState, list[dict]]:
     """DPO on `backbone`, the round's start model with `start` (its LoRA) merged, so that the
     reference is exactly that model. Returns the round's model as one LoRA relative to the
-    base (`start` and the DPO LoRA stacked: dbdpo.lora) and the per-step log rows."""
-    state, rows = train_on_preferences(backbone, prefs, cfg, on_step, checkpointing)
+    base (`start` and the DPO LoRA stacked: dbdpo.lora) and the per-step log rows; `preview`
+    samples the policy as it trains (dbdpo.training.Preview)."""
+    state, rows = train_on_preferences(backbone, prefs, cfg, on_step, checkpointing, preview)
     return stack(start, state), rows

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
@@ -24,9 +26,11 @@ from peft.helpers import disable_input_dtype_casting
 from PIL import Image
 
 from dbdpo.backbones import Backbone
+from dbdpo.config import SamplingConfig
 from dbdpo.data import to_tensor
 from dbdpo.errors import TrainingDiverged
 from dbdpo.lora import TEXT_ENCODERS, add_lora
+from dbdpo.sampling import generate, plan_samples
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,44 @@ ENCODE_PIXELS = 4 * 512 * 512
 RECOMPILE_LIMIT = 16
 
 StepCallback = Callable[[dict], None]  # called with each optimizer step's log row
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Sample images of the model in training every `every` steps and at the last: one image
+    of each prompt, on `seed`, drawn with `sampling`'s settings, handed to `log(step, images)`.
+    Every process of a launched loop samples its share (dbdpo.sampling.generate) and gets all;
+    only the main one need log them."""
+
+    every: int
+    prompts: tuple[str, ...]
+    log: Callable[[int, list[Image.Image]], None]
+    sampling: SamplingConfig = SamplingConfig()
+    seed: int = 0
+
+    def due(self, step: int, steps: int) -> bool:
+        return (step + 1) % self.every == 0 or step + 1 == steps
+
+
+@torch.no_grad()
+def preview_images(backbone: Backbone, preview: Preview) -> list[Image.Image]:
+    """preview's images from the pipeline as it is now (the adapter in training enabled), every
+    module in eval mode and the encoders beside the UNet for the duration, then all as they
+    were. Sampling seeds its own generators: the loop's draws are untouched."""
+    pipe = backbone.pipe
+    modules = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    training = {name: m.training for name, m in modules.items()}
+    devices = {name: m.device for name, m in modules.items()}
+    try:
+        for name, module in modules.items():
+            module.eval().to(pipe.unet.device)
+        plan = plan_samples(list(preview.prompts), list(preview.prompts), 1, preview.seed)
+        s = preview.sampling
+        return generate(pipe, plan, steps=s.steps, guidance_scale=s.guidance_scale, batch_size=s.batch_size,
+                        resolution=backbone.resolution, scheduler=s.scheduler, desc="preview")
+    finally:
+        for name, module in modules.items():
+            module.train(training[name]).to(devices[name])
 
 
 def encode_batch_size(resolution: int) -> int:
@@ -83,24 +125,31 @@ def check_probe_health(ratio: float, step: int, desc: str, hint: str) -> None:
 
 
 def check_finite(loss: torch.Tensor, params: list[torch.Tensor], step: int, desc: str, hint: str,
-                 grads_scaled: bool = False) -> None:
-    """Raise TrainingDiverged if the step's loss or any gradient is not finite (call after backward).
+                 grads_scaled: bool = False) -> float | None:
+    """Raise TrainingDiverged if the step's loss or any gradient is not finite (call after backward);
+    return the gradients' total L2 norm (None with `grads_scaled`: it would be the scaled one).
 
-    One device-to-host read a step: the flags are reduced on the device (a read per LoRA
+    One device-to-host read a step: the flags and the norm travel together (a read per LoRA
     tensor would stall a GPU hundreds of times a step on SDXL). With fp16 loss scaling
     (`grads_scaled`) an inf gradient is the scaler's business, not a divergence: it skips
     that step and lowers the scale, so only the loss is checked.
     """
-    flags = [torch.isfinite(loss).all()]
     grads = [p.grad for p in params if p.grad is not None]
-    if grads and not grads_scaled:
-        # The total norm is inf or NaN iff some entry is (foreach kernels: a few launches).
-        flags.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
-    finite = torch.stack(flags)
-    if not bool(finite.all()):
-        what = "loss" if not bool(finite[0]) else "gradient"
+    # The total norm is inf or NaN iff some entry is (foreach kernels: a few launches).
+    norm = torch.nn.utils.get_total_norm(grads) if grads and not grads_scaled else None
+    values = [loss.detach().float().reshape(()), *([norm.float().to(loss.device)] if norm is not None else [])]
+    host = torch.stack(values).tolist()
+    if not all(math.isfinite(v) for v in host):
+        what = "loss" if not math.isfinite(host[0]) else "gradient"
         raise TrainingDiverged(f"{desc} diverged at step {step}: the {what} is not finite "
-                               f"(loss {loss.item():.4g}); {hint}")
+                               f"(loss {host[0]:.4g}); {hint}")
+    return host[1] if norm is not None else None
+
+
+def step_log(optimizer: torch.optim.Optimizer, grad_norm: float | None) -> dict[str, float]:
+    """What every loop logs beside its losses: the learning rate and the gradients' norm
+    (before any clipping), as diffusers' training scripts report them."""
+    return {"learning_rate": optimizer.param_groups[0]["lr"], **({"grad_norm": grad_norm} if grad_norm is not None else {})}
 
 
 @torch.no_grad()

@@ -198,6 +198,23 @@ def validate_groups(c: Config) -> None:
     _require(c.evaluate.grid_prompts <= c.evaluate.num_prompts, "evaluate.grid_prompts",
              c.evaluate.grid_prompts, f"at most evaluate.num_prompts={c.evaluate.num_prompts}")
     _compute(c)
+    _logging(c)
+
+
+# the import each tracker needs (accelerate's TensorBoardTracker takes tensorboardX when tensorboard is absent)
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def _logging(c: Config) -> None:
+    """logging: a tracker whose package is installed; previews that sample the UNet as it trains."""
+    g = c.logging
+    _require(g.sample_every >= 0, "logging.sample_every", g.sample_every, "a number of steps >= 0 (0: no previews)")
+    if g.report_to is not None:
+        packages = TRACKER_PACKAGES[g.report_to]
+        _require(any(importlib.util.find_spec(name) is not None for name in packages), "logging.report_to",
+                 g.report_to, f"a tracker whose package is installed (pip install {packages[0]}), or null")
+    _require(g.sample_every == 0 or not c.dpo.compile, "logging.sample_every", g.sample_every,
+             "0 with dpo.compile: true (previews at other shapes would recompile the UNet's compiled blocks)")
 
 
 def _compute(c: Config) -> None:

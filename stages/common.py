@@ -267,18 +267,67 @@ def user_errors() -> Iterator[None]:
         fail(str(e))
 
 
+def beside(cfg: ParamView) -> Config:
+    """The whole params behind a stage's view, for the groups a stage reads beside its declared
+    keys (compute, logging): they say how it runs and reports, not what it makes."""
+    return object.__getattribute__(cfg, "_view")[0]
+
+
+PREVIEW_PROMPTS = 2  # a DPO round's previews: its first prompts
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingLog:
+    on_step: Callable[[dict], None] | None  # each step's row; None on a launched stage's other processes
+    preview: object | None  # dbdpo.training.Preview with logging.sample_every, on every process
+
+
+def _tracker(kind: str, directory: Path, run_name: str, config: Config):
+    """accelerate's tracker for logging.report_to (as diffusers' --report_to), its run config stored."""
+    from accelerate.tracking import TensorBoardTracker, WandBTracker
+
+    if kind == "tensorboard":
+        tracker = TensorBoardTracker("tensorboard", logging_dir=str(directory))  # <directory>/tensorboard
+    else:
+        tracker = WandBTracker("dbdpo", name=run_name)
+    tracker.start()  # what Accelerator.init_trackers does: the writer or run is made here
+    tracker.store_init_configuration(dataclasses.asdict(config))
+    return tracker
+
+
 @contextlib.contextmanager
-def live_log(directory: Path) -> Iterator:
-    """A training loop's `on_step` that logs each optimizer step's row with DVCLive as it
-    happens: <directory>/plots/metrics/<name>.tsv (one file per quantity, so `dvc plots` draws
-    loss and accuracy on their own axes) and <directory>/metrics.json (the latest row).
-    dvc.yaml declares both; DVCLive writes no dvc.yaml and saves no experiment of its own.
-    On a launched stage's other processes: None (the main process logs; dbdpo.distributed).
+def live_log(directory: Path, cfg: ParamView, run_name: str, prompts: list[str]) -> Iterator[TrainingLog]:
+    """A training loop's logging. `on_step` logs each optimizer step's row with DVCLive as it
+    happens: <directory>/plots/metrics/<name>.tsv (one file per quantity; dvc.yaml's titled
+    panels draw them) and <directory>/metrics.json (the latest row). dvc.yaml declares both;
+    DVCLive writes no dvc.yaml and saves no experiment of its own. With logging.sample_every,
+    `preview` samples one image of each of `prompts` every N steps (DVCLive log_image:
+    <directory>/plots/images/step_<n>/). With logging.report_to, rows and previews also go to
+    that tracker. On a launched stage's other processes no log is written; they sample their
+    share of the previews (dbdpo.distributed).
     """
     from dbdpo.distributed import is_main_process
+    from dbdpo.training import Preview
 
-    if not is_main_process():
-        yield None
+    reporting = beside(cfg).logging
+    main = is_main_process()
+    live = tracker = None
+
+    def log_images(step: int, images: list) -> None:
+        if not main:
+            return
+        for i, image in enumerate(images):
+            live.log_image(f"step_{step + 1:05d}/prompt_{i:02d}.png", image)
+        if tracker is not None:
+            import numpy as np
+
+            stacked = np.stack([np.asarray(image) for image in images])
+            tracker.log_images({"preview": stacked}, step=step,
+                               **({"dataformats": "NHWC"} if reporting.report_to == "tensorboard" else {}))
+
+    preview = Preview(reporting.sample_every, tuple(prompts), log_images) if reporting.sample_every else None
+    if not main:
+        yield TrainingLog(None, preview)
         return
     from dvclive import Live
     from scmrepo.exceptions import SCMError
@@ -287,6 +336,8 @@ def live_log(directory: Path) -> Iterator:
         live = Live(str(directory), dvcyaml=False, save_dvc_exp=False)
     except SCMError as error:  # dvclive 3.49 reads HEAD even when it saves nothing
         fail(f"DVCLive cannot log to {directory} here ({error}): commit once (`git commit`), then rerun")
+    if reporting.report_to is not None:
+        tracker = _tracker(reporting.report_to, directory, run_name, beside(cfg))
 
     def on_step(row: dict) -> None:
         if row["step"] != live.step:
@@ -294,9 +345,13 @@ def live_log(directory: Path) -> Iterator:
         for name, value in row.items():
             if name != "step":
                 live.log_metric(name, value)
+        if tracker is not None:
+            tracker.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
         live.next_step()
 
     try:
-        yield on_step
+        yield TrainingLog(on_step, preview)
     finally:
         live.end()
+        if tracker is not None:
+            tracker.finish()

@@ -9,6 +9,7 @@ import typer
 from stages.common import (
     LOGS,
     PARAMS_OPTION,
+    PREVIEW_PROMPTS,
     ROUND_OPTION,
     checked_model,
     checkpoint_dir,
@@ -63,8 +64,10 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     inputs = made_from(start_dir, out / "preferences")
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir(round_name), cfg.dpo.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
-    with user_errors(), live_log(LOGS / "dpo" / round_name) as on_step:
-        lora, log_rows = dpo_round(backbone, round_lora(start_dir), prefs, cfg.dpo, on_step, ckpt)
+    # previews: the round's first two prompts, as its pairs hold them
+    prompts = list(dict.fromkeys(prefs.table["prompt"]))[:PREVIEW_PROMPTS]
+    with user_errors(), live_log(LOGS / "dpo" / round_name, cfg, f"dpo@{round_name}", prompts) as log:
+        lora, log_rows = dpo_round(backbone, round_lora(start_dir), prefs, cfg.dpo, log.on_step, ckpt, log.preview)
     if not writes:  # every process holds the same weights (DDP); one writes them
         return
     save_lora(backbone.pipe, lora, model_dir(round_name), made_from=inputs)

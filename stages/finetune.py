@@ -40,7 +40,12 @@ def main(params: Path = PARAMS_OPTION) -> None:
     from dbdpo.backbones import load_backbone
     from dbdpo.checkpoints import remove_checkpoint
     from dbdpo.data import load_concept
-    from dbdpo.dreambooth import dreambooth, save_round_0, weights_precision
+    from dbdpo.dreambooth import (
+        dreambooth,
+        instance_prompt,
+        save_round_0,
+        weights_precision,
+    )
     from dbdpo.provenance import made_from
 
     cfg = setup(params, "finetune", READS, processes=True, before=require_inputs)
@@ -52,8 +57,8 @@ def main(params: Path = PARAMS_OPTION) -> None:
     inputs = made_from(Path(cfg.concept.dir))
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir("round_0"), ft.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
-    with user_errors(), live_log(LOGS / "finetune") as on_step:
-        lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, on_step, ckpt)
+    with user_errors(), live_log(LOGS / "finetune", cfg, "finetune", [instance_prompt(ft, cfg.concept)]) as log:
+        lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, log.on_step, ckpt, log.preview)
     if not writes:  # every process holds the same weights (DDP); one writes them
         return
     save_round_0(backbone, lora, model_dir("round_0"), made_from=inputs)

@@ -488,3 +488,21 @@ def test_a_timestep_range_beyond_the_scheduler_fails_before_any_image_is_encoded
         train_on_preferences(tiny(), prefs, DpoConfig(min_timestep=1000))
     with pytest.raises(DataError, match="missing.png: not a readable image"):  # a valid range reaches the images
         train_on_preferences(tiny(), prefs, DpoConfig(min_timestep=999))
+
+
+def test_dpo_previews_sample_the_policy_and_leave_the_training_as_it_was():
+    """A Preview every 2 of 3 steps and at the last: images of the model in training, drawn on
+    their own seeds, so the LoRA and the log rows equal a run without previews."""
+    from dbdpo.config import SamplingConfig
+    from dbdpo.training import Preview
+
+    logged = []
+    preview = Preview(2, ("a photo of sks toy",), lambda step, images: logged.append((step, images)),
+                      SamplingConfig(steps=2))
+    backbone = tiny()
+    state, rows = train_dpo(backbone, random_preferences(backbone), DpoConfig(steps=3, batch_size=3), preview=preview)
+    backbone = tiny()
+    plain_state, plain_rows = train_dpo(backbone, random_preferences(backbone), DpoConfig(steps=3, batch_size=3))
+    assert [step for step, _ in logged] == [1, 2] and all(len(images) == 1 for _, images in logged)
+    assert logged[0][1][0].size == (64, 64)
+    assert rows == plain_rows and all(torch.equal(state[k], v) for k, v in plain_state.items())
