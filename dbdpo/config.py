@@ -62,6 +62,7 @@ class FinetuneConfig:
     # attention | unet (dbdpo.lora.TARGET_SETS), or a list of module names (["attn2.to_k", ...])
     lora_targets: str | tuple[str, ...] = "unet"
     instance_prompt: str = "a photo of {token} {class_noun}"
+    captions: bool = False  # each photo's <photo>.txt caption as its instance prompt (photos without one: instance_prompt)
     prior_preservation: bool = False
     class_prompt: str = "a photo of a {class_noun}"
     num_class_images: int = 8

@@ -71,9 +71,10 @@ def load_image_rgb(path: Path, min_size: int) -> Image.Image:
     return img
 
 
-def load_concept(cfg: ConceptConfig) -> list[Image.Image]:
-    """All images of `cfg.dir`, sorted by file name, RGB with EXIF orientation applied. Every
-    file must be a usable image."""
+def concept_files(cfg: ConceptConfig) -> tuple[list[Path], dict[Path, Path]]:
+    """The photos of `cfg.dir` sorted by file name, and each one's caption file (<photo>.txt,
+    the kohya / diffusers dataset habit) where it has one. Anything else in the folder is an
+    error naming it."""
     folder = Path(cfg.dir)
     if not folder.is_dir():
         raise DataError(f"concept.dir={cfg.dir!r} is not a directory of concept images")
@@ -83,10 +84,9 @@ def load_concept(cfg: ConceptConfig) -> list[Image.Image]:
             raise DataError(f"{sub}: a folder of images inside concept.dir={cfg.dir!r}; DreamBooth trains on "
                             "concept.dir's own files only: move them up into it, or out of it")
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    # a photo's caption beside it (photo.txt, the kohya / diffusers dataset habit): kept, not read
-    stems = {i.stem for i in images}
-    captions = [p for p in files if p.suffix.lower() == ".txt" and p.stem in stems]
-    others = [p for p in files if p not in images and p not in captions]
+    by_stem = {p.stem: p for p in files if p.suffix.lower() == ".txt"}
+    captions = {image: by_stem[image.stem] for image in images if image.stem in by_stem}
+    others = [p for p in files if p not in images and p not in captions.values()]
     if others:
         raise DataError(
             f"{others[0]}: not an image file ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a photo's caption "
@@ -94,10 +94,45 @@ def load_concept(cfg: ConceptConfig) -> list[Image.Image]:
         )
     if not images:
         raise DataError(f"concept.dir={cfg.dir!r} holds no images")
+    return images, captions
+
+
+def load_concept(cfg: ConceptConfig) -> list[Image.Image]:
+    """All images of `cfg.dir`, sorted by file name, RGB with EXIF orientation applied. Every
+    file must be a usable image or a photo's caption (load_captions reads those)."""
+    images, captions = concept_files(cfg)
     if captions:
-        log.info("concept.dir: %d caption files beside the photos are not used: every photo is captioned "
-                 "finetune.instance_prompt, as DreamBooth does", len(captions))
+        log.info("concept.dir: %d photos have a caption file; finetune.captions: true trains on them, else every "
+                 "photo is captioned finetune.instance_prompt, as DreamBooth does", len(captions))
     return [load_image_rgb(p, cfg.min_size) for p in images]
+
+
+def load_captions(cfg: ConceptConfig) -> list[str | None]:
+    """Each photo's caption (load_concept's order), its {token} and {class_noun} filled in, or
+    None for a photo without one. A caption must name the instance token (kohya's captions
+    carry their trigger word), or DreamBooth would not bind the concept to it."""
+    images, files = concept_files(cfg)
+    captions = []
+    for image in images:
+        if image not in files:
+            captions.append(None)
+            continue
+        path = files[image]
+        try:
+            text = " ".join(path.read_text(encoding="utf-8").split())
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 ({e.reason}); re-save the caption as UTF-8") from None
+        if "{" in text:
+            try:
+                text = render(text, cfg)
+            except (KeyError, IndexError, ValueError) as e:
+                raise DataError(f"{path}: {text!r} has a placeholder other than {{token}} and {{class_noun}} "
+                                f"({e}); write a literal brace as {{{{ or }}}}") from None
+        if cfg.token not in text.split():
+            raise DataError(f"{path}: the caption {text!r} does not name the instance token {cfg.token!r} "
+                            f"(concept.token); add it, or {{token}}")
+        captions.append(text)
+    return captions
 
 
 def to_tensor(images: list[Image.Image], resolution: int) -> torch.Tensor:

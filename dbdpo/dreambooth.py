@@ -35,6 +35,7 @@ from dbdpo.conditioning import (
 )
 from dbdpo.config import ConceptConfig, FinetuneConfig, GenerateConfig
 from dbdpo.distributed import local_slice, mean_over_processes, num_processes
+from dbdpo.errors import DataError
 from dbdpo.lora import TEXT_ENCODERS, LoraState, lora_state, save_lora
 from dbdpo.losses import min_snr_weights, per_sample_error
 from dbdpo.provenance import RECORD_FILE
@@ -75,6 +76,20 @@ PROBE_TIMESTEPS = (0.25, 0.75)  # fractions of the scheduler's num_train_timeste
 def instance_prompt(cfg: FinetuneConfig, concept: ConceptConfig) -> str:
     """finetune.instance_prompt with the concept's token and class: "a photo of sks toy"."""
     return cfg.instance_prompt.format(token=concept.token, class_noun=concept.class_noun)
+
+
+def instance_prompts(cfg: FinetuneConfig, concept: ConceptConfig, captions: list[str | None]) -> list[str]:
+    """Each concept photo's prompt: its caption with finetune.captions (dbdpo.data.load_captions;
+    instance_prompt for a photo without one), else instance_prompt for every photo, as the
+    paper captions them all "a [V] [class noun]"."""
+    if not cfg.captions:
+        return [instance_prompt(cfg, concept)] * len(captions)
+    if all(c is None for c in captions):
+        raise DataError(f"finetune.captions: true, but no photo in concept.dir={concept.dir!r} has a caption file "
+                        "(<photo>.txt); add them, or set finetune.captions: false")
+    log.info("finetune.captions: %d of %d photos captioned by their file", sum(c is not None for c in captions),
+             len(captions))
+    return [instance_prompt(cfg, concept) if c is None else c for c in captions]
 
 
 def class_prior(backbone: Backbone, cfg: FinetuneConfig, concept: ConceptConfig,
@@ -121,16 +136,17 @@ class Probe:
     sizes: torch.Tensor | None
 
 
-def make_probe(sets: list[tuple[torch.Tensor, torch.Tensor | None]], num_train_timesteps: int, seed: int) -> Probe:
-    """The probe over image sets [(latents (N, 4, h, w), size ids or None)], set i captioned
-    by prompt i: the first PROBE_IMAGES of each set, each at every PROBE_TIMESTEPS fraction,
+def make_probe(sets: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]], num_train_timesteps: int,
+               seed: int) -> Probe:
+    """The probe over image sets [(latents (N, 4, h, w), size ids or None, each image's prompt
+    index (N,))]: the first PROBE_IMAGES of each set, each at every PROBE_TIMESTEPS fraction,
     with noise from its own generator (the training draws stay as they were)."""
     latents, sizes, prompt = [], [], []
-    for index, (set_latents, set_sizes) in enumerate(sets):
+    for set_latents, set_sizes, set_prompts in sets:
         n = min(PROBE_IMAGES, len(set_latents))
         latents.append(set_latents[:n])
         sizes.append(None if set_sizes is None else set_sizes[:n])
-        prompt.append(torch.full((n,), index))
+        prompt.append(set_prompts[:n])
     repeats = len(PROBE_TIMESTEPS)
     latents = torch.cat(latents).repeat(repeats, 1, 1, 1)
     sizes = None if sizes[0] is None else torch.cat(sizes).repeat(repeats, 1)
@@ -170,13 +186,13 @@ def _prepare_full_training(backbone: Backbone, cfg: FinetuneConfig):
             params)
 
 
-def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], instance_prompt: str,
+def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], instance_prompt: str | list[str],
                      cfg: FinetuneConfig, class_images: list[Image.Image] | None = None,
                      class_prompt: str | None = None, on_step: StepCallback | None = None,
                      checkpointing: Checkpointing | None = None,
                      preview: Preview | None = None) -> tuple[LoraState | None, list[dict]]:
-    """DreamBooth: denoising loss on the concept images with the instance prompt, plus the
-    prior-preservation loss on class images when given.
+    """DreamBooth: denoising loss on the concept images with the instance prompt (one for all,
+    or one per image: instance_prompts), plus the prior-preservation loss on class images when given.
 
     Returns (the LoRA, for finetune.method=lora; None for full, whose result is the backbone's
     pipeline itself, trained in place) and one log row per step (also passed to `on_step`, a
@@ -186,7 +202,9 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     """
     scheduler = backbone.training_scheduler()
     latents, sizes = encode_images(backbone, instance_images), image_size_ids(backbone, instance_images)
-    prompts = [instance_prompt] + ([class_prompt] if class_images else [])
+    per_image = [instance_prompt] * len(instance_images) if isinstance(instance_prompt, str) else instance_prompt
+    prompts = list(dict.fromkeys(per_image)) + ([class_prompt] if class_images else [])
+    image_prompt = torch.tensor([prompts.index(p) for p in per_image])  # (N,) each photo's row of prompts
     cached = None if cfg.train_text_encoder else encode_prompts(backbone, prompts)
     if class_images:
         prior_latents, prior_sizes = encode_images(backbone, class_images), image_size_ids(backbone, class_images)
@@ -204,12 +222,13 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
              " + text encoder" if cfg.train_text_encoder else "", len(latents),
              len(class_images) if class_images else 0, cfg.steps)
 
-    def text(prompt_index: int) -> TextConditioning:
-        """The batch's text states: cached, or encoded now so the text encoder gets gradients."""
-        rows = torch.full((cfg.batch_size,), prompt_index, dtype=torch.long)
+    def text(rows: torch.Tensor) -> TextConditioning:
+        """The text states of `rows` (indices into prompts, one per batch element): cached, or
+        encoded now so the text encoder gets gradients."""
         if cached is not None:
             return cached.select(rows)
-        return text_conditioning(backbone, [prompts[prompt_index]]).select(torch.zeros_like(rows))
+        distinct = rows.unique()  # sorted: each distinct prompt encoded once
+        return text_conditioning(backbone, [prompts[i] for i in distinct]).select(torch.searchsorted(distinct, rows))
 
     # Every process draws the global batch from the same generator and trains on its rows
     # (dbdpo.distributed); DDP averages the gradients: the step of one process on them all.
@@ -236,8 +255,8 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     trained = {"unet": accelerator.unwrap_model(unet),
                **(pipeline_text_encoders(backbone.pipe) if cfg.train_text_encoder else {})}
     weights = trainable_weights(trained)
-    probe = make_probe([(latents, sizes)] + ([(prior_latents, prior_sizes)] if class_images else []),
-                       scheduler.config.num_train_timesteps, cfg.seed)
+    prior_set = [(prior_latents, prior_sizes, torch.full((len(prior_latents),), len(prompts) - 1))] if class_images else []
+    probe = make_probe([(latents, sizes, image_prompt), *prior_set], scheduler.config.num_train_timesteps, cfg.seed)
 
     def probed() -> float:
         """The probe's error now; every process computes it whole (no collective)."""
@@ -252,11 +271,12 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
             rebalance()  # the cores shared with the stages that started or ended since
             idx = torch.randint(0, len(latents), (global_batch,), generator=gen)
             with accelerator.autocast():
-                instance_loss = denoising_error(latents[idx], text(0), select_rows(sizes, idx))
+                instance_loss = denoising_error(latents[idx], text(image_prompt[idx[mine]]), select_rows(sizes, idx))
                 loss, losses = instance_loss, {}
                 if class_images:
                     pidx = torch.randint(0, len(prior_latents), (global_batch,), generator=gen)
-                    prior_loss = denoising_error(prior_latents[pidx], text(1), select_rows(prior_sizes, pidx))
+                    class_rows = torch.full((cfg.batch_size,), len(prompts) - 1)
+                    prior_loss = denoising_error(prior_latents[pidx], text(class_rows), select_rows(prior_sizes, pidx))
                     loss = loss + cfg.prior_loss_weight * prior_loss
                     # the two parts apart only where there are two (without, they are the loss)
                     losses = {"instance_loss": instance_loss.item(), "prior_loss": prior_loss.item()}
@@ -288,13 +308,14 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
 
 def dreambooth(backbone: Backbone, concept_images: list[Image.Image], cfg: FinetuneConfig,
                concept: ConceptConfig, sampling: GenerateConfig, on_step: StepCallback | None = None,
-               checkpointing: Checkpointing | None = None,
-               preview: Preview | None = None) -> tuple[LoraState | None, list[dict]]:
-    """Round 0 as the finetune stage trains it: the instance prompt of `concept`, the class
-    images of prior preservation when cfg asks for them (drawn with `sampling`'s settings),
-    then train_dreambooth, whose result and log rows it returns."""
+               checkpointing: Checkpointing | None = None, preview: Preview | None = None,
+               prompts: list[str] | None = None) -> tuple[LoraState | None, list[dict]]:
+    """Round 0 as the finetune stage trains it: each photo's instance prompt (`prompts`, from
+    instance_prompts; None: finetune.instance_prompt for all), the class images of prior
+    preservation when cfg asks for them (drawn with `sampling`'s settings), then
+    train_dreambooth, whose result and log rows it returns."""
     class_images, class_prompt = class_prior(backbone, cfg, concept, sampling)
-    return train_dreambooth(backbone, concept_images, instance_prompt(cfg, concept), cfg, class_images,
+    return train_dreambooth(backbone, concept_images, prompts or instance_prompt(cfg, concept), cfg, class_images,
                             class_prompt, on_step, checkpointing, preview)
 
 

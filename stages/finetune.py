@@ -39,10 +39,11 @@ def main(params: Path = PARAMS_OPTION) -> None:
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     from dbdpo.backbones import load_backbone
     from dbdpo.checkpoints import remove_checkpoint
-    from dbdpo.data import load_concept
+    from dbdpo.data import load_captions, load_concept
     from dbdpo.dreambooth import (
         dreambooth,
         instance_prompt,
+        instance_prompts,
         save_round_0,
         weights_precision,
     )
@@ -52,13 +53,16 @@ def main(params: Path = PARAMS_OPTION) -> None:
     ft = cfg.finetune
     with user_errors():
         concept = load_concept(cfg.concept)
+        # each photo's prompt: a bad or missing caption stops here, before round_0 is removed
+        prompts = instance_prompts(ft, cfg.concept, load_captions(cfg.concept) if ft.captions else [None] * len(concept))
         backbone = load_backbone(cfg.model, precision=weights_precision(ft))
     writes = clear_outputs(model_dir("round_0"), LOGS / "finetune")
     inputs = made_from(Path(cfg.concept.dir))
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir("round_0"), ft.checkpoint_every, inputs)
     # a diverged run stops here, before the model is written
     with user_errors(), live_log(LOGS / "finetune", cfg, "finetune", [instance_prompt(ft, cfg.concept)]) as log:
-        lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, log.on_step, ckpt, log.preview)
+        lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, log.on_step, ckpt, log.preview,
+                             prompts)
     if not writes:  # every process holds the same weights (DDP); one writes them
         return
     save_round_0(backbone, lora, model_dir("round_0"), made_from=inputs)

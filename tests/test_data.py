@@ -97,14 +97,14 @@ def test_non_image_and_corrupt_files_are_rejected(tmp_path):
         load_concept(ConceptConfig(dir=str(tmp_path)))
 
 
-def test_a_caption_beside_a_photo_is_kept_and_not_read(tmp_path, caplog):
+def test_a_caption_beside_a_photo_is_accepted_with_a_note(tmp_path, caplog):
     """The kohya / diffusers dataset habit: photo.txt beside photo.png. A .txt of no photo is
     still refused."""
     cfg = concept_dir(tmp_path, {"dog.png": Image.new("RGB", (64, 64), "red")})
     (tmp_path / "dog.txt").write_text("a dog on a sofa")
     with caplog.at_level("INFO", logger="dbdpo.data"):
         (loaded,) = load_concept(cfg)
-    assert loaded.size == (64, 64) and "1 caption files beside the photos are not used" in caplog.text
+    assert loaded.size == (64, 64) and "1 photos have a caption file; finetune.captions: true" in caplog.text
     (tmp_path / "cat.txt").write_text("no photo of this name")
     with pytest.raises(DataError, match=r"cat.txt: not an image file .* nor a photo's caption"):
         load_concept(cfg)
@@ -176,3 +176,22 @@ def test_a_decompression_bomb_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 100x100 > 2x the limit: PIL refuses it
     with pytest.raises(DataError, match=r"huge.png: Image size \(10000 pixels\) exceeds limit .*downscale the photo"):
         load_concept(ConceptConfig(dir=str(tmp_path), min_size=32))
+
+
+def test_captions_are_read_in_photo_order_filled_in_and_must_name_the_token(tmp_path):
+    from dbdpo.data import load_captions
+
+    cfg = concept_dir(tmp_path, {name: Image.new("RGB", (64, 64), "red") for name in ("a.png", "b.png", "c.jpg")})
+    (tmp_path / "a.txt").write_text("a {token} {class_noun}\n  on a sofa  ")
+    (tmp_path / "c.txt").write_text("sks toy asleep")
+    assert load_captions(cfg) == ["a sks toy on a sofa", None, "sks toy asleep"]
+    (tmp_path / "b.txt").write_text("a toy on a sofa")
+    with pytest.raises(DataError, match=r"b.txt: the caption 'a toy on a sofa' does not name the instance token "
+                                        r"'sks' \(concept.token\); add it, or \{token\}"):
+        load_captions(cfg)
+    (tmp_path / "b.txt").write_bytes(b"sks \xff")
+    with pytest.raises(DataError, match=r"b.txt: not UTF-8"):
+        load_captions(cfg)
+    (tmp_path / "b.txt").write_text("a {token} {color}")
+    with pytest.raises(DataError, match=r"b.txt: .* has a placeholder other than"):
+        load_captions(cfg)

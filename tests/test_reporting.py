@@ -75,3 +75,16 @@ def test_a_tracker_that_is_not_installed_is_refused_naming_the_key(in_repo, tmp_
     assert result.exit_code == 2
     assert "logging.report_to='wandb' is invalid" in result.stderr and "pip install wandb" in result.stderr
     assert not (project / "models").exists()
+
+
+def test_captions_true_without_caption_files_stops_before_round_0_is_removed(in_repo, tmp_path, monkeypatch):
+    project = finetune_project(tmp_path / "p", in_repo)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["finetune"]["captions"] = True
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "models/round_0").mkdir(parents=True)
+    (project / "models/round_0/pytorch_lora_weights.safetensors").write_bytes(b"last run's LoRA")
+    monkeypatch.chdir(project)
+    result = invoke_stage("finetune")
+    assert result.exit_code == 2 and "finetune.captions: true, but no photo" in result.stderr
+    assert (project / "models/round_0/pytorch_lora_weights.safetensors").read_bytes() == b"last run's LoRA"

@@ -255,7 +255,9 @@ def test_prior_preservation_adds_the_class_loss(in_repo):
     _, plain = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg)
     _, prior = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg, class_images=concept[:2],
                                 class_prompt="a photo of a toy")
-    assert all(set(r) - {"probe_ratio"} == {"step", "loss"} for r in plain)  # no copy of the loss as instance_loss
+    # one loss (no copy of it as instance_loss), beside the rate and the gradient's norm
+    assert all(set(r) - {"probe_ratio"} == {"step", "loss", "learning_rate", "grad_norm"} for r in plain)
+    assert all(r["learning_rate"] == cfg.learning_rate and r["grad_norm"] > 0 for r in plain + prior)
     assert all(r["loss"] == pytest.approx(r["instance_loss"] + cfg.prior_loss_weight * r["prior_loss"])
                and r["prior_loss"] > 0 for r in prior)
 
@@ -506,3 +508,26 @@ def test_dpo_previews_sample_the_policy_and_leave_the_training_as_it_was():
     assert [step for step, _ in logged] == [1, 2] and all(len(images) == 1 for _, images in logged)
     assert logged[0][1][0].size == (64, 64)
     assert rows == plain_rows and all(torch.equal(state[k], v) for k, v in plain_state.items())
+
+
+def test_captions_give_each_photo_its_own_prompt_and_one_caption_for_all_is_the_plain_run(in_repo):
+    """finetune.captions: per-photo prompts train another LoRA than one prompt for all; the same
+    prompt given per photo is the plain run, byte for byte (the text rows it selects are the
+    same)."""
+    from dbdpo.dreambooth import instance_prompts
+
+    concept = load_concept(ConceptConfig(dir="data/concept"))
+    cfg = FinetuneConfig(steps=3, batch_size=2, lora_rank=4)
+    plain_state, plain = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg)
+    listed_state, listed = train_dreambooth(tiny(), concept, ["a photo of sks toy"] * len(concept), cfg)
+    assert listed == plain and all(torch.equal(listed_state[k], v) for k, v in plain_state.items())
+    own = [f"a photo of sks toy, view {i}" for i in range(len(concept))]
+    own_state, _ = train_dreambooth(tiny(), concept, own, cfg)
+    assert not all(torch.equal(own_state[k], v) for k, v in plain_state.items())
+
+    captions = [None, "sks toy on a table", *[None] * (len(concept) - 2)]
+    assert instance_prompts(dataclasses.replace(cfg, captions=True), ConceptConfig(), captions)[:2] == [
+        "a photo of sks toy", "sks toy on a table"]
+    assert set(instance_prompts(cfg, ConceptConfig(), captions)) == {"a photo of sks toy"}  # captions: false
+    with pytest.raises(DataError, match=r"finetune.captions: true, but no photo .* has a caption file"):
+        instance_prompts(dataclasses.replace(cfg, captions=True), ConceptConfig(), [None] * 3)
