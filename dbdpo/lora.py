@@ -190,31 +190,78 @@ def load_lora(directory: Path) -> LoraState:
     return state
 
 
-def to_kohya(state: LoraState) -> dict[str, torch.Tensor]:
+# kohya-ss names an SDXL UNet's modules as the original (SGM) checkpoint does: its SDXL LoRAs say
+# input_blocks / middle_block / output_blocks, the names A1111/Forge's UNet has. A resnet's
+# layers there (diffusers -> SGM), as in diffusers' convert_diffusers_to_original_sdxl.py:
+SGM_RESNET_LAYERS = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+                     "conv_shortcut": "skip_connection", "norm1": "in_layers.0", "norm2": "out_layers.0"}
+
+
+def layers_per_block(state: LoraState) -> int:
+    """The UNet's layers_per_block, read off the LoRA's down-block module indices (SDXL: 2)."""
+    indices = [int(k.split(".")[3]) for k in state if k.startswith("down_blocks.")]
+    if not indices:
+        raise ValueError("the LoRA adapts no down-block module: its SGM (kohya SDXL) names are unknown")
+    return 1 + max(indices)
+
+
+def sgm_module_name(module: str, per_block: int) -> str:
+    """A diffusers UNet module path in the SGM checkpoint's naming, for a UNet of `per_block`
+    layers per block: down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q ->
+    input_blocks.4.1.transformer_blocks.0.attn1.to_q (each down level holds per_block
+    layers and a downsampler, each up level per_block + 1 layers)."""
+    parts = module.split(".")
+    if parts[0] == "mid_block":
+        kind, index, rest = parts[1], int(parts[2]), parts[3:]
+        block = f"middle_block.{1 if kind == 'attentions' else 2 * index}"
+    elif parts[0] in ("down_blocks", "up_blocks") and parts[2] in ("attentions", "resnets"):
+        level, kind, index, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+        block = (f"input_blocks.{1 + level * (per_block + 1) + index}" if parts[0] == "down_blocks"
+                 else f"output_blocks.{level * (per_block + 1) + index}")
+        block += ".1" if kind == "attentions" else ".0"
+    else:
+        raise ValueError(f"{module}: no SGM name for this module (kohya SDXL names cover the blocks' "
+                         "attentions and resnets)")
+    if kind == "resnets":
+        rest = [SGM_RESNET_LAYERS[rest[0]], *rest[1:]]
+    return ".".join([block, *rest])
+
+
+def to_kohya(state: LoraState, sdxl: bool = False) -> dict[str, torch.Tensor]:
     """The same LoRA in kohya-ss naming, read by ComfyUI, A1111/Forge and diffusers:
     `lora_unet_<module path, dots as underscores>.lora_down.weight` (A, (r, in)),
     `.lora_up.weight` (B, (out, r)) and `.alpha` (= r here, so the scale alpha/r is 1); text
     encoder layers as `lora_te_` (SD) or `lora_te1_` / `lora_te2_` (SDXL's two).
 
-    The UNet part is diffusers' `convert_state_dict_to_kohya`. The text encoders' is ours:
-    diffusers names SD's single encoder `lora_te1_` (kohya's SD 1.x/2.x files say `lora_te_`)
-    and keeps transformers 5's module paths, which lack the `text_model.` that ComfyUI's and
-    A1111's CLIP have (tests/test_lora.py pins both differences).
+    The UNet's module paths: diffusers' (`convert_state_dict_to_kohya`) for SD 1.x/2.x, as
+    kohya's SD LoRAs name them; with `sdxl`, the SGM checkpoint's (sgm_module_name), as
+    kohya's SDXL LoRAs do. The text encoders' are ours: diffusers names SD's single encoder
+    `lora_te1_` (kohya's SD 1.x/2.x files say `lora_te_`) and keeps transformers 5's module
+    paths, which lack the `text_model.` that ComfyUI's and A1111's CLIP have
+    (tests/test_lora.py pins both differences).
     """
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 
     parts = by_component(state)
-    unet = {f"unet.{key}": value for key, value in parts.pop("unet", {}).items()}
-    out = {k: v.contiguous() for k, v in convert_state_dict_to_kohya(unet).items()} if unet else {}
-    prefixes = {"text_encoder": "lora_te1_" if "text_encoder_2" in parts else "lora_te_",
-                "text_encoder_2": "lora_te2_"}
+    out = {}
+    if "unet" in parts and not sdxl:  # diffusers' own conversion
+        unet = {f"unet.{key}": value for key, value in parts.pop("unet").items()}
+        out = {k: v.contiguous() for k, v in convert_state_dict_to_kohya(unet).items()}
+    per_block = layers_per_block(parts["unet"]) if "unet" in parts else 0
+    encoders = {"text_encoder": "lora_te1_" if "text_encoder_2" in parts else "lora_te_", "text_encoder_2": "lora_te2_"}
+
+    def kohya_name(component: str, module: str) -> str:
+        if component == "unet":
+            return "lora_unet_" + sgm_module_name(module, per_block).replace(".", "_")
+        path = module if module.startswith("text_model.") else "text_model." + module
+        return encoders[component] + path.replace(".", "_")
+
     for component, layers in parts.items():
         for key, value in layers.items():
             if not key.endswith("lora_A.weight"):
                 continue
             module = key.removesuffix(".lora_A.weight")
-            name = module if module.startswith("text_model.") else "text_model." + module
-            prefix = prefixes[component] + name.replace(".", "_")
+            prefix = kohya_name(component, module)
             out[f"{prefix}.lora_down.weight"] = value.contiguous()
             out[f"{prefix}.lora_up.weight"] = layers[f"{module}.lora_B.weight"].contiguous()
             out[f"{prefix}.alpha"] = torch.tensor(value.shape[0])  # an integer, as diffusers writes the UNet's
@@ -247,13 +294,14 @@ def kohya_metadata(state: LoraState, trigger: str | None = None, resolution: int
 
 
 def save_kohya(state: LoraState, path: Path, metadata: dict[str, str] | None = None,
-               dtype: torch.dtype = torch.float16) -> None:
-    """Write `state` as one kohya-format .safetensors file (fp16 by default, as those tools ship),
-    with `metadata` beside `ss_network_module`. The header's keys are sorted: safetensors writes
-    them in a per-process hash order, so the same LoRA would export to other bytes each run."""
+               dtype: torch.dtype = torch.float16, sdxl: bool = False) -> None:
+    """Write `state` as one kohya-format .safetensors file (fp16 by default, as those tools ship;
+    `sdxl`: kohya's SDXL names, to_kohya), with `metadata` beside `ss_network_module`. The
+    header's keys are sorted: safetensors writes them in a per-process hash order, so the same
+    LoRA would export to other bytes each run."""
     from safetensors.torch import save
 
-    tensors = {k: v.to(dtype) for k, v in to_kohya(state).items()}
+    tensors = {k: v.to(dtype) for k, v in to_kohya(state, sdxl).items()}
     blob = save(tensors, metadata={"ss_network_module": "networks.lora", **(metadata or {})})
     size = int.from_bytes(blob[:8], "little")
     header = json.dumps(json.loads(blob[8:8 + size]), sort_keys=True, separators=(",", ":")).encode()

@@ -25,18 +25,19 @@ def inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def project_facts(params: Path) -> dict:
-    """What the export's metadata takes from the project's params: the trigger phrase, the
-    concept's image count and the training resolution (none of them without the file)."""
+def project_facts(params: Path) -> tuple[dict, bool | None]:
+    """What the export takes from the project's params: for the metadata, the trigger phrase,
+    the concept's image count and the training resolution; and whether the backbone is SDXL
+    (kohya's SDXL names). ({}, None) without the file."""
     from dbdpo.data import load_concept
     from dbdpo.params import load_config
     from dbdpo.preflight import check_backbone, native_size
 
     if not params.is_file():
-        return {}
+        return {}, None
     cfg = load_config(params)
-    return {"trigger": f"{cfg.concept.token} {cfg.concept.class_noun}", "images": len(load_concept(cfg.concept)),
-            "resolution": native_size(cfg, check_backbone(cfg)[1])}
+    return ({"trigger": f"{cfg.concept.token} {cfg.concept.class_noun}", "images": len(load_concept(cfg.concept)),
+             "resolution": native_size(cfg, check_backbone(cfg)[1])}, cfg.model.backbone == "sdxl")
 
 
 @app.command()
@@ -47,7 +48,8 @@ def kohya(model_dir: Path = typer.Argument(..., help="a round's model folder, e.
           params: Path = PARAMS_OPTION) -> None:
     """The round's LoRA in kohya-ss format (ComfyUI, A1111/Forge), fp16, with kohya's metadata:
     network dims, base model, and from the params (when the file is there) the trigger phrase
-    `<concept.token> <concept.class_noun>` and the training resolution."""
+    `<concept.token> <concept.class_noun>` and the training resolution. An SDXL LoRA takes
+    kohya's SDXL names (the original checkpoint's input_blocks / output_blocks)."""
     from dbdpo.backbones import is_pipeline_folder
     from dbdpo.errors import UserError
     from dbdpo.lora import kohya_metadata, load_lora, save_kohya
@@ -70,11 +72,14 @@ def kohya(model_dir: Path = typer.Argument(..., help="a round's model folder, e.
     if out.exists() and not force:
         fail(f"{out} exists; pass --force to overwrite it")
     try:
-        metadata = kohya_metadata(state, **project_facts(params))
+        facts, sdxl = project_facts(params)
+        metadata = kohya_metadata(state, **facts)
     except UserError as e:
         fail(str(e))
+    if sdxl is None:  # no params: SDXL by its UNet's cross-attention width, as the metadata reads it
+        sdxl = metadata.get("ss_base_model_version", "").startswith("sdxl")
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_kohya(state, out, metadata)
+    save_kohya(state, out, metadata, sdxl=sdxl)
     typer.echo(f"wrote {out} ({len(state) // 2} LoRA modules, kohya format)")
 
 

@@ -203,13 +203,16 @@ def test_lora_round_trips_through_the_pipelines_own_loader(tiny_dirs, tmp_path, 
 @pytest.mark.parametrize("targets", ["attention", "unet"])
 @pytest.mark.parametrize("arch,kind", ARCHS)
 def test_kohya_export_loads_with_the_same_output(tiny_dirs, tmp_path, arch, kind, targets):
+    """SD 2 in diffusers' module names, SDXL in the SGM checkpoint's (kohya's SDXL naming: the
+    tiny UNet has one layer per block, so down_blocks.1.attentions.0 is input_blocks.3.1)."""
     cfg = ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))
     state = random_lora(1, arch=arch, targets=targets)
-    save_kohya(state, tmp_path / "concept.safetensors", dtype=torch.float32)
+    save_kohya(state, tmp_path / "concept.safetensors", dtype=torch.float32, sdxl=kind == "sdxl")
     with safe_open(str(tmp_path / "concept.safetensors"), framework="pt") as f:
         keys = set(f.keys())
         assert f.metadata() == {"ss_network_module": "networks.lora"}
-    prefix = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_out_0"
+    block = "input_blocks_3_1" if kind == "sdxl" else "down_blocks_1_attentions_0"
+    prefix = f"lora_unet_{block}_transformer_blocks_0_attn1_to_out_0"
     assert {f"{prefix}.lora_down.weight", f"{prefix}.lora_up.weight", f"{prefix}.alpha"} <= keys
     assert len(keys) == 3 * len(state) // 2
 
@@ -302,3 +305,46 @@ def test_merged_pipeline_restores_every_component_exactly():
                                before["text_encoder_2"]["text_model.encoder.layers.0.self_attn.q_proj.weight"])
     for name, weights in before.items():
         assert all(torch.equal(v, getattr(pipe, name).state_dict()[k]) for k, v in weights.items()), name
+
+
+def a1111_compvis_name(key: str) -> str:
+    """AUTOMATIC1111's table from a diffusers-named kohya key to its UNet's (SGM) module name
+    (extensions-builtin/Lora/networks.py, convert_diffusers_name_to_compvis), restated: SD 1.x's
+    layout (3 input blocks a level), which SDXL shares."""
+    import re
+
+    resnet = {"conv1": "in_layers_2", "conv2": "out_layers_3", "norm1": "in_layers_0", "norm2": "out_layers_0",
+              "time_emb_proj": "emb_layers_1", "conv_shortcut": "skip_connection"}
+    if m := re.match(r"lora_unet_down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", key):
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        block = f"input_blocks_{1 + i * 3 + j}"
+    elif m := re.match(r"lora_unet_up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)", key):
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+        block = f"output_blocks_{i * 3 + j}"
+    elif m := re.match(r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)", key):
+        kind, j, rest = m[1], int(m[2]), m[3]
+        return f"diffusion_model_middle_block_{1 if kind == 'attentions' else j * 2}_{resnet.get(rest, rest)}"
+    else:
+        return key
+    return f"diffusion_model_{block}_{1 if kind == 'attentions' else 0}_{resnet.get(rest, rest) if kind == 'resnets' else rest}"
+
+
+def test_sdxl_kohya_names_are_the_modules_a1111_finds_for_every_layer_of_the_full_unet():
+    """Every layer the `unet` target set adapts in the full SDXL UNet (on the meta device): our
+    kohya SDXL key is the SGM module that A1111's published table converts the diffusers-named
+    key to, so A1111/Forge find each layer under either naming."""
+    from diffusers import UNet2DConditionModel
+
+    from dbdpo.architectures import arch_config
+    from dbdpo.lora import TARGET_SETS
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**arch_config("sdxl")["unet"])
+    targets = TARGET_SETS["unet"]
+    modules = [n for n, _ in unet.named_modules() if any(n == t or n.endswith("." + t) for t in targets)]
+    assert len(modules) > 700  # the 70 transformer blocks' attentions and feed-forwards, and the resnets
+    state = {f"{m}.lora_{ab}.weight": torch.zeros(1, 1) for m in modules for ab in "AB"}
+    ours = {k.removesuffix(".lora_down.weight") for k in to_kohya(state, sdxl=True) if k.endswith(".lora_down.weight")}
+    diffusers_named = {k.removesuffix(".lora_down.weight") for k in to_kohya(state) if k.endswith(".lora_down.weight")}
+    assert ours == {a1111_compvis_name(k).replace("diffusion_model_", "lora_unet_", 1) for k in diffusers_named}
+    assert len(ours) == len(modules) and not any("down_blocks" in k or "up_blocks" in k for k in ours)

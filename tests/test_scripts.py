@@ -74,6 +74,25 @@ def test_export_kohya_writes_the_rounds_lora_in_fp16(in_repo, tmp_path):
     assert wrong.exit_code == 2 and "x.pt: the output must end in .safetensors" in wrong.stderr
 
 
+def test_export_kohya_names_an_sdxl_projects_lora_as_kohyas_sdxl_loras(in_repo, tmp_path, tiny_dirs):
+    """backbone: sdxl in the params: the SGM checkpoint's module names (input_blocks...), which
+    A1111/Forge's SDXL UNet has (tests/test_lora.py checks them against A1111's table)."""
+    import yaml
+
+    params = yaml.safe_load((in_repo / "params.yaml").read_text())
+    params["model"].update(backbone="sdxl", path=str(tiny_dirs["sdxl"]))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    state = random_lora(0, arch="sdxl")
+    save_lora(load_backbone(ModelConfig(backbone="sdxl", path=str(tiny_dirs["sdxl"]))).pipe, state, tmp_path / "round_1")
+    out = tmp_path / "round_1.safetensors"
+    result = invoke_stage("export", "kohya", str(tmp_path / "round_1"), str(out), "--params", str(tmp_path / "params.yaml"))
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out), framework="pt") as f:
+        keys = list(f.keys())
+    assert "lora_unet_input_blocks_3_1_transformer_blocks_0_attn2_to_k.lora_down.weight" in keys
+    assert not any("down_blocks" in k or "up_blocks" in k for k in keys)
+
+
 def test_kohya_metadata_names_the_base_model_by_the_cross_attention_width():
     from dbdpo.lora import kohya_metadata
 
