@@ -19,7 +19,7 @@ architectures with random weights (dbdpo/architectures.py) at its native size an
 preset's precision on a GPU: the speed of SD 2.x / SDXL sampling without downloading them.
 
     python bench/generate.py [--params params.yaml] [--prompts 16] [--processes 2] [--out generate.json]
-    python bench/generate.py --params presets/sdxl.yaml --arch sdxl --prompts 2 --processes 1
+    python bench/generate.py --preset presets/sdxl.yaml --arch sdxl --prompts 2 --processes 1
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from dbdpo.config import ComputeConfig, Config
 from dbdpo.data import render, train_prompts
 from dbdpo.devices import compute_device
 from dbdpo.distributed import is_main_process, launch_command, launched, process_state
-from dbdpo.params import load_config
+from dbdpo.presets import load_with_preset
 from dbdpo.sampling import SampleRequest, generate, plan_samples
 
 log = logging.getLogger("bench.generate")
@@ -107,7 +107,7 @@ def barrier() -> None:
 
 def worker(args) -> None:
     """One of N launched processes: sample our way; the main process writes the figures."""
-    cfg = load_config(args.params)
+    cfg = load_with_preset(args.params, args.preset)
     backbone = backbone_for(cfg, args.arch, args.resolution)
     seconds, images = ours(backbone.pipe, cfg, requests(cfg, args.prompts), backbone.resolution)
     if is_main_process():
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.worker_out:
         worker(args)
         return {}
-    cfg = load_config(args.params)
+    cfg = load_with_preset(args.params, args.preset)
     plan = requests(cfg, args.prompts)
     backbone = backbone_for(cfg, args.arch, args.resolution)
     pipe, res = backbone.pipe, backbone.resolution
@@ -149,7 +149,8 @@ def several_processes(args, one: np.ndarray) -> dict:
     difference from the 1-process images `one`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "worker.json"
-        forwarded = ["--params", str(args.params), "--prompts", str(args.prompts), "--worker-out", str(out)]
+        forwarded = ["--params", str(args.params), *(["--preset", str(args.preset)] if args.preset else []),
+                     "--prompts", str(args.prompts), "--worker-out", str(out)]
         if args.arch:
             forwarded += ["--arch", args.arch]
         if args.resolution:
@@ -177,6 +178,7 @@ def print_table(result: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--preset", type=Path, default=None, help="a preset applied over --params (presets/sdxl.yaml)")
     parser.add_argument("--prompts", type=int, default=16, help="training prompts (K images each)")
     parser.add_argument("--processes", type=int, default=2, help="1: no N-process row (one GPU)")
     parser.add_argument("--arch", choices=FULL_ARCHS, default=None,

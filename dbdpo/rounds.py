@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
+from dbdpo.backbones import Backbone, load_backbone, round_base
 from dbdpo.checkpoints import Checkpointing
 from dbdpo.config import (
     ConceptConfig,
@@ -35,13 +35,12 @@ from dbdpo.training import Preview, StepCallback
 SCORED_SAMPLE_COLUMNS = ["image_id", "prompt_id", "prompt", "path"]
 
 
-def load_round_model(model: ModelConfig, round_0: Path, folder: Path | None = None,
+def load_round_model(model: ModelConfig, round_0: Path, lora: LoraState | None = None,
                      precision: str = "fp32") -> Backbone:
-    """The model of the round saved in `folder` (models/round_r): the base every round's LoRA
-    applies to (the params' model, or round_0 itself after a full DreamBooth), with that
-    round's one LoRA merged. `folder` None: the base alone, for a caller that merges each
-    round's LoRA in turn (evaluate)."""
-    lora = None if folder is None else round_lora(folder)
+    """A round's model: the base every round's LoRA applies to (the params' model, or round_0
+    itself after a full DreamBooth) with the round's one LoRA merged (`lora`: round_lora of
+    models/round_r, read once by the caller, which may need it again, as dpo does). `lora`
+    None: the base alone, for a caller that merges each round's LoRA in turn (evaluate)."""
     return load_backbone(round_base(model, round_0), lora=lora, precision=precision)
 
 

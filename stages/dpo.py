@@ -56,8 +56,9 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         check_made_from(out / "preferences", folder_record(out / "preferences"), writer("preferences", round_name))
         prefs = read_preferences(out / "preferences", cfg.dpo.loss)
         start_dir = checked_model(plans[round_name].start)
+        start = round_lora(start_dir)  # read once: merged below, and stacked under the DPO LoRA
         # the start LoRA merged: the reference is exactly the round's start model
-        backbone = load_round_model(cfg.model, checked_model("round_0"), start_dir, cfg.dpo.mixed_precision)
+        backbone = load_round_model(cfg.model, checked_model("round_0"), start, cfg.dpo.mixed_precision)
         # a range past the scheduler's fails here, before the round's model is removed
         timestep_range(cfg.dpo, backbone.training_scheduler().config.num_train_timesteps)
     writes = clear_outputs(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json")
@@ -67,7 +68,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     # previews: the round's first two prompts, as its pairs hold them
     prompts = list(dict.fromkeys(prefs.table["prompt"]))[:PREVIEW_PROMPTS]
     with user_errors(), live_log(LOGS / "dpo" / round_name, cfg, f"dpo@{round_name}", prompts) as log:
-        lora, log_rows = dpo_round(backbone, round_lora(start_dir), prefs, cfg.dpo, log.on_step, ckpt, log.preview)
+        lora, log_rows = dpo_round(backbone, start, prefs, cfg.dpo, log.on_step, ckpt, log.preview)
     if not writes:  # every process holds the same weights (DDP); one writes them
         return
     save_lora(backbone.pipe, lora, model_dir(round_name), made_from=inputs)

@@ -32,6 +32,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     Writes rounds/<round>/images/*.png and rounds/<round>/samples.parquet.
     """
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
+    from dbdpo.backbones import round_lora
     from dbdpo.data import train_prompts
     from dbdpo.provenance import made_from
     from dbdpo.rounds import concept_prompts, load_round_model, sample_round
@@ -42,7 +43,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     with user_errors():  # every round's slice is checked: a short pool fails before round 1 samples
         templates = train_prompts(g.prompts, {name: p.prompts for name, p in plans.items()})[plan.name]
         start_dir = checked_model(plan.start)
-        backbone = load_round_model(cfg.model, checked_model("round_0"), start_dir, cfg.model.precision)
+        backbone = load_round_model(cfg.model, checked_model("round_0"), round_lora(start_dir), cfg.model.precision)
     out = round_dir(plan.name)
     writes = clear_outputs(out / "images", out / "samples.parquet")  # every process samples; one writes
     sample_round(backbone, templates, concept_prompts(templates, cfg.concept), g.images_per_prompt, plan.seed, g,

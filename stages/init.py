@@ -3,7 +3,7 @@
     dbdpo init my-dog --concept ~/photos/dog --class-noun dog --kind live --preset sdxl
     cd my-dog && dvc repro
 
-writes my-dog/ with params.yaml (the preset, pointed at the concept), dvc.yaml (this pipeline,
+writes my-dog/ with params.yaml (the defaults with the preset applied, pointed at the concept), dvc.yaml (this pipeline,
 each stage run as `dbdpo <stage>`), the training prompts and held-out evaluation prompts, the
 concept's images copied to data/concept/, a requirements.txt pinning this dbdpo, then `git init`,
 `dvc init` and a first commit. The project files ship in the package (stages/project/: copies of
@@ -75,6 +75,7 @@ def init(project: Path = typer.Argument(..., help="the folder to create (must no
     from dbdpo.data import load_concept
     from dbdpo.errors import UserError
     from dbdpo.params import load_config
+    from dbdpo.presets import apply_preset
 
     if kind not in KINDS:
         fail(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -100,7 +101,9 @@ def init(project: Path = typer.Argument(..., help="the folder to create (must no
         # the 4,000-prompt pool for the kind (dbdpo.prompts) and the DreamBooth paper's 25 prompts
         (prompts / "train.txt").write_text(project_file(f"pool_{kind}.txt"))
         (prompts / "eval.txt").write_text(project_file(f"dreambooth_{kind}.txt"))
-    params = project_file(PRESETS[preset])
+    params = project_file("params.yaml")
+    if preset != "default":  # a preset is an overlay: the keys a GPU run changes (dbdpo.presets)
+        params = apply_preset(params, project_file(PRESETS[preset]), f"--preset {preset}")
     for group, key, value in [("concept", "dir", "data/concept"), ("concept", "class_noun", class_noun),
                               ("generate", "prompts", "data/prompts/train.txt"),
                               ("evaluate", "prompts", "data/prompts/eval.txt")]:

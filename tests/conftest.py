@@ -20,6 +20,13 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
+def preset_params(name: str) -> str:
+    """params.yaml's text with presets/<name>.yaml applied: what `dbdpo init --preset` writes."""
+    from dbdpo.presets import apply_preset
+
+    return apply_preset((REPO / "params.yaml").read_text(), (REPO / "presets" / f"{name}.yaml").read_text(), name)
+
+
 def invoke_stage(stage: str, *args: str):
     """`python -m stages.<stage> ARGS` in-process (Typer's runner): a stage subprocess costs
     ~10 s of imports."""

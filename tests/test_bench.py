@@ -16,7 +16,7 @@ from dbdpo.architectures import (
     parameter_counts,
 )
 from dbdpo.tiny import build_tiny_pipeline
-from tests.conftest import REPO
+from tests.conftest import REPO, preset_params
 
 
 def bench_module(name: str):
@@ -320,10 +320,11 @@ def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, capl
         assert "dpo: " not in caplog.text, caplog.text
 
 
-def small_generate_params(tmp_path, preset: str = "params.yaml"):
+def small_generate_params(tmp_path, preset: str | None = None):
+    """params.yaml (with `preset` applied: presets/<preset>.yaml), sampling 2 images of 2 steps."""
     import yaml
 
-    params = yaml.safe_load((REPO / preset).read_text())
+    params = yaml.safe_load(preset_params(preset) if preset else (REPO / "params.yaml").read_text())
     params["generate"].update(images_per_prompt=2, steps=2, batch_size=2)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -402,7 +403,7 @@ def test_generate_bench_on_two_processes_and_on_a_full_architecture(tmp_path, in
     # run two threads, whose sums round apart by at most one level
     assert two["max_pixel_difference"] <= 1 and two["images_per_s"] > 0
 
-    sd2 = module.main(["--params", str(small_generate_params(tmp_path, "presets/sd2.yaml")), "--arch", "sd2-base",
+    sd2 = module.main(["--params", str(small_generate_params(tmp_path, "sd2")), "--arch", "sd2-base",
                        "--resolution", "64", "--prompts", "1", "--processes", "1"])
     assert (sd2["model"], sd2["resolution"], sd2["images"]) == ("sd2-base", 64, 2)
     assert capsys.readouterr().out.splitlines()[-4].startswith("sd2-base 64 px torch.float32: 2 images")

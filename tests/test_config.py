@@ -220,11 +220,13 @@ def _key_paths(tree: dict, prefix: str = "") -> set[str]:
     ("sd2", "sd", "stabilityai/stable-diffusion-2-base", "fp16"),  # the paper's SD2: 512 px, eps
     ("sd21", "sd", "stabilityai/stable-diffusion-2-1", "fp16"),  # 768 px, v-prediction
     ("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "bf16")])
-def test_presets_are_complete_valid_params_files(in_repo, name, backbone, path, precision):
-    """A preset replaces params.yaml: it must validate and hold every key params.yaml has, so
-    `dvc exp run -S key=value` works on it exactly as on the default."""
+def test_presets_are_overlays_that_validate_on_params(in_repo, name, backbone, path, precision):
+    """A preset holds only the keys a GPU run changes; applied to params.yaml it validates with
+    the paper's settings, and it repeats no default (apply_preset refuses one)."""
+    from dbdpo.presets import load_with_preset
+
     preset = in_repo / "presets" / f"{name}.yaml"
-    cfg = load_config(preset)
+    cfg = load_with_preset(in_repo / "params.yaml", preset)
     assert (cfg.model.backbone, cfg.model.path) == (backbone, path)
     # the composed pool and the DreamBooth paper's evaluation set, large enough for every round
     slices = {name: p.prompts for name, p in cfg.round_plans().items()}
@@ -238,7 +240,26 @@ def test_presets_are_complete_valid_params_files(in_repo, name, backbone, path, 
     assert cfg.generate.steps == cfg.evaluate.steps == 50 and cfg.generate.guidance_scale == 7.5
     assert (cfg.filter.kind, cfg.pair.lambda_, cfg.filter.angle) == ("angle", 0.5, 25.0)  # [20, 70] degrees
     keys = _key_paths(yaml.safe_load(preset.read_text()))
-    assert keys == _key_paths(yaml.safe_load((in_repo / "params.yaml").read_text()))
+    assert keys < _key_paths(yaml.safe_load((in_repo / "params.yaml").read_text())) and len(keys) < 45
+
+
+def test_a_preset_writes_its_values_and_comments_into_params_and_refuses_what_is_not_an_overlay(in_repo):
+    from dbdpo.presets import apply_preset
+
+    base = (in_repo / "params.yaml").read_text()
+    merged = apply_preset(base, "# why\nfinetune:\n  steps: 500   # the GPU's\n  batch_size: 1\n", "p")
+    group = merged[merged.index("\nfinetune:\n"):merged.index("\ngenerate:\n")]
+    lines = {line.split(":")[0].strip(): line for line in group.splitlines() if line.startswith("  ")}
+    assert lines["steps"] == "  steps: 500              # the GPU's"  # at params.yaml's comment column
+    assert lines["batch_size"].startswith("  batch_size: 1 ") and "# concept images a step" in lines["batch_size"]
+    base_group = base[base.index("\nfinetune:\n"):base.index("\ngenerate:\n")]
+    assert [a for a, b in zip(base.splitlines(), merged.splitlines()) if a != b] == [  # nothing else moved
+        line for line in base_group.splitlines() if line.startswith(("  steps:", "  batch_size:"))]
+    for preset, error in [("finetune:\n  stepz: 5\n", r"p: finetune.stepz is not a key of params.yaml"),
+                          ("finetune:\n  steps: 600\n", r"p: finetune.steps: 600 is params.yaml's value already"),
+                          ("score:\n  rewards:\n    IS: 2\n", r"p:2: 'rewards:': a preset sets scalar keys")]:
+        with pytest.raises(ConfigError, match=error):
+            apply_preset(base, preset, "p")
 
 
 def test_the_8bit_optimizer_without_bitsandbytes_is_refused_before_any_work(in_repo):

@@ -17,7 +17,7 @@ import yaml
 
 from dbdpo.backbones import load_backbone, round_base, round_lora
 from dbdpo.config import ModelConfig
-from tests.conftest import REPO, invoke_stage
+from tests.conftest import invoke_stage, preset_params
 from tests.test_e2e_dvc import (
     ROUND_2,
     copy_project,
@@ -136,7 +136,7 @@ def load_lora_keys(folder):
 def sdxl_preset_project(tmp_path, model_dir=None):
     project = tmp_path / "project"
     project.mkdir()
-    params = yaml.safe_load((REPO / "presets/sdxl.yaml").read_text())
+    params = yaml.safe_load(preset_params("sdxl"))
     if model_dir is not None:
         params["model"]["path"] = str(model_dir)
     copy_project(project, params)

@@ -113,5 +113,8 @@ def test_init_with_a_gpu_preset_takes_the_pool_and_eval_set_of_the_kind(installe
     assert params["model"]["backbone"] == "sdxl" and params["concept"]["class_noun"] == "dog"
     assert (project / "data/prompts/train.txt").read_text() == (REPO / "data/prompts/pool_live.txt").read_text()
     assert (project / "data/prompts/eval.txt").read_text() == (REPO / "data/prompts/dreambooth_live.txt").read_text()
-    keys = yaml.safe_load((REPO / "presets/sdxl.yaml").read_text())
+    keys = yaml.safe_load((REPO / "params.yaml").read_text())
     assert {g: set(v) for g, v in params.items()} == {g: set(v) for g, v in keys.items()}  # every key kept
+    preset = yaml.safe_load((REPO / "presets/sdxl.yaml").read_text())
+    assert all(params[g][k] == v for g, values in preset.items() for k, v in values.items()
+               if (g, k) not in {("generate", "prompts"), ("evaluate", "prompts")})  # the overlay applied

@@ -11,7 +11,7 @@ from PIL import Image
 
 from dbdpo.params import load_config
 from dbdpo.preflight import check, pipeline_files, report_text
-from tests.conftest import REPO, invoke_stage
+from tests.conftest import REPO, invoke_stage, preset_params
 
 SDXL_FETCH = ("hf download stabilityai/stable-diffusion-xl-base-1.0 model_index.json scheduler/scheduler_config.json "
               "{tokenizer,tokenizer_2}/{merges.txt,special_tokens_map.json,tokenizer_config.json,vocab.json} "
@@ -44,7 +44,9 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def sdxl_preset():
-    return load_config(REPO / "presets/sdxl.yaml")
+    from dbdpo.presets import load_with_preset
+
+    return load_with_preset(REPO / "params.yaml", REPO / "presets/sdxl.yaml")
 
 
 def test_the_default_params_need_nothing_but_the_package(in_repo, hub_cache):
@@ -110,9 +112,10 @@ def test_photos_below_the_models_size_are_a_warning(in_repo, hub_cache, tiny_dir
     assert report.warnings[0].startswith("concept.dir=data/concept: 6 photos below the model's 512 px (e.g. 64x64)")
 
 
-def test_dbdpo_check_fails_in_seconds_naming_the_fetch_command(in_repo, hub_cache):
+def test_dbdpo_check_fails_in_seconds_naming_the_fetch_command(in_repo, hub_cache, tmp_path):
+    (tmp_path / "params.yaml").write_text(preset_params("sdxl"))
     t0 = time.time()
-    result = invoke_stage("check", "--params", "presets/sdxl.yaml")
+    result = invoke_stage("check", "--params", str(tmp_path / "params.yaml"))
     assert result.exit_code == 1 and time.time() - t0 < 30
     assert f"         fetch: {CLIP_FETCH}" in result.stderr.splitlines()
     assert invoke_stage("check").exit_code == 0
@@ -121,7 +124,7 @@ def test_dbdpo_check_fails_in_seconds_naming_the_fetch_command(in_repo, hub_cach
 def test_finetune_stops_before_any_work_and_keeps_the_previous_model(hub_cache, tmp_path, monkeypatch):
     project = tmp_path / "project"
     shutil.copytree(REPO / "data", project / "data")
-    shutil.copy(REPO / "presets/sdxl.yaml", project / "params.yaml")
+    (project / "params.yaml").write_text(preset_params("sdxl"))
     (project / "models/round_0").mkdir(parents=True)
     (project / "models/round_0/pytorch_lora_weights.safetensors").write_bytes(b"an earlier run's")
     monkeypatch.chdir(project)

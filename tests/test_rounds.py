@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from dbdpo.backbones import load_backbone
+from dbdpo.backbones import load_backbone, round_lora
 from dbdpo.config import FilterConfig, GenerateConfig, ModelConfig, PairConfig
 from dbdpo.lora import lora_rank, save_lora
 from dbdpo.rounds import (
@@ -56,7 +56,7 @@ def test_a_round_samples_scores_pairs_and_stacks_its_dpo_lora(tmp_path, in_repo)
     cfg = load_config(REPO / "params.yaml")
     start = random_lora(0, rank=4)
     save_lora(load_backbone(ModelConfig()).pipe, start, tmp_path / "round_0")
-    backbone = load_round_model(cfg.model, tmp_path / "round_0", tmp_path / "round_0")
+    backbone = load_round_model(cfg.model, tmp_path / "round_0", round_lora(tmp_path / "round_0"))
     templates = ["a {token} {class_noun} on the beach", "a {token} {class_noun} in the snow"]
     sampling = GenerateConfig(steps=2, batch_size=4)
     samples = sample_round(backbone, templates, concept_prompts(templates, cfg.concept), 3, 7, sampling,
