@@ -41,7 +41,7 @@ import torch
 from dbdpo.architectures import FULL_ARCHS, arch_precision, full_backbone
 from dbdpo.backbones import PRECISION_DTYPES, Backbone, load_backbone
 from dbdpo.config import ComputeConfig, Config
-from dbdpo.data import render, train_prompts
+from dbdpo.data import fill_prompt, train_prompts
 from dbdpo.devices import compute_device
 from dbdpo.distributed import is_main_process, launch_command, launched, process_state
 from dbdpo.presets import load_with_preset
@@ -53,7 +53,7 @@ log = logging.getLogger("bench.generate")
 def requests(cfg: Config, num_prompts: int) -> list[SampleRequest]:
     """K seeded requests for each of the pool's first `num_prompts` training prompts."""
     templates = train_prompts(cfg.generate.prompts, {"bench": (0, num_prompts)})["bench"]
-    return plan_samples(templates, [render(t, cfg.concept) for t in templates], cfg.generate.images_per_prompt, 0)
+    return plan_samples(templates, [fill_prompt(t, cfg.concept) for t in templates], cfg.generate.images_per_prompt, 0)
 
 
 def pixels(images) -> np.ndarray:

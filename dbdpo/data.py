@@ -124,7 +124,7 @@ def load_captions(cfg: ConceptConfig) -> list[str | None]:
             raise DataError(f"{path}: not UTF-8 ({e.reason}); re-save the caption as UTF-8") from None
         if "{" in text:
             try:
-                text = render(text, cfg)
+                text = fill_prompt(text, cfg)
             except (KeyError, IndexError, ValueError) as e:
                 raise DataError(f"{path}: {text!r} has a placeholder other than {{token}} and {{class_noun}} "
                                 f"({e}); write a literal brace as {{{{ or }}}}") from None
@@ -148,7 +148,7 @@ PLACEHOLDERS = {"token", "class_noun"}
 
 
 def load_prompt_templates(path: Path) -> list[str]:
-    """The non-empty, non-comment lines of a UTF-8 prompt file, each checked to render:
+    """The non-empty, non-comment lines of a UTF-8 prompt file, each checked to fill in (fill_prompt):
     placeholders {token} (required) and {class_noun} only; a literal brace is written {{ }}."""
     if not path.is_file():
         raise DataError(f"{path}: prompt file not found")
@@ -177,7 +177,7 @@ def load_prompt_templates(path: Path) -> list[str]:
     return templates
 
 
-def render(template: str, cfg: ConceptConfig) -> str:
+def fill_prompt(template: str, cfg: ConceptConfig) -> str:
     """The generation prompt, with the instance token: "a sks toy in the jungle"."""
     return template.format(token=cfg.token, class_noun=cfg.class_noun)
 

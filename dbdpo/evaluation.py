@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from dbdpo.artifacts import atomic_file
 from dbdpo.backbones import Backbone
 from dbdpo.config import ConceptConfig, EvaluateConfig
-from dbdpo.data import render
+from dbdpo.data import fill_prompt
 from dbdpo.lora import LoraState, merged_pipeline
 from dbdpo.sampling import generate, plan_samples
 from dbdpo.scoring import Scorer, score_loaded
@@ -41,7 +41,7 @@ def sample_and_score(backbone: Backbone, rounds: list[RoundModel], templates: li
     Each image is written to image_dir/<round>/ (nowhere with None: a process that only helps,
     dbdpo.distributed) and scored as sampled (PNG is lossless: the
     file holds the very pixels scored)."""
-    prompts = [render(t, concept) for t in templates]
+    prompts = [fill_prompt(t, concept) for t in templates]
     plan = plan_samples(templates, prompts, cfg.images_per_prompt, cfg.seed)
     results = []
     for model in rounds:

@@ -23,7 +23,7 @@ from dbdpo.config import (
     PairConfig,
     SamplingConfig,
 )
-from dbdpo.data import render
+from dbdpo.data import fill_prompt
 from dbdpo.dpo import train_on_preferences
 from dbdpo.lora import LoraState, stack
 from dbdpo.preferences import Preferences, build_preferences
@@ -62,7 +62,7 @@ def sample_round(backbone: Backbone, templates: list[str], prompts: list[str], i
 
 def concept_prompts(templates: list[str], concept: ConceptConfig) -> list[str]:
     """The templates as the model is prompted with them ("a sks toy in the snow")."""
-    return [render(t, concept) for t in templates]
+    return [fill_prompt(t, concept) for t in templates]
 
 
 def score_round(samples: pd.DataFrame, scorers: list[Scorer], batch_size: int,

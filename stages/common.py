@@ -122,19 +122,19 @@ def training_checkpoint(cfg: ParamView, reads: tuple[str, ...], directory: Path,
     return Checkpointing(directory, every, fingerprint(values, inputs))
 
 
-STAGE_OF = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}
+PRODUCER_STAGE = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}
 
 
-def writer(artifact: str, round_name: str) -> str:
+def producer(artifact: str, round_name: str) -> str:
     """The DVC stage that writes `artifact` of a round, e.g. "pair@round_1"; round_0's model is finetune's."""
-    return "finetune" if (artifact, round_name) == ("model", "round_0") else f"{STAGE_OF[artifact]}@{round_name}"
+    return "finetune" if (artifact, round_name) == ("model", "round_0") else f"{PRODUCER_STAGE[artifact]}@{round_name}"
 
 
 def checked_model(round_name: str) -> Path:
     """models/<round>, refused (StaleInputError) if what it was made from has changed since."""
     folder = model_dir(round_name)
     if folder.is_dir():
-        check_made_from(folder, folder_record(folder), writer("model", round_name))
+        check_made_from(folder, folder_record(folder), producer("model", round_name))
     return folder
 
 

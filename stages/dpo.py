@@ -17,12 +17,12 @@ from stages.common import (
     disk_errors,
     live_log,
     model_dir,
+    producer,
     round_dir,
     setup_round,
     stage_round,
     training_checkpoint,
     user_errors,
-    writer,
 )
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
@@ -53,7 +53,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     cfg, plans = setup_round(params, "dpo", READS, round_name, processes=True)
     out = round_dir(round_name)
     with user_errors():
-        check_made_from(out / "preferences", folder_record(out / "preferences"), writer("preferences", round_name))
+        check_made_from(out / "preferences", folder_record(out / "preferences"), producer("preferences", round_name))
         prefs = read_preferences(out / "preferences", cfg.dpo.loss)
         start_dir = checked_model(plans[round_name].start)
         start = round_lora(start_dir)  # read once: merged below, and stacked under the DPO LoRA

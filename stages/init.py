@@ -6,7 +6,7 @@
 writes my-dog/ with params.yaml (the defaults with the preset applied, pointed at the concept), dvc.yaml (this pipeline,
 each stage run as `dbdpo <stage>`), the training prompts and held-out evaluation prompts, the
 concept's images copied to data/concept/, a requirements.txt pinning this dbdpo, then `git init`,
-`dvc init` and a first commit. The project files ship in the package (stages/project/: copies of
+`dvc init` and a first commit. The project files ship in the package (stages/init_files/: copies of
 this repository's own files, which tests/test_init.py keeps equal).
 """
 
@@ -29,7 +29,7 @@ KINDS = ("object", "live")
 
 
 def project_file(name: str) -> str:
-    return resources.files("stages").joinpath("project", name).read_text(encoding="utf-8")
+    return resources.files("stages").joinpath("init_files", name).read_text(encoding="utf-8")
 
 
 def set_key(text: str, group: str, key: str, value: str) -> str:

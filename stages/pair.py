@@ -10,11 +10,11 @@ from stages.common import (
     ROUND_OPTION,
     clear_outputs,
     disk_errors,
+    producer,
     round_dir,
     setup_round,
     stage_round,
     user_errors,
-    writer,
 )
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
@@ -39,7 +39,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     out = round_dir(round_name)
     with user_errors():
         scores = read_parquet(out / "scores.parquet", [*SCORED_SAMPLE_COLUMNS, "IS", "TS"])
-        check_made_from(out / "scores.parquet", scores.attrs.get(RECORD_KEY), writer("scores", round_name))
+        check_made_from(out / "scores.parquet", scores.attrs.get(RECORD_KEY), producer("scores", round_name))
         clear_outputs(out / "preferences", out / "pair_summary.json")  # one process: it writes
         prefs = pair_round(scores, cfg.pair, cfg.filter, cfg.score.rewards)
     with user_errors(), atomic_dir(out / "preferences") as tmp:  # the export reads every image

@@ -22,7 +22,7 @@ KINDS = tuple(ACTIONS)  # object, live
 
 def shipped_eval_sets() -> list[Path]:
     """The DreamBooth paper's evaluation prompt files as the package ships them."""
-    project = resources.files("stages").joinpath("project")
+    project = resources.files("stages").joinpath("init_files")
     return [Path(str(project.joinpath(f"dreambooth_{kind}.txt"))) for kind in KINDS]
 
 

@@ -9,11 +9,11 @@ from stages.common import (
     ROUND_OPTION,
     clear_outputs,
     disk_errors,
+    producer,
     round_dir,
     setup_round,
     stage_round,
     user_errors,
-    writer,
 )
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
@@ -45,7 +45,7 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     out = round_dir(round_name)
     with user_errors():
         samples = read_parquet(out / "samples.parquet", SAMPLE_COLUMNS)
-        check_made_from(out / "samples.parquet", samples.attrs.get(RECORD_KEY), writer("samples", round_name))
+        check_made_from(out / "samples.parquet", samples.attrs.get(RECORD_KEY), producer("samples", round_name))
         concept = load_concept(cfg.concept)
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt))
         writes = clear_outputs(out / "scores.parquet")

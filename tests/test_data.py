@@ -9,9 +9,9 @@ from dbdpo.config import ConceptConfig
 from dbdpo.data import (
     DataError,
     eval_prompts,
+    fill_prompt,
     load_concept,
     load_prompt_templates,
-    render,
     text_prompt,
     to_tensor,
     train_prompts,
@@ -133,7 +133,7 @@ def test_to_tensor_range_and_shape():
 def test_prompts_render_and_ts_variants():
     cfg = ConceptConfig(token="sks", class_noun="toy")
     t = "a {token} {class_noun} in the jungle"
-    assert render(t, cfg) == "a sks toy in the jungle"
+    assert fill_prompt(t, cfg) == "a sks toy in the jungle"
     assert text_prompt(t, cfg, "with_class") == "a toy in the jungle"
     assert text_prompt(t, cfg, "without_concept") == "a in the jungle"
 
@@ -168,7 +168,7 @@ def test_bad_prompt_files_name_the_file_and_line(tmp_path, content, message):
 def test_literal_braces_render(tmp_path):
     (tmp_path / "prompts.txt").write_text("a {token} {class_noun} with a {{heart}} sign\n")
     (template,) = load_prompt_templates(tmp_path / "prompts.txt")
-    assert render(template, ConceptConfig()) == "a sks toy with a {heart} sign"
+    assert fill_prompt(template, ConceptConfig()) == "a sks toy with a {heart} sign"
 
 
 def test_a_decompression_bomb_names_the_file(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from PIL import Image
 
 from dbdpo.backbones import load_backbone
 from dbdpo.config import ConceptConfig, DpoConfig, FilterConfig, ModelConfig, PairConfig
-from dbdpo.data import load_prompt_templates, render
+from dbdpo.data import fill_prompt, load_prompt_templates
 from dbdpo.dpo import train_on_preferences
 from dbdpo.lora import merged
 from dbdpo.preferences import build_preferences
@@ -46,7 +46,7 @@ def mean_weighted_score(scores: pd.DataFrame, reference: pd.DataFrame, lam: floa
 def round_start(tmp_path_factory):
     """The start model's images of 4 training prompts x 16 seeds, written and scored once."""
     root = tmp_path_factory.mktemp("learning-signal")
-    prompts = [render(t, ConceptConfig()) for t in load_prompt_templates(REPO / "data/prompts/train.txt")[:4]]
+    prompts = [fill_prompt(t, ConceptConfig()) for t in load_prompt_templates(REPO / "data/prompts/train.txt")[:4]]
     backbone = load_backbone(ModelConfig())
     plan = plan_samples(prompts, prompts, images_per_prompt=IMAGES_PER_PROMPT, seed=0)
     samples = write_samples(plan, generate(backbone.pipe, plan, **SAMPLING), root / "images", root / "samples.parquet")

@@ -1,4 +1,4 @@
-"""The files `dbdpo init` writes ship in the package as real files (stages/project/), never as
+"""The files `dbdpo init` writes ship in the package as real files (stages/init_files/), never as
 links into a checkout: an editable install must make the project a wheel makes, whatever the
 checkout's workspace holds (an applied `dvc exp` rewrites params.yaml). They stay equal to the
 repository's own files."""
@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import REPO
 
-SOURCES = {  # stages/project/<name>: the repository file it is a copy of
+SOURCES = {  # stages/init_files/<name>: the repository file it is a copy of
     "params.yaml": "params.yaml", "pipeline.yaml": "dvc.yaml", "sd2.yaml": "presets/sd2.yaml",
     "sd21.yaml": "presets/sd21.yaml", "sdxl.yaml": "presets/sdxl.yaml", "train.txt": "data/prompts/train.txt",
     "eval.txt": "data/prompts/eval.txt", "pool_object.txt": "data/prompts/pool_object.txt",
@@ -18,12 +18,12 @@ SOURCES = {  # stages/project/<name>: the repository file it is a copy of
 
 
 def test_every_shipped_file_is_listed_and_a_real_file():
-    shipped = REPO / "stages" / "project"
+    shipped = REPO / "stages" / "init_files"
     assert sorted(p.name for p in shipped.iterdir()) == sorted(SOURCES)
     assert not [p for p in shipped.iterdir() if p.is_symlink()]
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))
 def test_a_shipped_file_equals_the_repositorys(name):
-    shipped, source = REPO / "stages" / "project" / name, REPO / SOURCES[name]
-    assert shipped.read_bytes() == source.read_bytes(), f"stages/project/{name} differs: cp {SOURCES[name]} {shipped}"
+    shipped, source = REPO / "stages" / "init_files" / name, REPO / SOURCES[name]
+    assert shipped.read_bytes() == source.read_bytes(), f"stages/init_files/{name} differs: cp {SOURCES[name]} {shipped}"

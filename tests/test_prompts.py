@@ -5,7 +5,7 @@ import re
 import pytest
 
 from dbdpo.config import ConceptConfig
-from dbdpo.data import load_prompt_templates, render, text_prompt
+from dbdpo.data import fill_prompt, load_prompt_templates, text_prompt
 from dbdpo.errors import DataError
 from dbdpo.prompts import (
     CONTEXTS,
@@ -46,7 +46,7 @@ def test_a_pool_of_4000_is_distinct_deterministic_and_off_the_eval_contexts(kind
     # every context and style appears early: a round's slice mixes them
     assert len({c for c in CONTEXTS if any(t.endswith(c) for t in pool[:500])}) == len(CONTEXTS)
     cfg = ConceptConfig(token="sks", class_noun="dog")
-    assert render(pool[0], cfg).count("sks dog") == 1 and "sks" not in text_prompt(pool[0], cfg, "with_class")
+    assert fill_prompt(pool[0], cfg).count("sks dog") == 1 and "sks" not in text_prompt(pool[0], cfg, "with_class")
 
 
 def test_an_eval_context_is_removed_from_the_pool():

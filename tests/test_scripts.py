@@ -161,4 +161,4 @@ def test_the_offline_plots_page_inlines_the_vega_versions_dvc_loads(in_repo):
     inlined = re.findall(r"<!-- ([\w-]+) ([\d.]+), from https://registry\.npmjs\.org -->", page)
     assert inlined == module.cdn_packages() == [("vega", "5.20.2"), ("vega-lite", "5.2.0"), ("vega-embed", "6.18.2")]
     assert page.count("{plot_divs}") == 1 and "{scripts}" not in page and "<script src=" not in page
-    assert (in_repo / "stages/project/offline.html").read_text() == page  # what dbdpo init writes
+    assert (in_repo / "stages/init_files/offline.html").read_text() == page  # what dbdpo init writes
