@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import typer
 from safetensors import safe_open
@@ -108,6 +109,7 @@ def test_kohya_metadata_names_the_base_model_by_the_cross_attention_width():
     assert "ss_base_model_version" not in kohya_metadata(lora(64))  # the proving ground's world: no kohya name
 
 
+@pytest.mark.slow
 def test_an_export_is_the_same_bytes_in_another_process(in_repo, tmp_path):
     """safetensors orders header keys per process; the export sorts them."""
     import subprocess

@@ -129,6 +129,7 @@ def test_a_finite_but_ruined_dreambooth_run_stops_before_a_model_is_written(in_r
         train_dreambooth(tiny(), concept, "a photo of sks toy", FinetuneConfig(steps=20, learning_rate=3e-2))
 
 
+@pytest.mark.slow
 def test_the_probe_is_logged_every_probe_every_steps_and_at_the_last(in_repo):
     """probe_ratio: the fixed batch's error over the model-as-loaded's, below 1 once DreamBooth
     has fit the concept's images a little."""
@@ -510,6 +511,7 @@ def test_dpo_previews_sample_the_policy_and_leave_the_training_as_it_was():
     assert rows == plain_rows and all(torch.equal(state[k], v) for k, v in plain_state.items())
 
 
+@pytest.mark.slow
 def test_captions_give_each_photo_its_own_prompt_and_one_caption_for_all_is_the_plain_run(in_repo):
     """finetune.captions: per-photo prompts train another LoRA than one prompt for all; the same
     prompt given per photo is the plain run, byte for byte (the text rows it selects are the
