@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 
 from dbdpo.backbones import Backbone
 from dbdpo.checkpoints import Checkpointing, resume, save_if_due, trainable_weights
-from dbdpo.conditioning import TextConditioning, encode_prompts, image_size_ids, predict
+from dbdpo.conditioning import TextConditioning, encode_prompts, image_size_ids
 from dbdpo.config import DpoConfig
 from dbdpo.data import load_image_rgb
 from dbdpo.distributed import local_slice, mean_over_processes, num_processes
 from dbdpo.errors import ConfigError
 from dbdpo.lora import LoraState, lora_state
-from dbdpo.losses import diffusion_dpo_loss, per_sample_error, rank_dpo_loss
+from dbdpo.losses import diffusion_dpo_loss, rank_dpo_loss
 from dbdpo.preferences import Preferences
 from dbdpo.threads import rebalance
 from dbdpo.training import (
@@ -34,13 +34,13 @@ from dbdpo.training import (
     check_dpo_health,
     check_finite,
     compiled_blocks,
+    denoising_errors,
     encode_images,
     prepare_lora_training,
     preview_images,
     select_rows,
     step_log,
     training_mode,
-    training_target,
 )
 
 log = logging.getLogger(__name__)
@@ -91,12 +91,9 @@ def dpo_errors(unet, scheduler, data: PreferenceData, pair_idx: torch.Tensor, no
     """
     image_idx = torch.cat([data.winner[pair_idx], data.loser[pair_idx]])
     latents = data.latents[image_idx]
-    noise2, t2 = torch.cat([noise, noise]), torch.cat([timesteps, timesteps])
-    noisy = scheduler.add_noise(latents, noise2, t2)
-    target = training_target(scheduler, latents, noise2, t2)
     text = data.text.select(data.prompt[pair_idx].repeat(2))
-    pred = predict(unet, noisy, t2, text, select_rows(data.sizes, image_idx), device)
-    return per_sample_error(pred, target.to(device)).chunk(2)
+    return denoising_errors(unet, scheduler, latents, torch.cat([noise, noise]), torch.cat([timesteps, timesteps]),
+                            text, select_rows(data.sizes, image_idx), device).chunk(2)
 
 
 @contextlib.contextmanager
@@ -255,13 +252,9 @@ def rank_errors(unet, scheduler, data: RankedData, list_idx: torch.Tensor, noise
     batch, k = data.images[list_idx].shape
     image_idx = data.images[list_idx].flatten()
     latents = data.latents[image_idx]
-    noise = noise.flatten(0, 1)
-    t = timesteps.repeat_interleave(k)
-    noisy = scheduler.add_noise(latents, noise, t)
-    target = training_target(scheduler, latents, noise, t)
     text = data.text.select(data.prompt[list_idx].repeat_interleave(k))
-    pred = predict(unet, noisy, t, text, select_rows(data.sizes, image_idx), device)
-    return per_sample_error(pred, target.to(device)).view(batch, k)
+    return denoising_errors(unet, scheduler, latents, noise.flatten(0, 1), timesteps.repeat_interleave(k), text,
+                            select_rows(data.sizes, image_idx), device).view(batch, k)
 
 
 def train_rank_dpo(backbone: Backbone, data: RankedData, cfg: DpoConfig, on_step: StepCallback | None = None,

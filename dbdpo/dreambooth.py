@@ -30,14 +30,13 @@ from dbdpo.conditioning import (
     TextConditioning,
     encode_prompts,
     image_size_ids,
-    predict,
     text_conditioning,
 )
 from dbdpo.config import ConceptConfig, FinetuneConfig, GenerateConfig
 from dbdpo.distributed import local_slice, mean_over_processes, num_processes
 from dbdpo.errors import DataError
 from dbdpo.lora import TEXT_ENCODERS, LoraState, lora_state, save_lora
-from dbdpo.losses import min_snr_weights, per_sample_error
+from dbdpo.losses import min_snr_weights
 from dbdpo.provenance import RECORD_FILE
 from dbdpo.sampling import generate, plan_samples
 from dbdpo.threads import rebalance
@@ -47,7 +46,9 @@ from dbdpo.training import (
     accelerate_training,
     check_finite,
     check_probe_health,
+    denoising_errors,
     encode_images,
+    every_and_last,
     freeze,
     pipeline_text_encoders,
     prepare_lora_training,
@@ -55,7 +56,6 @@ from dbdpo.training import (
     select_rows,
     step_log,
     training_mode,
-    training_target,
 )
 
 log = logging.getLogger(__name__)
@@ -163,12 +163,9 @@ def probe_error(unet, scheduler, probe: Probe, text: TextConditioning, batch_siz
     errors = []
     for start in range(0, len(probe.latents), batch_size):
         rows = slice(start, start + batch_size)
-        latents, noise, t = probe.latents[rows], probe.noise[rows], probe.timesteps[rows]
-        noisy = scheduler.add_noise(latents, noise, t)
-        target = training_target(scheduler, latents, noise, t)
-        pred = predict(unet, noisy, t, text.select(probe.prompt[rows]),
-                       None if probe.sizes is None else probe.sizes[rows], device)
-        errors.append(per_sample_error(pred, target.to(device)))
+        errors.append(denoising_errors(unet, scheduler, probe.latents[rows], probe.noise[rows], probe.timesteps[rows],
+                                       text.select(probe.prompt[rows]),
+                                       None if probe.sizes is None else probe.sizes[rows], device))
     return torch.cat(errors).mean().item()
 
 
@@ -242,10 +239,8 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
         noise = torch.randn(batch_latents.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch_latents),), generator=gen)
         batch_latents, noise, t = batch_latents[mine], noise[mine], t[mine]
-        noisy = scheduler.add_noise(batch_latents, noise, t)
-        target = training_target(scheduler, batch_latents, noise, t)
-        pred = predict(unet, noisy, t, batch_text, None if batch_sizes is None else batch_sizes[mine], device)
-        error = per_sample_error(pred, target.to(device))
+        error = denoising_errors(unet, scheduler, batch_latents, noise, t, batch_text,
+                                 None if batch_sizes is None else batch_sizes[mine], device)
         if cfg.snr_gamma is not None:
             error = error * min_snr_weights(scheduler.alphas_cumprod, t, cfg.snr_gamma,
                                             scheduler.config.prediction_type).to(device)
@@ -255,7 +250,8 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     trained = {"unet": accelerator.unwrap_model(unet),
                **(pipeline_text_encoders(backbone.pipe) if cfg.train_text_encoder else {})}
     weights = trainable_weights(trained)
-    prior_set = [(prior_latents, prior_sizes, torch.full((len(prior_latents),), len(prompts) - 1))] if class_images else []
+    class_index = len(prompts) - 1  # the class prompt's row, with prior preservation
+    prior_set = [(prior_latents, prior_sizes, torch.full((len(prior_latents),), class_index))] if class_images else []
     probe = make_probe([(latents, sizes, image_prompt), *prior_set], scheduler.config.num_train_timesteps, cfg.seed)
 
     def probed() -> float:
@@ -275,7 +271,7 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
                 loss, losses = instance_loss, {}
                 if class_images:
                     pidx = torch.randint(0, len(prior_latents), (global_batch,), generator=gen)
-                    class_rows = torch.full((cfg.batch_size,), len(prompts) - 1)
+                    class_rows = torch.full((cfg.batch_size,), class_index)
                     prior_loss = denoising_error(prior_latents[pidx], text(class_rows), select_rows(prior_sizes, pidx))
                     loss = loss + cfg.prior_loss_weight * prior_loss
                     # the two parts apart only where there are two (without, they are the loss)
@@ -286,7 +282,7 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
             optimizer.zero_grad(set_to_none=True)
             losses |= step_log(optimizer, grad_norm)
             rows.append({"step": step, **mean_over_processes({"loss": loss.item(), **losses})})
-            if (step + 1) % PROBE_EVERY == 0 or step + 1 == cfg.steps:
+            if every_and_last(step, cfg.steps, PROBE_EVERY):
                 rows[-1]["probe_ratio"] = probed() / max(start_error, 1e-12)
                 check_probe_health(rows[-1]["probe_ratio"], step, "finetune", hint)
             if preview is not None and preview.due(step, cfg.steps):

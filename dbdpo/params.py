@@ -59,17 +59,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def parse_params(path: Path) -> dict:
     """params.yaml as a mapping; a syntax error or a duplicate key names the file and line."""
+    return parse_params_text(path.read_text(), path)
+
+
+def parse_params_text(text: str, source: str | Path) -> dict:
+    """params text as a mapping; a syntax error or a duplicate key names `source` and the line."""
     try:
-        with path.open() as f:
-            return yaml.load(f, Loader=_UniqueKeyLoader) or {}
+        return yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         hint = "; indent with spaces, not tabs" if "\\t" in problem or "\t" in problem else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}{hint}") from None
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}{hint}") from None
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:

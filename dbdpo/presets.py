@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from dbdpo.config import Config, ConfigError
-from dbdpo.params import config_from_dict, load_config
+from dbdpo.params import config_from_dict, load_config, parse_params_text
 
 GROUP = re.compile(r"^([A-Za-z_]\w*):\s*(#.*)?$")
 # a group's scalar key: two spaces, the key, its YAML value (quoted, or up to a comment), a comment
@@ -77,8 +77,9 @@ def load_with_preset(params: str | Path, preset: str | Path | None) -> Config:
     preset = Path(preset)
     if not preset.is_file():
         raise ConfigError(f"{preset}: preset file not found")
-    text = apply_preset(Path(params).read_text(), preset.read_text(), str(preset))
+    source = f"{params} with {preset}"
+    raw = parse_params_text(apply_preset(Path(params).read_text(), preset.read_text(), str(preset)), source)
     try:
-        return config_from_dict(yaml.safe_load(text))
+        return config_from_dict(raw)
     except ConfigError as e:
-        raise ConfigError(f"{params} with {preset}: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None

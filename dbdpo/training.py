@@ -26,10 +26,12 @@ from peft.helpers import disable_input_dtype_casting
 from PIL import Image
 
 from dbdpo.backbones import Backbone
+from dbdpo.conditioning import TextConditioning, predict
 from dbdpo.config import SamplingConfig
 from dbdpo.data import to_tensor
 from dbdpo.errors import TrainingDiverged
 from dbdpo.lora import TEXT_ENCODERS, add_lora
+from dbdpo.losses import per_sample_error
 from dbdpo.sampling import generate, plan_samples
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class Preview:
     seed: int = 0
 
     def due(self, step: int, steps: int) -> bool:
-        return (step + 1) % self.every == 0 or step + 1 == steps
+        return every_and_last(step, steps, self.every)
 
 
 @torch.no_grad()
@@ -172,6 +174,23 @@ def encode_images(backbone: Backbone, images: list[Image.Image]) -> torch.Tensor
         if upcast:
             vae.to(stored)
     return torch.cat(out)
+
+
+def denoising_errors(unet, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                     text: TextConditioning, sizes: torch.Tensor | None, device) -> torch.Tensor:
+    """(B,) per-sample errors of the UNet's prediction of the training target, for latents
+    (B, 4, h, w) noised with `noise` at `timesteps` (B,), text (B rows) and SDXL size ids
+    (B, 6) or None: the step every loss here (DreamBooth, its probe, Diffusion-DPO, RankDPO)
+    is built on."""
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = training_target(scheduler, latents, noise, timesteps)
+    pred = predict(unet, noisy, timesteps, text, sizes, device)
+    return per_sample_error(pred, target.to(device))
+
+
+def every_and_last(step: int, steps: int, every: int) -> bool:
+    """Whether loop step `step` (0-based, of `steps`) ends a run of `every` steps or the loop."""
+    return (step + 1) % every == 0 or step + 1 == steps
 
 
 def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

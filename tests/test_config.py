@@ -243,6 +243,15 @@ def test_presets_are_overlays_that_validate_on_params(in_repo, name, backbone, p
     assert keys < _key_paths(yaml.safe_load((in_repo / "params.yaml").read_text())) and len(keys) < 45
 
 
+def test_params_with_a_preset_refuse_a_duplicate_key_as_params_alone_do(in_repo, tmp_path):
+    """The merged text goes through params.yaml's own parser: a key given twice is named."""
+    from dbdpo.presets import load_with_preset
+
+    (tmp_path / "params.yaml").write_text((in_repo / "params.yaml").read_text() + "\nconcept:\n  token: xyz\n")
+    with pytest.raises(ConfigError, match=r"with .*sdxl.yaml: key 'concept' is given twice in one mapping"):
+        load_with_preset(tmp_path / "params.yaml", in_repo / "presets/sdxl.yaml")
+
+
 def test_a_preset_writes_its_values_and_comments_into_params_and_refuses_what_is_not_an_overlay(in_repo):
     from dbdpo.presets import apply_preset
 
