@@ -10,11 +10,10 @@ is what the pipeline runs (tests/test_rounds.py checks that neither grows a copy
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from dbdpo.backbones import Backbone, load_backbone, round_base
-from dbdpo.checkpoints import Checkpointing
 from dbdpo.config import (
     ConceptConfig,
     DpoConfig,
@@ -23,13 +22,18 @@ from dbdpo.config import (
     PairConfig,
     SamplingConfig,
 )
-from dbdpo.data import fill_prompt
-from dbdpo.dpo import train_on_preferences
-from dbdpo.lora import LoraState, stack
 from dbdpo.preferences import Preferences, build_preferences
-from dbdpo.sampling import generate, plan_samples, write_samples
-from dbdpo.scoring import Scorer, score_images
-from dbdpo.training import Preview, StepCallback
+
+if TYPE_CHECKING:
+    from dbdpo.backbones import Backbone
+    from dbdpo.checkpoints import Checkpointing
+    from dbdpo.lora import LoraState
+    from dbdpo.scoring import Scorer
+    from dbdpo.training import Preview, StepCallback
+
+# The model stack (torch, diffusers) is imported in the steps that use it, not here: the pair
+# step needs none of it, and a `dbdpo pair` process then starts in a fraction of a second
+# instead of the model stack's seconds of imports (tests/test_rounds.py checks it).
 
 # What a round's scores table holds beside the score columns (scores.parquet; pair reads it).
 SCORED_SAMPLE_COLUMNS = ["image_id", "prompt_id", "prompt", "path"]
@@ -41,6 +45,8 @@ def load_round_model(model: ModelConfig, round_0: Path, lora: LoraState | None =
     itself after a full DreamBooth) with the round's one LoRA merged (`lora`: round_lora of
     models/round_r, read once by the caller, which may need it again, as dpo does). `lora`
     None: the base alone, for a caller that merges each round's LoRA in turn (evaluate)."""
+    from dbdpo.backbones import load_backbone, round_base
+
     return load_backbone(round_base(model, round_0), lora=lora, precision=precision)
 
 
@@ -51,6 +57,8 @@ def sample_round(backbone: Backbone, templates: list[str], prompts: list[str], i
     `image_dir` with their manifest `table` (dbdpo.sampling.SAMPLE_COLUMNS), which is returned.
     Under a launcher every process samples its share and gets every image; the caller decides
     which process writes, so on the others pass image_dir=None."""
+    from dbdpo.sampling import generate, plan_samples, write_samples
+
     requests = plan_samples(templates, prompts, images_per_prompt, seed)
     images = generate(backbone.pipe, requests, steps=sampling.steps, guidance_scale=sampling.guidance_scale,
                       batch_size=sampling.batch_size, resolution=backbone.resolution,
@@ -62,6 +70,8 @@ def sample_round(backbone: Backbone, templates: list[str], prompts: list[str], i
 
 def concept_prompts(templates: list[str], concept: ConceptConfig) -> list[str]:
     """The templates as the model is prompted with them ("a sks toy in the snow")."""
+    from dbdpo.data import fill_prompt
+
     return [fill_prompt(t, concept) for t in templates]
 
 
@@ -69,6 +79,8 @@ def score_round(samples: pd.DataFrame, scorers: list[Scorer], batch_size: int,
                 desc: str = "score") -> pd.DataFrame:
     """One row per sample: SCORED_SAMPLE_COLUMNS and one column per scorer (raw scores; the
     pair step normalizes them per round). TS compares each image with its template's text."""
+    from dbdpo.scoring import score_images
+
     scores = score_images(samples["path"].to_list(), samples["template"].to_list(), scorers, batch_size, desc=desc)
     return pd.concat([samples[SCORED_SAMPLE_COLUMNS], scores], axis=1)
 
@@ -85,5 +97,8 @@ def dpo_round(backbone: Backbone, start: LoraState, prefs: Preferences, cfg: Dpo
     reference is exactly that model. Returns the round's model as one LoRA relative to the
     base (`start` and the DPO LoRA stacked: dbdpo.lora) and the per-step log rows; `preview`
     samples the policy as it trains (dbdpo.training.Preview)."""
+    from dbdpo.dpo import train_on_preferences
+    from dbdpo.lora import stack
+
     state, rows = train_on_preferences(backbone, prefs, cfg, on_step, checkpointing, preview)
     return stack(start, state), rows

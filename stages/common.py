@@ -132,10 +132,27 @@ def producer(artifact: str, round_name: str) -> str:
 
 def checked_model(round_name: str) -> Path:
     """models/<round>, refused (StaleInputError) if what it was made from has changed since."""
-    folder = model_dir(round_name)
+    return checked_folder(model_dir(round_name), "model", round_name)
+
+
+def checked_folder(folder: Path, artifact: str, round_name: str) -> Path:
+    """A round's folder artifact (its model, its preferences), refused (StaleInputError) if
+    what it was made from has changed since its producer wrote it; a missing one is left to
+    the reader, whose error names the stage to run."""
     if folder.is_dir():
-        check_made_from(folder, folder_record(folder), producer("model", round_name))
+        check_made_from(folder, folder_record(folder), producer(artifact, round_name))
     return folder
+
+
+def checked_table(path: Path, columns: list[str], artifact: str, round_name: str):
+    """A round's table (its samples, its scores) read with `columns` checked, refused
+    (StaleInputError) if what it was made from has changed since its producer wrote it."""
+    from dbdpo.artifacts import read_parquet
+    from dbdpo.provenance import RECORD_KEY
+
+    table = read_parquet(path, columns)
+    check_made_from(path, table.attrs.get(RECORD_KEY), producer(artifact, round_name))
+    return table
 
 
 def stage_round(round_name: str | None, stage: str) -> str:
@@ -214,19 +231,22 @@ def setup_round(params: Path, stage: str, reads: tuple[str, ...], round_name: st
     return ParamView(cfg.for_round(round_name), reads, f"{stage}@{round_name}"), cfg.round_plans()
 
 
-def clear_outputs(*outputs: Path) -> bool:
-    """The stage protocol's step between checking the inputs and computing: the main process
-    removes the stage's previous outputs, so that a failure from here on leaves nothing a
-    later stage (or a hand run) would accept. Returns whether this process writes the outputs:
+@contextlib.contextmanager
+def producing(*outputs: Path) -> Iterator[bool]:
+    """The stage protocol from the point its inputs are read and checked (under user_errors):
+    the main process removes the stage's previous outputs, so that a failure from here on
+    leaves nothing a later stage (or a hand run) would accept; then the body computes and
+    writes them atomically with their made-from record. Yields whether this process writes:
     the main one; the other processes of a launched stage compute their share and return
-    (dbdpo.distributed)."""
+    (dbdpo.distributed). The library's input errors inside end in one line, as user_errors'."""
     from dbdpo.artifacts import remove_outputs
     from dbdpo.distributed import is_main_process
 
     writes = is_main_process()
     if writes:
         remove_outputs(*outputs)
-    return writes
+    with user_errors():
+        yield writes
 
 
 DISK_ERRORS = {errno.ENOSPC: "no space left on the device: free space, then rerun",

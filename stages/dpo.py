@@ -11,13 +11,13 @@ from stages.common import (
     PARAMS_OPTION,
     PREVIEW_PROMPTS,
     ROUND_OPTION,
+    checked_folder,
     checked_model,
     checkpoint_dir,
-    clear_outputs,
     disk_errors,
     live_log,
     model_dir,
-    producer,
+    producing,
     round_dir,
     setup_round,
     stage_round,
@@ -46,34 +46,32 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     from dbdpo.dpo import final_metrics, timestep_range
     from dbdpo.lora import save_lora
     from dbdpo.preferences import read_preferences
-    from dbdpo.provenance import check_made_from, folder_record, made_from
+    from dbdpo.provenance import made_from
     from dbdpo.rounds import dpo_round, load_round_model
 
     round_name = stage_round(round_name, "dpo")
     cfg, plans = setup_round(params, "dpo", READS, round_name, processes=True)
     out = round_dir(round_name)
     with user_errors():
-        check_made_from(out / "preferences", folder_record(out / "preferences"), producer("preferences", round_name))
-        prefs = read_preferences(out / "preferences", cfg.dpo.loss)
+        prefs = read_preferences(checked_folder(out / "preferences", "preferences", round_name), cfg.dpo.loss)
         start_dir = checked_model(plans[round_name].start)
         start = round_lora(start_dir)  # read once: merged below, and stacked under the DPO LoRA
         # the start LoRA merged: the reference is exactly the round's start model
         backbone = load_round_model(cfg.model, checked_model("round_0"), start, cfg.dpo.mixed_precision)
         # a range past the scheduler's fails here, before the round's model is removed
         timestep_range(cfg.dpo, backbone.training_scheduler().config.num_train_timesteps)
-    writes = clear_outputs(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json")
     inputs = made_from(start_dir, out / "preferences")
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir(round_name), cfg.dpo.checkpoint_every, inputs)
-    # a diverged run stops here, before the model is written
     # previews: the round's first two prompts, as its pairs hold them
     prompts = list(dict.fromkeys(prefs.table["prompt"]))[:PREVIEW_PROMPTS]
-    with user_errors(), live_log(LOGS / "dpo" / round_name, cfg, f"dpo@{round_name}", prompts) as log:
-        lora, log_rows = dpo_round(backbone, start, prefs, cfg.dpo, log.on_step, ckpt, log.preview)
-    if not writes:  # every process holds the same weights (DDP); one writes them
-        return
-    save_lora(backbone.pipe, lora, model_dir(round_name), made_from=inputs)
-    write_json(final_metrics(log_rows), out / "train" / "metrics.json")
-    remove_checkpoint(ckpt)
+    with producing(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json") as writes:
+        # a diverged run stops here, before the model is written
+        with live_log(LOGS / "dpo" / round_name, cfg, f"dpo@{round_name}", prompts) as log:
+            lora, log_rows = dpo_round(backbone, start, prefs, cfg.dpo, log.on_step, ckpt, log.preview)
+        if writes:  # every process holds the same weights (DDP); one writes them
+            save_lora(backbone.pipe, lora, model_dir(round_name), made_from=inputs)
+            write_json(final_metrics(log_rows), out / "train" / "metrics.json")
+            remove_checkpoint(ckpt)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from stages.common import (
     PARAMS_OPTION,
     ROUNDS_TABLE,
     checked_model,
-    clear_outputs,
     disk_errors,
+    producing,
     setup,
     user_errors,
 )
@@ -59,25 +59,24 @@ def main(params: Path = PARAMS_OPTION) -> None:
         models = [RoundModel(n, round_lora(checked_model(n))) for n in names]
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
         backbone = load_round_model(cfg.model, checked_model("round_0"), precision=cfg.model.precision)
-    writes = clear_outputs(EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png",
-                           EVAL / "grids", ROUNDS_TABLE, Path("metrics.json"))
-    if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
-        sample_and_score(backbone, models, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
-        return
-
-    with atomic_dir(EVAL / "images") as image_dir:
-        samples = sample_and_score(backbone, models, templates, cfg.concept, e, scorers, image_dir,
-                                   cfg.score.batch_size)
-    write_parquet(pd.concat([s.scores for s in samples], ignore_index=True), EVAL / "scores.parquet")
-
-    metrics = rounds_table(samples)
-    write_csv(tradeoff_rows(metrics), EVAL / "tradeoff.csv")
-    tradeoff_figure(metrics, EVAL / "tradeoff.png")
-    with atomic_dir(EVAL / "grids") as grid_dir:
-        for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt, concept[0]).items():
-            grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")
-    write_json(metrics, ROUNDS_TABLE)
-    write_json(headline(metrics), Path("metrics.json"))
+    outputs = (EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png", EVAL / "grids",
+               ROUNDS_TABLE, Path("metrics.json"))
+    with producing(*outputs) as writes:
+        if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
+            sample_and_score(backbone, models, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
+            return
+        with atomic_dir(EVAL / "images") as image_dir:
+            samples = sample_and_score(backbone, models, templates, cfg.concept, e, scorers, image_dir,
+                                       cfg.score.batch_size)
+        write_parquet(pd.concat([s.scores for s in samples], ignore_index=True), EVAL / "scores.parquet")
+        metrics = rounds_table(samples)
+        write_csv(tradeoff_rows(metrics), EVAL / "tradeoff.csv")
+        tradeoff_figure(metrics, EVAL / "tradeoff.png")
+        with atomic_dir(EVAL / "grids") as grid_dir:
+            for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt, concept[0]).items():
+                grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")
+        write_json(metrics, ROUNDS_TABLE)
+        write_json(headline(metrics), Path("metrics.json"))
     for name, row in metrics.items():
         typer.echo(round_summary(name, row))
 

@@ -9,10 +9,10 @@ from stages.common import (
     LOGS,
     PARAMS_OPTION,
     checkpoint_dir,
-    clear_outputs,
     disk_errors,
     live_log,
     model_dir,
+    producing,
     setup,
     training_checkpoint,
     user_errors,
@@ -56,17 +56,16 @@ def main(params: Path = PARAMS_OPTION) -> None:
         # each photo's prompt: a bad or missing caption stops here, before round_0 is removed
         prompts = instance_prompts(ft, cfg.concept, load_captions(cfg.concept) if ft.captions else [None] * len(concept))
         backbone = load_backbone(cfg.model, precision=weights_precision(ft))
-    writes = clear_outputs(model_dir("round_0"), LOGS / "finetune")
     inputs = made_from(Path(cfg.concept.dir))
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir("round_0"), ft.checkpoint_every, inputs)
-    # a diverged run stops here, before the model is written
-    with user_errors(), live_log(LOGS / "finetune", cfg, "finetune", [instance_prompt(ft, cfg.concept)]) as log:
-        lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, log.on_step, ckpt, log.preview,
-                             prompts)
-    if not writes:  # every process holds the same weights (DDP); one writes them
-        return
-    save_round_0(backbone, lora, model_dir("round_0"), made_from=inputs)
-    remove_checkpoint(ckpt)
+    with producing(model_dir("round_0"), LOGS / "finetune") as writes:
+        # a diverged run stops here, before the model is written
+        with live_log(LOGS / "finetune", cfg, "finetune", [instance_prompt(ft, cfg.concept)]) as log:
+            lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, log.on_step, ckpt, log.preview,
+                                 prompts)
+        if writes:  # every process holds the same weights (DDP); one writes them
+            save_round_0(backbone, lora, model_dir("round_0"), made_from=inputs)
+            remove_checkpoint(ckpt)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
     checked_model,
-    clear_outputs,
     disk_errors,
+    producing,
     round_dir,
     setup_round,
     stage_round,
@@ -45,10 +45,10 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
         start_dir = checked_model(plan.start)
         backbone = load_round_model(cfg.model, checked_model("round_0"), round_lora(start_dir), cfg.model.precision)
     out = round_dir(plan.name)
-    writes = clear_outputs(out / "images", out / "samples.parquet")  # every process samples; one writes
-    sample_round(backbone, templates, concept_prompts(templates, cfg.concept), g.images_per_prompt, plan.seed, g,
-                 out / "images" if writes else None, out / "samples.parquet",
-                 made_from=made_from(start_dir), desc=f"generate {plan.name}")
+    with producing(out / "images", out / "samples.parquet") as writes:  # every process samples; one writes
+        sample_round(backbone, templates, concept_prompts(templates, cfg.concept), g.images_per_prompt, plan.seed,
+                     g, out / "images" if writes else None, out / "samples.parquet",
+                     made_from=made_from(start_dir), desc=f"generate {plan.name}")
 
 
 if __name__ == "__main__":

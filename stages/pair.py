@@ -8,9 +8,9 @@ import typer
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
-    clear_outputs,
+    checked_table,
     disk_errors,
-    producer,
+    producing,
     round_dir,
     setup_round,
     stage_round,
@@ -29,24 +29,23 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     """Writes rounds/<round>/preferences/ (pairs.parquet + pickapic/train.parquet, the
     diffusers DPO layout, or ranked.parquet) and pair_summary.json (what was kept, a DVC metric)."""
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
-    from dbdpo.artifacts import atomic_dir, read_parquet, write_json
+    from dbdpo.artifacts import atomic_dir, write_json
     from dbdpo.preferences import write_preferences
-    from dbdpo.provenance import RECORD_FILE, RECORD_KEY, check_made_from, made_from
+    from dbdpo.provenance import RECORD_FILE, made_from
     from dbdpo.rounds import SCORED_SAMPLE_COLUMNS, pair_round
 
     round_name = stage_round(round_name, "pair")
     cfg, _ = setup_round(params, "pair", READS, round_name)
     out = round_dir(round_name)
     with user_errors():
-        scores = read_parquet(out / "scores.parquet", [*SCORED_SAMPLE_COLUMNS, "IS", "TS"])
-        check_made_from(out / "scores.parquet", scores.attrs.get(RECORD_KEY), producer("scores", round_name))
-        clear_outputs(out / "preferences", out / "pair_summary.json")  # one process: it writes
+        scores = checked_table(out / "scores.parquet", [*SCORED_SAMPLE_COLUMNS, "IS", "TS"], "scores", round_name)
+    with producing(out / "preferences", out / "pair_summary.json"):  # one process: it writes
         prefs = pair_round(scores, cfg.pair, cfg.filter, cfg.score.rewards)
-    with user_errors(), atomic_dir(out / "preferences") as tmp:  # the export reads every image
-        write_preferences(prefs, tmp)
-        # the images too: dpo trains on them, and must refuse ones changed after pairing
-        write_json(made_from(out / "scores.parquet", out / "images"), tmp / RECORD_FILE)
-    write_json(prefs.summary, out / "pair_summary.json")
+        with atomic_dir(out / "preferences") as tmp:  # the export reads every image
+            write_preferences(prefs, tmp)
+            # the images too: dpo trains on them, and must refuse ones changed after pairing
+            write_json(made_from(out / "scores.parquet", out / "images"), tmp / RECORD_FILE)
+        write_json(prefs.summary, out / "pair_summary.json")
     typer.echo(f"{round_name}: {prefs.summary}")
 
 

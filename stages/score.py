@@ -7,9 +7,9 @@ import typer
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
-    clear_outputs,
+    checked_table,
     disk_errors,
-    producer,
+    producing,
     round_dir,
     setup_round,
     stage_round,
@@ -33,9 +33,9 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     Writes rounds/<round>/scores.parquet: one row per image, raw scores (pair normalizes).
     """
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
-    from dbdpo.artifacts import read_parquet, write_parquet
+    from dbdpo.artifacts import write_parquet
     from dbdpo.data import load_concept, ts_texts
-    from dbdpo.provenance import RECORD_KEY, check_made_from, made_from
+    from dbdpo.provenance import RECORD_KEY, made_from
     from dbdpo.rounds import score_round
     from dbdpo.sampling import SAMPLE_COLUMNS
     from dbdpo.scoring import build_scorers
@@ -44,17 +44,15 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     cfg, _ = setup_round(params, "score", READS, round_name, processes=True)
     out = round_dir(round_name)
     with user_errors():
-        samples = read_parquet(out / "samples.parquet", SAMPLE_COLUMNS)
-        check_made_from(out / "samples.parquet", samples.attrs.get(RECORD_KEY), producer("samples", round_name))
+        samples = checked_table(out / "samples.parquet", SAMPLE_COLUMNS, "samples", round_name)
         concept = load_concept(cfg.concept)
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt))
-        writes = clear_outputs(out / "scores.parquet")
+    with producing(out / "scores.parquet") as writes:
         table = score_round(samples, scorers, cfg.score.batch_size, desc=f"score {round_name}")
-    if not writes:  # every process holds every score (dbdpo.distributed); one writes them
-        return
-    # the images too: a hand-run pair must refuse images changed after they were scored
-    table.attrs = {RECORD_KEY: made_from(out / "samples.parquet", out / "images", Path(cfg.concept.dir))}
-    write_parquet(table, out / "scores.parquet")
+        if writes:  # every process holds every score (dbdpo.distributed); one writes them
+            # the images too: a hand-run pair must refuse images changed after they were scored
+            table.attrs = {RECORD_KEY: made_from(out / "samples.parquet", out / "images", Path(cfg.concept.dir))}
+            write_parquet(table, out / "scores.parquet")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 import ast
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,3 +84,16 @@ def test_a_round_samples_scores_pairs_and_stacks_its_dpo_lora(tmp_path, in_repo)
     assert torch.equal(lora[key][:4], start[key])  # round 0's rows first, then the DPO LoRA's
     untouched = next(k for k in start if "attn1.to_q" in k and k.endswith("lora_B.weight"))
     assert torch.equal(lora[untouched][:, 4:], torch.zeros_like(lora[untouched][:, 4:]))
+
+
+def test_the_pair_stage_runs_without_the_model_stack(tmp_path):
+    """`dbdpo pair` imports no torch and no diffusers (seconds of imports, in every pair process
+    of a sweep): the run goes through every import of the stage and stops at its missing scores."""
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print(sorted(m for m in ('torch', 'diffusers') if m in sys.modules)))\n"
+             "from stages.pair import app\n"
+             f"app(['--round', 'round_1', '--params', {str(REPO / 'params.yaml')!r}])\n")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 2 and "scores.parquet" in result.stderr, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
