@@ -23,7 +23,7 @@ prompt sets:
     python bench/claims.py --concepts dev|test|all|NAME,NAME [--out claims.json]
 
 --concepts measures every claim on each concept of the proving ground's concept set
-(dbdpo.world_concepts: its photos in data/concepts/<name>/, its class noun; every other param as
+(dbdpo.world.concepts: its photos in data/concepts/<name>/, its class noun; every other param as
 the params file says), prints one row of headline figures per concept, then their mean and its
 standard error across concepts: a claim is the method's when it holds on the mean over concepts,
 not on one. Defaults are chosen on dev; test is only measured.
@@ -73,7 +73,7 @@ from dbdpo.rounds import (
 )
 from dbdpo.scoring import build_scorers
 from dbdpo.training import StepCallback
-from dbdpo.world_concepts import WorldConcept, concepts_of
+from dbdpo.world.concepts import WorldConcept, concepts_of
 
 CONCEPT_SET_DATA = Path(__file__).resolve().parent.parent / "data" / "concepts"
 
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
     parser.add_argument("--markdown", type=Path, help="with --concepts: also write the table as markdown here")
     parser.add_argument("--concepts", help="measure on the concept set instead of the params' concept: "
-                                           "dev, test, all, or names joined by commas (dbdpo.world_concepts)")
+                                           "dev, test, all, or names joined by commas (dbdpo.world.concepts)")
     parser.add_argument("--dreambooth-seeds", type=int, nargs="*", default=[],
                         help="also train DreamBooth on these finetune.seed values and report claim (a) on each "
                              "(about 1 min a seed on 2 CPU cores)")

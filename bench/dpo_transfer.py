@@ -20,7 +20,7 @@ With --round-0 (the default run's `models/round_0`) the DreamBooth round is load
 
     python bench/dpo_transfer.py --concepts dev default "beta=5000" "lambda=0.3"
 
---concepts runs every variant on each concept of the set (dbdpo.world_concepts; its own
+--concepts runs every variant on each concept of the set (dbdpo.world.concepts; its own
 DreamBooth round 0) and prints each variant's mean over the concepts with its standard error
 across them: the measurement defaults are chosen on (dev), never on one concept.
 """
@@ -49,7 +49,7 @@ from dbdpo.data import load_prompt_templates
 from dbdpo.errors import ConfigError
 from dbdpo.evaluation import paired_gains
 from dbdpo.params import config_from_dict, load_config
-from dbdpo.world_concepts import concepts_of
+from dbdpo.world.concepts import concepts_of
 
 log = logging.getLogger("dpo_transfer")
 

@@ -32,9 +32,9 @@ from PIL import Image
 from dbdpo.data import to_tensor
 from dbdpo.params import load_config
 from dbdpo.scoring import score_loaded
-from dbdpo.world import CONCEPT, SIZE, describe, render, sample_scene
-from dbdpo.world_contexts import EVAL_CONTEXTS
-from dbdpo.world_data import OTHER_COLORS, place_concept
+from dbdpo.world.contexts import EVAL_CONTEXTS
+from dbdpo.world.data import OTHER_COLORS, place_concept
+from dbdpo.world.scenes import CONCEPT, SIZE, describe, render, sample_scene
 
 log = logging.getLogger("is_ceiling")
 # The concept in the world's caption words, in place of the token: "a big red striped toy".

@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from dbdpo.backbones import Backbone
-from dbdpo.tiny import clip_tokenizer
+from dbdpo.tokenizer import clip_tokenizer
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "full"
 FULL_ARCHS = ("sd2-base", "sd21", "sdxl")

@@ -1,7 +1,7 @@
-"""Load a Stable Diffusion pipeline: SD 1.x/2.x or SDXL (hub id or local dir), or the tiny one.
+"""Load a Stable Diffusion pipeline: SD 1.x/2.x or SDXL (hub id or local dir), or the world's.
 
-`tiny` (the default) is the proving ground's backbone, built by `dbdpo.tiny` from shipped
-weights; `sd` / `sdxl` load real checkpoints. Every stage treats them the same way.
+`world` (the default) is the proving ground's trained backbone, built by `dbdpo.world.backbone`
+from shipped weights; `sd` / `sdxl` load real checkpoints. Every stage treats them the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dbdpo.config import ModelConfig
 from dbdpo.devices import compute_device
 from dbdpo.errors import BackboneError
 from dbdpo.lora import LoraState, load_lora, merge_into_pipeline
-from dbdpo.tiny import build_tiny_pipeline
+from dbdpo.world.backbone import build_world_pipeline
 
 log = logging.getLogger(__name__)
 # from_pretrained's dtype argument: diffusers 0.40 renamed torch_dtype (which warns until 1.0)
@@ -154,7 +154,7 @@ PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.
 
 def load_backbone(cfg: ModelConfig, lora: LoraState | None = None, precision: str = "fp32",
                   device: torch.device | None = None) -> Backbone:
-    """Build `tiny` or load `sd` / `sdxl` from `cfg.path`, with `lora` merged into the UNet
+    """Build `world` or load `sd` / `sdxl` from `cfg.path`, with `lora` merged into the UNet
     (and the text encoders, where it adapts them).
 
     Weights load in fp32 and the LoRA merges in fp32 (a small update added to bf16 weights
@@ -163,7 +163,7 @@ def load_backbone(cfg: ModelConfig, lora: LoraState | None = None, precision: st
     The scheduler becomes DDIM with the model's own training schedule and prediction type
     (epsilon for SD 1.x / SDXL, v_prediction for SD 2.x 768).
     """
-    pipe = build_tiny_pipeline() if cfg.backbone == "tiny" else _load_pretrained(cfg)
+    pipe = build_world_pipeline() if cfg.backbone == "world" else _load_pretrained(cfg)
     resolution = cfg.resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     multiple = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
     if resolution % multiple:

@@ -17,7 +17,7 @@ from dbdpo.errors import ConfigError
 # fp32, not accelerate's "no": DVC's `-S` rewrites params.yaml unquoted, and YAML 1.1 reads
 # a bare `no` as false.
 Precision = Literal["fp32", "fp16", "bf16"]
-BackboneKind = Literal["tiny", "sd", "sdxl"]
+BackboneKind = Literal["world", "sd", "sdxl"]
 FinetuneMethod = Literal["lora", "full"]
 Optimizer = Literal["adamw", "adamw_8bit"]  # adamw_8bit: bitsandbytes
 Scheduler = Literal["ddim", "dpmpp_2m", "euler_a"]  # the keys of dbdpo.sampling.SCHEDULERS
@@ -33,7 +33,7 @@ ReportTo = Literal["tensorboard", "wandb"]  # accelerate's trackers, as diffuser
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: BackboneKind = "tiny"
+    backbone: BackboneKind = "world"
     path: str | None = None
     revision: str | None = None
     variant: str | None = None  # weight files to load, e.g. fp16 (model.fp16.safetensors)
@@ -273,6 +273,10 @@ RANDOM_WEIGHTS = "random"  # score.clip_pretrained: random weights, asked for by
 _YAML_NAMES = {"lambda_": "lambda"}
 
 
+# Choice values that were renamed: (key, old value) -> the value to write now.
+RENAMED_CHOICES = {("model.backbone", "tiny"): "world"}  # `tiny` now names only the random stand-ins
+
+
 def yaml_name(field_name: str) -> str:
     """A field's key in params.yaml (lambda_ is `lambda`, a Python keyword)."""
     return _YAML_NAMES.get(field_name, field_name)
@@ -295,6 +299,8 @@ def _coerce(value, annotation, key: str):
         annotation = arms[-1]
     if typing.get_origin(annotation) is Literal:
         choices = typing.get_args(annotation)
+        if (key, value) in RENAMED_CHOICES:
+            raise ConfigError(f"{key}={value!r} was renamed: write {key.split('.')[-1]}: {RENAMED_CHOICES[key, value]}")
         if value not in choices or isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} is invalid: expected one of {' | '.join(map(str, choices))}")
         return value

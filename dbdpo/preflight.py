@@ -21,7 +21,7 @@ from dbdpo.backbones import (
 )
 from dbdpo.config import RANDOM_WEIGHTS, WORLD_CLIP, Config
 from dbdpo.errors import BackboneError, UserError
-from dbdpo.tiny import WORLD_UNET, WORLD_VAE, WORLD_WEIGHTS
+from dbdpo.world.backbone import WORLD_UNET, WORLD_VAE, WORLD_WEIGHTS
 
 TOKENIZER_FILES = "{merges.txt,special_tokens_map.json,tokenizer_config.json,vocab.json}"
 
@@ -69,7 +69,7 @@ def check_backbone(cfg: Config) -> tuple[list[Missing], Path | None]:
     """model.path (and model.vae): the pipeline folder, or its hub snapshot in the local cache,
     with every part and the safetensors weights of model.variant. Returns the folder found."""
     m = cfg.model
-    if m.backbone == "tiny":
+    if m.backbone == "world":
         absent = [p for p in WORLD_WEIGHTS.values() if not p.is_file()]
         return [Missing("model.backbone", f"the proving ground's weights {p} (reinstall dbdpo)") for p in absent], None
     if m.path is None:
@@ -171,12 +171,12 @@ def check_data(cfg: Config, size: int | None) -> tuple[list[Missing], list[str]]
             read()
         except UserError as e:
             missing.append(Missing(key, str(e)))
-    if cfg.model.backbone == "tiny":
+    if cfg.model.backbone == "world":
         world = pixels(WORLD_UNET, WORLD_VAE)
         other = sorted({s for s in sizes if s != (world, world)})
         if other:
             warnings.append(f"concept.dir={cfg.concept.dir}: photos of {other[0][0]}x{other[0][1]} px with "
-                            f"model.backbone=tiny: the proving ground's {world}-pixel world model draws its "
+                            f"model.backbone=world: the proving ground's {world}-pixel world model draws its "
                             "own world, not real photos; use a GPU preset (dbdpo init --preset sdxl|sd2)")
     elif size is not None:
         small = [s for s in sizes if min(s) < size]
@@ -197,7 +197,7 @@ def native_size(cfg: Config, folder: Path | None) -> int | None:
     (the proving ground's, or the pipeline folder's); None when the folder is not here."""
     if cfg.model.resolution is not None:
         return cfg.model.resolution
-    if cfg.model.backbone == "tiny":
+    if cfg.model.backbone == "world":
         return pixels(WORLD_UNET, WORLD_VAE)
     configs = [folder / part / "config.json" for part in ("unet", "vae")] if folder is not None else []
     if not configs or not all(c.is_file() for c in configs):

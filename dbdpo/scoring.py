@@ -32,6 +32,7 @@ from dbdpo.data import load_image_rgb
 from dbdpo.devices import compute_device
 from dbdpo.distributed import map_batches
 from dbdpo.errors import ScorerError
+from dbdpo.world import ASSETS
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ Scorer = Callable[[list[Image.Image], list[str]], dict[str, np.ndarray]]
 TINY_CLIP = "dbdpo-tiny-clip"
 # The proving ground's scorer: an open_clip architecture registered from dbdpo/configs, with
 # weights trained on the world by scripts/train_world_clip.py (docs/proving_ground.md).
-WORLD_CLIP_WEIGHTS = Path(__file__).parent / "assets" / "world_clip.safetensors"
+WORLD_CLIP_WEIGHTS = ASSETS / "world_clip.safetensors"
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -178,7 +179,7 @@ def load_pickscore(name: str, seed: int = 0):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     if name == "tiny":
-        from dbdpo.tiny import clip_tokenizer
+        from dbdpo.tokenizer import clip_tokenizer
 
         torch.manual_seed(seed)
         config = CLIPConfig(

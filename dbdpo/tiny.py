@@ -1,25 +1,16 @@
-"""Tiny Stable Diffusion pipelines, built offline: the proving ground's backbone and the test
-stand-ins for SD 2.x and SDXL.
+"""Tiny stand-ins for SD 2.x and SDXL, built offline: small random pipelines of the real
+architectures, for code paths only (their images mean nothing).
 
-`sd` (the default `model.backbone: tiny`) is a real `StableDiffusionPipeline`
-(UNet2DConditionModel, AutoencoderKL, CLIPTextModel, the real CLIP BPE tokenizer) whose UNet,
-VAE and text encoder are trained on the world of `dbdpo.world` by
-scripts/train_world_backbone.py: "a photo of a toy in the snow" draws a toy in the snow. The
-text encoder is trained with the UNet (a frozen random one of this size reads attribute words
-poorly); the instance token `sks` never occurs in a caption, so its embedding stays at its
-random init, as a rare token does in SD's CLIP.
-
-`sd2` (v-prediction, linear attention projections, like SD 2.x) and `sdxl` (two text
-encoders, the pooled text embedding and size/crop micro-conditioning, like SDXL) have random
-UNets and text encoders (seeded): they prove the code paths of the real architectures.
-`save_tiny_pipeline` writes any of them as an ordinary diffusers folder, which loads as
-`backbone: sd` / `sdxl` through exactly the code that loads the real checkpoints.
+`sd2` (v-prediction, linear attention projections, like SD 2.x) and `sdxl` (two text encoders,
+the pooled text embedding and size/crop micro-conditioning, like SDXL) have random (seeded)
+UNets and text encoders over the proving ground's trained VAE. `save_tiny_pipeline` writes
+either as an ordinary diffusers folder, which loads as `backbone: sd` / `sdxl` through exactly
+the code that loads the real checkpoints. (The proving ground's trained backbone is
+`dbdpo.world.backbone`; `tiny` always means random.)
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
 from pathlib import Path
 
 import torch
@@ -30,57 +21,10 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from safetensors.torch import load_file
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-ASSETS = Path(__file__).parent / "assets"
-WORLD_WEIGHTS = {part: ASSETS / f"world_{part}.safetensors" for part in ("unet", "vae", "text_encoder")}
-
-# The proving ground's backbone, sized for 2 CPU cores: the VAE downsamples 64 px images 4x to
-# 16x16x4 latents (SD's 8x at 512 px gives 64x64x4), and the UNet attends to the text at 8
-# and 4 latent pixels. Measured on a GPU with the same recipe (1200 steps of 64 scenes): 64
-# channels at the top level drew the prompted context 72% of the time, 32 channels 38%.
-WORLD_UNET = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(64, 128, 128),
-    layers_per_block=1,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    cross_attention_dim=64,
-    attention_head_dim=8,
-    norm_num_groups=32,
-)
-WORLD_VAE = dict(
-    in_channels=3,
-    out_channels=3,
-    block_out_channels=(32, 64, 64),
-    down_block_types=("DownEncoderBlock2D",) * 3,
-    up_block_types=("UpDecoderBlock2D",) * 3,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=64,
-    # 1 / RMS of the trained VAE's latents on world scenes: unit-scale diffusion space.
-    scaling_factor=0.307,
-)
-WORLD_TEXT = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    max_position_embeddings=77,
-    vocab_size=49408,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-    projection_dim=64,
-)
+from dbdpo.tokenizer import clip_tokenizer
+from dbdpo.world.backbone import SD_SCHEDULE, WORLD_TEXT, WORLD_VAE, load_world_part
 
 # The SD 2.x / SDXL stand-ins: small and random, for code paths only.
 TEST_UNET = dict(
@@ -106,140 +50,17 @@ TEST_SDXL_UNET = {
     "addition_time_embed_dim": 8,
     "projection_class_embeddings_input_dim": 6 * 8 + 32,
 }
-# The SD 1.x/2.x training schedule (scaled-linear betas, 1000 steps).
-SD_SCHEDULE = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    prediction_type="epsilon",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-)
 V_SCHEDULE = {**SD_SCHEDULE, "prediction_type": "v_prediction"}
-TINY_ARCHS = ("sd", "sd2", "sdxl")
+TINY_ARCHS = ("sd2", "sdxl")
 
 
-@functools.cache
-def _clip_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP's vocab and merges, rebuilt in memory from the BPE file open_clip ships.
-
-    Same construction as open_clip's SimpleTokenizer (and OpenAI's CLIP): 256 byte symbols,
-    their `</w>` forms, the first 48,894 merges, then the two special tokens = 49,408 ids.
-    """
-    import open_clip
-
-    bpe_path = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-    byte_symbols = list(_bytes_to_unicode().values())
-    vocab = byte_symbols + [s + "</w>" for s in byte_symbols] + ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return {tok: i for i, tok in enumerate(vocab)}, merges
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP reversible byte -> printable unicode map."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
-
-
-def clip_tokenizer() -> CLIPTokenizer:
-    """The real CLIP tokenizer (same ids as OpenAI's), with no file written anywhere."""
-    vocab, merges = _clip_bpe()
-    # model_max_length is not stored in a bare vocab: CLIP's text context is 77 tokens.
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
-
-
-# The text encoder's token embedding is 49,408 x 64, yet the world's captions use 70 of its
-# tokens; the other rows, `sks` among them, never get a gradient and stay at their init. So
-# the shipped file holds the trained rows and a few untrained probe rows, and the loader
-# replays the init for the rest: 6.3 MB less, which keeps the world's weights under 30 MB.
-TOKEN_EMBEDDING = "embeddings.token_embedding.weight"
-STORED_IDS = "embeddings.token_embedding.stored_ids"  # (n,) int64, sorted
-STORED_ROWS = "embeddings.token_embedding.stored_rows"  # (n, 64) fp16, the rows of STORED_IDS
-PROBE_IDS = "embeddings.token_embedding.probe_ids"  # (m,) int64, sorted: the untrained ones among them
-NUM_PROBES = 64  # untrained rows stored to check the replayed init (the concept token's among them)
-CONCEPT_TOKEN_ID = 48136  # "sks</w>", the default concept.token
-
-
-@functools.cache
-def initial_token_embedding() -> torch.Tensor:
-    """(49408, 64) fp16: the world text encoder's token embedding before training, replayed
-    exactly as scripts/train_world_backbone.py builds it (seed 0, VAE, UNet, then the text
-    encoder). The global RNG is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        pipe = build_tiny_pipeline(seed=0, trained=False)
-    return pipe.text_encoder.get_input_embeddings().weight.detach().half()
-
-
-def sparse_token_embedding(state: dict[str, torch.Tensor], initial: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A text encoder's fp16 state dict with its token embedding replaced by the rows that
-    differ from `initial` (fp16), plus NUM_PROBES untrained rows that let the loader check its
-    replay of `initial`."""
-    state = dict(state)
-    weight = state.pop(TOKEN_EMBEDDING).half()
-    trained = (weight != initial).any(dim=1)
-    untrained_ids = (~trained).nonzero().squeeze(1)
-    probes = untrained_ids[torch.linspace(0, len(untrained_ids) - 1, NUM_PROBES - 1).long()]
-    if not trained[CONCEPT_TOKEN_ID]:
-        probes = torch.cat([probes, torch.tensor([CONCEPT_TOKEN_ID])])
-    ids = torch.cat([trained.nonzero().squeeze(1), probes]).unique()
-    return state | {STORED_IDS: ids, STORED_ROWS: weight[ids].contiguous(), PROBE_IDS: probes.unique()}
-
-
-def dense_token_embedding(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    """The inverse of sparse_token_embedding: the replayed init with the stored rows written
-    in. Raises if the replayed init does not match the stored probe rows (a torch, diffusers or
-    transformers that initializes differently from the one that trained the weights)."""
-    state = dict(state)
-    ids, rows, probes = state.pop(STORED_IDS), state.pop(STORED_ROWS), state.pop(PROBE_IDS)
-    weight = initial_token_embedding().clone()
-    replayed, stored = weight[probes].float(), rows[torch.searchsorted(ids, probes)].float()
-    if not torch.allclose(replayed, stored, rtol=0, atol=1e-4):
-        raise RuntimeError(
-            f"{path}: the text encoder's untrained token embeddings come from replaying its random init, "
-            f"and this torch / diffusers / transformers replays it differently (max difference "
-            f"{(replayed - stored).abs().max().item():.3g}); install the versions in constraints.txt")
-    weight[ids] = rows
-    return state | {TOKEN_EMBEDDING: weight}
-
-
-def load_world_part(module: torch.nn.Module, part: str) -> None:
-    """Load shipped world weights (stored fp16 to keep the package small) into fp32 `module`."""
-    path = WORLD_WEIGHTS[part]
-    state = load_file(str(path))
-    if STORED_IDS in state:
-        state = dense_token_embedding(state, path)
-    module.load_state_dict({k: v.float() for k, v in state.items()})
-
-
-def build_tiny_pipeline(seed: int = 0, arch: str = "sd",
-                        trained: bool = True) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
-    """A tiny pipeline of architecture `arch`: identical weights for the same seed, no network.
-
-    sd: the proving ground's backbone, with the shipped trained weights (`trained=False`:
-    random init, the start of its training). sd2 / sdxl: the trained VAE, a random (seeded)
-    UNet of that architecture and random text encoders.
-    """
+def build_tiny_pipeline(arch: str, seed: int = 0) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    """The tiny `arch` stand-in: identical weights for the same seed, no network."""
     if arch not in TINY_ARCHS:
         raise ValueError(f"tiny architecture {arch!r}: expected one of {', '.join(TINY_ARCHS)}")
     torch.manual_seed(seed)
     vae = AutoencoderKL(**WORLD_VAE)
-    if trained or arch != "sd":
-        load_world_part(vae, "vae")
+    load_world_part(vae, "vae")
     if arch == "sdxl":
         pipe = StableDiffusionXLPipeline(
             vae=vae,
@@ -251,28 +72,17 @@ def build_tiny_pipeline(seed: int = 0, arch: str = "sd",
             scheduler=DDIMScheduler(**SD_SCHEDULE),
         )
     else:
-        world = arch == "sd"
-        unet = UNet2DConditionModel(**(WORLD_UNET if world else TEST_UNET))
-        text_encoder = CLIPTextModel(CLIPTextConfig(**(WORLD_TEXT if world else TEST_TEXT)))
-        if world and trained:
-            load_world_part(unet, "unet")
-            load_world_part(text_encoder, "text_encoder")
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=clip_tokenizer(),
-            unet=unet,
-            scheduler=DDIMScheduler(**(SD_SCHEDULE if world else V_SCHEDULE)),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        unet = UNet2DConditionModel(**TEST_UNET)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TEST_TEXT))
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
+                                       scheduler=DDIMScheduler(**V_SCHEDULE), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def save_tiny_pipeline(arch: str, directory: Path, seed: int = 0) -> Path:
-    """Write the tiny `arch` pipeline as a diffusers folder (safetensors), loadable as
-    `backbone: sd` (arch sd, sd2) or `backbone: sdxl` with `model.path: <directory>`."""
-    build_tiny_pipeline(seed, arch=arch).save_pretrained(directory, safe_serialization=True)
+    """Write the tiny `arch` stand-in as a diffusers folder (safetensors), loadable as
+    `backbone: sd` (sd2) or `backbone: sdxl` with `model.path: <directory>`."""
+    build_tiny_pipeline(arch, seed).save_pretrained(directory, safe_serialization=True)
     return Path(directory)

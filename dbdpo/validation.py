@@ -106,13 +106,13 @@ def validate_groups(c: Config) -> None:
     if c.model.resolution is not None:
         _require(c.model.resolution > 0 and c.model.resolution % 8 == 0, "model.resolution",
                  c.model.resolution, "null (the model's native size) or a positive multiple of 8 pixels")
-    if c.model.backbone != "tiny":
+    if c.model.backbone != "world":
         _require(bool(c.model.path), "model.path", c.model.path,
                  f"a hub id or local directory for backbone {c.model.backbone}")
     else:
         for key in ("path", "variant", "vae"):
             _require(getattr(c.model, key) is None, f"model.{key}", getattr(c.model, key),
-                     "null with backbone tiny (it is built in); set model.backbone: sd or sdxl to load weights")
+                     "null with backbone world (it is built in); set model.backbone: sd or sdxl to load weights")
     _require(bool(c.concept.token.strip()), "concept.token", c.concept.token, "a non-empty token")
     _require(bool(c.concept.class_noun.strip()), "concept.class_noun", c.concept.class_noun,
              "a non-empty class noun")

@@ -1,5 +1,5 @@
 """Write the proving ground's data files: data/concept/*.png (the default run's concept),
-data/concepts/<name>/*.png (the concept set, dbdpo.world_concepts) and data/prompts/*.txt.
+data/concepts/<name>/*.png (the concept set, dbdpo.world.concepts) and data/prompts/*.txt.
 
 Deterministic: `python scripts/make_world_data.py` rewrites them byte for byte (a test writes
 them to a scratch folder with `--out` and compares with the committed files).
@@ -8,14 +8,14 @@ them to a scratch folder with `--out` and compares with the committed files).
 import argparse
 from pathlib import Path
 
-from dbdpo.world import render
-from dbdpo.world_concepts import CONCEPTS
-from dbdpo.world_data import (
+from dbdpo.world.concepts import CONCEPTS
+from dbdpo.world.data import (
     CONCEPT_VIEWS,
     concept_views,
     eval_templates,
     train_templates,
 )
+from dbdpo.world.scenes import render
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

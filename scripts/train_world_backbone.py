@@ -1,7 +1,7 @@
 """Train the proving ground's backbone (VAE, then UNet + text encoder) on captioned world scenes.
 
-The default `model.backbone: tiny` is a StableDiffusionPipeline built from these weights
-(dbdpo/tiny.py): it draws "a photo of a toy in the snow" as a toy in the snow, and it never
+The default `model.backbone: world` is a StableDiffusionPipeline built from these weights
+(dbdpo/world/backbone.py): it draws "a photo of a toy in the snow" as a toy in the snow, and it never
 sees the concept (no sampled scene has the concept's ring), so DreamBooth has something to
 learn. Deterministic for a given torch build and machine:
 
@@ -10,7 +10,7 @@ learn. Deterministic for a given torch build and machine:
 
 The defaults are the recipe of the shipped weights (docs/proving_ground.md has the CPU times).
 
-Writes dbdpo/assets/world_{vae,unet,text_encoder}.safetensors (fp16; the text encoder's token
+Writes dbdpo/world/assets/world_{vae,unet,text_encoder}.safetensors (fp16; the text encoder's token
 embedding as its trained rows, the rest replayed from the init when loaded).
 """
 
@@ -25,15 +25,15 @@ from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
 from dbdpo.data import to_tensor
-from dbdpo.tiny import (
+from dbdpo.world.backbone import (
     SD_SCHEDULE,
     WORLD_WEIGHTS,
-    build_tiny_pipeline,
+    build_world_pipeline,
     initial_token_embedding,
     load_world_part,
     sparse_token_embedding,
 )
-from dbdpo.world import SIZE, captions, render, sample_scene
+from dbdpo.world.scenes import SIZE, captions, render, sample_scene
 
 log = logging.getLogger("train_world_backbone")
 
@@ -51,7 +51,7 @@ def cosine_with_warmup(optimizer, steps: int):
 
 def save_fp16(module: torch.nn.Module, part: str) -> None:
     """fp16 halves the package; the loader casts back to fp32 (the model is then these weights).
-    The text encoder keeps only its trained token-embedding rows (dbdpo.tiny.sparse_token_embedding)."""
+    The text encoder keeps only its trained token-embedding rows (dbdpo.world.backbone.sparse_token_embedding)."""
     WORLD_WEIGHTS[part].parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().half().contiguous() for k, v in module.state_dict().items()}
     if part == "text_encoder":
@@ -94,7 +94,7 @@ def train_vae(steps: int, batch_size: int, num_scenes: int) -> None:
     torch.manual_seed(0)
     rng = random.Random(0)
     images = to_batch([render(sample_scene(rng)) for _ in range(num_scenes)])
-    vae = fit_vae(build_tiny_pipeline(trained=False).vae, images, steps, batch_size)
+    vae = fit_vae(build_world_pipeline(trained=False).vae, images, steps, batch_size)
     held_out = to_batch([render(sample_scene(random.Random(99))) for _ in range(64)])
     with torch.no_grad():
         rms = vae.encode(images[:256]).latent_dist.mean.pow(2).mean().sqrt().item()
@@ -153,7 +153,7 @@ def fit_unet(pipe, scenes, steps: int, batch_size: int, lr: float, device: str =
 def train_unet(steps: int, batch_size: int, num_scenes: int, lr: float) -> None:
     torch.manual_seed(1)
     rng = random.Random(1)
-    pipe = build_tiny_pipeline(trained=False)
+    pipe = build_world_pipeline(trained=False)
     load_world_part(pipe.vae, "vae")  # trained first (--part vae)
     fit_unet(pipe, [sample_scene(rng) for _ in range(num_scenes)], steps, batch_size, lr)
     save_fp16(pipe.unet, "unet")

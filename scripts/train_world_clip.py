@@ -8,7 +8,7 @@ world's classes, attributes and contexts. Deterministic for a given torch build 
     python scripts/train_world_clip.py                 # the shipped recipe: 1500 steps of 256
     python scripts/train_world_clip.py --steps 200     # a quick look
 
-Writes dbdpo/assets/world_clip.safetensors (fp16) and prints the quality gates of
+Writes dbdpo/world/assets/world_clip.safetensors (fp16) and prints the quality gates of
 tests/test_world.py on held-out scenes.
 """
 
@@ -26,8 +26,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from dbdpo.scoring import CONFIG_DIR, WORLD_CLIP, WORLD_CLIP_WEIGHTS, load_open_clip
-from dbdpo.world import captions, render, sample_scene
-from dbdpo.world_eval import concept_auc, context_retrieval_accuracy, pixels
+from dbdpo.world.quality import concept_auc, context_retrieval_accuracy, pixels
+from dbdpo.world.scenes import captions, render, sample_scene
 
 log = logging.getLogger("train_world_clip")
 

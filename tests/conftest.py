@@ -27,6 +27,15 @@ def preset_params(name: str) -> str:
     return apply_preset((REPO / "params.yaml").read_text(), (REPO / "presets" / f"{name}.yaml").read_text(), name)
 
 
+def pipeline(arch: str):
+    """The world backbone (`world`) or a tiny random stand-in of a real architecture (`sd2`,
+    `sdxl`), built in memory."""
+    from dbdpo.tiny import build_tiny_pipeline
+    from dbdpo.world.backbone import build_world_pipeline
+
+    return build_world_pipeline() if arch == "world" else build_tiny_pipeline(arch)
+
+
 def invoke_stage(stage: str, *args: str):
     """`python -m stages.<stage> ARGS` in-process (Typer's runner): a stage subprocess costs
     ~10 s of imports."""

@@ -8,15 +8,15 @@ from safetensors.torch import load_file, save_file
 
 from dbdpo.backbones import BackboneError, load_backbone
 from dbdpo.config import ModelConfig
-from dbdpo.tiny import (
+from dbdpo.tokenizer import clip_tokenizer
+from dbdpo.world.backbone import (
     CONCEPT_TOKEN_ID,
     PROBE_IDS,
     STORED_IDS,
     STORED_ROWS,
     TOKEN_EMBEDDING,
     WORLD_WEIGHTS,
-    build_tiny_pipeline,
-    clip_tokenizer,
+    build_world_pipeline,
     dense_token_embedding,
     initial_token_embedding,
     load_world_part,
@@ -41,7 +41,7 @@ def test_tiny_backbone_is_a_deterministic_sd_pipeline():
         if module == "text_encoder":
             shipped = dense_token_embedding(shipped, WORLD_WEIGHTS[module])
         assert set(shipped) == set(pa) and all(torch.equal(shipped[k].float(), pa[k]) for k in pa), module
-    untrained = build_tiny_pipeline(trained=False)
+    untrained = build_world_pipeline(trained=False)
     assert not torch.equal(untrained.unet.conv_in.weight, a.pipe.unet.conv_in.weight)
 
 
@@ -63,7 +63,7 @@ def test_text_encoder_ships_its_trained_token_rows_and_replays_the_rest():
     assert (rows[trained] != initial[ids[trained]]).any(dim=1).all()
     assert CONCEPT_TOKEN_ID in probes.tolist() and torch.equal(rows[~trained], initial[probes])
     # the loaded embedding: the init everywhere but the trained rows, whatever the build's seed
-    encoder = build_tiny_pipeline(seed=5).text_encoder
+    encoder = build_world_pipeline(seed=5).text_encoder
     weight = encoder.get_input_embeddings().weight.detach()
     assert torch.equal(weight[ids], rows.float())
     others = torch.ones(len(weight), dtype=torch.bool)
@@ -79,14 +79,14 @@ def test_a_replay_that_differs_from_the_stored_probes_is_a_clear_error(tmp_path,
     altered = tmp_path / "world_text_encoder.safetensors"
     save_file(stored, str(altered))
     monkeypatch.setitem(WORLD_WEIGHTS, "text_encoder", altered)
-    encoder = build_tiny_pipeline(trained=False).text_encoder
+    encoder = build_world_pipeline(trained=False).text_encoder
     with pytest.raises(RuntimeError, match=r"world_text_encoder.safetensors: .*replays it differently.*constraints.txt"):
         load_world_part(encoder, "text_encoder")
 
 
 def test_tiny_vae_decodes_latents_to_distinct_images():
     """The shipped VAE is trained: different latents give visibly different images."""
-    vae = build_tiny_pipeline().vae
+    vae = build_world_pipeline().vae
     latents = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # as the pipeline decodes: unit-scale latents / scaling_factor
         images = vae.decode(latents / vae.config.scaling_factor).sample
@@ -102,11 +102,11 @@ def _one_image(pipe) -> np.ndarray:
 
 
 def test_local_directory_loads_through_the_sd_code_path(tmp_path):
-    tiny = build_tiny_pipeline()
+    tiny = build_world_pipeline()
     tiny.save_pretrained(tmp_path / "sd")
     loaded = load_backbone(ModelConfig(backbone="sd", path=str(tmp_path / "sd")))
     assert isinstance(loaded.pipe, StableDiffusionPipeline) and loaded.resolution == 64
-    np.testing.assert_allclose(_one_image(loaded.pipe), _one_image(build_tiny_pipeline()), atol=1e-5)
+    np.testing.assert_allclose(_one_image(loaded.pipe), _one_image(build_world_pipeline()), atol=1e-5)
 
 
 def test_uncached_hub_id_offline_is_a_clear_error(monkeypatch):
@@ -175,9 +175,10 @@ def test_incomplete_or_mismatched_pipeline_folders_fail_before_loading(tiny_dirs
 def test_weight_variant_and_a_separate_vae(tiny_dirs, tmp_path):
     from diffusers import AutoencoderKL
 
-    from dbdpo.tiny import WORLD_VAE, build_tiny_pipeline
+    from dbdpo.tiny import build_tiny_pipeline
+    from dbdpo.world.backbone import WORLD_VAE
 
-    build_tiny_pipeline(arch="sdxl").save_pretrained(tmp_path / "fp16", variant="fp16")
+    build_tiny_pipeline("sdxl").save_pretrained(tmp_path / "fp16", variant="fp16")
     assert (tmp_path / "fp16/unet/diffusion_pytorch_model.fp16.safetensors").is_file()
     with pytest.raises(BackboneError, match=r"no .safetensors weights in .*unet; it has weights of model.variant fp16"):
         load_backbone(ModelConfig(backbone="sdxl", path=str(tmp_path / "fp16")))

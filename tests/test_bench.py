@@ -15,8 +15,7 @@ from dbdpo.architectures import (
     arch_precision,
     parameter_counts,
 )
-from dbdpo.tiny import build_tiny_pipeline
-from tests.conftest import REPO, preset_params
+from tests.conftest import REPO, pipeline, preset_params
 
 
 def bench_module(name: str):
@@ -46,10 +45,10 @@ def test_full_architectures_have_the_published_parameter_counts():
         parameter_counts("sd3")
 
 
-@pytest.mark.parametrize("arch", ["sd", "sdxl"])
+@pytest.mark.parametrize("arch", ["world", "sdxl"])
 def test_diffusers_dpo_starts_at_log2_trains_and_leaves_the_unet_as_it_found_it(arch):
     diffusers_dpo = bench_module("diffusers_dpo").diffusers_dpo
-    pipe = build_tiny_pipeline(arch=arch)
+    pipe = pipeline(arch)
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, 6, 64, 64, generator=g) * 2 - 1
     sample = torch.randn(1, 4, 16, 16, generator=g)
@@ -380,7 +379,7 @@ def test_generate_bench_times_ours_against_the_diffusers_loop(tmp_path, in_repo,
     result = module.main(["--params", str(params), "--prompts", "2", "--processes", "1",
                           "--out", str(tmp_path / "g.json")])
     assert list(result["rows"]) == ["diffusers loop", "ours, 1 process"]
-    assert (result["images"], result["model"], result["resolution"]) == (4, "tiny", 64)
+    assert (result["images"], result["model"], result["resolution"]) == (4, "world", 64)
     assert result["rows"]["diffusers loop"]["speedup"] == 1.0
     assert all(row["images_per_s"] > 0 for row in result["rows"].values())
     assert (tmp_path / "g.json").is_file()

@@ -27,8 +27,8 @@ def test_lora_targets_take_an_explicit_list_of_module_names(in_repo):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("model:\n  backbone: tiny\n  backbone: sd\n", r"p.yaml: key 'backbone' is given twice in one mapping \(line 3\); keep one"),
-    ("model:\n\tbackbone: tiny\n", r"p.yaml: not valid YAML \(line 2, column 1\): .*'\\t'.*; indent with spaces, not tabs"),
+    ("model:\n  backbone: world\n  backbone: sd\n", r"p.yaml: key 'backbone' is given twice in one mapping \(line 3\); keep one"),
+    ("model:\n\tbackbone: world\n", r"p.yaml: not valid YAML \(line 2, column 1\): .*'\\t'.*; indent with spaces, not tabs"),
     ("model: [tiny\n", r"p.yaml: not valid YAML \(line 2, column 1\)"),
 ])
 def test_a_params_file_yaml_would_misread_is_refused_by_line(tmp_path, text, message):
@@ -67,10 +67,11 @@ def test_repository_params_load(in_repo):
     ({"filter__angel": 30}, r"unknown key filter.angel; the keys of filter are"),
     ({"dpo__steps": "many"}, r"dpo.steps: expected an integer, got 'many'"),
     ({"dpo__beta": "lots"}, r"dpo.beta: expected a number, got 'lots'"),
+    ({"model__backbone": "tiny"}, r"model.backbone='tiny' was renamed: write backbone: world"),
     ({"model__backbone": "sd"}, r"model.path=None is invalid: expected a hub id or local directory"),
     ({"model__backbone": "sdxl"}, r"model.path=None is invalid: expected a hub id or local directory for backbone sdxl"),
     ({"model__resolution": 500}, r"model.resolution=500 is invalid: expected null \(the model's native size\) or a positive multiple of 8"),
-    ({"model__vae": "madebyollin/sdxl-vae-fp16-fix"}, r"model.vae='madebyollin/sdxl-vae-fp16-fix' is invalid: expected null with backbone tiny"),
+    ({"model__vae": "madebyollin/sdxl-vae-fp16-fix"}, r"model.vae='madebyollin/sdxl-vae-fp16-fix' is invalid: expected null with backbone world"),
     ({"model__precision": "fp8"}, r"model.precision='fp8' is invalid: expected one of fp32 \| fp16 \| bf16"),
     ({"finetune__lora_targets": "convs"}, r"finetune.lora_targets='convs' is invalid: expected one of attention \| unet"),
     ({"dpo__lora_targets": "all"}, r"dpo.lora_targets='all' is invalid: expected one of attention \| unet"),
@@ -283,7 +284,7 @@ def test_the_8bit_optimizer_without_bitsandbytes_is_refused_before_any_work(in_r
 
 def test_a_stage_reads_only_the_keys_it_declares(in_repo):
     cfg = ParamView(load_config("params.yaml"), ("model.backbone", "pair", "rounds"), "pair@round_1")
-    assert cfg.model.backbone == "tiny" and cfg.pair.lambda_ == 0.5 and list(cfg.rounds) == ["round_1", "round_2"]
+    assert cfg.model.backbone == "world" and cfg.pair.lambda_ == 0.5 and list(cfg.rounds) == ["round_1", "round_2"]
     with pytest.raises(UndeclaredRead, match=r"pair@round_1 reads params key model.precision, which its declared "
                                              r"reads \(dvc.yaml's params for it: model.backbone, pair, rounds\)"):
         cfg.model.precision

@@ -19,8 +19,17 @@ def stage_deps(root) -> dict[str, set[str]]:
     return {name: set(paths) for name, paths in yaml.safe_load(out).items()}
 
 
+def module_file(name: str) -> str | None:
+    """The source file of a dbdpo / stages module or package, relative to the repository."""
+    for path in (name.replace(".", "/") + ".py", name.replace(".", "/") + "/__init__.py"):
+        if (REPO / path).is_file():
+            return path
+    return None
+
+
 def imported_modules(path: Path) -> set[str]:
-    """The dbdpo / stages modules a file imports anywhere in it (a stage imports at call time)."""
+    """The dbdpo / stages modules a file imports anywhere in it (a stage imports at call time),
+    with the packages they are in (whose __init__ runs first)."""
     import ast
 
     names = set()
@@ -29,18 +38,19 @@ def imported_modules(path: Path) -> set[str]:
             names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
         elif isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names if alias.name.split(".")[0] in ("dbdpo", "stages")}
-    return {name for name in names if (REPO / (name.replace(".", "/") + ".py")).is_file()}
+    names |= {".".join(name.split(".")[:i]) for name in names for i in range(1, name.count(".") + 1)}
+    return {name for name in names if module_file(name)}
 
 
 def code_of(stage: str) -> set[str]:
     """Every source file `python -m stages.<stage>` can run: the closure of its imports."""
-    seen, todo = set(), [f"stages.{stage}"]
+    seen, todo = set(), [f"stages.{stage}", "stages"]
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += imported_modules(REPO / (name.replace(".", "/") + ".py"))
-    return {name.replace(".", "/") + ".py" for name in seen}
+            todo += imported_modules(REPO / module_file(name))
+    return {module_file(name) for name in seen}
 
 
 MODEL_STAGES = {"finetune", "generate", "score", "dpo", "evaluate"}  # they load the world's weights and configs
@@ -54,9 +64,11 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(stage):
     config = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
     deps = config.get("do", config)["deps"]
     code = {d for d in deps if d.startswith(("dbdpo", "stages/"))}
-    expected = code_of(stage) | ({"dbdpo/assets", "dbdpo/configs"} if stage in MODEL_STAGES else set())
+    expected = code_of(stage) | ({"dbdpo/world/assets", "dbdpo/configs"} if stage in MODEL_STAGES else set())
     assert code == expected, f"dvc.yaml {stage} code deps should be: {sorted(expected)}"
-    assert not any(p.startswith("dbdpo/world") for p in code)  # the proving ground's renderer reruns nothing
+    # the proving ground's renderer, contexts, concept set and quality gates rerun nothing
+    assert not code & {"dbdpo/world/scenes.py", "dbdpo/world/contexts.py", "dbdpo/world/concepts.py",
+                        "dbdpo/world/data.py", "dbdpo/world/quality.py"}
 
 
 def test_a_concept_dir_outside_the_repo_is_a_dependency(tmp_path):

@@ -24,13 +24,15 @@ from dbdpo.lora import (
     to_kohya,
 )
 from dbdpo.tiny import build_tiny_pipeline
+from dbdpo.world.backbone import build_world_pipeline
+from tests.conftest import pipeline
 
 ARCHS = [("sd2", "sd"), ("sdxl", "sdxl")]  # tiny architecture, the backbone kind it loads as
 
 
-def random_lora(seed: int, rank: int = 4, arch: str = "sd", targets: str = "attention"):
+def random_lora(seed: int, rank: int = 4, arch: str = "world", targets: str = "attention"):
     """A LoRA with non-zero B (a fresh adapter has B = 0 and changes nothing)."""
-    pipe = build_tiny_pipeline(arch=arch)
+    pipe = pipeline(arch)
     add_lora(pipe.unet, rank, "x", targets)
     g = torch.Generator().manual_seed(seed)
     return {k: 0.2 * torch.randn(v.shape, generator=g) for k, v in lora_state(pipe.unet, "x").items()}
@@ -46,7 +48,7 @@ def unet_output(unet):
 
 def test_save_load_roundtrip_is_exact(tmp_path):
     state = random_lora(0)
-    save_lora(build_tiny_pipeline(), state, tmp_path / "lora")
+    save_lora(build_world_pipeline(), state, tmp_path / "lora")
     loaded = load_lora(tmp_path / "lora")
     assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
     assert not list(tmp_path.glob(".tmp-*"))
@@ -64,11 +66,11 @@ def test_non_finite_lora_is_neither_written_nor_read(tmp_path):
     key = next(k for k in state if k.endswith("lora_B.weight"))
     state[key][0, 0] = float("nan")
     with pytest.raises(LoraError, match=r"lora: 1 non-finite LoRA values in 1 tensors .*lower learning rate"):
-        save_lora(build_tiny_pipeline(), state, tmp_path / "lora")
+        save_lora(build_world_pipeline(), state, tmp_path / "lora")
     assert not (tmp_path / "lora").exists() and not list(tmp_path.glob(".tmp-*"))
 
     # a file written by another tool (or an older dbdpo) with an inf in it
-    save_lora(build_tiny_pipeline(), random_lora(1), tmp_path / "ok")
+    save_lora(build_world_pipeline(), random_lora(1), tmp_path / "ok")
     path = tmp_path / "ok" / WEIGHT_NAME
     with safe_open(str(path), framework="pt") as f:
         tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
@@ -84,7 +86,7 @@ def test_target_sets_are_the_configs_choices():
 
 def test_unet_target_set_adapts_convs_and_feed_forwards():
     state = random_lora(0, targets="unet")
-    modules = dict(build_tiny_pipeline().unet.named_modules())
+    modules = dict(build_world_pipeline().unet.named_modules())
     kinds = {type(modules[k.removesuffix(".lora_A.weight")]).__name__ for k in state if k.endswith("lora_A.weight")}
     assert kinds == {"Linear", "Conv2d"}
     conv = "down_blocks.0.resnets.0.conv1"
@@ -98,12 +100,12 @@ def test_unet_target_set_adapts_convs_and_feed_forwards():
 @pytest.mark.parametrize("targets", ["attention", "unet"])
 def test_merge_matches_diffusers_load_lora_weights(tmp_path, targets):
     state = random_lora(0, targets=targets)
-    save_lora(build_tiny_pipeline(), state, tmp_path / "lora")
-    by_diffusers = build_tiny_pipeline()
+    save_lora(build_world_pipeline(), state, tmp_path / "lora")
+    by_diffusers = build_world_pipeline()
     by_diffusers.load_lora_weights(tmp_path / "lora")
-    ours = build_tiny_pipeline()
+    ours = build_world_pipeline()
     merge_into(ours.unet, load_lora(tmp_path / "lora"))
-    base = unet_output(build_tiny_pipeline().unet)
+    base = unet_output(build_world_pipeline().unet)
     expected = unet_output(by_diffusers.unet)
     assert (expected - base).abs().max() > 1e-3  # the LoRA does change the output
     torch.testing.assert_close(unet_output(ours.unet), expected, atol=1e-5, rtol=1e-4)
@@ -118,22 +120,22 @@ def test_stacked_lora_equals_applying_both(tmp_path, first_targets, first_rank, 
     if first_targets == "unet":  # the second LoRA adds zero rows where it has no layer
         conv = "down_blocks.0.resnets.0.conv1"
         assert torch.equal(both[f"{conv}.lora_A.weight"][first_rank:], torch.zeros(second_rank, 64, 3, 3))
-    one_by_one = build_tiny_pipeline()
+    one_by_one = build_world_pipeline()
     merge_into(one_by_one.unet, first)
     merge_into(one_by_one.unet, second)
-    stacked = build_tiny_pipeline()
+    stacked = build_world_pipeline()
     merge_into(stacked.unet, both)
     torch.testing.assert_close(unet_output(stacked.unet), unet_output(one_by_one.unet), atol=1e-5, rtol=1e-4)
     # ...and the saved stack loads in diffusers as one adapter with the same output
-    save_lora(build_tiny_pipeline(), both, tmp_path / "stacked")
-    pipe = build_tiny_pipeline()
+    save_lora(build_world_pipeline(), both, tmp_path / "stacked")
+    pipe = build_world_pipeline()
     pipe.load_lora_weights(tmp_path / "stacked")
     torch.testing.assert_close(unet_output(pipe.unet), unet_output(stacked.unet), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("targets", ["attention", "unet"])
 def test_merged_context_restores_base_weights_exactly(targets):
-    pipe = build_tiny_pipeline()
+    pipe = build_world_pipeline()
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     with merged(pipe.unet, random_lora(3, targets=targets)):
         assert not torch.equal(pipe.unet.state_dict()["down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight"],
@@ -148,7 +150,7 @@ def test_missing_lora_dir_names_the_path(tmp_path):
 
 def test_disabled_adapter_is_exactly_the_base_model():
     """The DPO reference relies on this: adapter disabled == the (merged) start model."""
-    pipe = build_tiny_pipeline()
+    pipe = build_world_pipeline()
     base = unet_output(pipe.unet)
     add_lora(pipe.unet, 4, "dpo")
     with torch.no_grad():
@@ -162,7 +164,7 @@ def test_disabled_adapter_is_exactly_the_base_model():
 
 def test_merge_into_half_precision_weights_adds_in_fp32():
     """On a GPU the frozen UNet is bf16; the start LoRA must not be rounded away when merged."""
-    unet = build_tiny_pipeline().unet.to(torch.bfloat16)
+    unet = build_world_pipeline().unet.to(torch.bfloat16)
     lora = {k: v * 1e-2 if "lora_B" in k else v for k, v in random_lora(0).items()}
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
     layer = dict(unet.named_modules())[name]
@@ -230,7 +232,7 @@ def test_saved_loras_have_one_metadata_key_so_the_bytes_depend_only_on_the_tenso
     state = random_lora(0, arch="sd2")
     digests = set()
     for i in range(2):
-        save_lora(build_tiny_pipeline(arch="sd2"), state, tmp_path / f"lora{i}")
+        save_lora(build_tiny_pipeline("sd2"), state, tmp_path / f"lora{i}")
         save_kohya(state, tmp_path / f"kohya{i}.safetensors")
         digests.add(tuple(hashlib.md5(f.read_bytes()).hexdigest()
                           for f in (tmp_path / f"lora{i}" / WEIGHT_NAME, tmp_path / f"kohya{i}.safetensors")))
@@ -243,7 +245,7 @@ def test_saved_loras_have_one_metadata_key_so_the_bytes_depend_only_on_the_tenso
 
 def random_text_encoder_lora(seed: int, arch: str, rank: int = 4):
     """A UNet LoRA plus one on each text encoder's attention, keyed as DreamBooth writes it."""
-    pipe = build_tiny_pipeline(arch=arch)
+    pipe = pipeline(arch)
     state = random_lora(seed, rank=rank, arch=arch)
     g = torch.Generator().manual_seed(seed + 100)
     for name in ("text_encoder", "text_encoder_2"):
@@ -297,7 +299,7 @@ def test_kohya_unet_part_is_diffusers_conversion_and_text_encoders_keep_kohyas_n
 
 
 def test_merged_pipeline_restores_every_component_exactly():
-    pipe = build_tiny_pipeline(arch="sdxl")
+    pipe = build_tiny_pipeline("sdxl")
     before = {n: {k: v.clone() for k, v in getattr(pipe, n).state_dict().items()}
               for n in ("unet", "text_encoder", "text_encoder_2")}
     with merged_pipeline(pipe, random_text_encoder_lora(1, "sdxl")):

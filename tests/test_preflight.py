@@ -98,7 +98,7 @@ def test_local_files_prompts_and_photos_are_checked(in_repo, hub_cache, tmp_path
     report = check(cfg)
     assert [m.key for m in report.missing] == ["score.hps_weights", "evaluate.prompts"]
     assert report.missing[0].fetch == "hf download xswu/HPSv2 HPS_v2.1_compressed.pt"
-    assert report.warnings == [f"concept.dir={photos}: photos of 640x480 px with model.backbone=tiny: the proving "
+    assert report.warnings == [f"concept.dir={photos}: photos of 640x480 px with model.backbone=world: the proving "
                                "ground's 64-pixel world model draws its own world, not real photos; use a GPU preset "
                                "(dbdpo init --preset sdxl|sd2)"]
 

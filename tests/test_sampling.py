@@ -6,7 +6,7 @@ import yaml
 from dbdpo.errors import ConfigError
 from dbdpo.params import config_from_dict
 from dbdpo.sampling import SAMPLE_COLUMNS, generate, plan_samples, write_samples
-from dbdpo.tiny import build_tiny_pipeline
+from dbdpo.world.backbone import build_world_pipeline
 from tests.conftest import REPO
 
 
@@ -19,7 +19,7 @@ def test_plan_gives_each_image_its_own_seed():
 
 @pytest.mark.slow
 def test_an_image_depends_on_its_seed_not_on_its_batch():
-    pipe = build_tiny_pipeline()
+    pipe = build_world_pipeline()
     plan = plan_samples(["t"] * 2, ["a photo of sks toy", "a sks toy in the snow"], 2, seed=7)
     kw = dict(steps=3, guidance_scale=7.5, resolution=64)
     one_by_one = [np.asarray(i, dtype=int) for i in generate(pipe, plan, batch_size=1, **kw)]
@@ -50,7 +50,7 @@ def test_fixed_seeds_give_byte_identical_artifacts(tmp_path):
     plan = plan_samples(["t"], ["a photo of sks toy"], 2, seed=3)
     kw = dict(steps=3, guidance_scale=7.5, batch_size=2, resolution=64)
     for run in ("a", "b"):
-        write_samples(plan, generate(build_tiny_pipeline(), plan, **kw), tmp_path / run / "images",
+        write_samples(plan, generate(build_world_pipeline(), plan, **kw), tmp_path / run / "images",
                       tmp_path / run / "samples.parquet")
     for name in ("p0000_k00.png", "p0000_k01.png"):
         assert (tmp_path / "a/images" / name).read_bytes() == (tmp_path / "b/images" / name).read_bytes()
@@ -58,7 +58,7 @@ def test_fixed_seeds_give_byte_identical_artifacts(tmp_path):
 
 @pytest.mark.parametrize("name", ["ddim", "dpmpp_2m", "euler_a"])
 def test_the_scheduler_param_picks_diffusers_sampler_with_the_models_own_config(name):
-    pipe = build_tiny_pipeline()
+    pipe = build_world_pipeline()
     plan = plan_samples(["t"], ["a sks toy in the snow"], 1, seed=5)
     kw = dict(steps=4, guidance_scale=7.5, resolution=64, batch_size=1)
     reference = np.asarray(generate(pipe, plan, scheduler="ddim", **kw)[0], dtype=int)

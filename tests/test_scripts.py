@@ -40,7 +40,7 @@ def test_make_tiny_backbone_writes_a_loadable_sdxl_folder(in_repo, tmp_path):
     assert f"-S model.backbone=sdxl -S model.path={tmp_path / 'sdxl'}" in result.stdout
     assert load_backbone(ModelConfig(backbone="sdxl", path=str(tmp_path / "sdxl"))).is_sdxl
     result = run_script("scripts/make_tiny_backbone.py", "sd3", str(tmp_path / "x"), cwd=in_repo)
-    assert result.exit_code == 2 and "'sd3': expected one of sd, sd2, sdxl" in error_text(result)
+    assert result.exit_code == 2 and "'sd3': expected one of sd2, sdxl" in error_text(result)
     assert not (tmp_path / "x").exists()
 
 

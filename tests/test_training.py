@@ -14,6 +14,7 @@ from dbdpo.errors import ConfigError, DataError
 from dbdpo.lora import TARGET_SETS, merge_into
 from dbdpo.losses import diffusion_dpo_loss
 from dbdpo.training import MAX_PROBE_RATIO, TrainingDiverged, training_target
+from tests.conftest import pipeline
 from tests.test_lora import random_lora
 
 
@@ -234,7 +235,7 @@ def test_training_target_epsilon_and_v_prediction_by_hand():
     """v = sqrt(a_t) * eps - sqrt(1 - a_t) * x0 (Salimans & Ho 2022), a_t = alphas_cumprod[t]."""
     from diffusers import DDPMScheduler
 
-    from dbdpo.tiny import SD_SCHEDULE
+    from dbdpo.world.backbone import SD_SCHEDULE
 
     schedule = {k: v for k, v in SD_SCHEDULE.items() if k != "set_alpha_to_one"}
     x0, eps = torch.full((2, 1, 1, 1), 2.0), torch.full((2, 1, 1, 1), 0.5)
@@ -424,15 +425,14 @@ def test_check_finite_leaves_overflowing_scaled_gradients_to_the_grad_scaler():
         check_finite(finite_loss, [param], 7, "dpo", "lower dpo.learning_rate")
 
 
-@pytest.mark.parametrize("arch", ["sd", "sdxl"])
+@pytest.mark.parametrize("arch", ["world", "sdxl"])
 def test_predict_feeds_a_half_precision_unet_its_own_dtype(arch):
     """Cached latents and text states are fp32; a bf16 UNet gets them in bf16 (as diffusers'
     scripts feed it), not fp32 activations under autocast. Outside autocast a dtype mismatch
     would raise."""
     from dbdpo.conditioning import predict
-    from dbdpo.tiny import build_tiny_pipeline
 
-    pipe = build_tiny_pipeline(arch=arch)
+    pipe = pipeline(arch)
     text = encode_prompts(Backbone(pipe, 64), ["a photo of sks toy"])
     unet = pipe.unet.to(torch.bfloat16)
     size = torch.tensor([[64.0, 64, 0, 0, 64, 64]]) if arch == "sdxl" else None

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from dbdpo.scoring import WORLD_CLIP, load_open_clip
-from dbdpo.world import CLASSES, CONCEPT, render, sample_scene
-from dbdpo.world_concepts import CONCEPTS, DEFAULT_CONCEPT, concepts_of
-from dbdpo.world_contexts import CONTEXTS, EVAL_CONTEXTS, TRAIN_CONTEXTS
-from dbdpo.world_data import concept_views, eval_templates, train_templates
-from dbdpo.world_eval import concept_auc, context_retrieval_accuracy, roc_auc
+from dbdpo.world.concepts import CONCEPTS, DEFAULT_CONCEPT, concepts_of
+from dbdpo.world.contexts import CONTEXTS, EVAL_CONTEXTS, TRAIN_CONTEXTS
+from dbdpo.world.data import concept_views, eval_templates, train_templates
+from dbdpo.world.quality import concept_auc, context_retrieval_accuracy, roc_auc
+from dbdpo.world.scenes import CLASSES, CONCEPT, render, sample_scene
 from tests.conftest import REPO
 
 

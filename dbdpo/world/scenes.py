@@ -1,7 +1,7 @@
 """The proving ground's world: seeded 64x64 scenes of one object on a context, with captions.
 
 No real CLIP or SD weights can be downloaded where dbdpo is developed and tested, so the
-default run lives in this closed world, in which every model (the tiny backbone, the tiny
+default run lives in this closed world, in which every model (the world backbone, the world
 CLIP scorer) is trained for real (docs/proving_ground.md). A scene is one object of a class
 (toy, ball, cup, car, dog) with instance attributes (body color, pattern and its color,
 size, position) on one of 24 contexts that stay recognizable at 64 px. Captions come at
@@ -12,7 +12,7 @@ and the "a in the jungle" form that TS is scored against.
 A concept is one object instance with a feature no sampled scene has (`FEATURES`: the
 default toy top's blue ring and green knob, a ball's band, a dog's collar, ...): the base model
 cannot draw it from any caption, so DreamBooth has something to learn and IS something to
-measure. `CONCEPT` is the default run's; dbdpo.world_concepts holds the set the claims are
+measure. `CONCEPT` is the default run's; dbdpo.world.concepts holds the set the claims are
 measured on.
 
 Everything is drawn with PIL at twice the size and downsampled (anti-aliased edges);
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageChops, ImageDraw
 
-from dbdpo.world_contexts import CONTEXTS, RGB, SCALE, SIZE, STUDIO
+from dbdpo.world.contexts import CONTEXTS, RGB, SCALE, SIZE, STUDIO
 
 _W = SIZE * SCALE
 COLORS: dict[str, RGB] = {

@@ -1,7 +1,7 @@
 """Quality gates of the proving ground's scorer, on held-out world scenes.
 
 A trained CLIP earns its place as the default IS/TS scorer by two measurements (tested in
-tests/test_world_models.py on the shipped weights, printed by its training script):
+tests/test_world.py on the shipped weights, printed by its training script):
 - TS means something: image -> text retrieval over every "a <class> <context>" caption picks
   the scene's own class and context;
 - IS means something: against the concept's reference photos, new photos of the concept
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from dbdpo.world import CLASSES, CONCEPT, render, sample_scene
-from dbdpo.world_contexts import CONTEXTS, EVAL_CONTEXTS
-from dbdpo.world_data import concept_views
+from dbdpo.world.contexts import CONTEXTS, EVAL_CONTEXTS
+from dbdpo.world.data import concept_views
+from dbdpo.world.scenes import CLASSES, CONCEPT, render, sample_scene
 
 # open_clip's own pixel normalization constants, as its preprocess applies them.
 CLIP_MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)

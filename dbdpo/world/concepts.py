@@ -2,7 +2,7 @@
 
 A result on one concept is an anecdote, so the claims are means over concepts (bench/claims.py
 --concepts), as the papers evaluate over many subjects (DreamBooth's dataset has 30). Each
-concept is one object instance with a part no sampled scene has (dbdpo.world.FEATURES), in
+concept is one object instance with a part no sampled scene has (dbdpo.world.scenes.FEATURES), in
 colors of its own, on one of the world's classes.
 
 The split is fixed before anything is measured on it and never re-drawn:
@@ -11,7 +11,7 @@ The split is fixed before anything is measured on it and never re-drawn:
   that concept to dev, and a new test concept takes its place.
 docs/proving_ground.md records when the split was fixed.
 
-Every concept's photos are rendered as data/concept's are (dbdpo.world_data.concept_views,
+Every concept's photos are rendered as data/concept's are (dbdpo.world.data.concept_views,
 the same draw), into data/concepts/<name>/ by scripts/make_world_data.py.
 """
 
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dbdpo.world import COLORS, CONCEPT, FEATURES, Scene
+from dbdpo.world.scenes import COLORS, CONCEPT, FEATURES, Scene
 
 
 @dataclass(frozen=True)
 class WorldConcept:
     name: str  # data/concepts/<name>/
     split: str  # dev | test
-    scene: Scene  # the instance, as dbdpo.world.render draws it
+    scene: Scene  # the instance, as dbdpo.world.scenes.render draws it
 
     @property
     def class_noun(self) -> str:

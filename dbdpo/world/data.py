@@ -16,8 +16,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from dbdpo.world import COLORS, CONCEPT, PATTERNS, SIZES, Scene
-from dbdpo.world_contexts import CONTEXTS, EVAL_CONTEXTS, TRAIN_CONTEXTS
+from dbdpo.world.contexts import CONTEXTS, EVAL_CONTEXTS, TRAIN_CONTEXTS
+from dbdpo.world.scenes import COLORS, CONCEPT, PATTERNS, SIZES, Scene
 
 CONCEPT_VIEWS = 6
 # Colors a prompt may ask for that the concept (red with yellow stripes) does not have.
@@ -27,7 +27,7 @@ OTHER_COLORS = tuple(c for c in COLORS if c not in (CONCEPT.color, CONCEPT.patte
 def concept_views(n: int, seed: int = 0, contexts: tuple[str, ...] = TRAIN_CONTEXTS,
                   concept: Scene = CONCEPT) -> list[Scene]:
     """`n` photos of `concept` at varied size and place, on distinct `contexts` while they last.
-    Every concept of the set (dbdpo.world_concepts) is drawn with the same seed, so all are
+    Every concept of the set (dbdpo.world.concepts) is drawn with the same seed, so all are
     photographed on the same contexts, sizes and places."""
     rng = random.Random(seed)
     order = rng.sample(contexts, len(contexts))
