@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from architectures import FULL_ARCHS, full_backbone  # noqa: E402
 from diffusers_dpo import diffusers_dpo  # noqa: E402
 from scale import PROMPTS, _clean, noise_images  # noqa: E402
 
-from dbdpo.architectures import FULL_ARCHS, full_backbone  # noqa: E402
 from dbdpo.conditioning import encode_prompts, image_size_ids  # noqa: E402
 from dbdpo.config import DpoConfig  # noqa: E402
 from dbdpo.data import to_tensor  # noqa: E402

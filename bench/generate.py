@@ -15,7 +15,7 @@ processes share the cores: 1 process uses every core, N processes one core's sha
 GPUs each process takes its own GPU, so N processes need N GPUs (--processes 1: no N row).
 
 The model is the params' (the world backbone by default), or with --arch one of the published
-architectures with random weights (dbdpo/architectures.py) at its native size and its
+architectures with random weights (bench/architectures.py) at its native size and its
 preset's precision on a GPU: the speed of SD 2.x / SDXL sampling without downloading them.
 
     python bench/generate.py [--params params.yaml] [--prompts 16] [--processes 2] [--out generate.json]
@@ -31,6 +31,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dbdpo.architectures import FULL_ARCHS, arch_precision, full_backbone
+sys.path.insert(0, str(Path(__file__).parent))  # run as bench.generate under accelerate launch too
+from architectures import FULL_ARCHS, arch_precision, full_backbone  # noqa: E402
+
 from dbdpo.backbones import PRECISION_DTYPES, Backbone, load_backbone
 from dbdpo.config import ComputeConfig, Config
 from dbdpo.data import fill_prompt, train_prompts

@@ -1,6 +1,6 @@
 """Real-size speed and memory: SD 2-base (512 px), SD 2.1 (768 px) and SDXL (1024 px).
 
-The published architectures with random weights (dbdpo/architectures.py), each at its
+The published architectures with random weights (bench/architectures.py), each at its
 native size in its preset's precision (SD 2.x fp16, SDXL bf16), in one run:
 
   dpo       our DPO step vs diffusers' script step (bench/diffusers_dpo.py) at 1 and 4
@@ -41,9 +41,9 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
+from architectures import FULL_ARCHS, arch_precision, full_backbone  # noqa: E402
 from diffusers_dpo import diffusers_dpo  # noqa: E402
 
-from dbdpo.architectures import FULL_ARCHS, arch_precision, full_backbone  # noqa: E402
 from dbdpo.backbones import PRECISION_DTYPES  # noqa: E402
 from dbdpo.conditioning import encode_prompts, image_size_ids  # noqa: E402
 from dbdpo.config import DpoConfig, FinetuneConfig  # noqa: E402

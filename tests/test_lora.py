@@ -337,8 +337,10 @@ def test_sdxl_kohya_names_are_the_modules_a1111_finds_for_every_layer_of_the_ful
     key to, so A1111/Forge find each layer under either naming."""
     from diffusers import UNet2DConditionModel
 
-    from dbdpo.architectures import arch_config
     from dbdpo.lora import TARGET_SETS
+    from tests.test_bench import bench_module
+
+    arch_config = bench_module("architectures").arch_config
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**arch_config("sdxl")["unet"])

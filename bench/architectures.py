@@ -1,6 +1,6 @@
 """The published SD 2-base, SD 2.1 and SDXL architectures, built with random weights.
 
-Only the configs ship (dbdpo/configs/full/<arch>.json, the values of the checkpoints' own
+Only the configs are kept (bench/full_configs/<arch>.json, the values of the checkpoints' own
 config.json files), so the real sizes can be built and measured anywhere, without a
 download: `bench/scale.py` times and profiles them. Random weights draw noise; these
 pipelines are for speed and memory, never for results.
@@ -30,7 +30,7 @@ from transformers import (
 from dbdpo.backbones import Backbone
 from dbdpo.tokenizer import clip_tokenizer
 
-CONFIG_DIR = Path(__file__).parent / "configs" / "full"
+CONFIG_DIR = Path(__file__).parent / "full_configs"
 FULL_ARCHS = ("sd2-base", "sd21", "sdxl")
 
 # Parameters per part, as counted in the published checkpoints' weights; the papers and
