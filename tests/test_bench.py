@@ -88,7 +88,6 @@ def test_scale_bench_runs_every_path_on_the_full_sd2_architecture(tmp_path):
     assert out.is_file() and '"arch": "sd2-base"' in out.read_text()
 
 
-@pytest.mark.slow
 def toy_params(tmp_path, steps: int = 1, prompts: int = 1) -> Path:
     """params.yaml at toy sizes in tmp_path, every claim's path still run: `steps` DreamBooth and
     DPO steps, `prompts` training prompts a round; the angle filter's window the whole half-plane,
@@ -179,6 +178,29 @@ def test_dpo_transfer_bench_averages_variants_over_concepts(tmp_path, in_repo):
     with pytest.raises(SystemExit, match="leave out --round-0"):
         module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "dev", "--round-0", str(tmp_path),
                      "default"])
+
+
+@pytest.mark.slow
+def test_dreambooth_variants_bench_averages_claim_a_over_concepts(tmp_path, in_repo, capsys):
+    """bench/dreambooth_variants.py at toy sizes: each variant's claim (a) on each concept
+    against one base model per concept, and its mean over the concepts; a bad variant exits
+    naming it before anything trains."""
+    toy_params(tmp_path)
+    module = bench_module("dreambooth_variants")
+    result = module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star,car_roof",
+                          "--out", str(tmp_path / "d.json"), "default", "steps=2 lr=2e-3"])
+    tables, mean = result["concepts"], result["mean"]
+    assert list(tables) == ["cup_star", "car_roof"] and list(mean) == ["default", "steps=2 lr=2e-3"]
+    for figure in ("IS", "TS", "own_prompt_IS"):
+        values = [tables[c]["steps=2 lr=2e-3"][figure] for c in tables]
+        assert mean["steps=2 lr=2e-3"][figure] == pytest.approx(sum(values) / 2)
+        assert mean["steps=2 lr=2e-3"][f"{figure}_se"] == pytest.approx(abs(values[0] - values[1]) / 2)
+    assert tables["cup_star"]["default"] != tables["cup_star"]["steps=2 lr=2e-3"]  # each variant trained its own
+    assert (tmp_path / "d.json").is_file() and "claim (a) over 2 concepts" in capsys.readouterr().out
+    for spec, error in [("rank=big", "rank='big' does not parse"), ("depth=3", "unknown key 'depth'"),
+                        ("lr=-1", "finetune.learning_rate")]:
+        with pytest.raises(SystemExit, match=error):
+            module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star", spec])
 
 
 def test_mean_over_concepts_by_hand():

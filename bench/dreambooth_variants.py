@@ -1,0 +1,148 @@
+"""Which DreamBooth settings draw the concept best in contexts no training prompt names? One row a variant.
+
+Claim (a) of bench/claims.py for DreamBooth variants, measured over a split of the concept set:
+each variant trains round 0 on each concept (its own photos and class noun) and is measured as
+bench/claims.py measures claim (a): round_0's IS and TS on the held-out evaluation prompts over
+the base model prompted with the class noun, in round_0's std per image, and the IS gain on
+DreamBooth's own prompt with no context. Then each variant's mean over the concepts with its
+standard error across them: what the finetune defaults are chosen on (dev), never one concept.
+
+A variant is one argument of space-separated key=value overrides of the params' finetune group:
+  steps=S  lr=R  rank=R  batch=B  targets=attention|unet  prior=true|false  text_encoder=true|false
+  snr_gamma=G  seed=D
+"default" (or "") is the params as they are.
+
+    python bench/dreambooth_variants.py --concepts dev default "steps=300" "prior=true"
+
+About a minute and a half a concept and variant on 2 CPU cores with the default params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from claims import (  # bench/claims.py
+    Bench,
+    concept_config,
+    dreambooth_gain,
+    mean_over_concepts,
+)
+
+from dbdpo.config import Config
+from dbdpo.errors import ConfigError
+from dbdpo.params import config_from_dict
+from dbdpo.world.concepts import concepts_of
+
+log = logging.getLogger("dreambooth_variants")
+
+BOOLEANS = {"true": True, "false": False}
+# key -> (finetune key, parse)
+OVERRIDES = {"steps": ("steps", int), "lr": ("learning_rate", float), "rank": ("lora_rank", int),
+             "batch": ("batch_size", int), "targets": ("lora_targets", str),
+             "prior": ("prior_preservation", BOOLEANS.__getitem__),
+             "text_encoder": ("train_text_encoder", BOOLEANS.__getitem__),
+             "snr_gamma": ("snr_gamma", float), "seed": ("seed", int)}
+FIGURES = ("IS", "TS", "own_prompt_IS")
+
+
+def variant_config(params: dict, spec: str) -> Config:
+    """The params (params.yaml as parsed) with the variant's finetune overrides, validated as
+    params.yaml is. A bad key or value exits naming it, before anything trains."""
+    raw = copy.deepcopy(params)
+    for token in spec.split():
+        if token == "default":
+            continue
+        key, _, value = token.partition("=")
+        if key not in OVERRIDES:
+            raise SystemExit(f"variant {spec!r}: unknown key {key!r}; expected one of {', '.join(OVERRIDES)}")
+        name, parse = OVERRIDES[key]
+        try:
+            raw["finetune"][name] = parse(value)
+        except (KeyError, ValueError):
+            raise SystemExit(f"variant {spec!r}: {key}={value!r} does not parse") from None
+    try:
+        return config_from_dict(raw)
+    except ConfigError as e:
+        raise SystemExit(f"variant {spec!r}: {e}") from None
+
+
+def run(variants: dict[str, Config], work: Path) -> dict[str, dict[str, float]]:
+    """Claim (a) for each variant (name -> its config, all on one concept): DreamBooth trained
+    with the variant's finetune group, against the base model measured once."""
+    base_bench = Bench(next(iter(variants.values())), work / "base")
+    base = base_bench.measure(None, "base", class_prompt=True, sets=("held-out",))["held-out"]
+    base_alone = base_bench.own_prompt(None, "base_alone")
+    table = {}
+    for i, (spec, cfg) in enumerate(variants.items()):
+        t0 = time.time()
+        bench = Bench(cfg, work / f"variant_{i}")
+        round_0 = bench.dreambooth()
+        held_out = bench.measure(round_0, "round_0", sets=("held-out",))["held-out"]
+        table[spec] = dreambooth_gain(base, held_out, base_alone, bench.own_prompt(round_0, "round_0_alone"))
+        log.info("%s: IS %+.3f TS %+.3f own prompt %+.3f (%.0f s)", spec, table[spec]["IS"], table[spec]["TS"],
+                 table[spec]["own_prompt_IS"], time.time() - t0)
+    return table
+
+
+def mean_table(tables: dict[str, dict]) -> dict[str, dict]:
+    """Per variant, each figure's mean over the concepts (`tables`: concept -> run's table) and,
+    as `<figure>_se`, its standard error across the concepts."""
+    out = {}
+    for spec in next(iter(tables.values())):
+        mean = mean_over_concepts({c: {k: t[spec][k] for k in FIGURES} for c, t in tables.items()})
+        out[spec] = {k: mean[k]["mean"] for k in FIGURES} | {f"{k}_se": mean[k]["se"] for k in FIGURES}
+    return out
+
+
+def print_tables(result: dict) -> None:
+    width = max(len(spec) for spec in result["mean"]) + 2
+    print(f"claim (a) over {len(result['concepts'])} concepts, gains over the base model in round_0 stds")
+    print(f"{'variant':<{width}}{'IS held-out':>18}{'TS held-out':>18}{'IS own prompt':>18}")
+    for spec, row in result["mean"].items():
+        print(f"{spec:<{width}}" + "".join(f"{row[k]:+11.3f} ± {row[k + '_se']:.3f}" for k in FIGURES))
+    for concept, table in result["concepts"].items():
+        print(f"\n{concept}")
+        for spec, row in table.items():
+            print(f"  {spec:<{width}}" + "".join(f"{row[k]:+18.3f}" for k in FIGURES))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--concepts", default="dev", help="dev, test, all, or names joined by commas "
+                                                          "(dbdpo.world_concepts)")
+    parser.add_argument("--out", type=Path, help="also write the tables as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    for name in ("dreambooth_variants", "dbdpo"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    params = yaml.safe_load(Path(args.params).read_text())
+    variants = {spec or "default": variant_config(params, spec) for spec in args.variants}  # all checked first
+    try:
+        concepts = concepts_of(args.concepts)
+    except ValueError as e:
+        raise SystemExit(f"--concepts: {e}") from None
+    t0, tables = time.time(), {}
+    with tempfile.TemporaryDirectory() as work:
+        for concept in concepts:
+            log.info("concept %s (%s, %s)", concept.name, concept.class_noun, concept.split)
+            tables[concept.name] = run({spec: concept_config(cfg, concept) for spec, cfg in variants.items()},
+                                       Path(work) / concept.name)
+    result = {"concepts": tables, "splits": {c.name: c.split for c in concepts}, "mean": mean_table(tables),
+              "minutes": (time.time() - t0) / 60}
+    print_tables(result)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
