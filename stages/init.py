@@ -51,7 +51,7 @@ def project_dvc_yaml() -> str:
     text = text[text.index("stages:\n"):]  # the repository's header speaks of its own layout
     text = re.sub(r"cmd: python -m stages\.(\w+)", r"cmd: dbdpo \1", text)
     text = re.sub(r"^\s*# the code it runs:.*\n", "", text, flags=re.M)
-    text = re.sub(r"^\s*- (dbdpo(/[\w.]+)?|stages/\w+\.py)\s*(#.*)?\n", "", text, flags=re.M)
+    text = re.sub(r"^\s*- (dbdpo(/[\w.]+)*|stages/\w+\.py)\s*(#.*)?\n", "", text, flags=re.M)
     return ("# Made by `dbdpo init`: the dbdpo pipeline, each stage the installed `dbdpo <stage>` command;\n"
             "# params lists exactly the keys each stage reads (`dbdpo <stage> --help` shows them).\n" + text)
 

@@ -27,3 +27,20 @@ def test_every_shipped_file_is_listed_and_a_real_file():
 def test_a_shipped_file_equals_the_repositorys(name):
     shipped, source = REPO / "stages" / "init_files" / name, REPO / SOURCES[name]
     assert shipped.read_bytes() == source.read_bytes(), f"stages/init_files/{name} differs: cp {SOURCES[name]} {shipped}"
+
+
+def test_an_init_projects_pipeline_has_no_code_paths():
+    """A project made by `dbdpo init` runs the installed package: its dvc.yaml keeps every stage,
+    data dependency and param of this repository's, and lists none of the code (at any depth:
+    dbdpo/world/backbone.py as well as dbdpo/config.py), which is not in the project."""
+    import yaml
+
+    from stages.init import project_dvc_yaml
+
+    ours, project = (yaml.safe_load(text)["stages"] for text in ((REPO / "dvc.yaml").read_text(), project_dvc_yaml()))
+    assert list(project) == list(ours)
+    for name, stage in ours.items():
+        body, made = stage.get("do", stage), project[name].get("do", project[name])
+        code = [d for d in body["deps"] if d.startswith(("dbdpo", "stages/"))]
+        assert code and made["deps"] == [d for d in body["deps"] if d not in code], name
+        assert made["params"] == body["params"] and made["cmd"] == body["cmd"].replace("python -m stages.", "dbdpo ")
