@@ -21,6 +21,10 @@ prompt sets:
 
     python bench/claims.py [--params params.yaml] [--out claims.json] [--dreambooth-seeds 1 2] [--dpo-seeds 1 2]
     python bench/claims.py --concepts dev|test|all|NAME,NAME [--out claims.json]
+    python bench/claims.py --concepts dev --set finetune.train_text_encoder=true
+
+--set KEY=VALUE overrides one params key (a YAML value), as `dvc exp run -S` does; the result
+records the overrides, and the results page names them.
 
 --concepts measures every claim on each concept of the proving ground's concept set
 (dbdpo.world.concepts: its photos in data/concepts/<name>/, its class noun; every other param as
@@ -54,15 +58,17 @@ from functools import partial
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
 from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
 from dbdpo.data import eval_prompts, load_concept, text_prompt, train_prompts
 from dbdpo.dreambooth import dreambooth, save_round_0
+from dbdpo.errors import ConfigError
 from dbdpo.evaluation import paired_gains
 from dbdpo.lora import LoraState, merged_pipeline
 from dbdpo.pairs import equal_budget_threshold
-from dbdpo.params import load_config
+from dbdpo.params import config_from_dict, parse_params
 from dbdpo.rounds import (
     SCORED_SAMPLE_COLUMNS,
     concept_prompts,
@@ -425,6 +431,28 @@ def print_gains(table: dict, first_column: str, width: int) -> None:
               f"{i['IS']:+10.3f} {i['TS']:+6.3f} {i['S_0.5']:+7.3f}±{i['S_0.5_se']:.3f}")
 
 
+def params_with(path: str, overrides: list[str]) -> Config:
+    """The params file with each KEY=VALUE of `overrides` set (VALUE read as YAML, as `dvc exp
+    run -S` reads it), validated as params.yaml is; a bad key or value exits naming it."""
+    try:
+        raw = parse_params(Path(path))
+    except (OSError, ConfigError) as e:
+        raise SystemExit(f"--params {path}: {e}") from None
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        *groups, name = key.split(".")
+        node = raw
+        for group in groups:
+            node = node.get(group) if isinstance(node, dict) else None
+        if not sep or not groups or not isinstance(node, dict) or name not in node:
+            raise SystemExit(f"--set {override!r}: expected KEY=VALUE with KEY a key of {path} (e.g. dpo.beta=5000)")
+        node[name] = yaml.safe_load(value)
+    try:
+        return config_from_dict(raw)
+    except ConfigError as e:
+        raise SystemExit(f"--set {' '.join(overrides)}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
@@ -432,6 +460,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--markdown", type=Path, help="with --concepts: also write the table as markdown here")
     parser.add_argument("--concepts", help="measure on the concept set instead of the params' concept: "
                                            "dev, test, all, or names joined by commas (dbdpo.world.concepts)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params key for this run, as `dvc exp run -S` does (repeatable)")
     parser.add_argument("--dreambooth-seeds", type=int, nargs="*", default=[],
                         help="also train DreamBooth on these finetune.seed values and report claim (a) on each "
                              "(about 1 min a seed on 2 CPU cores)")
@@ -442,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in ("claims", "dbdpo"):  # not open_clip's INFO lines on the root logger
         logging.getLogger(name).setLevel(logging.INFO)
-    cfg = load_config(args.params)
+    cfg = params_with(args.params, args.set)
     try:
         concepts = concepts_of(args.concepts) if args.concepts else None
     except ValueError as e:
@@ -456,9 +486,11 @@ def main(argv: list[str] | None = None) -> dict:
             result = run_concepts(cfg, Path(work), concepts, tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
         else:
             result = run(cfg, Path(work), tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
+    result["overrides"] = args.set
     (print_concepts if concepts else print_table)(result)
     if concepts and args.markdown:
-        args.markdown.write_text(concepts_markdown(result, "python bench/claims.py --concepts " + args.concepts))
+        command = " ".join(["python bench/claims.py --concepts", args.concepts, *(f"--set {o}" for o in args.set)])
+        args.markdown.write_text(concepts_markdown(result, command))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import re
+import shlex
 import sys
 import types
 import typing
@@ -117,8 +118,12 @@ def claims_section(path: Path) -> list[str]:
 
     result = json.loads(path.read_text())
     splits = sorted(set(result["splits"].values()))
-    command = f"python bench/claims.py --concepts {','.join(splits)} --out {path.relative_to(ROOT)}"
-    return [f"### The claims on the {' and '.join(splits)} concepts ({result['minutes']:.0f} min on the 2-core CPU)",
+    overrides = result.get("overrides", [])
+    command = " ".join([f"python bench/claims.py --concepts {','.join(splits)}", *(f"--set {o}" for o in overrides),
+                        f"--out {path.relative_to(ROOT)}"])
+    variant = f", with {', '.join(overrides)}" if overrides else ""
+    return [f"### The claims on the {' and '.join(splits)} concepts{variant} ({result['minutes']:.0f} min on the "
+            "2-core CPU)",
             "", concepts_markdown(result, command)]
 
 
@@ -138,6 +143,28 @@ def transfer_section(path: Path) -> list[str]:
     return lines + [""]
 
 
+def dreambooth_section(path: Path) -> list[str]:
+    result = json.loads(path.read_text())
+    concepts, variants = list(result["concepts"]), list(result["mean"])
+    splits = sorted(set(result["splits"].values()))
+    command = (f"python bench/dreambooth_variants.py --concepts {','.join(splits)} "
+               f"{' '.join(shlex.quote(v) for v in variants)} --out {path.relative_to(ROOT)}")
+    lines = [f"### DreamBooth variants, claim (a) over the {' and '.join(splits)} concepts "
+             f"({result['minutes']:.0f} min on the 2-core CPU)", "",
+             f"`{command}`: round 0 over the base model (prompted with the class noun) on the held-out prompts, "
+             "and on DreamBooth's own prompt with no context; in round_0 stds, mean ± standard error across "
+             f"{len(concepts)} concepts.", "",
+             "| variant | held-out IS | held-out TS | own-prompt IS |", "|---|---|---|---|"]
+    for name, row in result["mean"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[k]:+.3f} ± {row[k + '_se']:.3f}"
+                                                 for k in ("IS", "TS", "own_prompt_IS")) + " |")
+    lines += ["", "Held-out IS per concept:", "", "| variant | " + " | ".join(concepts) + " |",
+              "|---" * (len(concepts) + 1) + "|"]
+    for name in variants:
+        lines.append(f"| {name} | " + " | ".join(f"{result['concepts'][c][name]['IS']:+.3f}" for c in concepts) + " |")
+    return lines + [""]
+
+
 def concurrency_section(path: Path) -> list[str]:
     r = json.loads(path.read_text())
     fixed = "" if r["threads"] == "share" else f" --fixed-threads {r['threads']}"
@@ -152,7 +179,8 @@ def concurrency_section(path: Path) -> list[str]:
             f"{r['alone_metrics_equal']} |", ""]
 
 
-SECTIONS = {"claims_": claims_section, "dpo_transfer_": transfer_section, "concurrency_": concurrency_section}
+SECTIONS = {"claims_": claims_section, "dpo_transfer_": transfer_section, "concurrency_": concurrency_section,
+            "dreambooth_variants_": dreambooth_section}
 
 
 def results_markdown(root: Path = ROOT) -> str:

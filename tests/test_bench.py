@@ -203,6 +203,21 @@ def test_dreambooth_variants_bench_averages_claim_a_over_concepts(tmp_path, in_r
             module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star", spec])
 
 
+def test_claims_bench_sets_params_keys_as_dvc_exp_run_does(in_repo):
+    """--set KEY=VALUE reads VALUE as YAML and validates the result as params.yaml; a key the
+    params lack or a bad value exits naming it."""
+    from dbdpo.params import load_config
+
+    claims = bench_module("claims")
+    cfg = claims.params_with("params.yaml", ["finetune.train_text_encoder=true", "dpo.beta=5000"])
+    assert cfg.finetune.train_text_encoder is True and cfg.dpo.beta == 5000.0
+    assert claims.params_with("params.yaml", []) == load_config(REPO / "params.yaml")
+    for override, error in [("finetune.depth=3", "KEY a key of params.yaml"), ("beta=1", "KEY a key of params.yaml"),
+                            ("dpo.beta", "expected KEY=VALUE"), ("dpo.beta=-1", "dpo.beta")]:
+        with pytest.raises(SystemExit, match=error):
+            claims.params_with("params.yaml", [override])
+
+
 def test_mean_over_concepts_by_hand():
     claims = bench_module("claims")
     mean = claims.mean_over_concepts({"a": {"x": 1.0}, "b": {"x": 2.0}, "c": {"x": 6.0}})
