@@ -13,8 +13,6 @@ A variant is one argument of space-separated key=value overrides of the params' 
 "default" (or "") is the params as they are.
 
     python bench/dreambooth_variants.py --concepts dev default "steps=300" "prior=true"
-
-About a minute and a half a concept and variant on 2 CPU cores with the default params.
 """
 
 from __future__ import annotations

@@ -149,8 +149,7 @@ def dreambooth_section(path: Path) -> list[str]:
     splits = sorted(set(result["splits"].values()))
     command = (f"python bench/dreambooth_variants.py --concepts {','.join(splits)} "
                f"{' '.join(shlex.quote(v) for v in variants)} --out {path.relative_to(ROOT)}")
-    lines = [f"### DreamBooth variants, claim (a) over the {' and '.join(splits)} concepts "
-             f"({result['minutes']:.0f} min on the 2-core CPU)", "",
+    lines = [f"### DreamBooth variants, claim (a) over the {' and '.join(splits)} concepts", "",
              f"`{command}`: round 0 over the base model (prompted with the class noun) on the held-out prompts, "
              "and on DreamBooth's own prompt with no context; in round_0 stds, mean ± standard error across "
              f"{len(concepts)} concepts.", "",
