@@ -28,7 +28,6 @@ across them: the measurement defaults are chosen on (dev), never on one concept.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import logging
@@ -36,19 +35,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 from claims import (  # bench/claims.py
     Bench,
+    checked_config,
     concept_config,
     mean_over_concepts,
     print_gains,
+    read_params,
+    variant_params,
 )
 
 from dbdpo.config import Config, round_seed
 from dbdpo.data import load_prompt_templates
-from dbdpo.errors import ConfigError
 from dbdpo.evaluation import paired_gains
-from dbdpo.params import config_from_dict, load_config
+from dbdpo.params import load_config
 from dbdpo.world.concepts import concepts_of
 
 log = logging.getLogger("dpo_transfer")
@@ -66,29 +66,11 @@ OVERRIDES = {"prompts": ("generate", "num_prompts", int), "images": ("generate",
 def variant_config(params: dict, spec: str) -> Config:
     """The params (params.yaml as parsed) with the variant's overrides, validated as params.yaml
     is; pair.max_total lifted. A bad key or value exits naming it, before anything trains."""
-    raw, layers = copy.deepcopy(params), None
-    for token in spec.split():
-        if token == "default":
-            continue
-        key, _, value = token.partition("=")
-        if key == "layers":
-            layers = value.split(",")
-            continue
-        if key not in OVERRIDES:
-            raise SystemExit(f"variant {spec!r}: unknown key {key!r}; expected one of "
-                             f"{', '.join([*OVERRIDES, 'layers'])}")
-        group, name, kind = OVERRIDES[key]
-        try:
-            raw[group][name] = kind(value)
-        except ValueError:
-            raise SystemExit(f"variant {spec!r}: {key}={value!r} is not a {kind.__name__}") from None
+    raw, extra = variant_params(params, spec, OVERRIDES, passed=("layers",))
     raw["pair"]["max_total"] = 1_000_000
-    try:
-        cfg = config_from_dict(raw)
-    except ConfigError as e:
-        raise SystemExit(f"variant {spec!r}: {e}") from None
-    if layers:  # an experiment's own module list: dpo.lora_targets as an explicit list
-        cfg = dataclasses.replace(cfg, dpo=dataclasses.replace(cfg.dpo, lora_targets=tuple(layers)))
+    cfg = checked_config(raw, f"variant {spec!r}")
+    if "layers" in extra:  # an experiment's own module list: dpo.lora_targets as an explicit list
+        cfg = dataclasses.replace(cfg, dpo=dataclasses.replace(cfg.dpo, lora_targets=tuple(extra["layers"].split(","))))
     return cfg
 
 
@@ -143,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("dpo_transfer").setLevel(logging.INFO)
     cfg = load_config(args.params)  # the file itself checked first, its errors naming it
-    params = yaml.safe_load(Path(args.params).read_text())
+    params = read_params(args.params)
     variants = {spec: variant_config(params, spec) for spec in args.variants}  # all checked before any trains
     try:
         concepts = concepts_of(args.concepts) if args.concepts else None

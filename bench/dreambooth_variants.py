@@ -18,57 +18,49 @@ A variant is one argument of space-separated key=value overrides of the params' 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
 from claims import (  # bench/claims.py
     Bench,
+    checked_config,
     concept_config,
     dreambooth_gain,
     mean_over_concepts,
+    read_params,
+    variant_params,
 )
 
 from dbdpo.config import Config
-from dbdpo.errors import ConfigError
-from dbdpo.params import config_from_dict
 from dbdpo.world.concepts import concepts_of
 
 log = logging.getLogger("dreambooth_variants")
 
-BOOLEANS = {"true": True, "false": False}
-# key -> (finetune key, parse)
-OVERRIDES = {"steps": ("steps", int), "lr": ("learning_rate", float), "rank": ("lora_rank", int),
-             "batch": ("batch_size", int), "targets": ("lora_targets", str),
-             "prior": ("prior_preservation", BOOLEANS.__getitem__),
-             "text_encoder": ("train_text_encoder", BOOLEANS.__getitem__),
-             "snr_gamma": ("snr_gamma", float), "seed": ("seed", int)}
+
+def boolean(value: str) -> bool:
+    """A variant's true / false, as YAML spells them."""
+    if value not in ("true", "false"):
+        raise ValueError(value)
+    return value == "true"
+
+
+# key -> (params.yaml group, key, parse)
+OVERRIDES = {"steps": ("finetune", "steps", int), "lr": ("finetune", "learning_rate", float),
+             "rank": ("finetune", "lora_rank", int), "batch": ("finetune", "batch_size", int),
+             "targets": ("finetune", "lora_targets", str), "prior": ("finetune", "prior_preservation", boolean),
+             "text_encoder": ("finetune", "train_text_encoder", boolean), "snr_gamma": ("finetune", "snr_gamma", float),
+             "seed": ("finetune", "seed", int)}
 FIGURES = ("IS", "TS", "own_prompt_IS")
 
 
 def variant_config(params: dict, spec: str) -> Config:
     """The params (params.yaml as parsed) with the variant's finetune overrides, validated as
     params.yaml is. A bad key or value exits naming it, before anything trains."""
-    raw = copy.deepcopy(params)
-    for token in spec.split():
-        if token == "default":
-            continue
-        key, _, value = token.partition("=")
-        if key not in OVERRIDES:
-            raise SystemExit(f"variant {spec!r}: unknown key {key!r}; expected one of {', '.join(OVERRIDES)}")
-        name, parse = OVERRIDES[key]
-        try:
-            raw["finetune"][name] = parse(value)
-        except (KeyError, ValueError):
-            raise SystemExit(f"variant {spec!r}: {key}={value!r} does not parse") from None
-    try:
-        return config_from_dict(raw)
-    except ConfigError as e:
-        raise SystemExit(f"variant {spec!r}: {e}") from None
+    raw, _ = variant_params(params, spec, OVERRIDES)
+    return checked_config(raw, f"variant {spec!r}")
 
 
 def run(variants: dict[str, Config], work: Path) -> dict[str, dict[str, float]]:
@@ -122,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in ("dreambooth_variants", "dbdpo"):
         logging.getLogger(name).setLevel(logging.INFO)
-    params = yaml.safe_load(Path(args.params).read_text())
+    params = read_params(args.params)
     variants = {spec or "default": variant_config(params, spec) for spec in args.variants}  # all checked first
     try:
         concepts = concepts_of(args.concepts)

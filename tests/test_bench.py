@@ -197,7 +197,8 @@ def test_dreambooth_variants_bench_averages_claim_a_over_concepts(tmp_path, in_r
         assert mean["steps=2 lr=2e-3"][f"{figure}_se"] == pytest.approx(abs(values[0] - values[1]) / 2)
     assert tables["cup_star"]["default"] != tables["cup_star"]["steps=2 lr=2e-3"]  # each variant trained its own
     assert (tmp_path / "d.json").is_file() and "claim (a) over 2 concepts" in capsys.readouterr().out
-    for spec, error in [("rank=big", "rank='big' does not parse"), ("depth=3", "unknown key 'depth'"),
+    for spec, error in [("rank=big", "rank='big' is not a int"), ("prior=yes", "prior='yes' is not a boolean"),
+                        ("depth=3", "unknown key 'depth'"),
                         ("lr=-1", "finetune.learning_rate")]:
         with pytest.raises(SystemExit, match=error):
             module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star", spec])
