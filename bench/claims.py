@@ -48,29 +48,31 @@ About 8 minutes a concept on 2 CPU cores with the default params, 1 more a Dream
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import logging
-import math
 import tempfile
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
-import yaml
+from claims_report import (
+    concepts_markdown,
+    headline,
+    mean_over_concepts,
+    print_concepts,
+    print_table,
+)
+from params_cli import params_with  # bench/params_cli.py
 
 from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
 from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
 from dbdpo.data import eval_prompts, load_concept, text_prompt, train_prompts
 from dbdpo.dreambooth import dreambooth, save_round_0
-from dbdpo.errors import ConfigError
 from dbdpo.evaluation import paired_gains
 from dbdpo.lora import LoraState, merged_pipeline
 from dbdpo.pairs import equal_budget_threshold
-from dbdpo.params import config_from_dict, parse_params
 from dbdpo.rounds import (
     SCORED_SAMPLE_COLUMNS,
     concept_prompts,
@@ -307,41 +309,6 @@ def concept_config(cfg: Config, concept: WorldConcept) -> Config:
         cfg.concept, dir=str(CONCEPT_SET_DATA / concept.name), class_noun=concept.class_noun))
 
 
-def headline(result: dict, seed: int) -> dict[str, float]:
-    """One concept's claims as numbers (a run's result, `seed` its finetune.seed): (a) the
-    held-out IS gain over the base model and the no-context one; per prompt set, (b) the
-    final round's IS, TS and S_0.5, (c) the margins of lambda=0 over 1 on IS and of 1 over 0
-    on TS, (d) the angle and threshold filters' S_0.5, (e) one round of rounds x N's S_0.5."""
-    table, final = result["table"], f"lambda=0.5 angle, round {result['rounds']}"
-    out = {"a IS": result["dreambooth_seeds"][seed]["IS"],
-           "a own-prompt IS": result["dreambooth_seeds"][seed]["own_prompt_IS"]}
-    for where in ("held-out", "held-in"):
-        low, high = table["lambda=0 angle, round 1"][where], table["lambda=1 angle, round 1"][where]
-        out |= {f"b {where} IS": table[final][where]["IS"], f"b {where} TS": table[final][where]["TS"],
-                f"b {where} S_0.5": table[final][where]["S_0.5"],
-                f"c {where} IS margin": low["IS"] - high["IS"], f"c {where} TS margin": high["TS"] - low["TS"],
-                f"d {where} angle": table["lambda=0.5 angle, round 1"][where]["S_0.5"],
-                f"d {where} threshold": table["lambda=0.5 threshold, round 1"][where]["S_0.5"]}
-        one_round = f"lambda=0.5 angle, 1 round of {result['rounds']}N"
-        if one_round in table:
-            out[f"e {where} one round"] = table[one_round][where]["S_0.5"]
-    return out
-
-
-def mean_over_concepts(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Each headline figure's mean over the concepts (`rows`: concept -> headline) and its
-    standard error across concepts (the std of the concepts' figures over sqrt(concepts);
-    0 for one concept)."""
-    out = {}
-    for key in next(iter(rows.values())):
-        values = [row[key] for row in rows.values()]
-        n = len(values)
-        mean = sum(values) / n
-        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
-        out[key] = {"mean": mean, "se": se}
-    return out
-
-
 def run_concepts(cfg: Config, work: Path, concepts: list[WorldConcept], extra_dreambooth_seeds: tuple[int, ...] = (),
                  extra_dpo_seeds: tuple[int, ...] = ()) -> dict:
     """`run` on each concept (concept_config), then the headline figures per concept and their
@@ -355,141 +322,6 @@ def run_concepts(cfg: Config, work: Path, concepts: list[WorldConcept], extra_dr
     rows = {name: headline(result, cfg.finetune.seed) for name, result in results.items()}
     return {"concepts": results, "splits": {c.name: c.split for c in concepts}, "headline": rows,
             "mean": mean_over_concepts(rows), "minutes": sum(r["minutes"] for r in results.values())}
-
-
-def print_concepts(result: dict) -> None:
-    """Per-concept rows of the headline figures, then their mean ± se over concepts."""
-    rows, mean = result["headline"], result["mean"]
-    keys = [k for k in mean if not k.startswith(("d ", "e "))] + [k for k in mean if k.startswith(("d ", "e "))]
-    print(f"claims over {len(rows)} concepts, gains in round_0 stds ({result['minutes']:.1f} min)")
-    for start in range(0, len(keys), 6):
-        chunk = keys[start:start + 6]
-        print(f"{'concept':12s} {'split':5s} | " + " | ".join(f"{k:>20s}" for k in chunk))
-        for name, row in rows.items():
-            print(f"{name:12s} {result['splits'][name]:5s} | " + " | ".join(f"{row[k]:+20.3f}" for k in chunk))
-        print(f"{'mean ± se':18s} | " + " | ".join(f"{mean[k]['mean']:+13.3f} ± {mean[k]['se']:.3f}" for k in chunk))
-        print()
-
-
-HEADLINE_COLUMNS = {  # the markdown table's columns: headline key -> its header
-    "a IS": "(a) IS held-out", "b held-out IS": "(b) IS", "b held-out TS": "(b) TS",
-    "b held-out S_0.5": "(b) S_0.5 held-out", "b held-in S_0.5": "(b) S_0.5 held-in",
-    "c held-out IS margin": "(c) IS margin", "c held-out TS margin": "(c) TS margin",
-    "d held-out angle": "(d) angle", "d held-out threshold": "(d) threshold",
-}
-
-
-def concepts_markdown(result: dict, command: str) -> str:
-    """The per-concept rows and the mean ± se over concepts as a markdown table, for the docs'
-    results pages (generated, never typed): held-out figures unless a header says held-in."""
-    rows, mean = result["headline"], result["mean"]
-    keys = [k for k in HEADLINE_COLUMNS if k in mean]
-    lines = [f"Gains in round_0 stds (claim (a): round_0 over the base model), `{command}` "
-             f"({len(rows)} concepts).", "",
-             "| concept | split | " + " | ".join(HEADLINE_COLUMNS[k] for k in keys) + " |",
-             "|---|---|" + "---|" * len(keys)]
-    for name, row in rows.items():
-        lines.append(f"| {name} | {result['splits'][name]} | " + " | ".join(f"{row[k]:+.3f}" for k in keys) + " |")
-    lines.append("| **mean ± se** | | " + " | ".join(f"**{mean[k]['mean']:+.3f}** ± {mean[k]['se']:.3f}"
-                                                   for k in keys) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def print_table(result: dict) -> None:
-    print(f"gains over round_0 in round_0 stds (N={result['N']} prompts x K={result['K']} a round; "
-          f"{result['minutes']:.1f} min)")
-    print_gains(result["table"], "model", 36)
-    seeds = result["dreambooth_seeds"]
-    print("claim (a), held-out IS (TS) over the base model by finetune.seed: " + ", ".join(
-        f"{seed}: {g['IS']:+.3f}±{g['IS_se']:.3f} ({g['TS']:+.3f})" for seed, g in seeds.items())
-        + f"; mean IS {sum(g['IS'] for g in seeds.values()) / len(seeds):+.3f}")
-    print("  the same on DreamBooth's own prompt, no context (instance over class prompt): " + ", ".join(
-        f"{seed}: {g['own_prompt_IS']:+.3f}" for seed, g in seeds.items())
-        + f"; mean {sum(g['own_prompt_IS'] for g in seeds.values()) / len(seeds):+.3f}")
-    final = f"lambda=0.5 angle, round {result['rounds']}"
-    for where in ("held-out", "held-in"):
-        by_seed = {seed: rows[final][where]["S_0.5"] for seed, rows in result["dpo_seeds"].items()}
-        print(f"claim (b), {where} S_0.5 after round {result['rounds']} by dpo.seed: "
-              + ", ".join(f"{seed}: {s:+.3f}" for seed, s in by_seed.items())
-              + f"; mean {sum(by_seed.values()) / len(by_seed):+.3f}")
-        margins = {seed: (rows["lambda=0 angle, round 1"][where]["IS"] - rows["lambda=1 angle, round 1"][where]["IS"],
-                          rows["lambda=1 angle, round 1"][where]["TS"] - rows["lambda=0 angle, round 1"][where]["TS"])
-                   for seed, rows in result["dpo_seeds"].items()}
-        print(f"claim (c), {where}, IS (lambda=0 over 1) and TS (lambda=1 over 0) margins by dpo.seed: "
-              + ", ".join(f"{seed}: {m[0]:+.3f} {m[1]:+.3f}" for seed, m in margins.items()))
-        print(f"claim (d), {where} S_0.5, angle (threshold) filter by dpo.seed: " + ", ".join(
-            f"{seed}: {rows['lambda=0.5 angle, round 1'][where]['S_0.5']:+.3f} "
-            f"({rows['lambda=0.5 threshold, round 1'][where]['S_0.5']:+.3f})"
-            for seed, rows in result["dpo_seeds"].items()))
-
-
-def print_gains(table: dict, first_column: str, width: int) -> None:
-    """One row per model: its held-out and held-in gains (the `paired_gains` of each prompt set)."""
-    print(f"{first_column:{width}s} | {'held-out IS':>11s} {'TS':>6s} {'S_0.5 ± se':>13s} | "
-          f"{'held-in IS':>10s} {'TS':>6s} {'S_0.5 ± se':>13s}")
-    for name, sets in table.items():
-        o, i = sets["held-out"], sets["held-in"]
-        print(f"{name:{width}s} | {o['IS']:+11.3f} {o['TS']:+6.3f} {o['S_0.5']:+7.3f}±{o['S_0.5_se']:.3f} | "
-              f"{i['IS']:+10.3f} {i['TS']:+6.3f} {i['S_0.5']:+7.3f}±{i['S_0.5_se']:.3f}")
-
-
-def read_params(path: str | Path) -> dict:
-    """The params file as parsed, by params.yaml's own parser (a duplicate key is refused); a
-    missing or broken file exits naming it."""
-    try:
-        return parse_params(Path(path))
-    except (OSError, ConfigError) as e:
-        raise SystemExit(f"--params {path}: {e}") from None
-
-
-def variant_params(params: dict, spec: str, overrides: dict[str, tuple[str, str, Callable[[str], object]]],
-                   passed: tuple[str, ...] = ()) -> tuple[dict, dict[str, str]]:
-    """A benchmark variant: `params` (params.yaml as parsed, left as it is) with the variant's
-    space-separated key=value tokens set through `overrides` (key -> (group, params key, parse));
-    "default" sets none. Tokens whose key is in `passed` come back as {key: value} for the
-    caller. A bad key or value exits naming it, before anything trains."""
-    raw, extra = copy.deepcopy(params), {}
-    for token in spec.split():
-        if token == "default":
-            continue
-        key, _, value = token.partition("=")
-        if key in passed:
-            extra[key] = value
-            continue
-        if key not in overrides:
-            raise SystemExit(f"variant {spec!r}: unknown key {key!r}; expected one of "
-                             f"{', '.join([*overrides, *passed])}")
-        group, name, parse = overrides[key]
-        try:
-            raw[group][name] = parse(value)
-        except ValueError:
-            raise SystemExit(f"variant {spec!r}: {key}={value!r} is not a {parse.__name__}") from None
-    return raw, extra
-
-
-def checked_config(raw: dict, what: str) -> Config:
-    """`raw` (params as parsed, changed by `what`) built and validated as params.yaml is; a bad
-    value exits naming `what` and the key."""
-    try:
-        return config_from_dict(raw)
-    except ConfigError as e:
-        raise SystemExit(f"{what}: {e}") from None
-
-
-def params_with(path: str, overrides: list[str]) -> Config:
-    """The params file with each KEY=VALUE of `overrides` set (VALUE read as YAML, as `dvc exp
-    run -S` reads it), validated as params.yaml is; a bad key or value exits naming it."""
-    raw = read_params(path)
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        *groups, name = key.split(".")
-        node = raw
-        for group in groups:
-            node = node.get(group) if isinstance(node, dict) else None
-        if not sep or not groups or not isinstance(node, dict) or name not in node:
-            raise SystemExit(f"--set {override!r}: expected KEY=VALUE with KEY a key of {path} (e.g. dpo.beta=5000)")
-        node[name] = yaml.safe_load(value)
-    return checked_config(raw, f"--set {' '.join(overrides)}")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -35,12 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from claims import (  # bench/claims.py
-    Bench,
+from claims import Bench, concept_config  # bench/claims.py
+from claims_report import mean_over_concepts, print_gains  # bench/claims_report.py
+from params_cli import (  # bench/params_cli.py
     checked_config,
-    concept_config,
-    mean_over_concepts,
-    print_gains,
     read_params,
     variant_params,
 )

@@ -24,12 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from claims import (  # bench/claims.py
-    Bench,
+from claims import Bench, concept_config, dreambooth_gain  # bench/claims.py
+from claims_report import mean_over_concepts  # bench/claims_report.py
+from params_cli import (  # bench/params_cli.py
     checked_config,
-    concept_config,
-    dreambooth_gain,
-    mean_over_concepts,
     read_params,
     variant_params,
 )

@@ -31,8 +31,8 @@ from dbdpo.provenance import RECORD_FILE
 # Which UNet layers an adapter trains (`finetune.lora_targets`, `dpo.lora_targets`).
 # attention: the four attention projections, as diffusers' DreamBooth and DPO LoRA scripts.
 # unet: also the transformer blocks' in/out and feed-forward projections and every ResNet
-#   block's convolutions and time projection (LoCon-style). Measured on the proving ground
-#   (docs/proving_ground.md): DreamBooth with attention-only LoRA barely learns the concept.
+#   block's convolutions and time projection (LoCon-style): the proving ground's DreamBooth
+#   default, chosen on the dev concepts' mean (docs/results.md, the DreamBooth screens).
 TARGET_SETS = {
     "attention": ["to_q", "to_k", "to_v", "to_out.0"],
     "unet": ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",

@@ -43,7 +43,8 @@ ENCODE_PIXELS = 4 * 512 * 512
 
 # Variants of one transformer block: a UNet's blocks see up to 4 token counts (SD 2.x at
 # 768 px: 9216, 2304, 576, 144), each with and without grad, and the first one's input
-# needs no grad: 9, over dynamo's default of 8 (measured, H100).
+# needs no grad: 9, over dynamo's default of 8 (docs/benchmarks.md: past the limit the
+# reference pass fell back to eager).
 RECOMPILE_LIMIT = 16
 
 StepCallback = Callable[[dict], None]  # called with each optimizer step's log row
@@ -206,10 +207,9 @@ def training_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, times
 def training_mode(backbone: Backbone, accelerator: Accelerator, keep: tuple[str, ...] = ()) -> Iterator[None]:
     """What a training loop runs inside: the encoders off the GPU, and under autocast no
     input cast to the fp32 LoRA weights (peft casts each LoRA layer's input to the LoRA
-    dtype; autocast can cast the small LoRA weights instead). Measured on an H100 (SDXL,
-    1024 px, 4 pairs, no checkpointing), between two runs that also differed in the
-    finite check: peak 64.2 GiB with the cast, 61.1 without. `keep`: encoders that train
-    and so stay on the device (e.g. "text_encoder")."""
+    dtype; autocast can cast the small LoRA weights instead, which keeps SDXL's peak memory
+    lower: docs/benchmarks.md). `keep`: encoders that train and so stay on the device
+    (e.g. "text_encoder")."""
     with encoders_offloaded(backbone.pipe, keep), \
             disable_input_dtype_casting(backbone.pipe.unet, active=accelerator.mixed_precision != "no"):
         yield

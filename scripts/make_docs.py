@@ -114,7 +114,7 @@ def knobs_markdown(root: Path = ROOT) -> str:
 
 
 def claims_section(path: Path) -> list[str]:
-    from claims import concepts_markdown
+    from claims_report import concepts_markdown
 
     result = json.loads(path.read_text())
     splits = sorted(set(result["splits"].values()))

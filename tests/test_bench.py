@@ -154,7 +154,8 @@ def test_claims_bench_measures_each_concept_of_a_split_and_their_mean(tmp_path, 
     assert "dog_ears     test  |" in capsys.readouterr().out
     table = (tmp_path / "claims.md").read_text().splitlines()
     assert table[2].startswith("| concept | split | (a) IS held-out | (b) IS |")
-    assert table[5] == "| dog_ears | test | " + " | ".join(f"{rows['dog_ears'][k]:+.3f}" for k in claims.HEADLINE_COLUMNS) + " |"
+    columns = bench_module("claims_report").HEADLINE_COLUMNS
+    assert table[5] == "| dog_ears | test | " + " | ".join(f"{rows['dog_ears'][k]:+.3f}" for k in columns) + " |"
     assert table[6].startswith(f"| **mean ± se** | | **{mean['a IS']['mean']:+.3f}** ± {mean['a IS']['se']:.3f} |")
     with pytest.raises(SystemExit, match="--concepts: concepts 'toy_top,toy_bottom': unknown toy_bottom"):
         claims.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "toy_top,toy_bottom"])
@@ -209,22 +210,22 @@ def test_claims_bench_sets_params_keys_as_dvc_exp_run_does(in_repo):
     params lack or a bad value exits naming it."""
     from dbdpo.params import load_config
 
-    claims = bench_module("claims")
-    cfg = claims.params_with("params.yaml", ["finetune.train_text_encoder=true", "dpo.beta=5000"])
+    params_cli = bench_module("params_cli")
+    cfg = params_cli.params_with("params.yaml", ["finetune.train_text_encoder=true", "dpo.beta=5000"])
     assert cfg.finetune.train_text_encoder is True and cfg.dpo.beta == 5000.0
-    assert claims.params_with("params.yaml", []) == load_config(REPO / "params.yaml")
+    assert params_cli.params_with("params.yaml", []) == load_config(REPO / "params.yaml")
     for override, error in [("finetune.depth=3", "KEY a key of params.yaml"), ("beta=1", "KEY a key of params.yaml"),
                             ("dpo.beta", "expected KEY=VALUE"), ("dpo.beta=-1", "dpo.beta")]:
         with pytest.raises(SystemExit, match=error):
-            claims.params_with("params.yaml", [override])
+            params_cli.params_with("params.yaml", [override])
 
 
 def test_mean_over_concepts_by_hand():
-    claims = bench_module("claims")
-    mean = claims.mean_over_concepts({"a": {"x": 1.0}, "b": {"x": 2.0}, "c": {"x": 6.0}})
+    report = bench_module("claims_report")
+    mean = report.mean_over_concepts({"a": {"x": 1.0}, "b": {"x": 2.0}, "c": {"x": 6.0}})
     assert mean["x"]["mean"] == pytest.approx(3.0)
     assert mean["x"]["se"] == pytest.approx((7.0 ** 0.5) / 3 ** 0.5)  # sample std sqrt(7) over sqrt(3)
-    assert claims.mean_over_concepts({"a": {"x": 1.5}}) == {"x": {"mean": 1.5, "se": 0.0}}
+    assert report.mean_over_concepts({"a": {"x": 1.5}}) == {"x": {"mean": 1.5, "se": 0.0}}
 
 
 def test_claims_bench_measures_a_full_dreambooth_not_the_base_model(tmp_path, in_repo):

@@ -30,8 +30,8 @@ WORLD_WEIGHTS = {part: ASSETS / f"world_{part}.safetensors" for part in ("unet",
 
 # The proving ground's backbone, sized for 2 CPU cores: the VAE downsamples 64 px images 4x to
 # 16x16x4 latents (SD's 8x at 512 px gives 64x64x4), and the UNet attends to the text at 8
-# and 4 latent pixels. Measured on a GPU with the same recipe (1200 steps of 64 scenes): 64
-# channels at the top level drew the prompted context 72% of the time, 32 channels 38%.
+# and 4 latent pixels. 64 channels at the top level, not 32: the narrower UNet, trained alike,
+# drew the prompted context half as often (docs/experiments.md, the UNet variants).
 WORLD_UNET = dict(
     sample_size=16,
     in_channels=4,
