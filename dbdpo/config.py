@@ -176,6 +176,15 @@ class EvaluateConfig(SamplingConfig):
 
 
 @dataclass(frozen=True)
+class FrontierConfig:
+    """The baseline frontier (dbdpo.frontier): round 0 sampled on the evaluation prompts and
+    seeds under the knobs a user of plain DreamBooth already has."""
+
+    lora_scales: tuple[float, ...] = (0.5, 1.5)  # the DreamBooth LoRA's scale (1: as trained)
+    guidance_scales: tuple[float, ...] = (4.0, 12.0)  # classifier-free guidance, for evaluate's
+
+
+@dataclass(frozen=True)
 class ComputeConfig:
     """How many processes run a stage (dbdpo.distributed): not what it computes, so no stage
     lists these keys in dvc.yaml and changing them reruns nothing."""
@@ -212,6 +221,7 @@ class Config:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     rounds: dict[str, RoundConfig] = field(default_factory=lambda: {"round_1": RoundConfig()})
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    frontier: FrontierConfig = field(default_factory=FrontierConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -283,8 +293,8 @@ def yaml_name(field_name: str) -> str:
 
 
 def _coerce(value, annotation, key: str):
-    """Check `value` against a field annotation (str, int, float, bool, tuple[str, ...], X | None,
-    str | tuple[str, ...]: the first alternative that takes the value)."""
+    """Check `value` against a field annotation (str, int, float, bool, tuple[str, ...],
+    tuple[float, ...], X | None, str | tuple[str, ...]: the first alternative that takes the value)."""
     # `str | None` is a types.UnionType, `Literal[...] | None` a typing.Union
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = typing.get_args(annotation)
@@ -304,6 +314,10 @@ def _coerce(value, annotation, key: str):
         if value not in choices or isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} is invalid: expected one of {' | '.join(map(str, choices))}")
         return value
+    if typing.get_args(annotation) == (float, ...):  # a YAML list of numbers
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of numbers, got {value!r}")
+        return tuple(_coerce(v, float, f"{key}[{i}]") for i, v in enumerate(value))
     if typing.get_origin(annotation) is tuple:  # a YAML list of names
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected a name or a list of names, got {value!r}")

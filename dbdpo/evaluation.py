@@ -109,7 +109,7 @@ def rounds_table(samples: list[RoundSamples]) -> dict[str, dict[str, float | int
     return metrics
 
 
-HEADLINE = ("IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "S_0.5_gain_se")
+HEADLINE = ("IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "S_0.5_gain_se", "beyond_frontier")
 
 
 def headline(table: dict[str, dict[str, float | int]]) -> dict[str, float]:
@@ -132,6 +132,8 @@ def round_summary(name: str, row: dict) -> str:
     if "S_0.5_gain" in row:
         line += "   gain (round_0 stds): " + "  ".join(
             f"{k} {row[f'{k}_gain']:+.3f} ± {row[f'{k}_gain_se']:.3f}" for k in GAINS)
+    if "beyond_frontier" in row:
+        line += f"   beyond frontier {row['beyond_frontier']:+.3f}"
     return f"{line}   ({row['images']} images)"
 
 
@@ -188,9 +190,11 @@ def tradeoff_rows(table: dict[str, dict[str, float | int]]) -> list[dict]:
              "TS_se": standard_error(table[n], "TS"), "pareto": bool(f)} for n, f in zip(names, front)]
 
 
-def tradeoff_figure(table: dict[str, dict[str, float | int]], path: Path) -> None:
+def tradeoff_figure(table: dict[str, dict[str, float | int]], path: Path, frontier: dict[str, dict] | None = None) -> None:
     """IS vs TS, one labelled point per round of `table` (rounds_table) with its standard errors
-    (std / sqrt(images)) as error bars, and the Pareto front drawn through its points (PNG)."""
+    (std / sqrt(images)) as error bars, and the Pareto front drawn through its points (PNG).
+    `frontier` (dbdpo.frontier.frontier_report): the baseline points, and the hull through
+    those on it, extended left and down (what the baseline knobs reach lies under it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,6 +214,18 @@ def tradeoff_figure(table: dict[str, dict[str, float | int]], path: Path) -> Non
             label="Pareto front of the rounds")
     for name, t, i in zip(names, ts_values, is_values):
         ax.annotate(name, (t, i), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if frontier:
+        baselines = {n: p for n, p in frontier.items() if n != "round_0"}
+        ax.scatter([p["TS"] for p in baselines.values()], [p["IS"] for p in baselines.values()], marker="x",
+                   color="0.4", zorder=2)
+        for name, p in baselines.items():
+            ax.annotate(name, (p["TS"], p["IS"]), textcoords="offset points", xytext=(4, -10), fontsize=7, color="0.4")
+        hull = sorted((p["TS"], p["IS"]) for p in frontier.values() if p["on_hull"])
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        ax.plot([x0, *(t for t, _ in hull), hull[-1][0]], [hull[0][1], *(i for _, i in hull), y0], color="0.2",
+                linestyle=":", label="baseline frontier (LoRA and guidance scales)")
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
     ax.set_xlabel("TS (text similarity)")
     ax.set_ylabel("IS (image similarity)")
     ax.set_title("IS-TS trade-off per round (bars: ± standard error)", fontsize=10)

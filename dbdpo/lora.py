@@ -121,6 +121,12 @@ def stack(first: LoraState, second: LoraState) -> LoraState:
     return out
 
 
+def scaled(state: LoraState, scale: float) -> LoraState:
+    """`state` at `scale` (diffusers' LoRA scale, `cross_attention_kwargs={"scale": s}`): each
+    layer's update B A times `scale`, by scaling B."""
+    return {k: v * scale if k.endswith("lora_B.weight") else v for k, v in state.items()}
+
+
 def target_modules(state: LoraState) -> list[str]:
     """The full names of the layers `state` adapts, as peft's `target_modules` reads them."""
     return sorted(k.removesuffix(".lora_A.weight") for k in state if k.endswith("lora_A.weight"))

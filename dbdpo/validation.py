@@ -54,11 +54,11 @@ def _finite_floats(c: Config) -> None:
             continue
         for f in dataclasses.fields(value):
             v = getattr(value, f.name)
-            items = v.items() if isinstance(v, dict) else [(None, v)]
+            items = (((f".{k}", x) for k, x in v.items()) if isinstance(v, dict) else
+                     ((f"[{i}]", x) for i, x in enumerate(v)) if isinstance(v, tuple) else [("", v)])
             for sub, x in items:
                 if isinstance(x, float) and not math.isfinite(x):
-                    key = f"{group.name}.{yaml_name(f.name)}" + (f".{sub}" if sub is not None else "")
-                    _require(False, key, x, "a finite number")
+                    _require(False, f"{group.name}.{yaml_name(f.name)}{sub}", x, "a finite number")
 
 
 # A round name reaches DVC's shell command line (`--round ${key}`): only these characters.
@@ -197,8 +197,23 @@ def validate_groups(c: Config) -> None:
              f"{c.evaluate.num_prompts}): a round's std and standard errors need two")
     _require(c.evaluate.grid_prompts <= c.evaluate.num_prompts, "evaluate.grid_prompts",
              c.evaluate.grid_prompts, f"at most evaluate.num_prompts={c.evaluate.num_prompts}")
+    _frontier(c)
     _compute(c)
     _logging(c)
+
+
+def _frontier(c: Config) -> None:
+    """frontier: LoRA scales > 0 other than 1 (round 0 itself) and guidance scales > 0 other than
+    evaluate's, each once."""
+    f = c.frontier
+    for i, scale in enumerate(f.lora_scales):
+        _require(0 < scale != 1, f"frontier.lora_scales[{i}]", scale,
+                 "a scale > 0 other than 1 (round 0 as trained, already a point of the frontier)")
+    for i, guidance in enumerate(f.guidance_scales):
+        _require(guidance > 0 and guidance != c.evaluate.guidance_scale, f"frontier.guidance_scales[{i}]", guidance,
+                 f"a scale > 0 other than evaluate.guidance_scale={c.evaluate.guidance_scale} (round 0 itself)")
+    for key, values in (("lora_scales", f.lora_scales), ("guidance_scales", f.guidance_scales)):
+        _require(len(set(values)) == len(values), f"frontier.{key}", list(values), "each value once")
 
 
 # the import each tracker needs (accelerate's TensorBoardTracker takes tensorboardX when tensorboard is absent)

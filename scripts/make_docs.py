@@ -34,6 +34,8 @@ def type_name(annotation) -> str:
         return " \\| ".join(map(str, typing.get_args(annotation)))
     if isinstance(annotation, types.UnionType):
         return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(annotation))
+    if typing.get_args(annotation) == (float, ...):
+        return "list of numbers"
     if typing.get_origin(annotation) is tuple:
         return "list of names"
     if typing.get_origin(annotation) is dict:

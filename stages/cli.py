@@ -21,6 +21,7 @@ COMMANDS = {
     "score": ("stages.score", "IS, TS (and extras) for every image of a round"),
     "pair": ("stages.pair", "a round's preference pairs or ranked lists from its scores"),
     "dpo": ("stages.dpo", "Diffusion-DPO or RankDPO on a round's preferences"),
+    "frontier": ("stages.frontier", "round 0 at other LoRA and guidance scales: the baselines evaluate compares with"),
     "evaluate": ("stages.evaluate", "every round on the held-out prompts: metrics, plots, grids"),
     "export": ("stages.export", "write a round's model for other tools (kohya LoRA)"),
     "prompts": ("stages.prompts", "a training prompt pool at the papers' scale, no evaluation context in it"),

@@ -28,6 +28,8 @@ MODELS = Path("models")
 ROUNDS = Path("rounds")
 EVAL = Path("eval")
 ROUNDS_TABLE = EVAL / "rounds.json"  # every round's scores and gains (evaluate writes, show and status read)
+BASELINES = EVAL / "baselines"  # round 0 under the baseline knobs (frontier writes, evaluate reads)
+FRONTIER_TABLE = EVAL / "frontier.json"  # the baselines' gains and the hull (evaluate writes)
 LOGS = Path("logs")
 CHECKPOINTS = Path("checkpoints")  # a killed training stage's state (not a DVC output; git-ignored)
 

@@ -5,7 +5,9 @@ from pathlib import Path
 import typer
 
 from stages.common import (
+    BASELINES,
     EVAL,
+    FRONTIER_TABLE,
     PARAMS_OPTION,
     ROUNDS_TABLE,
     checked_model,
@@ -27,14 +29,21 @@ app = typer.Typer(add_completion=False)
 @app.command()
 @disk_errors
 def main(params: Path = PARAMS_OPTION) -> None:
-    """Writes metrics.json (the last round's IS, TS and gains over round_0: the headline),
-    eval/rounds.json (every round's mean and std of each score and its gains), eval/tradeoff.csv,
-    eval/tradeoff.png, eval/scores.parquet, eval/images/<round>/ and eval/grids/ (same seed,
-    every round)."""
+    """Writes metrics.json (the last round's IS, TS, gains over round_0 and distance beyond the
+    baseline frontier: the headline), eval/rounds.json (every round's mean and std of each score,
+    its gains and beyond_frontier), eval/frontier.json (the baselines of the frontier stage and
+    their hull), eval/tradeoff.csv, eval/tradeoff.png, eval/scores.parquet, eval/images/<round>/
+    and eval/grids/ (same seed, every round)."""
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     import pandas as pd
 
-    from dbdpo.artifacts import atomic_dir, write_csv, write_json, write_parquet
+    from dbdpo.artifacts import (
+        atomic_dir,
+        read_parquet,
+        write_csv,
+        write_json,
+        write_parquet,
+    )
     from dbdpo.backbones import round_lora
     from dbdpo.data import eval_prompts, load_concept, ts_texts
     from dbdpo.evaluation import (
@@ -47,6 +56,8 @@ def main(params: Path = PARAMS_OPTION) -> None:
         tradeoff_figure,
         tradeoff_rows,
     )
+    from dbdpo.frontier import frontier_report
+    from dbdpo.provenance import RECORD_KEY, check_made_from
     from dbdpo.rounds import load_round_model
     from dbdpo.scoring import build_scorers
 
@@ -57,10 +68,12 @@ def main(params: Path = PARAMS_OPTION) -> None:
         templates = eval_prompts(e.prompts, e.num_prompts)
         concept = load_concept(cfg.concept)
         models = [RoundModel(n, round_lora(checked_model(n))) for n in names]
+        baselines = read_parquet(BASELINES / "scores.parquet", ["round", "prompt_id", "seed"])
+        check_made_from(BASELINES / "scores.parquet", baselines.attrs.get(RECORD_KEY), "frontier")
         scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
         backbone = load_round_model(cfg.model, checked_model("round_0"), precision=cfg.model.precision)
     outputs = (EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png", EVAL / "grids",
-               ROUNDS_TABLE, Path("metrics.json"))
+               ROUNDS_TABLE, FRONTIER_TABLE, Path("metrics.json"))
     with producing(*outputs) as writes:
         if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
             sample_and_score(backbone, models, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
@@ -69,13 +82,14 @@ def main(params: Path = PARAMS_OPTION) -> None:
             samples = sample_and_score(backbone, models, templates, cfg.concept, e, scorers, image_dir,
                                        cfg.score.batch_size)
         write_parquet(pd.concat([s.scores for s in samples], ignore_index=True), EVAL / "scores.parquet")
-        metrics = rounds_table(samples)
+        metrics, frontier = frontier_report(rounds_table(samples), baselines, samples[0].scores)
         write_csv(tradeoff_rows(metrics), EVAL / "tradeoff.csv")
-        tradeoff_figure(metrics, EVAL / "tradeoff.png")
+        tradeoff_figure(metrics, EVAL / "tradeoff.png", frontier)
         with atomic_dir(EVAL / "grids") as grid_dir:
             for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt, concept[0]).items():
                 grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")
         write_json(metrics, ROUNDS_TABLE)
+        write_json(frontier, FRONTIER_TABLE)
         write_json(headline(metrics), Path("metrics.json"))
     for name, row in metrics.items():
         typer.echo(round_summary(name, row))

@@ -15,7 +15,7 @@ from stages.common import (
     user_errors,
 )
 
-STAGE_ORDER = ("finetune", "generate", "score", "pair", "dpo", "evaluate")
+STAGE_ORDER = ("finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate")
 
 app = typer.Typer(add_completion=False)
 
@@ -25,7 +25,7 @@ def pipeline_order(address: str, rounds: list[str]) -> tuple[int, int]:
     name, _, round_name = address.partition("@")
     if round_name in rounds:
         return rounds.index(round_name) + 1, STAGE_ORDER.index(name)
-    return (0 if name == "finetune" else len(rounds) + 1), 0
+    return (0 if name == "finetune" else len(rounds) + 1), STAGE_ORDER.index(name)
 
 
 @app.command()

@@ -22,10 +22,10 @@ def test_help_lists_every_stage_and_tool():
     assert result.returncode == 0, result.stderr
     commands = result.stdout.split("Commands:")[1].splitlines()
     listed = [line.split()[0] for line in commands if line.startswith("  ") and not line.startswith("   ")]
-    assert listed == ["finetune", "generate", "score", "pair", "dpo", "evaluate", "export", "prompts", "init", "show", "check", "status"]
+    assert listed == ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate", "export", "prompts", "init", "show", "check", "status"]
 
 
-@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "evaluate"])
+@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate"])
 def test_a_stages_help_names_the_params_it_reads_without_loading_torch(stage):
     """The stage's own Typer command (the one dvc.yaml runs), its help from the module alone:
     the model stack loads only when the stage runs."""
@@ -37,7 +37,7 @@ def test_a_stages_help_names_the_params_it_reads_without_loading_torch(stage):
     reads = __import__(f"stages.{stage}", fromlist=["READS"]).READS
     text = " ".join(result.stdout.split())  # help wraps long lines
     assert "Reads params: " + ", ".join(reads) in text.replace(" ,", ",")
-    assert "--params" in text and ("--round" in text) == (stage not in ("finetune", "evaluate"))
+    assert "--params" in text and ("--round" in text) == (stage not in ("finetune", "frontier", "evaluate"))
     assert text.endswith("torch loaded: False")
 
 

@@ -97,6 +97,12 @@ def test_repository_params_load(in_repo):
     ({"dpo__loss": "rank_dpo"}, r"pair.mode='pairs' is invalid: expected rank with dpo.loss=rank_dpo"),
     # a weights file silently dropped would score with a random CLIP
     ({"pair__seed": -1}, r"pair.seed=-1 is invalid: expected a seed from 0 to"),
+    ({"frontier__lora_scales": [0.5, 1]}, r"frontier.lora_scales\[1\]=1.0 is invalid: expected a scale > 0 other than 1"),
+    ({"frontier__lora_scales": [0.5, 0.5]}, r"frontier.lora_scales=\[0.5, 0.5\] is invalid: expected each value once"),
+    ({"frontier__lora_scales": 0.5}, r"frontier.lora_scales: expected a list of numbers, got 0.5"),
+    ({"frontier__lora_scales": ["half"]}, r"frontier.lora_scales\[0\]: expected a number, got 'half'"),
+    ({"frontier__guidance_scales": [7.5]}, r"frontier.guidance_scales\[0\]=7.5 is invalid: expected a scale > 0 other than evaluate"),
+    ({"frontier__guidance_scales": [float("inf")]}, r"frontier.guidance_scales\[0\]=inf is invalid: expected a finite number"),
     ({"evaluate__num_prompts": 1, "evaluate__images_per_prompt": 1, "evaluate__grid_prompts": 1},
      r"evaluate.images_per_prompt=1 is invalid: expected at least 2 evaluation images in all"),
     ({"dpo__seed": 2**64}, r"dpo.seed=18446744073709551616 is invalid: expected a seed from 0 to"),

@@ -23,6 +23,7 @@ SMALL = {
     "dpo": {"steps": 3, "checkpoint_every": 0},
     "evaluate": {"num_prompts": 3, "images_per_prompt": 1, "steps": 3, "batch_size": 2, "grid_prompts": 1},
     "score": {"batch_size": 2},
+    "frontier": {"lora_scales": [0.5], "guidance_scales": [4.0]},
 }
 
 
@@ -122,6 +123,9 @@ def compare_one_and_two_processes(tmp_path, monkeypatch):
     shutil.rmtree(two / "models/round_1")
     shutil.copytree(one / "models/round_1", two / "models/round_1")
 
+    for root in (one, two):
+        stage(monkeypatch, root, "frontier")
+    assert files(one / "eval/baselines") == files(two / "eval/baselines")
     for root in (one, two):
         stage(monkeypatch, root, "evaluate")
     assert files(one / "eval/images") == files(two / "eval/images")

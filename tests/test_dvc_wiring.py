@@ -53,10 +53,10 @@ def code_of(stage: str) -> set[str]:
     return {module_file(name) for name in seen}
 
 
-MODEL_STAGES = {"finetune", "generate", "score", "dpo", "evaluate"}  # they load the world's weights and configs
+MODEL_STAGES = {"finetune", "generate", "score", "dpo", "frontier", "evaluate"}  # they load the world's weights and configs
 
 
-@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "evaluate"])
+@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate"])
 def test_each_stage_depends_on_exactly_the_code_it_imports(stage):
     """A stage depended on the whole dbdpo/ folder, so a docstring edit in the proving ground's
     renderer reran DreamBooth and everything after it. Now its code deps are the closure of its
@@ -84,7 +84,7 @@ def test_a_concept_dir_outside_the_repo_is_a_dependency(tmp_path):
 
     deps = stage_deps(project)
     readers = {name for name, paths in deps.items() if str(photos) in paths}
-    assert readers == {"finetune", "score@round_1", "score@round_2", "evaluate"}
+    assert readers == {"finetune", "score@round_1", "score@round_2", "frontier", "evaluate"}
     assert not any(str(REPO / "data/concept") in paths or str(project / "data/concept") in paths
                    for paths in deps.values())
 
@@ -105,7 +105,7 @@ def test_the_prompt_files_the_params_name_are_dependencies(tmp_path):
     readers = {path: {name for name, paths in deps.items() if str(project / path) in paths}
                for path in ("prompts/mine.txt", "prompts/held_out.txt")}
     assert readers == {"prompts/mine.txt": {"generate@round_1", "generate@round_2"},
-                       "prompts/held_out.txt": {"evaluate"}}
+                       "prompts/held_out.txt": {"frontier", "evaluate"}}
     assert not any("data/prompts" in path for paths in deps.values() for path in paths)
 
 
@@ -129,7 +129,7 @@ def test_no_params_value_reaches_a_shell_command(tmp_path):
                                                           for name in cmds}
 
 
-@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "evaluate"])
+@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate"])
 def test_dvc_yaml_lists_exactly_the_params_each_stage_may_read(stage):
     """A stage reads its params through a view that refuses any key outside its READS
     (dbdpo.params.ParamView), so READS equal to dvc.yaml's list means DVC reruns a stage on
@@ -141,7 +141,7 @@ def test_dvc_yaml_lists_exactly_the_params_each_stage_may_read(stage):
 def test_every_declared_key_exists_in_params(in_repo):
     """A typo in READS (or dvc.yaml) would make DVC watch nothing for it."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for stage in ("finetune", "generate", "score", "pair", "dpo", "evaluate"):
+    for stage in ("finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate"):
         for key in importlib.import_module(f"stages.{stage}").READS:
             node = params
             for part in key.replace("${key}", "round_1").split("."):
@@ -149,7 +149,7 @@ def test_every_declared_key_exists_in_params(in_repo):
                 node = node[part]
 
 
-@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "evaluate"])
+@pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate"])
 def test_a_stage_depends_on_every_module_of_stages_it_imports(stage):
     """A change to stages/common.py (setup, the params view) must rerun the stages that use it."""
     import ast

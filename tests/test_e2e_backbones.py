@@ -28,7 +28,7 @@ from tests.test_e2e_dvc import (
 
 pytestmark = pytest.mark.slow
 
-STAGES = ("finetune", "generate@round_1", "score@round_1", "pair@round_1", "dpo@round_1", "evaluate")
+STAGES = ("finetune", "generate@round_1", "score@round_1", "pair@round_1", "dpo@round_1", "frontier", "evaluate")
 
 
 @pytest.mark.parametrize("arch, kind", [("sd2", "sd"), ("sdxl", "sdxl")])
@@ -41,7 +41,7 @@ def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, monkeypatch,
 
     rounds = json.loads((tmp_path / "eval/rounds.json").read_text())
     assert list(rounds) == ["round_0", "round_1"]
-    assert all(math.isfinite(rounds[r][k]) for r in ("round_0", "round_1") for k in ("IS", "TS", "DINO"))
+    assert all(math.isfinite(rounds[r][k]) for r in ("round_0", "round_1") for k in ("IS", "TS", "DINO", "beyond_frontier"))
     log = pd.read_csv(tmp_path / "logs/dpo/round_1/plots/metrics/loss.tsv", sep="\t")
     assert log["loss"].iat[0] == pytest.approx(math.log(2), abs=1e-6)  # reference = start model
     assert log["loss"].map(math.isfinite).all()
@@ -94,7 +94,7 @@ def test_dreambooth_with_the_text_encoder_then_dpo_loads_with_diffusers_alone(tm
     params["model"].update(backbone=kind, path=str(tiny_dirs[arch]))
     params["finetune"].update(method=method, train_text_encoder=True, learning_rate=1e-3, steps=4)
     copy_project(tmp_path, params)
-    run_stages_in_process(tmp_path, monkeypatch, (*STAGES[:-1], *ROUND_2, "evaluate"))
+    run_stages_in_process(tmp_path, monkeypatch, (*STAGES[:-2], *ROUND_2, "frontier", "evaluate"))
 
     round_0, round_2 = tmp_path / "models/round_0", tmp_path / "models/round_2"
     base = load_backbone(ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))).pipe

@@ -33,6 +33,7 @@ FAST_PARAMS = {
     "filter": {"angle": 60},
     "dpo": {"steps": 4, "batch_size": 2},
     "evaluate": {"num_prompts": 2, "images_per_prompt": 1, "steps": 4, "grid_prompts": 2},
+    "frontier": {"lora_scales": [0.5], "guidance_scales": [4.0]},
 }
 ROUND_1 = ("generate@round_1", "score@round_1", "pair@round_1", "dpo@round_1")
 ROUND_2 = ("generate@round_2", "score@round_2", "pair@round_2", "dpo@round_2")
@@ -155,7 +156,7 @@ def baseline(project):
 
 def test_repro_writes_every_artifact(fresh_repro):
     project, first = fresh_repro
-    assert_stages(first, ran=("finetune", *ROUND_1, "evaluate"))
+    assert_stages(first, ran=("finetune", *ROUND_1, "frontier", "evaluate"))
 
     assert (project / "models/round_0/pytorch_lora_weights.safetensors").is_file()
     assert (project / "models/round_1/pytorch_lora_weights.safetensors").is_file()
@@ -173,8 +174,16 @@ def test_repro_writes_every_artifact(fresh_repro):
     rounds = json.loads((project / "eval/rounds.json").read_text())
     assert list(rounds) == ["round_0", "round_1"] and rounds["round_1"]["images"] == 2
     metrics = json.loads((project / "metrics.json").read_text())  # the headline: the last round's
-    assert list(metrics) == ["IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "S_0.5_gain_se"]
+    assert list(metrics) == ["IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "S_0.5_gain_se", "beyond_frontier"]
     assert metrics == {k: rounds["round_1"][k] for k in metrics}
+    # the baselines: round 0 at LoRA scale 0.5 and at guidance 4, on evaluate's prompts and seeds
+    baselines = pd.read_parquet(project / "eval/baselines/scores.parquet")
+    assert baselines.groupby("round", sort=False)["seed"].apply(list).to_dict() == {
+        "lora_scale_0.5": [1234, 1234], "guidance_4": [1234, 1234]}
+    frontier = json.loads((project / "eval/frontier.json").read_text())
+    assert list(frontier) == ["round_0", "lora_scale_0.5", "guidance_4"]
+    assert frontier["guidance_4"]["IS"] == pytest.approx(baselines.loc[baselines["round"] == "guidance_4", "IS"].mean())
+    assert rounds["round_0"]["beyond_frontier"] <= 0  # round 0 is a point of its own frontier
     assert "IS_gain" not in rounds["round_0"]
     # the headline TS is the authors' ("a in the jungle"); the with-class form is its own column, once
     assert "TS_without_concept" not in rounds["round_1"] and rounds["round_1"]["TS"] != rounds["round_1"]["TS_with_class"]
@@ -192,7 +201,7 @@ def test_noop_then_rerun_writes_the_same_bytes(baseline, monkeypatch):
 
     first = digests(project)
     assert len(first) > 20 and "models/round_1/pytorch_lora_weights.safetensors" in first
-    run_stages_in_process(project, monkeypatch, ("finetune", *ROUND_1, "evaluate"))
+    run_stages_in_process(project, monkeypatch, ("finetune", *ROUND_1, "frontier", "evaluate"))
     again = digests(project)
     assert sorted(k for k in first.keys() | again.keys() if first.get(k) != again.get(k)) == []
     status = run(["dvc", "status"], project).stdout
@@ -286,7 +295,7 @@ def test_adding_a_round_reruns_only_that_round_and_evaluate(baseline):
     assert len(before) > 10
 
     out = run(["dvc", "exp", "run", "-S", "+rounds.round_2.start=round_1"], project).stdout
-    assert_stages(out, ran=(*ROUND_2, "evaluate"), skipped=("finetune", *ROUND_1))
+    assert_stages(out, ran=(*ROUND_2, "evaluate"), skipped=("finetune", *ROUND_1, "frontier"))
     assert file_state(project, earlier) == before
 
     rounds = json.loads((project / "eval/rounds.json").read_text())

@@ -51,6 +51,18 @@ def test_tradeoff_figure_is_a_png_with_error_bars(tmp_path):
     assert not (tmp_path / "u.png").exists()
 
 
+def test_tradeoff_figure_draws_the_baselines_and_their_frontier(tmp_path):
+    table = {name: {"IS": i, "TS": t, "IS_std": 0.1, "TS_std": 0.05, "images": 40}
+             for name, i, t in (("round_0", 0.8, 0.20), ("round_1", 0.85, 0.22))}
+    frontier = {"round_0": {"IS": 0.8, "TS": 0.20, "on_hull": True},
+                "lora_scale_0.5": {"IS": 0.7, "TS": 0.24, "on_hull": True},
+                "guidance_4": {"IS": 0.75, "TS": 0.19, "on_hull": False}}
+    tradeoff_figure(table, tmp_path / "plain.png")
+    tradeoff_figure(table, tmp_path / "frontier.png", frontier)
+    with Image.open(tmp_path / "plain.png") as plain, Image.open(tmp_path / "frontier.png") as drawn:
+        assert drawn.size == plain.size and not np.array_equal(np.asarray(drawn), np.asarray(plain))
+
+
 def test_round_metrics_give_mean_std_and_count_per_score():
     scores = pd.DataFrame({"round": "round_1", "prompt_id": [0, 0, 1, 1], "seed": [5, 6, 5, 6],
                            "IS": [0.1, 0.2, 0.3, 0.6], "TS": [0.5, 0.5, 0.5, 0.5]})
@@ -96,6 +108,9 @@ def test_the_rounds_table_and_its_headline():
         "round_0   IS 0.2000 ± 0.0577   TS 0.3000 ± 0.1000   (3 images)")
     assert round_summary("round_1", table["round_1"]).startswith(
         "round_1   IS 0.3000 ± 0.0577   TS 0.4000 ± 0.1000   gain (round_0 stds): IS +1.000 ± 0.577  TS +0.577 ± ")
+    beyond = round_summary("round_1", table["round_1"] | {"beyond_frontier": -0.25})
+    assert beyond.endswith("   beyond frontier -0.250   (3 images)")
+    assert headline({"round_1": table["round_1"] | {"beyond_frontier": 0.5}})["beyond_frontier"] == 0.5
 
 
 def test_grids_start_with_a_concept_photo_at_the_samples_size():

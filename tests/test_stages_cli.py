@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dbdpo.provenance import RECORD_FILE, RECORD_KEY, digest, made_from
 from tests.conftest import REPO, invoke_stage
 
-STAGES = ["finetune", "generate", "score", "pair", "dpo", "evaluate"]
+STAGES = ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -21,7 +21,7 @@ def test_every_stage_has_help(in_repo, stage):
     result = invoke_stage(stage, "--help")
     assert result.exit_code == 0
     assert "--params" in result.stdout
-    if stage not in ("finetune", "evaluate"):
+    if stage not in ("finetune", "frontier", "evaluate"):
         assert "--round" in result.stdout
 
 

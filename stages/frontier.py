@@ -1,0 +1,67 @@
+"""Stage frontier: round 0 under the knobs plain DreamBooth has (LoRA scale, guidance), on the
+held-out prompts and seeds -> the baselines evaluate measures each round against."""
+
+from pathlib import Path
+
+import typer
+
+from stages.common import (
+    BASELINES,
+    PARAMS_OPTION,
+    checked_model,
+    disk_errors,
+    producing,
+    setup,
+    user_errors,
+)
+
+# The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
+# The whole evaluate group: the library samples with it as evaluate does (grid_prompts too,
+# which it does not use).
+READS = ("model", "concept", "score.clip_model", "score.clip_pretrained", "score.dino_model",
+         "score.pickscore_model", "score.hps_weights", "score.hps_arch", "score.aesthetic_weights",
+         "score.aesthetic_clip", "score.aesthetic_clip_pretrained", "score.ts_prompt", "score.batch_size",
+         "score.seed", "evaluate", "frontier")
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+@disk_errors
+def main(params: Path = PARAMS_OPTION) -> None:
+    """Writes eval/baselines/images/<point>/ and eval/baselines/scores.parquet: one row per
+    image of each baseline point, on evaluate's prompts and seeds (paired with round 0's)."""
+    # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
+    from dbdpo.artifacts import atomic_dir, write_parquet
+    from dbdpo.backbones import round_lora
+    from dbdpo.data import eval_prompts, load_concept, ts_texts
+    from dbdpo.frontier import baseline_points, sample_baselines
+    from dbdpo.provenance import RECORD_KEY, made_from
+    from dbdpo.rounds import load_round_model
+    from dbdpo.scoring import build_scorers
+
+    cfg = setup(params, "frontier", READS, processes=True)
+    e = cfg.evaluate
+    with user_errors():
+        templates = eval_prompts(e.prompts, e.num_prompts)
+        concept = load_concept(cfg.concept)
+        round_0 = checked_model("round_0")
+        lora = round_lora(round_0)
+        scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
+        backbone = load_round_model(cfg.model, round_0, precision=cfg.model.precision)
+    points = baseline_points(cfg.frontier, e.guidance_scale, has_lora=bool(lora))
+    with producing(BASELINES) as writes:
+        if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
+            sample_baselines(backbone, lora, points, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
+            return
+        with atomic_dir(BASELINES) as out:
+            table = sample_baselines(backbone, lora, points, templates, cfg.concept, e, scorers, out / "images",
+                                     cfg.score.batch_size)
+            table.attrs = {RECORD_KEY: made_from(round_0, Path(cfg.concept.dir))}
+            write_parquet(table, out / "scores.parquet")
+    typer.echo(f"frontier: {len(points)} baseline points ({', '.join(p.name for p in points) or 'none'}), "
+               f"{len(table)} images")
+
+
+if __name__ == "__main__":
+    app()
