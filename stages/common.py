@@ -124,6 +124,12 @@ def training_checkpoint(cfg: ParamView, reads: tuple[str, ...], directory: Path,
     return Checkpointing(directory, every, fingerprint(values, inputs))
 
 
+# The score keys every stage that builds the scorers reads (score, frontier, evaluate): not
+# score.rewards, which only pair reads.
+SCORER_READS = ("score.clip_model", "score.clip_pretrained", "score.dino_model", "score.pickscore_model",
+                "score.hps_weights", "score.hps_arch", "score.aesthetic_weights", "score.aesthetic_clip",
+                "score.aesthetic_clip_pretrained", "score.ts_prompt", "score.batch_size", "score.seed")
+
 PRODUCER_STAGE = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}
 
 

@@ -10,6 +10,7 @@ from stages.common import (
     FRONTIER_TABLE,
     PARAMS_OPTION,
     ROUNDS_TABLE,
+    SCORER_READS,
     checked_model,
     disk_errors,
     producing,
@@ -18,10 +19,7 @@ from stages.common import (
 )
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
-READS = ("model", "concept", "score.clip_model", "score.clip_pretrained", "score.dino_model",
-         "score.pickscore_model", "score.hps_weights", "score.hps_arch", "score.aesthetic_weights",
-         "score.aesthetic_clip", "score.aesthetic_clip_pretrained", "score.ts_prompt", "score.batch_size",
-         "score.seed", "rounds", "evaluate")
+READS = ("model", "concept", *SCORER_READS, "rounds", "evaluate")
 
 app = typer.Typer(add_completion=False)
 

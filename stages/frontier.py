@@ -8,6 +8,7 @@ import typer
 from stages.common import (
     BASELINES,
     PARAMS_OPTION,
+    SCORER_READS,
     checked_model,
     disk_errors,
     producing,
@@ -18,10 +19,7 @@ from stages.common import (
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
 # The whole evaluate group: the library samples with it as evaluate does (grid_prompts too,
 # which it does not use).
-READS = ("model", "concept", "score.clip_model", "score.clip_pretrained", "score.dino_model",
-         "score.pickscore_model", "score.hps_weights", "score.hps_arch", "score.aesthetic_weights",
-         "score.aesthetic_clip", "score.aesthetic_clip_pretrained", "score.ts_prompt", "score.batch_size",
-         "score.seed", "evaluate", "frontier")
+READS = ("model", "concept", *SCORER_READS, "evaluate", "frontier")
 
 app = typer.Typer(add_completion=False)
 

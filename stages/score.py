@@ -7,6 +7,7 @@ import typer
 from stages.common import (
     PARAMS_OPTION,
     ROUND_OPTION,
+    SCORER_READS,
     checked_table,
     disk_errors,
     producing,
@@ -17,10 +18,7 @@ from stages.common import (
 )
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
-# Not score.rewards: only pair reads it.
-READS = ("concept", "score.clip_model", "score.clip_pretrained", "score.dino_model", "score.pickscore_model",
-         "score.hps_weights", "score.hps_arch", "score.aesthetic_weights", "score.aesthetic_clip",
-         "score.aesthetic_clip_pretrained", "score.ts_prompt", "score.batch_size", "score.seed")
+READS = ("concept", *SCORER_READS)
 
 app = typer.Typer(add_completion=False)
 
