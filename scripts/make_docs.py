@@ -180,8 +180,18 @@ def concurrency_section(path: Path) -> list[str]:
             f"{r['alone_metrics_equal']} |", ""]
 
 
+def frontier_section(path: Path) -> list[str]:
+    from frontier import markdown  # bench/frontier.py
+
+    result = json.loads(path.read_text())
+    splits = sorted(set(result["splits"].values()))
+    command = f"python bench/frontier.py --concepts {','.join(splits)} --out {path.relative_to(ROOT)}"
+    return [f"### The baseline frontier on the {' and '.join(splits)} concepts ({result['minutes']:.0f} min on the "
+            "2-core CPU)", "", markdown(result, command)]
+
+
 SECTIONS = {"claims_": claims_section, "dpo_transfer_": transfer_section, "concurrency_": concurrency_section,
-            "dreambooth_variants_": dreambooth_section}
+            "dreambooth_variants_": dreambooth_section, "frontier_": frontier_section}
 
 
 def results_markdown(root: Path = ROOT) -> str:

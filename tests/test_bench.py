@@ -162,6 +162,37 @@ def test_claims_bench_measures_each_concept_of_a_split_and_their_mean(tmp_path, 
 
 
 @pytest.mark.slow
+def test_frontier_bench_places_each_concepts_rounds_against_its_own_baselines(tmp_path, in_repo, capsys):
+    """bench/frontier.py at toy sizes: per concept, the rounds' gains and distance beyond the
+    hull of that concept's baselines; then the mean over concepts with its standard error."""
+    import math
+
+    from dbdpo.frontier import frontier_table, rounds_beyond
+
+    toy_params(tmp_path)
+    result = bench_module("frontier").main(["--params", str(tmp_path / "params.yaml"), "--concepts", "toy_top,dog_ears",
+                                            "--out", str(tmp_path / "f.json")])
+    assert list(result["concepts"]) == ["toy_top", "dog_ears"] and result["splits"]["dog_ears"] == "test"
+    for name, concept in result["concepts"].items():
+        assert list(concept["baselines"]) == ["lora_scale_0.5", "lora_scale_1.5", "guidance_4", "guidance_12"]
+        assert list(concept["rounds"]) == ["round_1", "round_2"]
+        # the distances are those of the library's hull through this concept's baselines
+        hull, _ = frontier_table(concept["baselines"])
+        rows = {"round_0": {}} | {r: {"IS_gain": g["IS"], "TS_gain": g["TS"]} for r, g in concept["rounds"].items()}
+        beyond = rounds_beyond(rows, hull)
+        assert concept["round_0_beyond_frontier"] == beyond["round_0"] <= 0
+        assert {r: g["beyond_frontier"] for r, g in concept["rounds"].items()} == {r: beyond[r] for r in concept["rounds"]}
+    values = [result["headline"][c]["round_2 beyond_frontier"] for c in ("toy_top", "dog_ears")]
+    mean = result["mean"]["round_2 beyond_frontier"]
+    assert mean["mean"] == pytest.approx(sum(values) / 2) and mean["se"] == pytest.approx(abs(values[0] - values[1]) / 2)
+    assert all(math.isfinite(v) for v in values)
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].startswith("| concept | split | round_1 IS | round_1 TS | round_1 S_0.5 | round_1 beyond_frontier |")
+    assert table[6].startswith(f"| **mean ± se** | | **{result['mean']['round_1 IS']['mean']:+.3f}** ±")
+    assert (tmp_path / "f.json").is_file()
+
+
+@pytest.mark.slow
 def test_dpo_transfer_bench_averages_variants_over_concepts(tmp_path, in_repo):
     """bench/dpo_transfer.py --concepts at toy sizes: each concept's own round 0 and table, and
     each variant's mean over the concepts; --round-0 with --concepts is refused."""
