@@ -24,14 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from claims import Bench, Model, concept_config  # bench/claims.py
+from claims import Bench, concept_config  # bench/claims.py
 from claims_report import mean_over_concepts  # bench/claims_report.py
 from params_cli import params_with  # bench/params_cli.py
 
 from dbdpo.config import Config
 from dbdpo.evaluation import paired_gains
 from dbdpo.frontier import baseline_points, frontier_table, rounds_beyond
-from dbdpo.lora import scaled
 from dbdpo.world.concepts import WorldConcept, concepts_of
 
 log = logging.getLogger("frontier")
@@ -49,9 +48,9 @@ def measure_concept(cfg: Config, work: Path) -> dict:
               for name, model in models.items()}
     baselines = {}
     for point in baseline_points(cfg.frontier, e.guidance_scale, has_lora=bool(round_0.lora)):
-        model = Model(round_0.config, round_0.base, scaled(round_0.lora, point.lora_scale))
+        model = dataclasses.replace(round_0, lora=point.lora(round_0.lora))
         scores = bench.sample(model, bench.held_out, e.images_per_prompt, e.seed, point.name,
-                              settings=dataclasses.replace(e, guidance_scale=point.guidance_scale))
+                              settings=point.sampling(e))
         baselines[point.name] = paired_gains(scores, reference)
     hull, on_hull = frontier_table(baselines)
     beyond = rounds_beyond({"round_0": {}} | {n: {"IS_gain": g["IS"], "TS_gain": g["TS"]} for n, g in rounds.items()},

@@ -36,6 +36,14 @@ class BaselinePoint:
     lora_scale: float
     guidance_scale: float
 
+    def lora(self, round_0: LoraState) -> LoraState:
+        """Round 0's LoRA at this point's scale."""
+        return scaled(round_0, self.lora_scale)
+
+    def sampling(self, cfg: EvaluateConfig) -> EvaluateConfig:
+        """evaluate's sampling settings at this point's guidance."""
+        return dataclasses.replace(cfg, guidance_scale=self.guidance_scale)
+
 
 def baseline_points(cfg: FrontierConfig, guidance_scale: float, has_lora: bool) -> list[BaselinePoint]:
     """One point per knob value, the other knob at round 0's own (LoRA scale 1, evaluate's
@@ -52,10 +60,9 @@ def sample_baselines(backbone: Backbone, round_0: LoraState, points: list[Baseli
     frames = [pd.DataFrame({"round": pd.Series(dtype=str), "prompt_id": pd.Series(dtype=int),
                             "seed": pd.Series(dtype=int)})]  # no point: no row
     for point in points:
-        settings = dataclasses.replace(cfg, guidance_scale=point.guidance_scale)
-        model = RoundModel(point.name, scaled(round_0, point.lora_scale))
-        frames += [s.scores for s in sample_and_score(backbone, [model], templates, concept, settings, scorers,
-                                                      image_dir, score_batch_size)]
+        model = RoundModel(point.name, point.lora(round_0))
+        frames += [s.scores for s in sample_and_score(backbone, [model], templates, concept, point.sampling(cfg),
+                                                      scorers, image_dir, score_batch_size)]
     return pd.concat(frames, ignore_index=True)
 
 

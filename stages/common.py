@@ -131,10 +131,14 @@ SCORER_READS = ("score.clip_model", "score.clip_pretrained", "score.dino_model",
                 "score.aesthetic_clip_pretrained", "score.ts_prompt", "score.batch_size", "score.seed")
 
 PRODUCER_STAGE = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}
+RUN_PRODUCER_STAGE = {"baselines": "frontier"}  # artifacts of the whole run, not of one round
 
 
-def producer(artifact: str, round_name: str) -> str:
-    """The DVC stage that writes `artifact` of a round, e.g. "pair@round_1"; round_0's model is finetune's."""
+def producer(artifact: str, round_name: str | None) -> str:
+    """The DVC stage that writes `artifact` of a round, e.g. "pair@round_1" (round_0's model is
+    finetune's), or with no round the run's own artifact's ("frontier")."""
+    if round_name is None:
+        return RUN_PRODUCER_STAGE[artifact]
     return "finetune" if (artifact, round_name) == ("model", "round_0") else f"{PRODUCER_STAGE[artifact]}@{round_name}"
 
 
@@ -152,9 +156,10 @@ def checked_folder(folder: Path, artifact: str, round_name: str) -> Path:
     return folder
 
 
-def checked_table(path: Path, columns: list[str], artifact: str, round_name: str):
-    """A round's table (its samples, its scores) read with `columns` checked, refused
-    (StaleInputError) if what it was made from has changed since its producer wrote it."""
+def checked_table(path: Path, columns: list[str], artifact: str, round_name: str | None):
+    """A round's table (its samples, its scores; with no round the run's baselines) read with
+    `columns` checked, refused (StaleInputError) if what it was made from has changed since its
+    producer wrote it."""
     from dbdpo.artifacts import read_parquet
     from dbdpo.provenance import RECORD_KEY
 

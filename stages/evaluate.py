@@ -12,11 +12,13 @@ from stages.common import (
     ROUNDS_TABLE,
     SCORER_READS,
     checked_model,
+    checked_table,
     disk_errors,
     producing,
     setup,
     user_errors,
 )
+from stages.held_out import held_out_setup
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
 READS = ("model", "concept", *SCORER_READS, "rounds", "evaluate")
@@ -35,15 +37,8 @@ def main(params: Path = PARAMS_OPTION) -> None:
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     import pandas as pd
 
-    from dbdpo.artifacts import (
-        atomic_dir,
-        read_parquet,
-        write_csv,
-        write_json,
-        write_parquet,
-    )
+    from dbdpo.artifacts import atomic_dir, write_csv, write_json, write_parquet
     from dbdpo.backbones import round_lora
-    from dbdpo.data import eval_prompts, load_concept, ts_texts
     from dbdpo.evaluation import (
         RoundModel,
         comparison_grids,
@@ -55,21 +50,14 @@ def main(params: Path = PARAMS_OPTION) -> None:
         tradeoff_rows,
     )
     from dbdpo.frontier import frontier_report
-    from dbdpo.provenance import RECORD_KEY, check_made_from
-    from dbdpo.rounds import load_round_model
-    from dbdpo.scoring import build_scorers
 
     cfg = setup(params, "evaluate", READS, processes=True)
     e = cfg.evaluate
     names = ["round_0", *cfg.rounds]
     with user_errors():
-        templates = eval_prompts(e.prompts, e.num_prompts)
-        concept = load_concept(cfg.concept)
         models = [RoundModel(n, round_lora(checked_model(n))) for n in names]
-        baselines = read_parquet(BASELINES / "scores.parquet", ["round", "prompt_id", "seed"])
-        check_made_from(BASELINES / "scores.parquet", baselines.attrs.get(RECORD_KEY), "frontier")
-        scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
-        backbone = load_round_model(cfg.model, checked_model("round_0"), precision=cfg.model.precision)
+        baselines = checked_table(BASELINES / "scores.parquet", ["round", "prompt_id", "seed"], "baselines", None)
+        templates, concept, scorers, backbone = held_out_setup(cfg)
     outputs = (EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png", EVAL / "grids",
                ROUNDS_TABLE, FRONTIER_TABLE, Path("metrics.json"))
     with producing(*outputs) as writes:

@@ -15,6 +15,7 @@ from stages.common import (
     setup,
     user_errors,
 )
+from stages.held_out import held_out_setup
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
 # The whole evaluate group: the library samples with it as evaluate does (grid_prompts too,
@@ -32,21 +33,15 @@ def main(params: Path = PARAMS_OPTION) -> None:
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     from dbdpo.artifacts import atomic_dir, write_parquet
     from dbdpo.backbones import round_lora
-    from dbdpo.data import eval_prompts, load_concept, ts_texts
     from dbdpo.frontier import baseline_points, sample_baselines
     from dbdpo.provenance import RECORD_KEY, made_from
-    from dbdpo.rounds import load_round_model
-    from dbdpo.scoring import build_scorers
 
     cfg = setup(params, "frontier", READS, processes=True)
     e = cfg.evaluate
     with user_errors():
-        templates = eval_prompts(e.prompts, e.num_prompts)
-        concept = load_concept(cfg.concept)
         round_0 = checked_model("round_0")
         lora = round_lora(round_0)
-        scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
-        backbone = load_round_model(cfg.model, round_0, precision=cfg.model.precision)
+        templates, _, scorers, backbone = held_out_setup(cfg)
     points = baseline_points(cfg.frontier, e.guidance_scale, has_lora=bool(lora))
     with producing(BASELINES) as writes:
         if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
