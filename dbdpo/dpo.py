@@ -138,7 +138,7 @@ def _preference_loop(backbone: Backbone, cfg: DpoConfig, draw, errors, loss_fn, 
     timesteps = timestep_range(cfg, scheduler.config.num_train_timesteps)
     accelerator, unet, optimizer, params = prepare_lora_training(
         backbone, cfg.lora_rank, cfg.lora_targets, "dpo", cfg.learning_rate, cfg.gradient_accumulation_steps,
-        cfg.gradient_checkpointing, weight_decay=cfg.weight_decay)
+        cfg.gradient_checkpointing, cfg.seed, weight_decay=cfg.weight_decay)
     hint = f"lower dpo.learning_rate (now {cfg.learning_rate:g}) or dpo.beta (now {cfg.beta:g})"
     base = accelerator.unwrap_model(unet)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -209,7 +209,7 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     if cfg.method == "lora":
         accelerator, unet, optimizer, params = prepare_lora_training(
             backbone, cfg.lora_rank, cfg.lora_targets, "dreambooth", cfg.learning_rate, 1, cfg.gradient_checkpointing,
-            text_encoders=cfg.train_text_encoder)
+            cfg.seed, text_encoders=cfg.train_text_encoder)
     else:
         accelerator, unet, optimizer, params = _prepare_full_training(backbone, cfg)
     hint = f"lower finetune.learning_rate (now {cfg.learning_rate:g})"

@@ -75,12 +75,29 @@ def target_names(targets: str | Sequence[str]) -> list[str]:
 
 
 def add_lora(module: torch.nn.Module, rank: int, adapter_name: str,
-             targets: str | Sequence[str] = "attention") -> None:
+             targets: str | Sequence[str] = "attention", seed: int = 0) -> None:
     """Attach a trainable LoRA (B = 0, so the model starts unchanged) to the layers that
-    `targets` names (target_names)."""
+    `targets` names (target_names), its A matrices drawn from `seed` (seed_lora_init)."""
     names = target_names(targets)
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=names)
     module.add_adapter(config, adapter_name=adapter_name)
+    seed_lora_init(module, adapter_name, seed)
+
+
+def seed_lora_init(module: torch.nn.Module, adapter_name: str, seed: int) -> None:
+    """Redraw every A of the adapter as peft's default init draws it, Kaiming-uniform with
+    a = sqrt(5), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), but from a CPU generator seeded with
+    `seed`, in the module's parameter order. peft draws from torch's global RNG, which anything
+    that ran earlier in the process has moved (a bench running many loops, a notebook), and
+    which differs per device: this way a loop's seed alone fixes its start, on every device."""
+    gen = torch.Generator().manual_seed(seed)
+    marker = f".lora_A.{adapter_name}."
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if marker in name:
+                bound = param[0].numel() ** -0.5  # fan_in: input features x kernel size
+                draw = torch.rand(param.shape, generator=gen, dtype=torch.float32) * (2 * bound) - bound
+                param.copy_(draw.to(param.dtype))
 
 
 def lora_state(unet: torch.nn.Module, adapter_name: str) -> LoraState:

@@ -270,11 +270,12 @@ def encoders_offloaded(pipe, keep: tuple[str, ...] = ()) -> Iterator[None]:
 
 
 def prepare_lora_training(backbone: Backbone, rank: int, targets: str | Sequence[str], adapter: str, lr: float,
-                          grad_accum: int, checkpointing: bool, text_encoders: bool = False,
+                          grad_accum: int, checkpointing: bool, seed: int, text_encoders: bool = False,
                           weight_decay: float = 0.0):
     """Freeze the pipeline, add the trainable LoRA (to the text encoders' attention too with
-    `text_encoders`), hand UNet + optimizer to accelerate; returns (accelerator, unet,
-    optimizer, trainable parameters).
+    `text_encoders`), its init drawn from `seed` (the UNet's; seed + i for the i-th text
+    encoder), hand UNet + optimizer to accelerate; returns (accelerator, unet, optimizer,
+    trainable parameters).
 
     Mixed precision follows the frozen weights, which `load_backbone` cast to the stage's
     `mixed_precision` on a GPU: fp16/bf16 weights run under autocast to that dtype, while
@@ -284,9 +285,9 @@ def prepare_lora_training(backbone: Backbone, rank: int, targets: str | Sequence
     autocast = {torch.float32: "no", torch.float16: "fp16", torch.bfloat16: "bf16"}[pipe.unet.dtype]
     freeze(pipe)
     trained = [pipe.unet, *(pipeline_text_encoders(pipe).values() if text_encoders else ())]
-    add_lora(pipe.unet, rank, adapter, targets)
-    for encoder in trained[1:]:
-        add_lora(encoder, rank, adapter, "text_encoder")
+    add_lora(pipe.unet, rank, adapter, targets, seed=seed)
+    for i, encoder in enumerate(trained[1:], start=1):
+        add_lora(encoder, rank, adapter, "text_encoder", seed=seed + i)
     params = [p for module in trained for p in module.parameters() if p.requires_grad]
     for param in params:
         param.data = param.data.float()

@@ -97,6 +97,45 @@ def test_unet_target_set_adapts_convs_and_feed_forwards():
     assert len(state) > 2 * len(random_lora(0))
 
 
+def test_lora_init_is_the_seeds_alone_whatever_the_global_rng_did_before():
+    """peft draws A from torch's global RNG; ours from the seed, so a loop in a bench or a
+    notebook starts where the same loop in a fresh stage process starts."""
+    def fresh(seed, draws):
+        pipe = pipeline("world")
+        torch.rand(draws)  # whatever ran earlier in the process moved the global RNG
+        add_lora(pipe.unet, 4, "x", "unet", seed=seed)
+        return lora_state(pipe.unet, "x")
+
+    first, again, other = fresh(0, draws=1000), fresh(0, draws=7), fresh(1, draws=1000)
+    assert first.keys() == again.keys() == other.keys()
+    for key in first:
+        assert torch.equal(first[key], again[key]), key
+        if key.endswith("lora_B.weight"):
+            assert not first[key].any(), key  # B = 0: the model starts unchanged
+        else:
+            assert not torch.equal(first[key], other[key]), key
+
+
+@pytest.mark.parametrize("targets", ["attention", "unet"])
+def test_lora_init_has_pefts_distribution(targets):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in features x kernel size: the bound peft's
+    Kaiming-uniform (a = sqrt 5) draw has, reached and not exceeded, with the uniform's std."""
+    state = lora_state_of(targets, rank=16)
+    for key, value in state.items():
+        if key.endswith("lora_A.weight"):
+            bound = value[0].numel() ** -0.5
+            assert value.abs().max() <= bound, key
+            assert value.abs().max() > 0.9 * bound, key
+    a = torch.cat([v.flatten() * v[0].numel() ** 0.5 for k, v in state.items() if k.endswith("lora_A.weight")])
+    assert a.std().item() == pytest.approx(3 ** -0.5, rel=0.02)  # U(-1, 1) after scaling by sqrt(fan_in)
+
+
+def lora_state_of(targets: str, rank: int):
+    pipe = pipeline("world")
+    add_lora(pipe.unet, rank, "x", targets, seed=0)
+    return lora_state(pipe.unet, "x")
+
+
 @pytest.mark.parametrize("targets", ["attention", "unet"])
 def test_merge_matches_diffusers_load_lora_weights(tmp_path, targets):
     state = random_lora(0, targets=targets)
