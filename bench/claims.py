@@ -64,6 +64,7 @@ from claims_report import (
     print_concepts,
     print_table,
 )
+from code_version import code_commit  # bench/code_version.py
 from params_cli import params_with  # bench/params_cli.py
 
 from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in ("claims", "dbdpo"):  # not open_clip's INFO lines on the root logger
         logging.getLogger(name).setLevel(logging.INFO)
-    cfg = params_with(args.params, args.set)
+    cfg, commit = params_with(args.params, args.set), code_commit()
     try:
         concepts = concepts_of(args.concepts) if args.concepts else None
     except ValueError as e:
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
             result = run_concepts(cfg, Path(work), concepts, tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
         else:
             result = run(cfg, Path(work), tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
-    result["overrides"] = args.set
+    result["overrides"], result["commit"] = args.set, commit
     (print_concepts if concepts else print_table)(result)
     if concepts and args.markdown:
         command = " ".join(["python bench/claims.py --concepts", args.concepts, *(f"--set {o}" for o in args.set)])

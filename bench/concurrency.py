@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from code_version import code_commit  # bench/code_version.py
+
 from dbdpo.threads import cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--fixed-threads", type=int, help="OMP_NUM_THREADS for every run instead of the shares")
     args = parser.parse_args(argv)
+    commit = code_commit()
     with tempfile.TemporaryDirectory(prefix="dbdpo-concurrency-") as tmp:
         work = Path(tmp)
         alone, first, second = (clone(work, name) for name in ("alone", "first", "second"))
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         same = metrics(first) == metrics(second)
         result = {"cores": cores(), "threads": args.fixed_threads or "share", "alone_s": one,
                   "together_s": pair, "ratio": max(pair.values()) / one,
-                  "together_metrics_equal": same, "alone_metrics_equal": metrics(alone) == metrics(first)}
+                  "together_metrics_equal": same, "alone_metrics_equal": metrics(alone) == metrics(first), "commit": commit}
     print(f"two at once: {pair['first']:.0f} s and {pair['second']:.0f} s; "
           f"ratio {result['ratio']:.2f}x one alone (2.00x: the cores shared perfectly) on {result['cores']} cores")
     print(f"the two runs' metrics.json are {'identical' if same else 'different'}; "

@@ -9,6 +9,7 @@ filter keeps is used (no `pair.max_total` cap), so a larger N means more pairs.
 A variant is one argument of space-separated key=value overrides of the params file:
   prompts=N  images=K  steps=S  lambda=L  filter=angle|threshold|none  angle=A  seed=D  (dpo.seed)
   beta=B  lr=R  rank=R  targets=attention|unet  min_timestep=T  max_timestep=T
+  clip=C (dpo.max_grad_norm)  weight_decay=W   (the peer's step: "clip=1.0 weight_decay=0.01")
   mode=pairs|rank  loss=diffusion_dpo|rank_dpo   (RankDPO: "mode=rank loss=rank_dpo", lists
                                                  ranked by score.rewards; filter unused)
   layers=attn2.to_k,attn2.to_v   a LoRA on exactly these module names (an experiment's set)
@@ -37,6 +38,7 @@ from pathlib import Path
 
 from claims import Bench, concept_config  # bench/claims.py
 from claims_report import mean_over_concepts, print_gains  # bench/claims_report.py
+from code_version import code_commit  # bench/code_version.py
 from params_cli import (  # bench/params_cli.py
     checked_config,
     read_params,
@@ -58,7 +60,8 @@ OVERRIDES = {"prompts": ("generate", "num_prompts", int), "images": ("generate",
              "targets": ("dpo", "lora_targets", str), "lambda": ("pair", "lambda", float),
              "filter": ("filter", "kind", str), "angle": ("filter", "angle", float),
              "mode": ("pair", "mode", str), "loss": ("dpo", "loss", str),
-             "min_timestep": ("dpo", "min_timestep", int), "max_timestep": ("dpo", "max_timestep", int)}
+             "min_timestep": ("dpo", "min_timestep", int), "max_timestep": ("dpo", "max_timestep", int),
+             "clip": ("dpo", "max_grad_norm", float), "weight_decay": ("dpo", "weight_decay", float)}
 
 
 def variant_config(params: dict, spec: str) -> Config:
@@ -129,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         concepts = concepts_of(args.concepts) if args.concepts else None
     except ValueError as e:
         raise SystemExit(f"--concepts: {e}") from None
+    commit = code_commit()
     with tempfile.TemporaryDirectory() as work:
         if not concepts:
             result = run(cfg, variants, Path(work), args.round_0)
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      Path(work) / c.name, None)
                 print(f"{c.name} ({c.split})")
                 print_gains(tables[c.name], "variant", 40)
-            result = {"concepts": tables, "mean": mean_table(tables)}
+            result = {"concepts": tables, "mean": mean_table(tables), "commit": commit}
             print(f"mean over {len(tables)} concepts (± its standard error across concepts in S_0.5's column)")
             print_gains(result["mean"], "variant", 40)
     if args.out:

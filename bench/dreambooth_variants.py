@@ -26,6 +26,7 @@ from pathlib import Path
 
 from claims import Bench, concept_config, dreambooth_gain  # bench/claims.py
 from claims_report import mean_over_concepts  # bench/claims_report.py
+from code_version import code_commit  # bench/code_version.py
 from params_cli import (  # bench/params_cli.py
     checked_config,
     read_params,
@@ -118,14 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
         concepts = concepts_of(args.concepts)
     except ValueError as e:
         raise SystemExit(f"--concepts: {e}") from None
-    t0, tables = time.time(), {}
+    t0, tables, commit = time.time(), {}, code_commit()
     with tempfile.TemporaryDirectory() as work:
         for concept in concepts:
             log.info("concept %s (%s, %s)", concept.name, concept.class_noun, concept.split)
             tables[concept.name] = run({spec: concept_config(cfg, concept) for spec, cfg in variants.items()},
                                        Path(work) / concept.name)
     result = {"concepts": tables, "splits": {c.name: c.split for c in concepts}, "mean": mean_table(tables),
-              "minutes": (time.time() - t0) / 60}
+              "minutes": (time.time() - t0) / 60, "commit": commit}
     print_tables(result)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

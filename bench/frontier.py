@@ -26,6 +26,7 @@ from pathlib import Path
 
 from claims import Bench, concept_config  # bench/claims.py
 from claims_report import mean_over_concepts  # bench/claims_report.py
+from code_version import code_commit  # bench/code_version.py
 from params_cli import params_with  # bench/params_cli.py
 
 from dbdpo.config import Config
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in ("frontier", "claims", "dbdpo"):
         logging.getLogger(name).setLevel(logging.INFO)
-    cfg = params_with(args.params, [])
+    cfg, commit = params_with(args.params, []), code_commit()
     try:
         concepts = concepts_of(args.concepts)
     except ValueError as e:
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as work:
         result = run(cfg, Path(work), concepts)
     result["command"] = f"python bench/frontier.py --concepts {args.concepts}"
+    result["commit"] = commit
     table = markdown(result, result["command"])
     print(table)
     if args.markdown:

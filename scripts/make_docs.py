@@ -133,7 +133,8 @@ def transfer_section(path: Path) -> list[str]:
     result = json.loads(path.read_text())
     concepts = list(result["concepts"])
     variants = list(result["mean"])
-    command = f"python bench/dpo_transfer.py {' '.join(variants)} --concepts {','.join(concepts)} --out {path.relative_to(ROOT)}"
+    command = (f"python bench/dpo_transfer.py {' '.join(shlex.quote(v) for v in variants)} "
+               f"--concepts {','.join(concepts)} --out {path.relative_to(ROOT)}")
     lines = [f"### One DPO round per variant, mean over {len(concepts)} concepts", "",
              f"`{command}`: gains over round 0 in round_0 stds, mean ± standard error across concepts.", "",
              "| variant | held-out IS | held-out TS | held-out S_0.5 | held-in IS | held-in TS | held-in S_0.5 |",
@@ -201,13 +202,24 @@ def results_markdown(root: Path = ROOT) -> str:
              "`bench/results/` (each section names its command). Gains are in units of round 0's "
              "per-image standard deviation; held-out: the evaluation prompts' contexts, which no training "
              "prompt uses; held-in: the round's own training prompts with new seeds. Claims (a)–(e) are "
-             "defined in [the proving ground](proving_ground.md).", ""]
+             "defined in [the proving ground](proving_ground.md). The sections whose code is not recorded "
+             "were measured before each LoRA's initial weights came from its loop's seed (commit 4d56420), "
+             "a change that moves a concept's figures by about their standard error.", ""]
     for path in sorted((root / "bench" / "results").glob("*.json")):
         section = next((fn for prefix, fn in SECTIONS.items() if path.name.startswith(prefix)), None)
         if section is None:
             raise SystemExit(f"{path}: no section of docs/results.md knows this file; add one to scripts/make_docs.py")
-        lines += section(path)
+        heading, *body = section(path)
+        lines += [heading, "", measured_on(path), *body]
     return "\n".join(lines)
+
+
+def measured_on(path: Path) -> str:
+    """Which code a results file measured: the commit its bench recorded (bench/code_version.py)."""
+    commit = json.loads(path.read_text()).get("commit")
+    if commit is None:
+        return "Code: not recorded (measured before the benches recorded their commit)."
+    return f"Code: commit `{commit}`."
 
 
 RESULT_BLOCK = re.compile(r"(<!-- results:(\w+) -->\n)(.*?)(<!-- /results -->)", re.DOTALL)

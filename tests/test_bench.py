@@ -2,12 +2,15 @@
 
 import dataclasses
 import importlib.util
+import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import REPO, pipeline, preset_params
 
@@ -92,8 +95,6 @@ def toy_params(tmp_path, steps: int = 1, prompts: int = 1) -> Path:
     """params.yaml at toy sizes in tmp_path, every claim's path still run: `steps` DreamBooth and
     DPO steps, `prompts` training prompts a round; the angle filter's window the whole half-plane,
     so toy rounds keep their pairs."""
-    import yaml
-
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["finetune"].update(steps=steps, batch_size=1)
     params["generate"].update(num_prompts=prompts, images_per_prompt=3, steps=2)
@@ -152,6 +153,7 @@ def test_claims_bench_measures_each_concept_of_a_split_and_their_mean(tmp_path, 
         assert mean[key]["mean"] == pytest.approx(sum(values) / 2)
         assert mean[key]["se"] == pytest.approx(abs(values[0] - values[1]) / 2)  # std over sqrt(2) of two values
     assert "dog_ears     test  |" in capsys.readouterr().out
+    assert result["commit"] == bench_module("code_version").code_commit()  # the code the figures measured
     table = (tmp_path / "claims.md").read_text().splitlines()
     assert table[2].startswith("| concept | split | (a) IS held-out | (b) IS |")
     columns = bench_module("claims_report").HEADLINE_COLUMNS
@@ -189,7 +191,7 @@ def test_frontier_bench_places_each_concepts_rounds_against_its_own_baselines(tm
     table = capsys.readouterr().out.splitlines()
     assert table[2].startswith("| concept | split | round_1 IS | round_1 TS | round_1 S_0.5 | round_1 beyond_frontier |")
     assert table[6].startswith(f"| **mean ± se** | | **{result['mean']['round_1 IS']['mean']:+.3f}** ±")
-    assert (tmp_path / "f.json").is_file()
+    assert json.loads((tmp_path / "f.json").read_text())["commit"] == bench_module("code_version").code_commit()
 
 
 @pytest.mark.slow
@@ -199,14 +201,17 @@ def test_dpo_transfer_bench_averages_variants_over_concepts(tmp_path, in_repo):
     toy_params(tmp_path)
     module = bench_module("dpo_transfer")
     result = module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star,car_roof",
-                          "--out", str(tmp_path / "t.json"), "default", "beta=500"])
-    tables, mean = result["concepts"], result["mean"]
-    assert list(tables) == ["cup_star", "car_roof"] and list(mean) == ["default", "beta=500"]
+                          "--out", str(tmp_path / "t.json"), "default", "beta=500 clip=1.0 weight_decay=0.01"])
+    tables, mean, peer = result["concepts"], result["mean"], "beta=500 clip=1.0 weight_decay=0.01"
+    assert list(tables) == ["cup_star", "car_roof"] and list(mean) == ["default", peer]
     for where in ("held-out", "held-in"):
-        values = [tables[c]["beta=500"][where]["S_0.5"] for c in tables]
-        assert mean["beta=500"][where]["S_0.5"] == pytest.approx(sum(values) / 2)
-        assert mean["beta=500"][where]["S_0.5_se"] == pytest.approx(abs(values[0] - values[1]) / 2)
-    assert (tmp_path / "t.json").is_file()
+        values = [tables[c][peer][where]["S_0.5"] for c in tables]
+        assert mean[peer][where]["S_0.5"] == pytest.approx(sum(values) / 2)
+        assert mean[peer][where]["S_0.5_se"] == pytest.approx(abs(values[0] - values[1]) / 2)
+    assert json.loads((tmp_path / "t.json").read_text())["commit"] == bench_module("code_version").code_commit()
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    step = module.variant_config(params, "clip=1.0 weight_decay=0.01").dpo  # the peer's DPO step
+    assert (step.max_grad_norm, step.weight_decay) == (1.0, 0.01)
     with pytest.raises(SystemExit, match="leave out --round-0"):
         module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "dev", "--round-0", str(tmp_path),
                      "default"])
@@ -251,6 +256,19 @@ def test_claims_bench_sets_params_keys_as_dvc_exp_run_does(in_repo):
             params_cli.params_with("params.yaml", [override])
 
 
+def test_a_results_file_records_the_commit_of_the_code_it_measured(tmp_path, monkeypatch):
+    code_version = bench_module("code_version")
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout
+
+    recorded, head = code_version.code_commit(), git("rev-parse", "HEAD").strip()
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    assert head.startswith(recorded.removesuffix("-dirty")) and recorded.endswith("-dirty") == dirty
+    monkeypatch.setattr(code_version, "ROOT", tmp_path)  # no git checkout there
+    assert code_version.code_commit() == "unknown"
+
+
 def test_mean_over_concepts_by_hand():
     report = bench_module("claims_report")
     mean = report.mean_over_concepts({"a": {"x": 1.0}, "b": {"x": 2.0}, "c": {"x": 6.0}})
@@ -265,7 +283,6 @@ def test_claims_bench_measures_a_full_dreambooth_not_the_base_model(tmp_path, in
     `train_dreambooth` returns no LoRA for a full fine-tune); DPO stacks its LoRA on that
     pipeline; a saved round 0 of either kind loads onto the right base."""
     import torch
-    import yaml
 
     from dbdpo.backbones import load_backbone
     from dbdpo.config import ModelConfig
@@ -329,7 +346,6 @@ def test_claims_bench_dreambooth_preserves_the_prior_when_asked(tmp_path, in_rep
 
 def test_claims_bench_refuses_rank_dpo_params_before_any_work(tmp_path, in_repo):
     """RankDPO has no lambda or filter: claims (c) and (d) would compare one model with itself."""
-    import yaml
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["dpo"]["loss"], params["pair"]["mode"] = "rank_dpo", "rank"
@@ -344,8 +360,6 @@ def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, capl
     """bench/dpo_transfer.py at toy sizes: one row per variant, round_0 loaded from a folder,
     a `layers=` variant; a bad key or value fails before anything trains or samples."""
     import logging
-
-    import yaml
 
     from dbdpo.backbones import load_backbone
     from dbdpo.config import ModelConfig
@@ -388,7 +402,6 @@ def test_dpo_transfer_bench_trains_one_round_per_variant(tmp_path, in_repo, capl
 
 def small_generate_params(tmp_path, preset: str | None = None):
     """params.yaml (with `preset` applied: presets/<preset>.yaml), sampling 2 images of 2 steps."""
-    import yaml
 
     params = yaml.safe_load(preset_params(preset) if preset else (REPO / "params.yaml").read_text())
     params["generate"].update(images_per_prompt=2, steps=2, batch_size=2)
@@ -402,7 +415,6 @@ def test_is_ceiling_bench_scores_world_renders_and_both_models(tmp_path, in_repo
     """bench/is_ceiling.py at toy sampling sizes: the world's renders of the concept, with or
     without its ring, score above other toys (what the IS gate promises); the described-concept
     row covers the plain prompts; round_0's split adds up."""
-    import yaml
 
     from dbdpo.backbones import load_backbone
     from dbdpo.config import ModelConfig
