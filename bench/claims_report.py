@@ -59,8 +59,10 @@ def print_concepts(result: dict) -> None:
 HEADLINE_COLUMNS = {  # the markdown table's columns: headline key -> its header
     "a IS": "(a) IS held-out", "b held-out IS": "(b) IS", "b held-out TS": "(b) TS",
     "b held-out S_0.5": "(b) S_0.5 held-out", "b held-in S_0.5": "(b) S_0.5 held-in",
-    "c held-out IS margin": "(c) IS margin", "c held-out TS margin": "(c) TS margin",
+    "c held-out IS margin": "(c) IS margin held-out", "c held-out TS margin": "(c) TS margin held-out",
+    "c held-in IS margin": "(c) IS margin held-in", "c held-in TS margin": "(c) TS margin held-in",
     "d held-out angle": "(d) angle", "d held-out threshold": "(d) threshold",
+    "e held-out one round": "(e) one round of 2N",
 }
 
 
