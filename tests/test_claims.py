@@ -1,8 +1,8 @@
 """The papers' claims as tests, on the proving ground's default params (slow; in CI).
 
 Same seeds before and after; gains in units of round_0's std per image. bench/claims.py
-measures every claim, this module asserts those that hold here, with thresholds set from its
-measured values (docs/proving_ground.md, "The claims on the toy top alone"):
+measures every claim, this module asserts those that hold here, with thresholds set from the
+values its fixture measures (docs/experiments.md, "The claims test's own measurement"):
   a. DreamBooth raises IS on the held-out evaluation prompts over the base model prompted
      with the class noun; on its own prompt with no context, by the 1 std the issue asks;
   b. DPO at lambda=0.5 with the angle filter raises S_0.5 by the final round (the params'
