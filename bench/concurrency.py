@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
         same = metrics(first) == metrics(second)
         result = {"cores": cores(), "threads": args.fixed_threads or "share", "alone_s": one,
                   "together_s": pair, "ratio": max(pair.values()) / one,
-                  "together_metrics_equal": same, "alone_metrics_equal": metrics(alone) == metrics(first), "commit": commit}
+                  "together_metrics_equal": same, "alone_metrics_equal": metrics(alone) == metrics(first),
+                  "commit": commit}
     print(f"two at once: {pair['first']:.0f} s and {pair['second']:.0f} s; "
           f"ratio {result['ratio']:.2f}x one alone (2.00x: the cores shared perfectly) on {result['cores']} cores")
     print(f"the two runs' metrics.json are {'identical' if same else 'different'}; "

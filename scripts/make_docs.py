@@ -115,10 +115,9 @@ def knobs_markdown(root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
-def claims_section(path: Path) -> list[str]:
+def claims_section(path: Path, result: dict) -> list[str]:
     from claims_report import concepts_markdown
 
-    result = json.loads(path.read_text())
     splits = sorted(set(result["splits"].values()))
     overrides = result.get("overrides", [])
     command = " ".join([f"python bench/claims.py --concepts {','.join(splits)}", *(f"--set {o}" for o in overrides),
@@ -129,8 +128,7 @@ def claims_section(path: Path) -> list[str]:
             "", concepts_markdown(result, command)]
 
 
-def transfer_section(path: Path) -> list[str]:
-    result = json.loads(path.read_text())
+def transfer_section(path: Path, result: dict) -> list[str]:
     concepts = list(result["concepts"])
     variants = list(result["mean"])
     command = (f"python bench/dpo_transfer.py {' '.join(shlex.quote(v) for v in variants)} "
@@ -146,8 +144,7 @@ def transfer_section(path: Path) -> list[str]:
     return lines + [""]
 
 
-def dreambooth_section(path: Path) -> list[str]:
-    result = json.loads(path.read_text())
+def dreambooth_section(path: Path, result: dict) -> list[str]:
     concepts, variants = list(result["concepts"]), list(result["mean"])
     splits = sorted(set(result["splits"].values()))
     command = (f"python bench/dreambooth_variants.py --concepts {','.join(splits)} "
@@ -167,8 +164,7 @@ def dreambooth_section(path: Path) -> list[str]:
     return lines + [""]
 
 
-def concurrency_section(path: Path) -> list[str]:
-    r = json.loads(path.read_text())
+def concurrency_section(path: Path, r: dict) -> list[str]:
     fixed = "" if r["threads"] == "share" else f" --fixed-threads {r['threads']}"
     together = " and ".join(f"{s:.0f} s" for s in r["together_s"].values())
     return [f"### Two `dvc repro`s at once on {r['cores']} cores", "",
@@ -181,10 +177,9 @@ def concurrency_section(path: Path) -> list[str]:
             f"{r['alone_metrics_equal']} |", ""]
 
 
-def frontier_section(path: Path) -> list[str]:
+def frontier_section(path: Path, result: dict) -> list[str]:
     from frontier import markdown  # bench/frontier.py
 
-    result = json.loads(path.read_text())
     splits = sorted(set(result["splits"].values()))
     command = f"python bench/frontier.py --concepts {','.join(splits)} --out {path.relative_to(ROOT)}"
     return [f"### The baseline frontier on the {' and '.join(splits)} concepts ({result['minutes']:.0f} min on the "
@@ -209,14 +204,15 @@ def results_markdown(root: Path = ROOT) -> str:
         section = next((fn for prefix, fn in SECTIONS.items() if path.name.startswith(prefix)), None)
         if section is None:
             raise SystemExit(f"{path}: no section of docs/results.md knows this file; add one to scripts/make_docs.py")
-        heading, *body = section(path)
-        lines += [heading, "", measured_on(path), *body]
+        result = json.loads(path.read_text())
+        heading, *body = section(path, result)
+        lines += [heading, "", measured_on(result), *body]
     return "\n".join(lines)
 
 
-def measured_on(path: Path) -> str:
+def measured_on(result: dict) -> str:
     """Which code a results file measured: the commit its bench recorded (bench/code_version.py)."""
-    commit = json.loads(path.read_text()).get("commit")
+    commit = result.get("commit")
     if commit is None:
         return "Code: not recorded (measured before the benches recorded their commit)."
     return f"Code: commit `{commit}`."
