@@ -71,6 +71,7 @@ from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
 from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
 from dbdpo.data import eval_prompts, load_concept, text_prompt, train_prompts
 from dbdpo.dreambooth import dreambooth, save_round_0
+from dbdpo.early_stops import EarlyStops
 from dbdpo.evaluation import paired_gains
 from dbdpo.lora import LoraState, merged_pipeline
 from dbdpo.pairs import equal_budget_threshold
@@ -156,15 +157,18 @@ class Bench:
             models.append(model)
         return models
 
-    def dreambooth(self, seed: int | None = None, on_step: StepCallback | None = None) -> Model:
+    def dreambooth(self, seed: int | None = None, on_step: StepCallback | None = None,
+                   early_stops: EarlyStops | None = None) -> Model:
         """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage
-        (with finetune.seed = `seed` when given; `on_step` gets each step's log row). A full
+        (with finetune.seed = `seed` when given; `on_step` gets each step's log row; the LoRAs
+        after `early_stops.steps` steps kept in `early_stops.loras`, as finetune keeps them). A full
         fine-tune is saved in the scratch folder and loaded from there, as the later stages
         load models/round_0."""
         cfg = self.cfg
         finetune = cfg.finetune if seed is None else dataclasses.replace(cfg.finetune, seed=seed)
         backbone = load_backbone(cfg.model)
-        state, _ = dreambooth(backbone, self.concept_images, finetune, cfg.concept, cfg.generate, on_step)
+        state, _ = dreambooth(backbone, self.concept_images, finetune, cfg.concept, cfg.generate, on_step,
+                              early_stops=early_stops)
         if state is not None:
             return Model(cfg.model, self.backbone, state)
         folder = self.work / f"round_0_full_seed_{finetune.seed}"

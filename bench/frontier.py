@@ -3,7 +3,8 @@ what plain DreamBooth reaches with the knobs it has, as the mean over concepts.
 
 For each concept: DreamBooth and the params' rounds as the stages run them (bench/claims.py's
 Bench), every model on the held-out prompts with evaluate's seeds, and round 0 at each baseline
-knob of the params' `frontier` group on the same prompts and seeds. Each round's
+knob of the params' `frontier` group on the same prompts and seeds (DreamBooth stopped early:
+the same run's LoRA after frontier.finetune_fractions of its steps, as the finetune stage keeps it). Each round's
 `beyond_frontier` (dbdpo.frontier: its signed distance beyond the baselines' upper-right hull,
 in round_0 stds) is then a per-concept figure, and the table ends with the mean over concepts
 and its standard error across concepts, as the claims do.
@@ -29,7 +30,8 @@ from claims_report import mean_over_concepts  # bench/claims_report.py
 from code_version import code_commit  # bench/code_version.py
 from params_cli import params_with  # bench/params_cli.py
 
-from dbdpo.config import Config
+from dbdpo.config import Config, early_stop_steps
+from dbdpo.early_stops import EarlyStops
 from dbdpo.evaluation import paired_gains
 from dbdpo.frontier import baseline_points, frontier_table, rounds_beyond
 from dbdpo.world.concepts import WorldConcept, concepts_of
@@ -41,14 +43,16 @@ def measure_concept(cfg: Config, work: Path) -> dict:
     """One concept's rounds and baselines: each round's gains over round 0 and beyond_frontier,
     each baseline's gains and whether it is a vertex of the hull (gains in round_0 stds)."""
     bench, e = Bench(cfg, work), cfg.evaluate
-    round_0 = bench.dreambooth()
+    early_stops = EarlyStops(early_stop_steps(cfg.frontier.finetune_fractions, cfg.finetune.steps))
+    round_0 = bench.dreambooth(early_stops=early_stops)
     first = bench.round_scores(round_0, bench.round_prompts[0], 1, "round_1")
     models = dict(zip(cfg.round_names(), bench.dpo_rounds(round_0, first, cfg, cfg.dpo.steps)))
     reference = bench.measure(round_0, "round_0", sets=("held-out",))["held-out"]
     rounds = {name: paired_gains(bench.measure(model, name, sets=("held-out",))["held-out"], reference)
               for name, model in models.items()}
     baselines = {}
-    for point in baseline_points(cfg.frontier, e.guidance_scale, has_lora=bool(round_0.lora)):
+    for point in baseline_points(cfg.frontier, e.guidance_scale, has_lora=bool(round_0.lora),
+                                 early_stops=early_stops.named()):
         model = dataclasses.replace(round_0, lora=point.lora(round_0.lora))
         scores = bench.sample(model, bench.held_out, e.images_per_prompt, e.seed, point.name,
                               settings=point.sampling(e))
@@ -81,7 +85,8 @@ def markdown(result: dict, command: str) -> str:
     keys = list(result["mean"])
     lines = [f"Gains over round 0 and distance beyond the baseline frontier, in round_0 stds on the held-out "
              f"prompts, `{command}` ({len(result['headline'])} concepts; baselines: LoRA scales "
-             f"{result['frontier']['lora_scales']}, guidance scales {result['frontier']['guidance_scales']}).", "",
+             f"{result['frontier']['lora_scales']}, guidance scales {result['frontier']['guidance_scales']}, "
+             f"finetune fractions {result['frontier'].get('finetune_fractions', [])}).", "",
              "| concept | split | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, row in result["headline"].items():
         lines.append(f"| {name} | {result['splits'][name]} | " + " | ".join(f"{row[k]:+.3f}" for k in keys) + " |")

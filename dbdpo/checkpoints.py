@@ -2,7 +2,8 @@
 
 Every `every` optimizer steps a loop saves, into one safetensors file (no pickles: accelerate's
 `save_state` pickles the optimizer and the RNG states), its trainable weights, the optimizer's
-moments, the generator that draws its batches, the fp16 grad scaler and the log rows so far.
+moments, the generator that draws its batches, the fp16 grad scaler, the log rows so far and
+what else the loop keeps (`extra` tensors: DreamBooth's early stops).
 A rerun with the same fingerprint (the caller's hash of everything that shapes the run: config,
 inputs) loads it and goes on from the next step, so a killed run ends on the same weights as
 an uninterrupted one; a different fingerprint starts over. Saves are atomic: a kill during a
@@ -51,6 +52,7 @@ class LoopState:
     optimizer: dict[int, dict[str, torch.Tensor]]
     generator: torch.Tensor
     scaler: dict | None
+    extra: dict[str, torch.Tensor]
 
 
 def fingerprint(*parts) -> str:
@@ -61,10 +63,13 @@ def fingerprint(*parts) -> str:
 
 
 def save_loop_state(ckpt: Checkpointing, step: int, rows: list[dict], weights: dict[str, torch.Tensor],
-                    optimizer: torch.optim.Optimizer, generator: torch.Generator, scaler=None) -> None:
+                    optimizer: torch.optim.Optimizer, generator: torch.Generator, scaler=None,
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
     """Save after `step` optimizer steps: `weights` by name (the trainable ones), the optimizer's
-    per-parameter state (its hyperparameters come from the config, which the fingerprint pins)."""
+    per-parameter state (its hyperparameters come from the config, which the fingerprint pins),
+    and `extra` tensors by name."""
     tensors = {f"weights.{name}": value.detach().cpu().contiguous() for name, value in weights.items()}
+    tensors |= {f"extra.{name}": value.detach().cpu().contiguous() for name, value in (extra or {}).items()}
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
@@ -94,10 +99,11 @@ def load_loop_state(ckpt: Checkpointing) -> LoopState | None:
             _, index, name = key.split(".", 2)
             optimizer.setdefault(int(index), {})[name] = value
     weights = {key.removeprefix("weights."): v for key, v in tensors.items() if key.startswith("weights.")}
+    extra = {key.removeprefix("extra."): v for key, v in tensors.items() if key.startswith("extra.")}
     step = int(metadata["step"])
     log.info("resuming from the checkpoint after step %d in %s", step, ckpt.directory)
     return LoopState(step=step, rows=json.loads(metadata["rows"]), weights=weights, optimizer=optimizer,
-                     generator=tensors["generator"], scaler=json.loads(metadata["scaler"]))
+                     generator=tensors["generator"], scaler=json.loads(metadata["scaler"]), extra=extra)
 
 
 def restore_loop_state(state: LoopState, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -121,16 +127,19 @@ def trainable_weights(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Te
 
 
 def resume(ckpt: Checkpointing | None, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-           generator: torch.Generator, scaler=None, on_step=None) -> tuple[list[dict], int]:
+           generator: torch.Generator, scaler=None, on_step=None,
+           extra: dict[str, torch.Tensor] | None = None) -> tuple[list[dict], int]:
     """(log rows so far, first step to run): a matching checkpoint restored into the live
-    objects, its rows replayed through `on_step` (the log starts over with the whole history),
-    or ([], 0). Every process of a launched stage reads the checkpoint and must find the same
+    objects and its `extra` tensors into `extra`, its rows replayed through `on_step` (the log
+    starts over with the whole history), or ([], 0). Every process of a launched stage reads the checkpoint and must find the same
     step (dbdpo.distributed)."""
     saved = load_loop_state(ckpt) if ckpt is not None else None
     same_on_every_process(0 if saved is None else saved.step, f"the step to resume from {ckpt and ckpt.directory}")
     if saved is None:
         return [], 0
     restore_loop_state(saved, weights, optimizer, generator, scaler)
+    if extra is not None:
+        extra.update(saved.extra)
     for row in saved.rows if on_step is not None else ():
         on_step(row)
     return saved.rows, saved.step
@@ -138,12 +147,12 @@ def resume(ckpt: Checkpointing | None, weights: dict[str, torch.Tensor], optimiz
 
 def save_if_due(ckpt: Checkpointing | None, steps_done: int, total_steps: int, rows: list[dict],
                 weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                scaler=None) -> None:
-    """Save every `ckpt.every` steps; not after the last one (the caller writes the result).
-    The main process saves; the others hold the same state (dbdpo.distributed)."""
+                scaler=None, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Save every `ckpt.every` steps (with `extra` tensors); not after the last one (the caller
+    writes the result). The main process saves; the others hold the same state (dbdpo.distributed)."""
     if ckpt is not None and ckpt.every and steps_done % ckpt.every == 0 and steps_done < total_steps \
             and is_main_process():
-        save_loop_state(ckpt, steps_done, rows, weights, optimizer, generator, scaler)
+        save_loop_state(ckpt, steps_done, rows, weights, optimizer, generator, scaler, extra)
 
 
 def saved_step(directory: Path) -> int | None:

@@ -175,6 +175,16 @@ class EvaluateConfig(SamplingConfig):
     seed: int = 1234
 
 
+def early_stop_step(fraction: float, steps: int) -> int:
+    """The finetune step count a fraction of finetune.steps stops at (rounded to the nearest)."""
+    return round(fraction * steps)
+
+
+def early_stop_steps(fractions: tuple[float, ...], steps: int) -> tuple[int, ...]:
+    """The step counts at which finetune keeps its LoRA: frontier.finetune_fractions of finetune.steps."""
+    return tuple(early_stop_step(f, steps) for f in fractions)
+
+
 @dataclass(frozen=True)
 class FrontierConfig:
     """The baseline frontier (dbdpo.frontier): round 0 sampled on the evaluation prompts and
@@ -182,6 +192,8 @@ class FrontierConfig:
 
     lora_scales: tuple[float, ...] = (0.5, 1.5)  # the DreamBooth LoRA's scale (1: as trained)
     guidance_scales: tuple[float, ...] = (4.0, 12.0)  # classifier-free guidance, for evaluate's
+    # DreamBooth stopped early: finetune keeps its LoRA after these fractions of finetune.steps
+    finetune_fractions: tuple[float, ...] = (0.25, 0.5)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from dbdpo.conditioning import (
 )
 from dbdpo.config import ConceptConfig, FinetuneConfig, GenerateConfig
 from dbdpo.distributed import local_slice, mean_over_processes, num_processes
+from dbdpo.early_stops import EarlyStops
 from dbdpo.errors import DataError
 from dbdpo.lora import TEXT_ENCODERS, LoraState, lora_state, save_lora
 from dbdpo.losses import min_snr_weights
@@ -186,8 +187,8 @@ def _prepare_full_training(backbone: Backbone, cfg: FinetuneConfig):
 def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], instance_prompt: str | list[str],
                      cfg: FinetuneConfig, class_images: list[Image.Image] | None = None,
                      class_prompt: str | None = None, on_step: StepCallback | None = None,
-                     checkpointing: Checkpointing | None = None,
-                     preview: Preview | None = None) -> tuple[LoraState | None, list[dict]]:
+                     checkpointing: Checkpointing | None = None, preview: Preview | None = None,
+                     early_stops: EarlyStops | None = None) -> tuple[LoraState | None, list[dict]]:
     """DreamBooth: denoising loss on the concept images with the instance prompt (one for all,
     or one per image: instance_prompts), plus the prior-preservation loss on class images when given.
 
@@ -196,6 +197,8 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     resumed run's saved rows first). With `checkpointing` the loop saves its state every
     `checkpointing.every` steps and resumes from a matching saved state (dbdpo.checkpoints).
     With `preview`, it samples the model every `preview.every` steps (dbdpo.training.Preview).
+    With `early_stops` (finetune.method lora), it keeps the LoRA after each of its step counts
+    in `early_stops.loras`; a checkpoint carries those already kept.
     """
     scheduler = backbone.training_scheduler()
     latents, sizes = encode_images(backbone, instance_images), image_size_ids(backbone, instance_images)
@@ -260,9 +263,22 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
             probe_text = cached if cached is not None else text_conditioning(backbone, prompts)
             return probe_error(trained["unet"], scheduler, probe, probe_text, cfg.batch_size, device)
 
+    def current_lora() -> LoraState:
+        """The LoRA as it stands: the UNet's keys bare, a text encoder's under its component name."""
+        state = {}
+        for name, module in trained.items():
+            prefix = "" if name == "unet" else f"{name}."
+            state |= {prefix + k: v for k, v in lora_state(module, "dreambooth").items()}
+        return state
+
+    kept = early_stops if early_stops is not None and cfg.method == "lora" else EarlyStops(())
+    if early_stops is not None and early_stops.steps and cfg.method != "lora":
+        log.info("finetune.method %s keeps no early stops (a whole model each): the frontier has none", cfg.method)
     with training_mode(backbone, accelerator, keep):
         start_error = probed()  # the model as loaded: before a resumed run's weights replace it
-        rows, start = resume(checkpointing, weights, optimizer, gen, accelerator.scaler, on_step)
+        saved: dict[str, torch.Tensor] = {}
+        rows, start = resume(checkpointing, weights, optimizer, gen, accelerator.scaler, on_step, extra=saved)
+        kept.restore(saved)  # the early stops a resumed run passed before it was stopped
         for step in tqdm(range(start, cfg.steps), desc="finetune", unit="step", initial=start, total=cfg.steps):
             rebalance()  # the cores shared with the stages that started or ended since
             idx = torch.randint(0, len(latents), (global_batch,), generator=gen)
@@ -289,13 +305,12 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
                 preview.log(step, preview_images(backbone, preview))
             if on_step is not None:
                 on_step(rows[-1])
-            save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler)
-    if cfg.method == "lora":  # the UNet's keys bare, a text encoder's under its component name
-        state = {}
-        for name, module in trained.items():
-            prefix = "" if name == "unet" else f"{name}."
-            state |= {prefix + k: v for k, v in lora_state(module, "dreambooth").items()}
-        return state, rows
+            if step + 1 in kept.steps:
+                kept.loras[step + 1] = current_lora()
+            save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler,
+                        extra=kept.tensors())
+    if cfg.method == "lora":
+        return current_lora(), rows
     for module in backbone.pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False).eval()
@@ -305,14 +320,15 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
 def dreambooth(backbone: Backbone, concept_images: list[Image.Image], cfg: FinetuneConfig,
                concept: ConceptConfig, sampling: GenerateConfig, on_step: StepCallback | None = None,
                checkpointing: Checkpointing | None = None, preview: Preview | None = None,
-               prompts: list[str] | None = None) -> tuple[LoraState | None, list[dict]]:
+               prompts: list[str] | None = None,
+               early_stops: EarlyStops | None = None) -> tuple[LoraState | None, list[dict]]:
     """Round 0 as the finetune stage trains it: each photo's instance prompt (`prompts`, from
     instance_prompts; None: finetune.instance_prompt for all), the class images of prior
     preservation when cfg asks for them (drawn with `sampling`'s settings), then
     train_dreambooth, whose result and log rows it returns."""
     class_images, class_prompt = class_prior(backbone, cfg, concept, sampling)
     return train_dreambooth(backbone, concept_images, prompts or instance_prompt(cfg, concept), cfg, class_images,
-                            class_prompt, on_step, checkpointing, preview)
+                            class_prompt, on_step, checkpointing, preview, early_stops)
 
 
 def save_round_0(backbone: Backbone, lora: LoraState | None, directory: Path,

@@ -223,7 +223,7 @@ def tradeoff_figure(table: dict[str, dict[str, float | int]], path: Path, fronti
         hull = sorted((p["TS"], p["IS"]) for p in frontier.values() if p["on_hull"])
         (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
         ax.plot([x0, *(t for t, _ in hull), hull[-1][0]], [hull[0][1], *(i for _, i in hull), y0], color="0.2",
-                linestyle=":", label="baseline frontier (LoRA and guidance scales)")
+                linestyle=":", label="baseline frontier (LoRA and guidance scales, fewer steps)")
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
     ax.set_xlabel("TS (text similarity)")

@@ -3,7 +3,8 @@
 DreamBoothDPO's headline (Ayupov et al., Sec. 4, the IS-TS trade-off figures) is that its rounds
 land beyond the Pareto frontier of the baselines. A point on that frontier is a knob anyone
 already had: here round 0 (the DreamBooth model) sampled on the evaluation prompts and seeds
-with its LoRA at a smaller scale and at other guidance scales. The frontier is the upper-right
+with its LoRA at other scales and at other guidance scales, and DreamBooth stopped early (the
+same run's LoRA after a fraction of its steps). The frontier is the upper-right
 hull of those points and round 0 itself in the (TS, IS) plane, in round_0 stds. It is convex
 because a mixture of two baselines (each prompt sampled by one or the other) reaches every
 point between them, and it extends left and down because a worse score is always reachable.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,25 +32,31 @@ from dbdpo.scoring import Scorer
 
 @dataclass(frozen=True)
 class BaselinePoint:
-    """Round 0 under one knob: its LoRA at `lora_scale`, sampled at `guidance_scale`."""
-    name: str  # e.g. lora_scale_0.5, guidance_3
+    """Round 0 under one knob: its LoRA at `lora_scale`, sampled at `guidance_scale`; or, with
+    `early_stop`, DreamBooth's LoRA after fewer steps in place of round 0's."""
+    name: str  # e.g. lora_scale_0.5, guidance_3, steps_150
     lora_scale: float
     guidance_scale: float
+    early_stop: LoraState | None = field(default=None, compare=False, repr=False)
 
     def lora(self, round_0: LoraState) -> LoraState:
-        """Round 0's LoRA at this point's scale."""
-        return scaled(round_0, self.lora_scale)
+        """This point's LoRA: round 0's (or the early stop's) at this point's scale."""
+        return scaled(round_0 if self.early_stop is None else self.early_stop, self.lora_scale)
 
     def sampling(self, cfg: EvaluateConfig) -> EvaluateConfig:
         """evaluate's sampling settings at this point's guidance."""
         return dataclasses.replace(cfg, guidance_scale=self.guidance_scale)
 
 
-def baseline_points(cfg: FrontierConfig, guidance_scale: float, has_lora: bool) -> list[BaselinePoint]:
-    """One point per knob value, the other knob at round 0's own (LoRA scale 1, evaluate's
-    guidance). A round 0 with no LoRA (finetune.method: full) has no LoRA scale to turn."""
+def baseline_points(cfg: FrontierConfig, guidance_scale: float, has_lora: bool,
+                    early_stops: dict[str, LoraState] | None = None) -> list[BaselinePoint]:
+    """One point per knob value, the other knobs at round 0's own (LoRA scale 1, evaluate's
+    guidance, every step), then one per early stop ({"steps_<s>": LoRA}, the finetune stage's
+    models/early_stops). A round 0 with no LoRA (finetune.method: full) has no LoRA scale to
+    turn and keeps no early stops."""
     scales = [BaselinePoint(f"lora_scale_{s:g}", s, guidance_scale) for s in cfg.lora_scales] if has_lora else []
-    return scales + [BaselinePoint(f"guidance_{g:g}", 1.0, g) for g in cfg.guidance_scales]
+    stops = [BaselinePoint(name, 1.0, guidance_scale, lora) for name, lora in (early_stops or {}).items()]
+    return scales + [BaselinePoint(f"guidance_{g:g}", 1.0, g) for g in cfg.guidance_scales] + stops
 
 
 def sample_baselines(backbone: Backbone, round_0: LoraState, points: list[BaselinePoint], templates: list[str],

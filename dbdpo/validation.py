@@ -15,6 +15,7 @@ from dbdpo.config import (
     Config,
     ConfigError,
     SamplingConfig,
+    early_stop_step,
     yaml_name,
 )
 
@@ -203,8 +204,9 @@ def validate_groups(c: Config) -> None:
 
 
 def _frontier(c: Config) -> None:
-    """frontier: LoRA scales > 0 other than 1 (round 0 itself) and guidance scales > 0 other than
-    evaluate's, each once."""
+    """frontier: LoRA scales > 0 other than 1 (round 0 itself), guidance scales > 0 other than
+    evaluate's, fractions of finetune.steps that stop at distinct steps before the last; each
+    value once."""
     f = c.frontier
     for i, scale in enumerate(f.lora_scales):
         _require(0 < scale != 1, f"frontier.lora_scales[{i}]", scale,
@@ -212,8 +214,17 @@ def _frontier(c: Config) -> None:
     for i, guidance in enumerate(f.guidance_scales):
         _require(guidance > 0 and guidance != c.evaluate.guidance_scale, f"frontier.guidance_scales[{i}]", guidance,
                  f"a scale > 0 other than evaluate.guidance_scale={c.evaluate.guidance_scale} (round 0 itself)")
-    for key, values in (("lora_scales", f.lora_scales), ("guidance_scales", f.guidance_scales)):
-        _require(len(set(values)) == len(values), f"frontier.{key}", list(values), "each value once")
+    steps = c.finetune.steps
+    for i, fraction in enumerate(f.finetune_fractions):
+        _require(0 < fraction < 1 and 1 <= early_stop_step(fraction, steps) < steps, f"frontier.finetune_fractions[{i}]",
+                 fraction, f"a fraction in (0, 1) that stops at a step from 1 to finetune.steps - 1 "
+                 f"(finetune.steps={steps}; all the steps are round 0 itself)")
+    early = [early_stop_step(x, steps) for x in f.finetune_fractions]
+    for key, values in (("lora_scales", f.lora_scales), ("guidance_scales", f.guidance_scales),
+                        ("finetune_fractions", early)):
+        _require(len(set(values)) == len(values), f"frontier.{key}", list(getattr(f, key)),
+                 "each value once" + (f" (each a distinct step of finetune.steps={steps})" if key == "finetune_fractions"
+                                      else ""))
 
 
 # the import each tracker needs (accelerate's TensorBoardTracker takes tensorboardX when tensorboard is absent)

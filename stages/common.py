@@ -30,6 +30,7 @@ EVAL = Path("eval")
 ROUNDS_TABLE = EVAL / "rounds.json"  # every round's scores and gains (evaluate writes, show and status read)
 BASELINES = EVAL / "baselines"  # round 0 under the baseline knobs (frontier writes, evaluate reads)
 FRONTIER_TABLE = EVAL / "frontier.json"  # the baselines' gains and the hull (evaluate writes)
+EARLY_STOPS = MODELS / "early_stops"  # DreamBooth stopped early (finetune writes, frontier reads)
 LOGS = Path("logs")
 CHECKPOINTS = Path("checkpoints")  # a killed training stage's state (not a DVC output; git-ignored)
 
@@ -131,7 +132,7 @@ SCORER_READS = ("score.clip_model", "score.clip_pretrained", "score.dino_model",
                 "score.aesthetic_clip_pretrained", "score.ts_prompt", "score.batch_size", "score.seed")
 
 PRODUCER_STAGE = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}
-RUN_PRODUCER_STAGE = {"baselines": "frontier"}  # artifacts of the whole run, not of one round
+RUN_PRODUCER_STAGE = {"baselines": "frontier", "early_stops": "finetune"}  # the whole run's, not a round's
 
 
 def producer(artifact: str, round_name: str | None) -> str:
@@ -147,8 +148,9 @@ def checked_model(round_name: str) -> Path:
     return checked_folder(model_dir(round_name), "model", round_name)
 
 
-def checked_folder(folder: Path, artifact: str, round_name: str) -> Path:
-    """A round's folder artifact (its model, its preferences), refused (StaleInputError) if
+def checked_folder(folder: Path, artifact: str, round_name: str | None) -> Path:
+    """A round's folder artifact (its model, its preferences; with no round the run's own, the
+    early stops), refused (StaleInputError) if
     what it was made from has changed since its producer wrote it; a missing one is left to
     the reader, whose error names the stage to run."""
     if folder.is_dir():

@@ -6,6 +6,7 @@ import typer
 
 from stages.check import require_inputs
 from stages.common import (
+    EARLY_STOPS,
     LOGS,
     PARAMS_OPTION,
     checkpoint_dir,
@@ -19,10 +20,11 @@ from stages.common import (
 )
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
-# generate's sampling settings draw the prior-preservation class images.
+# generate's sampling settings draw the prior-preservation class images; frontier.finetune_fractions
+# names the early stops it keeps (the frontier's DreamBooth stopped early).
 READS = ("model.backbone", "model.path", "model.revision", "model.variant", "model.vae", "model.resolution",
          "concept", "finetune", "generate.steps", "generate.scheduler",
-         "generate.guidance_scale", "generate.batch_size")
+         "generate.guidance_scale", "generate.batch_size", "frontier.finetune_fractions")
 
 app = typer.Typer(add_completion=False)
 
@@ -34,11 +36,13 @@ def main(params: Path = PARAMS_OPTION) -> None:
     whole model with finetune.method=full.
 
     Writes models/round_0/ (a diffusers LoRA, or for full a diffusers pipeline folder, both
-    safetensors) and logs/finetune/ (DVCLive, each step as it happens).
+    safetensors), models/early_stops/ (the LoRA after each frontier.finetune_fractions of the
+    steps; none for full) and logs/finetune/ (DVCLive, each step as it happens).
     """
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     from dbdpo.backbones import load_backbone
     from dbdpo.checkpoints import remove_checkpoint
+    from dbdpo.config import early_stop_steps
     from dbdpo.data import load_captions, load_concept
     from dbdpo.dreambooth import (
         dreambooth,
@@ -47,6 +51,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
         save_round_0,
         weights_precision,
     )
+    from dbdpo.early_stops import EarlyStops, save_early_stops
     from dbdpo.provenance import made_from
 
     cfg = setup(params, "finetune", READS, processes=True, before=require_inputs)
@@ -58,12 +63,14 @@ def main(params: Path = PARAMS_OPTION) -> None:
         backbone = load_backbone(cfg.model, precision=weights_precision(ft))
     inputs = made_from(Path(cfg.concept.dir))
     ckpt = training_checkpoint(cfg, READS, checkpoint_dir("round_0"), ft.checkpoint_every, inputs)
-    with producing(model_dir("round_0"), LOGS / "finetune") as writes:
+    early_stops = EarlyStops(early_stop_steps(cfg.frontier.finetune_fractions, ft.steps))
+    with producing(model_dir("round_0"), EARLY_STOPS, LOGS / "finetune") as writes:
         # a diverged run stops here, before the model is written
         with live_log(LOGS / "finetune", cfg, "finetune", [instance_prompt(ft, cfg.concept)]) as log:
             lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, log.on_step, ckpt, log.preview,
-                                 prompts)
+                                 prompts, early_stops)
         if writes:  # every process holds the same weights (DDP); one writes them
+            save_early_stops(backbone.pipe, early_stops, ft.steps, EARLY_STOPS, made_from=inputs)
             save_round_0(backbone, lora, model_dir("round_0"), made_from=inputs)
             remove_checkpoint(ckpt)
 

@@ -1,5 +1,5 @@
-"""Stage frontier: round 0 under the knobs plain DreamBooth has (LoRA scale, guidance), on the
-held-out prompts and seeds -> the baselines evaluate measures each round against."""
+"""Stage frontier: round 0 under the knobs plain DreamBooth has (LoRA scale, guidance, fewer
+steps), on the held-out prompts and seeds -> the baselines evaluate measures each round against."""
 
 from pathlib import Path
 
@@ -7,8 +7,10 @@ import typer
 
 from stages.common import (
     BASELINES,
+    EARLY_STOPS,
     PARAMS_OPTION,
     SCORER_READS,
+    checked_folder,
     checked_model,
     disk_errors,
     producing,
@@ -33,6 +35,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
     from dbdpo.artifacts import atomic_dir, write_parquet
     from dbdpo.backbones import round_lora
+    from dbdpo.early_stops import load_early_stops
     from dbdpo.frontier import baseline_points, sample_baselines
     from dbdpo.provenance import RECORD_KEY, made_from
 
@@ -41,8 +44,9 @@ def main(params: Path = PARAMS_OPTION) -> None:
     with user_errors():
         round_0 = checked_model("round_0")
         lora = round_lora(round_0)
+        early_stops = load_early_stops(checked_folder(EARLY_STOPS, "early_stops", None))
         templates, _, scorers, backbone = held_out_setup(cfg)
-    points = baseline_points(cfg.frontier, e.guidance_scale, has_lora=bool(lora))
+    points = baseline_points(cfg.frontier, e.guidance_scale, has_lora=bool(lora), early_stops=early_stops)
     with producing(BASELINES) as writes:
         if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
             sample_baselines(backbone, lora, points, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
@@ -50,7 +54,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
         with atomic_dir(BASELINES) as out:
             table = sample_baselines(backbone, lora, points, templates, cfg.concept, e, scorers, out / "images",
                                      cfg.score.batch_size)
-            table.attrs = {RECORD_KEY: made_from(round_0, Path(cfg.concept.dir))}
+            table.attrs = {RECORD_KEY: made_from(round_0, EARLY_STOPS, Path(cfg.concept.dir))}
             write_parquet(table, out / "scores.parquet")
     typer.echo(f"frontier: {len(points)} baseline points ({', '.join(p.name for p in points) or 'none'}), "
                f"{len(table)} images")

@@ -94,9 +94,11 @@ def test_scale_bench_runs_every_path_on_the_full_sd2_architecture(tmp_path):
 def toy_params(tmp_path, steps: int = 1, prompts: int = 1) -> Path:
     """params.yaml at toy sizes in tmp_path, every claim's path still run: `steps` DreamBooth and
     DPO steps, `prompts` training prompts a round; the angle filter's window the whole half-plane,
-    so toy rounds keep their pairs."""
+    so toy rounds keep their pairs; DreamBooth stopped early after half the steps, where there
+    are two or more."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["finetune"].update(steps=steps, batch_size=1)
+    params["frontier"]["finetune_fractions"] = [0.5] if steps >= 2 else []
     params["generate"].update(num_prompts=prompts, images_per_prompt=3, steps=2)
     params["filter"]["angle"] = 90
     params["dpo"].update(steps=steps, batch_size=steps)
@@ -171,12 +173,12 @@ def test_frontier_bench_places_each_concepts_rounds_against_its_own_baselines(tm
 
     from dbdpo.frontier import frontier_table, rounds_beyond
 
-    toy_params(tmp_path)
+    toy_params(tmp_path, steps=2)
     result = bench_module("frontier").main(["--params", str(tmp_path / "params.yaml"), "--concepts", "toy_top,dog_ears",
                                             "--out", str(tmp_path / "f.json")])
     assert list(result["concepts"]) == ["toy_top", "dog_ears"] and result["splits"]["dog_ears"] == "test"
     for name, concept in result["concepts"].items():
-        assert list(concept["baselines"]) == ["lora_scale_0.5", "lora_scale_1.5", "guidance_4", "guidance_12"]
+        assert list(concept["baselines"]) == ["lora_scale_0.5", "lora_scale_1.5", "guidance_4", "guidance_12", "steps_1"]
         assert list(concept["rounds"]) == ["round_1", "round_2"]
         # the distances are those of the library's hull through this concept's baselines
         hull, _ = frontier_table(concept["baselines"])
@@ -293,6 +295,7 @@ def test_claims_bench_measures_a_full_dreambooth_not_the_base_model(tmp_path, in
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["finetune"].update(method="full", steps=2, batch_size=1)
+    params["frontier"]["finetune_fractions"] = []  # a full DreamBooth keeps no early stops
     params["generate"].update(num_prompts=1, images_per_prompt=3, steps=2)
     params["filter"]["kind"] = "none"
     params["dpo"].update(steps=1, batch_size=1)

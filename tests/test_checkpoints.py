@@ -87,24 +87,38 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     assert [r["step"] for r in done] == list(range(6))  # started over
 
 
+def same_lora(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.slow
-def test_a_killed_dreambooth_run_resumes_to_the_same_lora(tmp_path, in_repo):
-    """The finetune loop resumes the same way (prior preservation's class batches included)."""
+def test_a_killed_dreambooth_run_resumes_to_the_same_lora_and_early_stops(tmp_path, in_repo):
+    """The finetune loop resumes the same way (prior preservation's class batches included),
+    with the early stops it kept before the kill; each early stop is the LoRA a run of that
+    many steps ends with."""
+    import dataclasses
+
     from dbdpo.config import ConceptConfig, FinetuneConfig
     from dbdpo.data import load_concept
     from dbdpo.dreambooth import train_dreambooth
+    from dbdpo.early_stops import EarlyStops
 
     concept = load_concept(ConceptConfig(dir="data/concept"))
     cfg = FinetuneConfig(steps=6, batch_size=2, lora_rank=4)
 
-    def run(**kwargs):
+    def run(cfg=cfg, **kwargs):
         return train_dreambooth(tiny(), concept, "a photo of sks toy", cfg, concept[:2], "a photo of a toy", **kwargs)
 
-    expected_state, expected_rows = run()
+    expected_stops = EarlyStops((1, 3))
+    expected_state, expected_rows = run(early_stops=expected_stops)
+    assert list(expected_stops.named()) == ["steps_1", "steps_3"]
+    shorter, _ = run(dataclasses.replace(cfg, steps=3))
+    assert same_lora(expected_stops.loras[3], shorter) and not same_lora(expected_stops.loras[1], shorter)
     ckpt = Checkpointing(tmp_path / "ckpt", every=2, fingerprint="finetune")
     with pytest.raises(Killed):
-        run(on_step=kill_after(3), checkpointing=ckpt)
+        run(on_step=kill_after(3), checkpointing=ckpt, early_stops=EarlyStops((1, 3)))
     assert load_loop_state(ckpt).step == 2
-    state, rows = run(checkpointing=ckpt)
-    assert rows == expected_rows
-    assert all(torch.equal(state[k], expected_state[k]) for k in expected_state)
+    stops = EarlyStops((1, 3))
+    state, rows = run(checkpointing=ckpt, early_stops=stops)  # step 1's LoRA comes from the checkpoint
+    assert rows == expected_rows and same_lora(state, expected_state)
+    assert stops.loras.keys() == {1, 3} and all(same_lora(stops.loras[s], expected_stops.loras[s]) for s in (1, 3))

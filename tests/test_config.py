@@ -103,6 +103,13 @@ def test_repository_params_load(in_repo):
     ({"frontier__lora_scales": ["half"]}, r"frontier.lora_scales\[0\]: expected a number, got 'half'"),
     ({"frontier__guidance_scales": [7.5]}, r"frontier.guidance_scales\[0\]=7.5 is invalid: expected a scale > 0 other than evaluate"),
     ({"frontier__guidance_scales": [float("inf")]}, r"frontier.guidance_scales\[0\]=inf is invalid: expected a finite number"),
+    ({"frontier__finetune_fractions": [0.5, 1.0]},
+     r"frontier.finetune_fractions\[1\]=1.0 is invalid: expected a fraction in \(0, 1\) that stops at a step from 1"),
+    ({"finetune__steps": 2, "frontier__finetune_fractions": [0.2]},  # would stop after 0 steps
+     r"frontier.finetune_fractions\[0\]=0.2 is invalid: expected .* \(finetune.steps=2; all the steps are round 0"),
+    ({"frontier__finetune_fractions": [0.5, 0.5001]},
+     r"frontier.finetune_fractions=\[0.5, 0.5001\] is invalid: expected each value once \(each a distinct step of "
+     r"finetune.steps=600\)"),
     ({"evaluate__num_prompts": 1, "evaluate__images_per_prompt": 1, "evaluate__grid_prompts": 1},
      r"evaluate.images_per_prompt=1 is invalid: expected at least 2 evaluation images in all"),
     ({"dpo__seed": 2**64}, r"dpo.seed=18446744073709551616 is invalid: expected a seed from 0 to"),

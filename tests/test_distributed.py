@@ -16,6 +16,7 @@ from dbdpo.distributed import launch_command, map_batches
 from dbdpo.params import config_from_dict
 from tests.conftest import REPO, invoke_stage
 
+WEIGHTS = "pytorch_lora_weights.safetensors"
 SMALL = {
     "finetune": {"steps": 3, "lora_rank": 4, "checkpoint_every": 0},
     "generate": {"num_prompts": 2, "images_per_prompt": 3, "steps": 3, "batch_size": 2},
@@ -23,7 +24,7 @@ SMALL = {
     "dpo": {"steps": 3, "checkpoint_every": 0},
     "evaluate": {"num_prompts": 3, "images_per_prompt": 1, "steps": 3, "batch_size": 2, "grid_prompts": 1},
     "score": {"batch_size": 2},
-    "frontier": {"lora_scales": [0.5], "guidance_scales": [4.0]},
+    "frontier": {"lora_scales": [0.5], "guidance_scales": [4.0], "finetune_fractions": [0.5]},
 }
 
 
@@ -96,13 +97,14 @@ def compare_one_and_two_processes(tmp_path, monkeypatch):
     # DreamBooth: 2 processes x batch 2 = 1 process x batch 4 (DDP averages the two halves' gradients)
     for root in (one, two):
         stage(monkeypatch, root, "finetune")
-    lora = "models/round_0/pytorch_lora_weights.safetensors"
-    assert_same_training(one / lora, two / lora)
+    for lora in ("round_0", "early_stops/steps_2"):  # the early stop too: after 2 of the 3 steps
+        assert_same_training(one / "models" / lora / WEIGHTS, two / "models" / lora / WEIGHTS)
     losses_one, losses_two = log_rows(one / "logs/finetune"), log_rows(two / "logs/finetune")
     assert losses_two["loss"].to_list() == pytest.approx(losses_one["loss"].to_list(), rel=1e-5)
-    # from here on both sample the same model: the artifacts must be byte-identical
-    shutil.rmtree(two / "models/round_0")
-    shutil.copytree(one / "models/round_0", two / "models/round_0")
+    # from here on both sample the same models: the artifacts must be byte-identical
+    for models in ("round_0", "early_stops"):
+        shutil.rmtree(two / "models" / models)
+        shutil.copytree(one / "models" / models, two / "models" / models)
 
     for name in ("generate", "score"):
         for root in (one, two):
@@ -114,8 +116,7 @@ def compare_one_and_two_processes(tmp_path, monkeypatch):
     shutil.copytree(one / "rounds/round_1/preferences", two / "rounds/round_1/preferences")
     for root in (one, two):
         stage(monkeypatch, root, "dpo", "--round", "round_1")
-    assert_same_training(one / "models/round_1/pytorch_lora_weights.safetensors",
-                         two / "models/round_1/pytorch_lora_weights.safetensors")
+    assert_same_training(one / "models/round_1" / WEIGHTS, two / "models/round_1" / WEIGHTS)
     dpo_one, dpo_two = log_rows(one / "logs/dpo/round_1"), log_rows(two / "logs/dpo/round_1")
     assert math.isclose(dpo_one["loss"][0], math.log(2), abs_tol=1e-6)
     # beta scales the weights' tiny relative difference into the next losses, well inside rel 1e-3

@@ -33,7 +33,7 @@ FAST_PARAMS = {
     "filter": {"angle": 60},
     "dpo": {"steps": 4, "batch_size": 2},
     "evaluate": {"num_prompts": 2, "images_per_prompt": 1, "steps": 4, "grid_prompts": 2},
-    "frontier": {"lora_scales": [0.5], "guidance_scales": [4.0]},
+    "frontier": {"lora_scales": [0.5], "guidance_scales": [4.0], "finetune_fractions": [0.5]},
 }
 ROUND_1 = ("generate@round_1", "score@round_1", "pair@round_1", "dpo@round_1")
 ROUND_2 = ("generate@round_2", "score@round_2", "pair@round_2", "dpo@round_2")
@@ -176,14 +176,18 @@ def test_repro_writes_every_artifact(fresh_repro):
     metrics = json.loads((project / "metrics.json").read_text())  # the headline: the last round's
     assert list(metrics) == ["IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "S_0.5_gain_se", "beyond_frontier"]
     assert metrics == {k: rounds["round_1"][k] for k in metrics}
-    # the baselines: round 0 at LoRA scale 0.5 and at guidance 4, on evaluate's prompts and seeds
+    # the baselines: round 0 at LoRA scale 0.5 and at guidance 4, and DreamBooth after half its
+    # 20 steps (finetune's early stop, a LoRA diffusers loads), on evaluate's prompts and seeds
+    early = json.loads((project / "models/early_stops/early_stops.json").read_text())
+    assert early == {"finetune_steps": 20, "early_stops": {"steps_10": 10}}
+    assert (project / "models/early_stops/steps_10/pytorch_lora_weights.safetensors").is_file()
     baselines = pd.read_parquet(project / "eval/baselines/scores.parquet")
     round_0 = pd.read_parquet(project / "eval/scores.parquet").query("round == 'round_0'")
-    assert list(baselines["round"].unique()) == ["lora_scale_0.5", "guidance_4"]
+    assert list(baselines["round"].unique()) == ["lora_scale_0.5", "guidance_4", "steps_10"]
     for _, rows in baselines.groupby("round"):
         assert rows[["prompt_id", "seed"]].values.tolist() == round_0[["prompt_id", "seed"]].values.tolist()
     frontier = json.loads((project / "eval/frontier.json").read_text())
-    assert list(frontier) == ["round_0", "lora_scale_0.5", "guidance_4"]
+    assert list(frontier) == ["round_0", "lora_scale_0.5", "guidance_4", "steps_10"]
     assert frontier["guidance_4"]["IS"] == pytest.approx(baselines.loc[baselines["round"] == "guidance_4", "IS"].mean())
     assert rounds["round_0"]["beyond_frontier"] <= 0  # round 0 is a point of its own frontier
     assert "IS_gain" not in rounds["round_0"]

@@ -82,6 +82,13 @@ def test_baseline_points_turn_one_knob_at_a_time():
         BaselinePoint("guidance_3", 1.0, 3.0)]
     # a full DreamBooth has no LoRA to scale
     assert baseline_points(cfg, 7.5, has_lora=False) == [BaselinePoint("guidance_3", 1.0, 3.0)]
+    # an early stop is its own LoRA at scale 1 and evaluate's guidance, after the knobs
+    early = {"x.lora_A.weight": torch.ones(1, 2), "x.lora_B.weight": torch.ones(2, 1)}
+    points = baseline_points(cfg, 7.5, has_lora=True, early_stops={"steps_150": early})
+    assert [p.name for p in points] == ["lora_scale_0.25", "lora_scale_0.5", "guidance_3", "steps_150"]
+    assert (points[-1].lora_scale, points[-1].guidance_scale) == (1.0, 7.5)
+    lora = points[-1].lora({"x.lora_A.weight": torch.zeros(1, 2), "x.lora_B.weight": torch.zeros(2, 1)})
+    assert all(torch.equal(lora[k], early[k]) for k in early) and points[0].early_stop is None
 
 
 def test_a_scaled_lora_scales_each_update_and_nothing_else():
@@ -121,10 +128,15 @@ def test_the_baselines_are_round_0_sampled_on_evaluates_prompts_and_seeds(in_rep
     rounds = [RoundModel("round_0", lora), RoundModel("base", {})]
     round_0, base = (s.scores for s in sample_and_score(backbone, rounds, templates, concept_cfg, e, scorers, None, 8))
     points = [BaselinePoint("same", 1.0, e.guidance_scale), BaselinePoint("off", 0.0, e.guidance_scale),
-              BaselinePoint("guidance_3", 1.0, 3.0)]
+              BaselinePoint("guidance_3", 1.0, 3.0),
+              BaselinePoint("early_as_trained", 1.0, e.guidance_scale, early_stop=lora),
+              BaselinePoint("early_other", 1.0, e.guidance_scale, early_stop=random_lora(1))]
     table = sample_baselines(backbone, lora, points, templates, concept_cfg, e, scorers, None, 8)
     rows = {name: rows.drop(columns="round").reset_index(drop=True) for name, rows in table.groupby("round")}
     pd.testing.assert_frame_equal(rows["same"], round_0.drop(columns="round"))
     pd.testing.assert_frame_equal(rows["off"], base.drop(columns="round"))
     assert not np.allclose(rows["guidance_3"]["IS"], round_0["IS"])
+    # an early stop samples its own LoRA in round 0's place: round 0's gives round 0's images
+    pd.testing.assert_frame_equal(rows["early_as_trained"], round_0.drop(columns="round"))
+    assert not np.allclose(rows["early_other"]["IS"], round_0["IS"])
     assert sample_baselines(backbone, lora, [], templates, concept_cfg, e, scorers, None, 8).empty
