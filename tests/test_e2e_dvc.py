@@ -336,6 +336,20 @@ def test_adding_a_round_reruns_only_that_round_and_evaluate(baseline):
         assert grid.width == 4 * 64 * 2 + 3 * 4
 
 
+def test_other_early_stops_rerun_finetune_the_frontier_and_evaluate_and_no_round(baseline):
+    """finetune keeps the early stops beside round 0, not inside it: other fractions rewrite
+    models/early_stops and round 0 with the same bytes, so DVC reruns no round."""
+    project = baseline
+    round_0 = (project / "models/round_0/pytorch_lora_weights.safetensors").read_bytes()
+    out = run(["dvc", "exp", "run", "-S", "frontier.finetune_fractions=[0.25]"], project).stdout
+    assert_stages(out, ran=("finetune", "frontier", "evaluate"), skipped=ROUND_1)
+    assert (project / "models/round_0/pytorch_lora_weights.safetensors").read_bytes() == round_0
+    early = json.loads((project / "models/early_stops/early_stops.json").read_text())
+    assert early == {"finetune_steps": 20, "early_stops": {"steps_5": 5}}
+    assert list(json.loads((project / "eval/frontier.json").read_text())) == [
+        "round_0", "lora_scale_0.5", "guidance_4", "steps_5"]
+
+
 def test_rank_dpo_round_with_hpsv2_and_aesthetic_rewards_in_the_ensemble(baseline, monkeypatch):
     """RankDPO through the stages (pair writes ranked lists, dpo trains on them) with HPS and
     Aesthetic in the ensemble: tiny open_clip CLIPs saved in the released files' layouts stand

@@ -140,3 +140,20 @@ def test_the_baselines_are_round_0_sampled_on_evaluates_prompts_and_seeds(in_rep
     pd.testing.assert_frame_equal(rows["early_as_trained"], round_0.drop(columns="round"))
     assert not np.allclose(rows["early_other"]["IS"], round_0["IS"])
     assert sample_baselines(backbone, lora, [], templates, concept_cfg, e, scorers, None, 8).empty
+
+
+def test_the_early_stops_folder_holds_each_lora_by_its_steps_and_a_missing_index_names_the_stage(tmp_path):
+    """models/early_stops as finetune writes it and the frontier stage reads it back."""
+    from dbdpo.backbones import load_backbone
+    from dbdpo.config import ModelConfig
+    from dbdpo.early_stops import EarlyStops, load_early_stops, save_early_stops
+    from dbdpo.errors import MissingInput
+    from tests.test_lora import random_lora
+
+    stops = EarlyStops((150, 300), {300: random_lora(1), 150: random_lora(0)})
+    save_early_stops(load_backbone(ModelConfig()).pipe, stops, 600, tmp_path / "early_stops", made_from={})
+    loaded = load_early_stops(tmp_path / "early_stops")
+    assert list(loaded) == ["steps_150", "steps_300"]  # by steps, whatever order they were kept in
+    torch.testing.assert_close(loaded, {"steps_150": stops.loras[150], "steps_300": stops.loras[300]})
+    with pytest.raises(MissingInput, match=r"early_stops.json is missing: run the finetune stage"):
+        load_early_stops(tmp_path)
