@@ -4,9 +4,9 @@ what plain DreamBooth reaches with the knobs it has, as the mean over concepts.
 For each concept: DreamBooth and the params' rounds as the stages run them (bench/claims.py's
 Bench), every model on the held-out prompts with evaluate's seeds, and round 0 at each baseline
 knob of the params' `frontier` group on the same prompts and seeds (DreamBooth stopped early:
-the same run's LoRA after frontier.finetune_fractions of its steps, as the finetune stage keeps it). Each round's
-`beyond_frontier` (dbdpo.frontier: its signed distance beyond the baselines' upper-right hull,
-in round_0 stds) is then a per-concept figure, and the table ends with the mean over concepts
+the same run's LoRA after frontier.finetune_fractions of its steps, as the finetune stage keeps
+it). Each round's `beyond_frontier` (dbdpo.frontier: its signed distance beyond the baselines'
+upper-right hull, in round_0 stds) is then a per-concept figure, and the table ends with the mean over concepts
 and its standard error across concepts, as the claims do.
 
     python bench/frontier.py --concepts test [--params params.yaml] [--out bench/results/frontier_test.json]

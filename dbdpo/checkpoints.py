@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,8 +132,8 @@ def resume(ckpt: Checkpointing | None, weights: dict[str, torch.Tensor], optimiz
            extra: dict[str, torch.Tensor] | None = None) -> tuple[list[dict], int]:
     """(log rows so far, first step to run): a matching checkpoint restored into the live
     objects and its `extra` tensors into `extra`, its rows replayed through `on_step` (the log
-    starts over with the whole history), or ([], 0). Every process of a launched stage reads the checkpoint and must find the same
-    step (dbdpo.distributed)."""
+    starts over with the whole history), or ([], 0). Every process of a launched stage reads the
+    checkpoint and must find the same step (dbdpo.distributed)."""
     saved = load_loop_state(ckpt) if ckpt is not None else None
     same_on_every_process(0 if saved is None else saved.step, f"the step to resume from {ckpt and ckpt.directory}")
     if saved is None:
@@ -147,12 +148,13 @@ def resume(ckpt: Checkpointing | None, weights: dict[str, torch.Tensor], optimiz
 
 def save_if_due(ckpt: Checkpointing | None, steps_done: int, total_steps: int, rows: list[dict],
                 weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                scaler=None, extra: dict[str, torch.Tensor] | None = None) -> None:
-    """Save every `ckpt.every` steps (with `extra` tensors); not after the last one (the caller
-    writes the result). The main process saves; the others hold the same state (dbdpo.distributed)."""
+                scaler=None, extra: Callable[[], dict[str, torch.Tensor]] | None = None) -> None:
+    """Save every `ckpt.every` steps (with the tensors `extra()` gives, asked for only then); not
+    after the last one (the caller writes the result). The main process saves; the others hold
+    the same state (dbdpo.distributed)."""
     if ckpt is not None and ckpt.every and steps_done % ckpt.every == 0 and steps_done < total_steps \
             and is_main_process():
-        save_loop_state(ckpt, steps_done, rows, weights, optimizer, generator, scaler, extra)
+        save_loop_state(ckpt, steps_done, rows, weights, optimizer, generator, scaler, extra() if extra else None)
 
 
 def saved_step(directory: Path) -> int | None:

@@ -175,14 +175,10 @@ class EvaluateConfig(SamplingConfig):
     seed: int = 1234
 
 
-def early_stop_step(fraction: float, steps: int) -> int:
-    """The finetune step count a fraction of finetune.steps stops at (rounded to the nearest)."""
-    return round(fraction * steps)
-
-
 def early_stop_steps(fractions: tuple[float, ...], steps: int) -> tuple[int, ...]:
-    """The step counts at which finetune keeps its LoRA: frontier.finetune_fractions of finetune.steps."""
-    return tuple(early_stop_step(f, steps) for f in fractions)
+    """The step counts at which finetune keeps its LoRA: frontier.finetune_fractions of
+    finetune.steps, each rounded to the nearest step."""
+    return tuple(round(f * steps) for f in fractions)
 
 
 @dataclass(frozen=True)

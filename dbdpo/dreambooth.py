@@ -308,7 +308,7 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
             if step + 1 in kept.steps:
                 kept.loras[step + 1] = current_lora()
             save_if_due(checkpointing, step + 1, cfg.steps, rows, weights, optimizer, gen, accelerator.scaler,
-                        extra=kept.tensors())
+                        extra=kept.tensors)
     if cfg.method == "lora":
         return current_lora(), rows
     for module in backbone.pipe.components.values():

@@ -15,7 +15,7 @@ from dbdpo.config import (
     Config,
     ConfigError,
     SamplingConfig,
-    early_stop_step,
+    early_stop_steps,
     yaml_name,
 )
 
@@ -215,16 +215,15 @@ def _frontier(c: Config) -> None:
         _require(guidance > 0 and guidance != c.evaluate.guidance_scale, f"frontier.guidance_scales[{i}]", guidance,
                  f"a scale > 0 other than evaluate.guidance_scale={c.evaluate.guidance_scale} (round 0 itself)")
     steps = c.finetune.steps
-    for i, fraction in enumerate(f.finetune_fractions):
-        _require(0 < fraction < 1 and 1 <= early_stop_step(fraction, steps) < steps, f"frontier.finetune_fractions[{i}]",
-                 fraction, f"a fraction in (0, 1) that stops at a step from 1 to finetune.steps - 1 "
+    early = early_stop_steps(f.finetune_fractions, steps)
+    for i, (fraction, step) in enumerate(zip(f.finetune_fractions, early)):
+        _require(0 < fraction < 1 and 1 <= step < steps, f"frontier.finetune_fractions[{i}]", fraction,
+                 f"a fraction in (0, 1) that stops at a step from 1 to finetune.steps - 1 "
                  f"(finetune.steps={steps}; all the steps are round 0 itself)")
-    early = [early_stop_step(x, steps) for x in f.finetune_fractions]
-    for key, values in (("lora_scales", f.lora_scales), ("guidance_scales", f.guidance_scales),
-                        ("finetune_fractions", early)):
-        _require(len(set(values)) == len(values), f"frontier.{key}", list(getattr(f, key)),
-                 "each value once" + (f" (each a distinct step of finetune.steps={steps})" if key == "finetune_fractions"
-                                      else ""))
+    for key, values in (("lora_scales", f.lora_scales), ("guidance_scales", f.guidance_scales)):
+        _require(len(set(values)) == len(values), f"frontier.{key}", list(values), "each value once")
+    _require(len(set(early)) == len(early), "frontier.finetune_fractions", list(f.finetune_fractions),
+             f"each value once (each a distinct step of finetune.steps={steps})")
 
 
 # the import each tracker needs (accelerate's TensorBoardTracker takes tensorboardX when tensorboard is absent)

@@ -150,9 +150,8 @@ def checked_model(round_name: str) -> Path:
 
 def checked_folder(folder: Path, artifact: str, round_name: str | None) -> Path:
     """A round's folder artifact (its model, its preferences; with no round the run's own, the
-    early stops), refused (StaleInputError) if
-    what it was made from has changed since its producer wrote it; a missing one is left to
-    the reader, whose error names the stage to run."""
+    early stops), refused (StaleInputError) if what it was made from has changed since its
+    producer wrote it; a missing one is left to the reader, whose error names the stage to run."""
     if folder.is_dir():
         check_made_from(folder, folder_record(folder), producer(artifact, round_name))
     return folder
