@@ -209,8 +209,8 @@ def launch_if_asked(cfg: Config, stage: str, params: Path, round_name: str | Non
 
 def share_cores(cfg: Config) -> None:
     """Register this model stage's process with the others running on the machine and take its
-    threads (dbdpo.threads: compute.threads, or a share of the cores), until it exits. Like
-    launch_if_asked, it reads compute beside the declared params."""
+    threads (dbdpo.threads: compute.threads, or a share of the cores), until its command ends
+    (releases_cores). Like launch_if_asked, it reads compute beside the declared params."""
     from dbdpo.threads import register_stage
 
     register_stage(cfg.compute.threads)
@@ -282,6 +282,27 @@ def disk_errors(command):
             fail(f"{e.filename or 'a stage output'}: {e.strerror}; {DISK_ERRORS[e.errno]}")
 
     return guarded
+
+
+def releases_cores(command):
+    """A model stage command that, however it ends, frees the cores share_cores took and gives
+    the calling process its thread count back. Run in-process (a test, a notebook), the caller
+    would otherwise still count as a running stage until it exits, halving the threads of the
+    stage processes after it and so moving their results' last bits."""
+    @functools.wraps(command)
+    def released(*args, **kwargs):
+        import torch
+
+        from dbdpo.threads import unregister_stage
+
+        before = torch.get_num_threads()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            unregister_stage()
+            torch.set_num_threads(before)
+
+    return released
 
 
 def fail(message: str) -> None:

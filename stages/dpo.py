@@ -18,6 +18,7 @@ from stages.common import (
     live_log,
     model_dir,
     producing,
+    releases_cores,
     round_dir,
     setup_round,
     stage_round,
@@ -35,6 +36,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @disk_errors
+@releases_cores
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Writes models/<round>/ (start LoRA stacked with the DPO LoRA: one file, relative to the
     base backbone), logs/dpo/<round>/ (DVCLive, each step as it happens) and

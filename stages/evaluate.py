@@ -15,6 +15,7 @@ from stages.common import (
     checked_table,
     disk_errors,
     producing,
+    releases_cores,
     setup,
     user_errors,
 )
@@ -28,6 +29,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @disk_errors
+@releases_cores
 def main(params: Path = PARAMS_OPTION) -> None:
     """Writes metrics.json (the last round's IS, TS, gains over round_0 and distance beyond the
     baseline frontier: the headline), eval/rounds.json (every round's mean and std of each score,

@@ -14,6 +14,7 @@ from stages.common import (
     live_log,
     model_dir,
     producing,
+    releases_cores,
     setup,
     training_checkpoint,
     user_errors,
@@ -31,6 +32,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @disk_errors
+@releases_cores
 def main(params: Path = PARAMS_OPTION) -> None:
     """DreamBooth on concept.dir with the instance prompt (V* = concept.token): a LoRA, or the
     whole model with finetune.method=full.

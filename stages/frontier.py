@@ -14,6 +14,7 @@ from stages.common import (
     checked_model,
     disk_errors,
     producing,
+    releases_cores,
     setup,
     user_errors,
 )
@@ -29,6 +30,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @disk_errors
+@releases_cores
 def main(params: Path = PARAMS_OPTION) -> None:
     """Writes eval/baselines/images/<point>/ and eval/baselines/scores.parquet: one row per
     image of each baseline point, on evaluate's prompts and seeds (paired with round 0's)."""

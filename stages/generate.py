@@ -10,6 +10,7 @@ from stages.common import (
     checked_model,
     disk_errors,
     producing,
+    releases_cores,
     round_dir,
     setup_round,
     stage_round,
@@ -25,6 +26,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @disk_errors
+@releases_cores
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Sample the round's start model on its own slice of the generate.prompts pool
     (round 1 the first generate.num_prompts prompts, round 2 the next ones, ...).

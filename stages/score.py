@@ -11,6 +11,7 @@ from stages.common import (
     checked_table,
     disk_errors,
     producing,
+    releases_cores,
     round_dir,
     setup_round,
     stage_round,
@@ -25,6 +26,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @disk_errors
+@releases_cores
 def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Score rounds/<round>/images against the concept images and the prompts.
 

@@ -54,6 +54,35 @@ def in_repo(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The package built as a wheel and installed alone into a folder: (that folder, an env
+    whose `python` imports dbdpo and stages from it and whose PATH finds its `dbdpo` first, not
+    this checkout's). Once per worker: tests/test_init.py and the dvc tests share it."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"  # a copy: setuptools builds in the source tree (build/, *.egg-info)
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split()
+    for name in listed:
+        if (REPO / name).is_file() and not name.startswith(("models/", "rounds/", "eval/", "logs/")):
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)  # links become the files they point to
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(root / "dist"), str(source)], check=True, capture_output=True)
+    (wheel,) = (root / "dist").glob("dbdpo-*.whl")
+    site = root / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(site), "PATH": f"{site / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return site, env
+
+
+@pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """The tiny SD2 (v-prediction) and SDXL pipelines saved as diffusers folders, once per run:
     they load as `backbone: sd` / `sdxl` through the code that loads the real checkpoints."""

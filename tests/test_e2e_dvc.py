@@ -1,10 +1,11 @@
-"""The pipeline through the real `dvc` CLI, in a temporary git copy of this repository.
+"""The pipeline through the real `dvc` CLI, in a project `dbdpo init` wrote from the installed wheel.
 
-The tests of this module share one one-round project, built and committed once per process
-by the `project` fixture (`dvc repro` on a fresh copy); every test that changes it starts from
-that committed baseline (`baseline`), so each test runs alone or in any order, on any xdist
-worker. A stage subprocess costs ~10 s of Python imports alone, so where the dvc CLI is not
-what a test checks, it runs dvc.yaml's stage commands in-process.
+The tests of this module share one one-round project, written, built and committed once per
+process by the `project` fixture (`dbdpo init`, then `dvc repro` with the wheel's `dbdpo` as
+every stage's command: the user's path, no clone of this repository on it); every test that
+changes it starts from that committed baseline (`baseline`), so each test runs alone or in any
+order, on any xdist worker. A stage subprocess costs ~6 s of Python imports alone, so where the
+dvc CLI is not what a test checks, it runs dvc.yaml's stage commands in-process.
 """
 
 import hashlib
@@ -15,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -74,8 +74,9 @@ def copy_project(root, params: dict) -> None:
     run(["git", "commit", "-qm", "init"], root)
 
 
-def fast_params(rounds: int = 1) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+def fast_params(rounds: int = 1, source=REPO / "params.yaml") -> dict:
+    """`source`'s params at FAST_PARAMS' sizes, with `rounds` rounds."""
+    params = yaml.safe_load(source.read_text())
     for group, values in FAST_PARAMS.items():
         params[group].update(values)
     params["rounds"] = {f"round_{r}": {"start": f"round_{r - 1}"} for r in range(1, rounds + 1)}
@@ -84,13 +85,14 @@ def fast_params(rounds: int = 1) -> dict:
 
 def run_stages_in_process(project, monkeypatch, stages) -> None:
     """Each of `stages` (dvc.yaml addresses: "finetune", "pair@round_1") as `dvc repro` runs it:
-    dvc.yaml's command for it, `python -m stages.<name>`, as its Typer app in this process, in
-    the project folder, with DVC_STAGE naming the round."""
+    dvc.yaml's command for it (`python -m stages.<name>` in a copy of this repository,
+    `dbdpo <name>` in a project `dbdpo init` wrote), as its Typer app in this process, in the
+    project folder, with DVC_STAGE naming the round."""
     dvc_yaml = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     monkeypatch.chdir(project)
     for stage in stages:
         name = stage.partition("@")[0]
-        assert dvc_yaml[name].get("do", dvc_yaml[name])["cmd"] == f"python -m stages.{name}"
+        assert dvc_yaml[name].get("do", dvc_yaml[name])["cmd"] in (f"python -m stages.{name}", f"dbdpo {name}")
         monkeypatch.setenv("DVC_STAGE", stage)
         result = invoke_stage(name)
         assert result.exit_code == 0, f"{stage}: {result.output}\n{result.exception!r}"
@@ -132,10 +134,24 @@ def experiment_runs(root) -> tuple[dict, dict[str, dict]]:
 
 
 @pytest.fixture(scope="module")
-def fresh_repro(tmp_path_factory):
-    """(the project, the output of its first `dvc repro`), the run committed as the baseline."""
-    root = tmp_path_factory.mktemp("project")
-    copy_project(root, fast_params())
+def wheel_on_path(installed):
+    """Every subprocess of this module (dvc, its queue workers, the stages they run) finds the
+    installed wheel's `dbdpo` and imports its code, not this checkout's."""
+    _, env = installed
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", env["PATH"])
+        patch.setenv("PYTHONPATH", env["PYTHONPATH"])
+        yield
+
+
+@pytest.fixture(scope="module")
+def fresh_repro(tmp_path_factory, wheel_on_path):
+    """(the project, the output of its first `dvc repro`), the run committed as the baseline:
+    `dbdpo init` with the toy's photos, then one round at FAST_PARAMS' sizes."""
+    root = tmp_path_factory.mktemp("e2e") / "my-toy"
+    run(["dbdpo", "init", root.name, "--concept", str(REPO / "data/concept"), "--class-noun", "toy"], root.parent)
+    (root / "params.yaml").write_text(yaml.safe_dump(fast_params(source=root / "params.yaml"), sort_keys=False))
+    run(["git", "commit", "-qam", "CI sizes"], root)
     out = run(["dvc", "repro"], root).stdout
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "baseline"], root)
@@ -157,6 +173,7 @@ def baseline(project):
 def test_repro_writes_every_artifact(fresh_repro):
     project, first = fresh_repro
     assert_stages(first, ran=("finetune", *ROUND_1, "frontier", "evaluate"))
+    assert "> dbdpo finetune" in first and "> dbdpo dpo" in first  # the wheel's command, not python -m stages
 
     assert (project / "models/round_0/pytorch_lora_weights.safetensors").is_file()
     assert (project / "models/round_1/pytorch_lora_weights.safetensors").is_file()
@@ -405,14 +422,14 @@ def test_a_killed_dpo_stage_resumes_to_the_model_an_uninterrupted_run_writes(bas
     assert not saved.parent.exists()  # a finished run leaves no checkpoint
 
     # the stage's own command, as dvc.yaml runs it, in its own process group to kill it whole
-    stage = subprocess.Popen([sys.executable, "-m", "stages.dpo", "--round", "round_1"], cwd=project,
+    stage = subprocess.Popen(["dbdpo", "dpo", "--round", "round_1"], cwd=project,
                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not saved.is_file() and stage.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(stage.pid, signal.SIGKILL)
     assert stage.wait() == -signal.SIGKILL and saved.is_file() and not lora.exists()
-    status = run([sys.executable, "-m", "stages.status"], project).stdout
+    status = run(["dbdpo", "status"], project).stdout
     assert re.search(r"round_1 +not trained +held-out IS [\d.]+ +TS [\d.]+ dpo stopped after step \d+ of 12 "
                      r"\(checkpoints/dpo/round_1; dvc repro resumes there\)", status), status
     assert re.search(r"dvc repro would run:\n  dpo@round_1 +outs: models/round_1 deleted", status), status

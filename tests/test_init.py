@@ -1,8 +1,7 @@
-"""`dbdpo init` as a user runs it: from the installed wheel, in an empty folder, then `dvc repro`
-in the project it wrote (no clone of this repository anywhere on the path)."""
+"""`dbdpo init` as a user runs it: from the installed wheel, in an empty folder (no clone of this
+repository anywhere on the path). `dvc repro` in the project it writes is tests/test_e2e_dvc.py's
+baseline: every dvc test runs on such a project, with the wheel's `dbdpo` as the stages' command."""
 
-import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,33 +10,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.test_e2e_dvc import FAST_PARAMS
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """The package built as a wheel and installed alone into a folder: (its bin/, an env that
-    imports dbdpo and stages from it, not from this checkout)."""
-    root = tmp_path_factory.mktemp("wheel")
-    source = root / "source"  # a copy: setuptools builds in the source tree (build/, *.egg-info)
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.split()
-    for name in listed:
-        if (REPO / name).is_file() and not name.startswith(("models/", "rounds/", "eval/", "logs/")):
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, source / name)  # links become the files they point to
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(root / "dist"), str(source)], check=True, capture_output=True)
-    (wheel,) = (root / "dist").glob("dbdpo-*.whl")
-    site = root / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)
-    env = {**os.environ, "PYTHONPATH": str(site), "PATH": f"{site / 'bin'}{os.pathsep}{os.environ['PATH']}",
-           "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    return site, env
 
 
 def run(args, cwd, env, check=True):
@@ -47,7 +21,7 @@ def run(args, cwd, env, check=True):
     return result
 
 
-def test_init_writes_a_project_that_dvc_repro_runs(installed, tmp_path):
+def test_init_writes_a_committed_project_that_checks_out(installed, tmp_path):
     site, env = installed
     where = run([sys.executable, "-c", "import stages, dbdpo; print(stages.__file__, dbdpo.__file__)"], tmp_path, env)
     assert where.stdout.count(str(site)) == 2  # the wheel's code, not this checkout's
@@ -73,18 +47,6 @@ def test_init_writes_a_project_that_dvc_repro_runs(installed, tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     assert params["concept"] == {**params["concept"], "dir": "data/concept", "class_noun": "toy"}
     assert run(["git", "status", "--porcelain"], project, env).stdout == ""  # all committed
-
-    for group, values in FAST_PARAMS.items():  # small enough for CI
-        params[group].update(values)
-    params["rounds"] = {"round_1": {"start": "round_0"}}
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run(["dvc", "repro"], project, env).stdout
-    assert "Running stage 'finetune'" in out and "Running stage 'evaluate'" in out
-    rounds = json.loads((project / "eval/rounds.json").read_text())
-    assert list(rounds) == ["round_0", "round_1"] and rounds["round_1"]["images"] == 2
-    run(["dvc", "plots", "show", "-o", "plots_html"], project, env)
-    html = (project / "plots_html/index.html").read_text()
-    assert "<script src=" not in html and "vegaEmbed(" in html  # opens offline
 
 
 def test_init_refuses_a_used_folder_or_bad_input_and_writes_nothing(installed, tmp_path):

@@ -89,3 +89,26 @@ def test_outside_a_stage_rebalance_changes_nothing(monkeypatch):
     monkeypatch.setattr(threads, "_stage", None)
     before = torch.get_num_threads()
     assert threads.rebalance() == before and torch.get_num_threads() == before  # the library on its own
+
+
+def test_a_stage_run_in_process_is_no_longer_counted_once_its_command_ends(tmp_path, monkeypatch):
+    """A stage's command run in-process (a test, a notebook) registers while it runs, then frees
+    its cores and gives the caller its threads back, also when it fails: left registered, the
+    caller halved the next stage processes' threads and moved their results' last bits (the dvc
+    tests' early stops then retrained round 0 to other bytes)."""
+    import yaml
+
+    from tests.conftest import REPO, invoke_stage
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["concept"]["dir"] = str(REPO / "data/concept")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    before = torch.get_num_threads()
+    entry = threads.REGISTRY / f"{os.getpid()}.stage"
+
+    result = invoke_stage("score", "--round", "round_1")  # registers, then finds no images to score
+
+    assert result.exit_code != 0 and "rounds/round_1/samples.parquet" in result.output, result.output
+    assert threads._stage is None and not entry.exists()
+    assert torch.get_num_threads() == before
