@@ -112,3 +112,21 @@ def test_a_stage_run_in_process_is_no_longer_counted_once_its_command_ends(tmp_p
     assert result.exit_code != 0 and "rounds/round_1/samples.parquet" in result.output, result.output
     assert threads._stage is None and not entry.exists()
     assert torch.get_num_threads() == before
+
+
+def test_every_stage_that_shares_the_cores_releases_them():
+    """share_cores registers a stage in setup(processes=True); only the releases_cores wrapper of
+    its command ends that registration, so a model stage without it would bring the bug above
+    back in silence."""
+    import importlib
+
+    from tests.conftest import REPO
+
+    sharing = sorted(p.stem for p in (REPO / "stages").glob("*.py") if "processes=True" in p.read_text())
+    assert sharing == ["dpo", "evaluate", "finetune", "frontier", "generate", "score"]
+    for name in sharing:
+        command, wrappers = importlib.import_module(f"stages.{name}").main, []
+        while hasattr(command, "__wrapped__"):
+            wrappers.append(command.__code__.co_name)  # wraps() copies __name__, not the code
+            command = command.__wrapped__
+        assert "released" in wrappers, (name, wrappers)
