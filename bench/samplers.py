@@ -30,7 +30,7 @@ from dbdpo.rounds import load_round_model
 from dbdpo.scoring import build_scorers
 
 # (scheduler, steps): the reference first
-VARIANTS = [("ddim", 50), ("ddim", 20), ("dpmpp_2m", 20), ("dpmpp_2m", 25), ("euler_a", 25)]
+VARIANTS = [("ddim", 50), ("ddim", 20), ("dpmpp_2m", 10), ("dpmpp_2m", 20), ("dpmpp_2m", 25), ("euler_a", 25)]
 
 
 def main(argv: list[str] | None = None) -> dict:
