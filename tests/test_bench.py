@@ -280,6 +280,7 @@ def test_mean_over_concepts_by_hand():
     assert report.mean_over_concepts({"a": {"x": 1.5}}) == {"x": {"mean": 1.5, "se": 0.0}}
 
 
+@pytest.mark.slow
 def test_claims_bench_measures_a_full_dreambooth_not_the_base_model(tmp_path, in_repo):
     """finetune.method=full: round_0 is the fine-tuned pipeline, saved and loaded as the stages
     do, and its images are its own (the bench once sampled the base model in its place, as
@@ -323,6 +324,7 @@ def test_claims_bench_measures_a_full_dreambooth_not_the_base_model(tmp_path, in
     assert lora.base is bench.backbone and lora.config == bench.cfg.model and set(lora.lora) == set(random_lora(0))
 
 
+@pytest.mark.slow
 def test_claims_bench_dreambooth_preserves_the_prior_when_asked(tmp_path, in_repo, caplog):
     """finetune.prior_preservation: the bench's DreamBooth draws the class images and trains
     on them, as the finetune stage does (it once trained on the concept alone)."""
