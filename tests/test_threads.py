@@ -1,6 +1,7 @@
 """The CPU thread budget of stage processes (dbdpo.threads): shares of the cores, the registry
 of running stages, and a real second process taking its share."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from dbdpo import threads
+from tests.conftest import REPO
 
 
 def test_a_share_is_what_the_fixed_stages_leave_divided_among_the_others():
@@ -98,7 +100,7 @@ def test_a_stage_run_in_process_is_no_longer_counted_once_its_command_ends(tmp_p
     tests' early stops then retrained round 0 to other bytes)."""
     import yaml
 
-    from tests.conftest import REPO, invoke_stage
+    from tests.conftest import invoke_stage
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["concept"]["dir"] = str(REPO / "data/concept")
@@ -118,10 +120,6 @@ def test_every_stage_that_shares_the_cores_releases_them():
     """share_cores registers a stage in setup(processes=True); only the releases_cores wrapper of
     its command ends that registration, so a model stage without it would bring the bug above
     back in silence."""
-    import importlib
-
-    from tests.conftest import REPO
-
     sharing = sorted(p.stem for p in (REPO / "stages").glob("*.py") if "processes=True" in p.read_text())
     assert sharing == ["dpo", "evaluate", "finetune", "frontier", "generate", "score"]
     for name in sharing:
