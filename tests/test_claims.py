@@ -32,8 +32,8 @@ pytestmark = pytest.mark.slow
 # in docs/experiments.md ("The claims test's own measurement").
 A_IS_GAIN = 0.25  # the claim's size is 1 std: not reached on the held-out contexts (docs/proving_ground.md)
 A_OWN_PROMPT_IS_GAIN = 1.0  # on DreamBooth's own prompt with no context, not claim (a)'s prompts
-B_S_GAIN = {"held-in": 0.05, "held-out": 0.03}  # the claim's size is 0.3 std: not reached (docs/proving_ground.md)
-C_IS_MARGIN = {"held-in": 0.13, "held-out": 0.17}
+B_S_GAIN = {"held-in": 0.05, "held-out": 0.02}  # the claim's size is 0.3 std: not reached (docs/proving_ground.md)
+C_IS_MARGIN = {"held-in": 0.13, "held-out": 0.12}
 C_TS_MARGIN = 0.13  # on the held-in prompts only (module docstring)
 SETS = ("held-in", "held-out")
 HELD_IN_SEEDS = 3

@@ -252,6 +252,7 @@ def test_presets_are_overlays_that_validate_on_params(in_repo, name, backbone, p
     assert cfg.finetune.mixed_precision == cfg.dpo.mixed_precision == precision
     assert cfg.finetune.gradient_checkpointing and cfg.dpo.gradient_checkpointing
     assert cfg.generate.steps == cfg.evaluate.steps == 50 and cfg.generate.guidance_scale == 7.5
+    assert cfg.generate.scheduler == cfg.evaluate.scheduler == "ddim"  # the papers' sampler, not the world's
     assert (cfg.filter.kind, cfg.pair.lambda_, cfg.filter.angle) == ("angle", 0.5, 25.0)  # [20, 70] degrees
     keys = _key_paths(yaml.safe_load(preset.read_text()))
     assert keys < _key_paths(yaml.safe_load((in_repo / "params.yaml").read_text())) and len(keys) < 45
