@@ -96,7 +96,8 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 # loadfile` keeps two files queued on each worker, the second waiting for the first, so the
 # claims file goes first with a short file behind it, while the other worker takes the DVC
 # end-to-end file and the learning-signal one; the rest go to whichever worker frees first.
-# (Alphabetical order queued a long file behind test_claims.py.)
+# (Alphabetical order queued a long file behind test_claims.py; xdist's own order, by test count,
+# started the claims file, with its few tests, last: pyproject's addopts turn that off.)
 SCHEDULE = ("test_claims.py", "test_e2e_dvc.py", "test_config.py", "test_learning_signal.py", "test_distributed.py",
             "test_bench.py", "test_init.py", "test_compile.py", "test_e2e_backbones.py", "test_training.py")
 
