@@ -197,7 +197,9 @@ def results_markdown(root: Path = ROOT) -> str:
              "`bench/results/` (each section names its command). Gains are in units of round 0's "
              "per-image standard deviation; held-out: the evaluation prompts' contexts, which no training "
              "prompt uses; held-in: the round's own training prompts with new seeds. Claims (a)–(e) are "
-             "defined in [the proving ground](proving_ground.md). The sections whose code is not recorded "
+             "defined in [the proving ground](proving_ground.md). Each section ran the params.yaml of its "
+             "commit with the overrides its heading names: the evaluation sampled with DDIM at 20 steps "
+             "before commit 8c07481, with DPM-Solver++ 2M at 10 since. The sections whose code is not recorded "
              "were measured before each LoRA's initial weights came from its loop's seed (commit 4d56420), "
              "a change that moves a concept's figures by about their standard error.", ""]
     for path in sorted((root / "bench" / "results").glob("*.json")):
