@@ -168,7 +168,7 @@ class RoundConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig(SamplingConfig):
-    # half the cost of the rounds' DDIM 20, every dev claim within about a standard error of it
+    # half the rounds' DDIM steps: the dev concepts' claims read alike (docs/proving_ground.md)
     steps: int = 10
     scheduler: Scheduler = "dpmpp_2m"
     prompts: str = "data/prompts/eval.txt"  # held-out prompts (contexts no training prompt uses)
