@@ -263,7 +263,7 @@ def test_a_queued_lambda_sweep_runs_on_two_workers_reusing_the_sampled_rounds(ba
     deadline = time.monotonic() + 600
     while len(queued_names(project)) < 3:
         assert time.monotonic() < deadline, run(["dvc", "queue", "status"], project).stdout
-        time.sleep(2)
+        time.sleep(5)  # each look starts a `dvc` process, which takes a core from the queue's workers
     run(["dvc", "queue", "stop", "--kill"], project, check=False)
     status = run(["dvc", "queue", "status"], project).stdout
     assert "Failed" not in status, status
