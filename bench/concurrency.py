@@ -9,8 +9,8 @@ cores perfectly take twice as long as one; the issue's bar is 2.2x on 2 cores.
 
 `--fixed-threads N` gives every run OMP_NUM_THREADS=N instead of the stages' share of the
 cores: with N = the cores, that is what two runs did before stages shared them (each took
-every core). With the shares the bench takes about three default runs' time; the fixed-thread
-comparison can take far longer (that is its point).
+every core). The bench runs the default pipeline three times, two of them at once; the
+fixed-thread comparison can take far longer (that is its point).
 """
 
 from __future__ import annotations
