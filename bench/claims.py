@@ -60,13 +60,13 @@ import pandas as pd
 from claims_report import (
     concepts_markdown,
     headline,
-    mean_over_concepts,
     print_concepts,
     print_table,
 )
 from code_version import code_commit  # bench/code_version.py
 from params_cli import params_with  # bench/params_cli.py
 
+from dbdpo.across_concepts import mean_over_concepts
 from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
 from dbdpo.config import SEEDS_PER_ROUND, Config, ModelConfig, round_seed
 from dbdpo.data import eval_prompts, load_concept, text_prompt, train_prompts

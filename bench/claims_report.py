@@ -4,7 +4,7 @@ never typed)."""
 
 from __future__ import annotations
 
-import math
+from dbdpo.across_concepts import format_se
 
 
 def headline(result: dict, seed: int) -> dict[str, float]:
@@ -28,20 +28,6 @@ def headline(result: dict, seed: int) -> dict[str, float]:
     return out
 
 
-def mean_over_concepts(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Each headline figure's mean over the concepts (`rows`: concept -> headline) and its
-    standard error across concepts (the std of the concepts' figures over sqrt(concepts);
-    0 for one concept)."""
-    out = {}
-    for key in next(iter(rows.values())):
-        values = [row[key] for row in rows.values()]
-        n = len(values)
-        mean = sum(values) / n
-        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
-        out[key] = {"mean": mean, "se": se}
-    return out
-
-
 def print_concepts(result: dict) -> None:
     """Per-concept rows of the headline figures, then their mean ± se over concepts."""
     rows, mean = result["headline"], result["mean"]
@@ -52,7 +38,7 @@ def print_concepts(result: dict) -> None:
         print(f"{'concept':12s} {'split':5s} | " + " | ".join(f"{k:>20s}" for k in chunk))
         for name, row in rows.items():
             print(f"{name:12s} {result['splits'][name]:5s} | " + " | ".join(f"{row[k]:+20.3f}" for k in chunk))
-        print(f"{'mean ± se':18s} | " + " | ".join(f"{mean[k]['mean']:+13.3f} ± {mean[k]['se']:.3f}" for k in chunk))
+        print(f"{'mean ± se':18s} | " + " | ".join(f"{mean[k]['mean']:+13.3f} ± {format_se(mean[k]['se'])}" for k in chunk))
         print()
 
 
@@ -77,7 +63,7 @@ def concepts_markdown(result: dict, command: str) -> str:
              "|---|---|" + "---|" * len(keys)]
     for name, row in rows.items():
         lines.append(f"| {name} | {result['splits'][name]} | " + " | ".join(f"{row[k]:+.3f}" for k in keys) + " |")
-    lines.append("| **mean ± se** | | " + " | ".join(f"**{mean[k]['mean']:+.3f}** ± {mean[k]['se']:.3f}"
+    lines.append("| **mean ± se** | | " + " | ".join(f"**{mean[k]['mean']:+.3f}** ± {format_se(mean[k]['se'])}"
                                                    for k in keys) + " |")
     return "\n".join(lines) + "\n"
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from claims import Bench, concept_config  # bench/claims.py
-from claims_report import mean_over_concepts, print_gains  # bench/claims_report.py
+from claims_report import print_gains  # bench/claims_report.py
 from code_version import code_commit  # bench/code_version.py
 from params_cli import (  # bench/params_cli.py
     checked_config,
@@ -45,6 +45,7 @@ from params_cli import (  # bench/params_cli.py
     variant_params,
 )
 
+from dbdpo.across_concepts import mean_over_concepts
 from dbdpo.config import Config, round_seed
 from dbdpo.data import load_prompt_templates
 from dbdpo.evaluation import paired_gains

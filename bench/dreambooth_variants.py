@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 from claims import Bench, concept_config, dreambooth_gain  # bench/claims.py
-from claims_report import mean_over_concepts  # bench/claims_report.py
 from code_version import code_commit  # bench/code_version.py
 from params_cli import (  # bench/params_cli.py
     checked_config,
@@ -33,6 +32,7 @@ from params_cli import (  # bench/params_cli.py
     variant_params,
 )
 
+from dbdpo.across_concepts import mean_over_concepts
 from dbdpo.config import Config
 from dbdpo.world.concepts import concepts_of
 

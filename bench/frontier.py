@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 from claims import Bench, concept_config  # bench/claims.py
-from claims_report import mean_over_concepts  # bench/claims_report.py
 from code_version import code_commit  # bench/code_version.py
 from params_cli import params_with  # bench/params_cli.py
 
+from dbdpo.across_concepts import format_se, mean_over_concepts
 from dbdpo.config import Config, early_stop_steps
 from dbdpo.early_stops import EarlyStops
 from dbdpo.evaluation import paired_gains
@@ -90,7 +90,7 @@ def markdown(result: dict, command: str) -> str:
              "| concept | split | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, row in result["headline"].items():
         lines.append(f"| {name} | {result['splits'][name]} | " + " | ".join(f"{row[k]:+.3f}" for k in keys) + " |")
-    lines.append("| **mean ± se** | | " + " | ".join(f"**{result['mean'][k]['mean']:+.3f}** ± {result['mean'][k]['se']:.3f}"
+    lines.append("| **mean ± se** | | " + " | ".join(f"**{result['mean'][k]['mean']:+.3f}** ± {format_se(result['mean'][k]['se'])}"
                                                    for k in keys) + " |")
     return "\n".join(lines) + "\n"
 

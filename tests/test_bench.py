@@ -272,14 +272,6 @@ def test_a_results_file_records_the_commit_of_the_code_it_measured(tmp_path, mon
     assert code_version.code_commit() == "unknown"
 
 
-def test_mean_over_concepts_by_hand():
-    report = bench_module("claims_report")
-    mean = report.mean_over_concepts({"a": {"x": 1.0}, "b": {"x": 2.0}, "c": {"x": 6.0}})
-    assert mean["x"]["mean"] == pytest.approx(3.0)
-    assert mean["x"]["se"] == pytest.approx((7.0 ** 0.5) / 3 ** 0.5)  # sample std sqrt(7) over sqrt(3)
-    assert report.mean_over_concepts({"a": {"x": 1.5}}) == {"x": {"mean": 1.5, "se": 0.0}}
-
-
 @pytest.mark.slow
 def test_claims_bench_measures_a_full_dreambooth_not_the_base_model(tmp_path, in_repo):
     """finetune.method=full: round_0 is the fine-tuned pipeline, saved and loaded as the stages

@@ -22,7 +22,7 @@ def test_help_lists_every_stage_and_tool():
     assert result.returncode == 0, result.stderr
     commands = result.stdout.split("Commands:")[1].splitlines()
     listed = [line.split()[0] for line in commands if line.startswith("  ") and not line.startswith("   ")]
-    assert listed == ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate", "export", "prompts", "init", "show", "check", "status"]
+    assert listed == ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate", "export", "prompts", "init", "show", "summary", "check", "status"]
 
 
 @pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate"])

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from dbdpo.across_concepts import summarize
 from tests.conftest import REPO, invoke_stage
 
 pytestmark = pytest.mark.slow
@@ -193,6 +194,9 @@ def test_repro_writes_every_artifact(fresh_repro):
     metrics = json.loads((project / "metrics.json").read_text())  # the headline: the last round's
     assert list(metrics) == ["IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "S_0.5_gain_se", "beyond_frontier"]
     assert metrics == {k: rounds["round_1"][k] for k in metrics}
+    # `dbdpo summary` reads the headline evaluate wrote; one concept has no spread across concepts
+    summary = summarize([project])
+    assert summary["concepts"] == {str(project): metrics} and summary["mean"]["IS"] == {"mean": metrics["IS"], "se": None}
     # the baselines: round 0 at LoRA scale 0.5 and at guidance 4, and DreamBooth after half its
     # 20 steps (finetune's early stop, a LoRA diffusers loads), on evaluate's prompts and seeds
     early = json.loads((project / "models/early_stops/early_stops.json").read_text())

@@ -1,0 +1,131 @@
+"""Figures over a set of concepts: each figure's mean across the concepts and its standard error
+across them, as the papers report a method over their subjects (the DreamBooth dataset's 30).
+
+The standard error here is the spread of the concepts' own figures (their sample std over
+sqrt(concepts)), not the images' spread within one concept: it says how far another draw of
+concepts would move the mean. One concept has no such spread, so its standard error is None.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import yaml
+
+from dbdpo.errors import UserError
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"  # a project's headline, which its evaluate stage writes
+PARAMS_FILE = "params.yaml"
+# What may differ between the projects of one comparison: the concept, and the evaluation
+# prompts (the DreamBooth paper prompts live subjects and objects with different sets).
+PER_CONCEPT_KEYS = ("concept", "evaluate.prompts")
+
+
+def mean_over_concepts(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """Each figure's mean over the concepts and its standard error across them.
+
+    rows: concept -> {figure: value}, every concept with the same figures.
+    Returns figure -> {"mean": float, "se": float, or None for a single concept}.
+    """
+    if not rows:
+        raise ValueError("mean_over_concepts needs at least one concept")
+    out = {}
+    for key in next(iter(rows.values())):
+        values = [row[key] for row in rows.values()]
+        n = len(values)
+        mean = sum(values) / n
+        se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else None
+        out[key] = {"mean": mean, "se": se}
+    return out
+
+
+def format_se(se: float | None) -> str:
+    """A standard error across concepts as a table prints it: '0.045', or 'n/a' for one concept."""
+    return "n/a" if se is None else f"{se:.3f}"
+
+
+def format_mean_se(figure: dict[str, float | None], signed: bool = True) -> str:
+    """'+0.123 ± 0.045' (or '+0.123 ± n/a' for one concept) of a mean_over_concepts entry;
+    `signed`: a gain's sign, which a score (IS, TS) goes without."""
+    return f"{figure['mean']:{'+' if signed else ''}.3f} ± {format_se(figure['se'])}"
+
+
+def read_headlines(projects: list[Path]) -> dict[str, dict[str, float]]:
+    """Each project folder's metrics.json (the last round's IS, TS and gains over round 0, as
+    its evaluate stage writes them), keyed by the folder as given.
+
+    Refused with the file named: a missing or unreadable metrics.json, a value that is not a
+    finite number, and projects whose headlines name different figures (another pair.lambda
+    gives another S_<lambda>_gain: a mean over both would average two quantities)."""
+    if len(set(map(str, projects))) != len(projects):
+        raise UserError(f"a project folder is given twice: {', '.join(map(str, projects))}")
+    rows: dict[str, dict[str, float]] = {}
+    for project in projects:
+        path = project / METRICS_FILE
+        try:
+            row = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"{path} is missing: run `dvc repro` in {project} (its evaluate stage writes it)") from None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path} is unreadable ({e}): rerun its evaluate stage (`dvc repro -f evaluate` "
+                            f"in {project})") from None
+        if not isinstance(row, dict) or not row:
+            raise UserError(f"{path} holds no figures: rerun its evaluate stage (`dvc repro -f evaluate` in {project})")
+        for key, value in row.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"{path}: {key} is {value!r}, not a finite number; rerun its evaluate stage")
+        rows[str(project)] = {k: float(v) for k, v in row.items()}
+    first, *others = rows
+    for name in others:
+        if rows[name].keys() != rows[first].keys():
+            differ = sorted(rows[name].keys() ^ rows[first].keys())
+            raise UserError(f"{name}/{METRICS_FILE} and {first}/{METRICS_FILE} do not name the same figures "
+                            f"({', '.join(differ)} in one only): compare projects run with the same pair.lambda "
+                            f"and evaluate stage")
+    return rows
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differing_params(projects: list[Path]) -> list[str]:
+    """The params.yaml keys, beside the concept and the evaluation prompts, on which the
+    projects differ: a mean over them then mixes methods, not only concepts. Projects without
+    a readable params.yaml are left out of the comparison."""
+    flats = []
+    for project in projects:
+        try:
+            flats.append(_flat(yaml.safe_load((project / PARAMS_FILE).read_text()) or {}))
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+    keys = set().union(*flats) if flats else set()
+    return sorted(k for k in keys if not k.startswith(PER_CONCEPT_KEYS)
+                  and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1)
+
+
+def summarize(projects: list[Path]) -> dict:
+    """The headline of each project and their mean over the projects (one concept each).
+
+    Returns {"concepts": {folder: headline}, "mean": {figure: {"mean", "se"}}, "count": n}. Logs a
+    warning naming the params keys on which the projects differ beyond their concepts.
+    A project's own standard errors (the `_se` figures: its images' spread) are kept in its
+    row and left out of the mean, whose standard error is the spread across the concepts."""
+    rows = read_headlines(projects)
+    differ = differing_params(projects)
+    if differ:
+        log.warning("the projects' params differ beyond the concept, so their mean mixes methods: %s",
+                    ", ".join(differ))
+    figures = {name: {k: v for k, v in row.items() if not k.endswith("_se")} for name, row in rows.items()}
+    return {"concepts": rows, "mean": mean_over_concepts(figures), "count": len(rows)}

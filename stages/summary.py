@@ -1,0 +1,47 @@
+"""`dbdpo summary`: several projects, one concept each, as one result: each project's headline
+(its metrics.json) and the mean over the concepts with the standard error across them, as the
+papers report a method over their subjects.
+
+    dbdpo summary runs/dog runs/cat runs/teapot --out summary.json
+"""
+
+from pathlib import Path
+
+import typer
+
+from stages.common import disk_errors, user_errors
+
+app = typer.Typer(add_completion=False)
+
+# the headline figures, in metrics.json's order; a project's others follow
+COLUMNS = ("IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "beyond_frontier")
+
+
+@app.command()
+@disk_errors
+def main(projects: list[Path] = typer.Argument(..., help="project folders, each with the metrics.json its "
+                                                         "`dvc repro` wrote"),
+         out: Path | None = typer.Option(None, help="also write the figures as JSON here")) -> None:
+    """Print each project's last-round IS, TS and gains over round 0 (round 0 stds), then their
+    mean over the projects ± the standard error across them."""
+    from dbdpo.across_concepts import format_mean_se, summarize
+    from dbdpo.artifacts import write_json
+
+    with user_errors():
+        result = summarize(projects)
+    mean = result["mean"]
+    columns = [c for c in COLUMNS if c in mean] + [c for c in mean if c not in COLUMNS]
+    signed = {c: c.endswith("_gain") or c == "beyond_frontier" for c in columns}  # IS and TS are scores
+    width = max(len("mean ± se"), *map(len, result["concepts"]))
+    typer.echo(f"{'project':<{width}} | " + " | ".join(f"{c:>15}" for c in columns))
+    for name, row in result["concepts"].items():
+        typer.echo(f"{name:<{width}} | " + " | ".join(f"{row[c]:>{'+' if signed[c] else ''}15.3f}" for c in columns))
+    typer.echo(f"{'mean ± se':<{width}} | " + " | ".join(f"{format_mean_se(mean[c], signed[c]):>15}" for c in columns))
+    typer.echo(f"({result['count']} concepts; gains in each project's round 0 stds; se: across the concepts)")
+    if out is not None:
+        with user_errors():
+            write_json(result, out)
+
+
+if __name__ == "__main__":
+    app()
