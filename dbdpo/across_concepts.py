@@ -13,9 +13,8 @@ import logging
 import math
 from pathlib import Path
 
-import yaml
-
-from dbdpo.errors import UserError
+from dbdpo.errors import ConfigError, UserError
+from dbdpo.params import parse_params
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +106,11 @@ def differing_params(projects: list[Path]) -> list[str]:
     flats = []
     for project in projects:
         try:
-            flats.append(_flat(yaml.safe_load((project / PARAMS_FILE).read_text()) or {}))
-        except (OSError, yaml.YAMLError, AttributeError):
+            flats.append(_flat(parse_params(project / PARAMS_FILE)))
+        except (OSError, ConfigError, AttributeError):
             continue
     keys = set().union(*flats) if flats else set()
-    return sorted(k for k in keys if not k.startswith(PER_CONCEPT_KEYS)
+    return sorted(k for k in keys if not any(k == p or k.startswith(p + ".") for p in PER_CONCEPT_KEYS)
                   and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1)
 
 
