@@ -128,3 +128,13 @@ def summarize(projects: list[Path]) -> dict:
                     ", ".join(differ))
     figures = {name: {k: v for k, v in row.items() if not k.endswith("_se")} for name, row in rows.items()}
     return {"concepts": rows, "mean": mean_over_concepts(figures), "count": len(rows)}
+
+
+def metrics_over_concepts(result: dict) -> dict:
+    """summarize()'s result as a metrics file that `dvc exp show` lists: the mean over the
+    concepts and its standard error first, figure by figure (se null for one concept), then
+    each concept's headline under its folder's name."""
+    mean = result["mean"]
+    return {"count": result["count"], "mean": {k: v["mean"] for k, v in mean.items()},
+            "se": {k: v["se"] for k, v in mean.items()},
+            "concepts": {Path(name).name: row for name, row in result["concepts"].items()}}

@@ -6,12 +6,9 @@ them down.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
-
-from dbdpo.errors import ConfigError
 
 # The allowed values of every choice param live in its type, checked once when params are built.
 # fp32, not accelerate's "no": DVC's `-S` rewrites params.yaml unquoted, and YAML 1.1 reads
@@ -48,6 +45,17 @@ class ConceptConfig:
     token: str = "sks"
     class_noun: str = "toy"
     min_size: int = 32
+
+
+@dataclass(frozen=True)
+class ConceptEntry:
+    """One concept of a run over several (`concepts.<name>` in params.yaml): every key is given,
+    so that dvc.yaml can list exactly the keys of it each stage reads (stages/pipeline.py).
+    concept.min_size stays shared."""
+
+    dir: str
+    token: str
+    class_noun: str
 
 
 @dataclass(frozen=True)
@@ -224,6 +232,8 @@ class LoggingConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     concept: ConceptConfig = field(default_factory=ConceptConfig)
+    # several concepts in one run, each under concepts/<name>/ (empty: the one concept above)
+    concepts: dict[str, ConceptEntry] = field(default_factory=dict)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
@@ -245,6 +255,15 @@ class Config:
         merged = {group: dataclasses.replace(getattr(self, group), **values)
                   for group, values in self.rounds[name].overrides.items()}
         return dataclasses.replace(self, **merged)
+
+    def for_concept(self, name: str | None) -> Config:
+        """The one-concept config of concept `name` of `concepts`: its folder, token and class
+        noun in the concept group, no other concepts. None: this config, as it is."""
+        if name is None:
+            return self
+        entry = self.concepts[name]
+        concept = dataclasses.replace(self.concept, dir=entry.dir, token=entry.token, class_noun=entry.class_noun)
+        return dataclasses.replace(self, concept=concept, concepts={})
 
     def round_plans(self) -> dict[str, RoundPlan]:
         """Every round's plan, in params order: each takes the next generate.num_prompts
@@ -289,108 +308,9 @@ WORLD_CLIP = "dbdpo-world-clip"  # score.clip_model: the proving ground's traine
 RANDOM_WEIGHTS = "random"  # score.clip_pretrained: random weights, asked for by name (code-path tests only)
 
 
-# --- building from a mapping -----------------------------------------------------------------------------
-
 _YAML_NAMES = {"lambda_": "lambda"}
-
-
-# Choice values that were renamed: (key, old value) -> the value to write now.
-RENAMED_CHOICES = {("model.backbone", "tiny"): "world"}  # `tiny` now names only the random stand-ins
 
 
 def yaml_name(field_name: str) -> str:
     """A field's key in params.yaml (lambda_ is `lambda`, a Python keyword)."""
     return _YAML_NAMES.get(field_name, field_name)
-
-
-def _coerce(value, annotation, key: str):
-    """Check `value` against a field annotation (str, int, float, bool, tuple[str, ...],
-    tuple[float, ...], X | None, str | tuple[str, ...]: the first alternative that takes the value)."""
-    # `str | None` is a types.UnionType, `Literal[...] | None` a typing.Union
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = typing.get_args(annotation)
-        if value is None and type(None) in args:
-            return None
-        arms = [a for a in args if a is not type(None)]
-        for arm in arms[:-1]:
-            try:
-                return _coerce(value, arm, key)
-            except ConfigError:
-                continue
-        annotation = arms[-1]
-    if typing.get_origin(annotation) is Literal:
-        choices = typing.get_args(annotation)
-        if (key, value) in RENAMED_CHOICES:
-            raise ConfigError(f"{key}={value!r} was renamed: write {key.split('.')[-1]}: {RENAMED_CHOICES[key, value]}")
-        if value not in choices or isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} is invalid: expected one of {' | '.join(map(str, choices))}")
-        return value
-    if typing.get_args(annotation) == (float, ...):  # a YAML list of numbers
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list of numbers, got {value!r}")
-        return tuple(_coerce(v, float, f"{key}[{i}]") for i, v in enumerate(value))
-    if typing.get_origin(annotation) is tuple:  # a YAML list of names
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a name or a list of names, got {value!r}")
-        return tuple(value)
-    if typing.get_origin(annotation) is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{key}: expected a mapping of names to numbers, got {value!r}")
-        return {k: _coerce(v, float, f"{key}.{k}") for k, v in value.items()}
-    if annotation is float and not isinstance(value, bool) and isinstance(value, (int, str)):
-        # YAML 1.1 reads `1e-4` (no dot) as a string: accept any spelling float() accepts.
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if annotation is bool and not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if annotation is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if not isinstance(value, annotation):
-        raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
-    return value
-
-
-def build_group(cls, data, prefix: str, complete: bool = False):
-    """cls from a params mapping; `complete`: every key must be given (no silent code default)."""
-    return cls(**typed_fields(cls, data, prefix, complete))
-
-
-def typed_fields(cls, data, prefix: str, complete: bool = False) -> dict[str, object]:
-    """The params mapping `data` of group `cls` as {field name: value}, every key known and
-    every value checked against its field's type."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: expected a mapping of keys, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {yaml_name(f.name): f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}.{unknown[0]}; the keys of {prefix} are: {', '.join(known)}"
-        )
-    missing = [name for name in known if name not in data]
-    if complete and missing:
-        raise ConfigError(f"missing key {prefix}.{missing[0]}: every key of every group must be set "
-                          "(copy it from the repository's params.yaml)")
-    return {f.name: _coerce(data[name], hints[f.name], f"{prefix}.{name}") for name, f in known.items()
-            if name in data}
-
-
-def build_round(data, prefix: str) -> RoundConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: expected a mapping like {{start: round_0}}, got {data!r}")
-    unknown = sorted(set(data) - {"start", *ROUND_GROUPS})
-    if unknown:
-        raise ConfigError(f"unknown key {prefix}.{unknown[0]}; a round has start and may override "
-                          f"{', '.join(ROUND_GROUPS)}")
-    if not isinstance(data.get("start"), str):
-        raise ConfigError(f"{prefix}.start: expected the previous round's name (round_0 for the first)")
-    hints = typing.get_type_hints(Config)
-    overrides = {}
-    for group in ROUND_GROUPS:
-        if group in data:
-            overrides[group] = typed_fields(hints[group], data[group] or {}, f"{prefix}.{group}")
-    return RoundConfig(start=data["start"], overrides=overrides)

@@ -159,12 +159,14 @@ def check_data(cfg: Config, size: int | None) -> tuple[list[Missing], list[str]]
     photos the backbone would learn poorly (`size`: the side it trains at, when known)."""
     from dbdpo.data import eval_prompts, load_concept, load_prompt_templates
 
-    missing, warnings = [], []
-    try:
-        sizes = [p.size for p in load_concept(cfg.concept)]
-    except UserError as e:
-        missing.append(Missing("concept.dir", str(e)))
-        sizes = []
+    missing, warnings, sizes = [], [], []
+    # the run's one concept, or each of `concepts`
+    concepts = {f"concepts.{name}": cfg.for_concept(name).concept for name in cfg.concepts} or {"concept": cfg.concept}
+    for key, concept in concepts.items():
+        try:
+            sizes += [p.size for p in load_concept(concept)]
+        except UserError as e:
+            missing.append(Missing(f"{key}.dir", str(e)))
     for key, read in (("generate.prompts", lambda: load_prompt_templates(Path(cfg.generate.prompts))),
                       ("evaluate.prompts", lambda: eval_prompts(cfg.evaluate.prompts, cfg.evaluate.num_prompts))):
         try:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from dbdpo.config import Config, ConfigError
+from dbdpo.config import Config
+from dbdpo.errors import ConfigError
 from dbdpo.params import config_from_dict, load_config, parse_params_text
 
 GROUP = re.compile(r"^([A-Za-z_]\w*):\s*(#.*)?$")

@@ -13,11 +13,11 @@ from dbdpo.config import (
     RANDOM_WEIGHTS,
     WORLD_CLIP,
     Config,
-    ConfigError,
     SamplingConfig,
     early_stop_steps,
     yaml_name,
 )
+from dbdpo.errors import ConfigError
 
 
 def _require(ok: bool, key: str, value, expected: str) -> None:
@@ -66,9 +66,21 @@ def _finite_floats(c: Config) -> None:
 ROUND_NAME = re.compile(r"round_[1-9][0-9]*")
 
 
+# A concept name names its folder (concepts/<name>/) and its stages (finetune-<name>): no `-`,
+# which separates the stage from the concept in DVC_STAGE, and nothing a path or shell reads.
+CONCEPT_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
 def validate(c: Config) -> None:
     """Range and consistency checks; raises ConfigError naming the first bad key."""
     validate_groups(c)
+    for name, entry in c.concepts.items():
+        _require(CONCEPT_NAME.fullmatch(name) is not None, f"concepts.{name}", name,
+                 "a name of letters, digits and _ (it names the folder concepts/<name>/ and the stages "
+                 "finetune-<name>, generate-<name>@round_1, ...)")
+        for key in ("dir", "token", "class_noun"):
+            _require(bool(getattr(entry, key).strip()), f"concepts.{name}.{key}", getattr(entry, key),
+                     "a non-empty value")
     names = c.round_names()
     for i, name in enumerate(names):
         _require(ROUND_NAME.fullmatch(name) is not None, f"rounds.{name}", name,

@@ -94,10 +94,12 @@ def knobs_markdown(root: Path = ROOT) -> str:
              "set in params.yaml; a preset (`presets/`, applied by `dbdpo init --preset`) changes the keys its column "
              "names; `dvc exp run -S group.key=value` changes one.", "",
              "The `rounds` group lists the rounds and their overrides ([the method](method.md#multi-step-rounds)); "
+             "`concepts` lists several concepts for one pipeline, each `{dir, token, class_noun}` replacing the "
+             "`concept` group's (`dbdpo concepts` writes their stages; [the design](design.md#several-concepts)); "
              "`compute` says how a stage runs, not what it makes, so changing it reruns nothing.", ""]
     hints = typing.get_type_hints(Config)
     for group in (f.name for f in dataclasses.fields(Config)):
-        if group == "rounds":
+        if group in ("rounds", "concepts"):  # mappings of names: described above
             continue
         cls = hints[group]
         lines += [f"## `{group}`", "", "| key | type | default | presets | meaning |", "|---|---|---|---|---|"]

@@ -27,7 +27,8 @@ COMMANDS = {
     "prompts": ("stages.prompts", "a training prompt pool at the papers' scale, no evaluation context in it"),
     "init": ("stages.init", "a new DVC project for your concept, ready for dvc repro"),
     "show": ("stages.show", "each round's held-out IS, TS and gains over round_0, with standard errors"),
-    "summary": ("stages.summary", "several projects' headlines and their mean ± se over the concepts"),
+    "summary": ("stages.summary", "several concepts' headlines and their mean ± se over the concepts"),
+    "concepts": ("stages.concepts", "dvc.yaml for params.yaml's concepts: one dvc repro runs them all"),
     "check": ("stages.check", "every weight, prompt file and photo the params name: what is missing, how to fetch it"),
     "status": ("stages.status", "each round's state, a stopped run's checkpoint, what dvc repro would run"),
 }

@@ -1,4 +1,4 @@
-"""What every stage shares: logging, params, and the artifact layout of dvc.yaml."""
+"""What every stage shares: logging, params (a stage reads only what dvc.yaml lists for it), the stage protocol."""
 
 from __future__ import annotations
 
@@ -17,37 +17,16 @@ import typer
 from dbdpo.config import Config, RoundPlan, yaml_name
 from dbdpo.errors import MissingInput, StaleInputError, UserError
 from dbdpo.params import load_config
-from dbdpo.provenance import check_made_from, folder_record
+from stages.layout import Layout
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", help="params file (DVC's params.yaml)")
 ROUND_OPTION = typer.Option(None, "--round", show_default=False,
                             help="round name from params.yaml `rounds`, e.g. round_1 (under dvc repro: "
                                  "from DVC_STAGE, e.g. generate@round_1)")
 
-MODELS = Path("models")
-ROUNDS = Path("rounds")
-EVAL = Path("eval")
-ROUNDS_TABLE = EVAL / "rounds.json"  # every round's scores and gains (evaluate writes, show and status read)
-BASELINES = EVAL / "baselines"  # round 0 under the baseline knobs (frontier writes, evaluate reads)
-FRONTIER_TABLE = EVAL / "frontier.json"  # the baselines' gains and the hull (evaluate writes)
-EARLY_STOPS = MODELS / "early_stops"  # DreamBooth stopped early (finetune writes, frontier reads)
-LOGS = Path("logs")
-CHECKPOINTS = Path("checkpoints")  # a killed training stage's state (not a DVC output; git-ignored)
-
-
-def model_dir(round_name: str) -> Path:
-    """models/round_0 is the DreamBooth LoRA; models/round_r the round-r model (one LoRA)."""
-    return MODELS / round_name
-
-
-def round_dir(round_name: str) -> Path:
-    return ROUNDS / round_name
-
-
-def checkpoint_dir(round_name: str) -> Path:
-    """Where the training stage that writes `round_name`'s model keeps its checkpoint:
-    checkpoints/finetune for round_0, checkpoints/dpo/<round> for the others."""
-    return CHECKPOINTS / "finetune" if round_name == "round_0" else CHECKPOINTS / "dpo" / round_name
+CONCEPT_OPTION = typer.Option(None, "--concept", show_default=False,
+                              help="with params.yaml `concepts`: the concept to run, e.g. dog (under dvc repro: "
+                                   "from DVC_STAGE, e.g. finetune-dog)")
 
 
 class UndeclaredRead(RuntimeError):
@@ -131,42 +110,28 @@ SCORER_READS = ("score.clip_model", "score.clip_pretrained", "score.dino_model",
                 "score.hps_weights", "score.hps_arch", "score.aesthetic_weights", "score.aesthetic_clip",
                 "score.aesthetic_clip_pretrained", "score.ts_prompt", "score.batch_size", "score.seed")
 
-PRODUCER_STAGE = {"model": "dpo", "samples": "generate", "scores": "score", "preferences": "pair"}
-RUN_PRODUCER_STAGE = {"baselines": "frontier", "early_stops": "finetune"}  # the whole run's, not a round's
+def _dvc_stage(stage: str) -> tuple[str | None, str | None] | None:
+    """(concept, round) of the DVC stage running this command, from DVC_STAGE ("generate@round_1",
+    "generate-dog@round_1", "finetune-dog"); None outside dvc repro or for another stage's name."""
+    name, _, round_name = os.environ.get("DVC_STAGE", "").partition("@")
+    base, _, concept = name.partition("-")
+    return (concept or None, round_name or None) if base == stage else None
 
 
-def producer(artifact: str, round_name: str | None) -> str:
-    """The DVC stage that writes `artifact` of a round, e.g. "pair@round_1" (round_0's model is
-    finetune's), or with no round the run's own artifact's ("frontier")."""
-    if round_name is None:
-        return RUN_PRODUCER_STAGE[artifact]
-    return "finetune" if (artifact, round_name) == ("model", "round_0") else f"{PRODUCER_STAGE[artifact]}@{round_name}"
-
-
-def checked_model(round_name: str) -> Path:
-    """models/<round>, refused (StaleInputError) if what it was made from has changed since."""
-    return checked_folder(model_dir(round_name), "model", round_name)
-
-
-def checked_folder(folder: Path, artifact: str, round_name: str | None) -> Path:
-    """A round's folder artifact (its model, its preferences; with no round the run's own, the
-    early stops), refused (StaleInputError) if what it was made from has changed since its
-    producer wrote it; a missing one is left to the reader, whose error names the stage to run."""
-    if folder.is_dir():
-        check_made_from(folder, folder_record(folder), producer(artifact, round_name))
-    return folder
-
-
-def checked_table(path: Path, columns: list[str], artifact: str, round_name: str | None):
-    """A round's table (its samples, its scores; with no round the run's baselines) read with
-    `columns` checked, refused (StaleInputError) if what it was made from has changed since its
-    producer wrote it."""
-    from dbdpo.artifacts import read_parquet
-    from dbdpo.provenance import RECORD_KEY
-
-    table = read_parquet(path, columns)
-    check_made_from(path, table.attrs.get(RECORD_KEY), producer(artifact, round_name))
-    return table
+def stage_concept(concept: str | None, stage: str, cfg: Config) -> Layout:
+    """The concept to run: --concept when given, else the one DVC names in DVC_STAGE
+    ("finetune-dog"); checked against params `concepts` (none: the run's one concept)."""
+    dvc = _dvc_stage(stage)
+    if concept is None and dvc is not None:
+        concept = dvc[0]
+    if concept is None and cfg.concepts:
+        fail(f"params.yaml lists concepts ({', '.join(cfg.concepts)}): name one with --concept, or, under dvc repro, "
+             "run `dbdpo concepts` to write dvc.yaml's stages for them")
+    if concept is not None and concept not in cfg.concepts:
+        fail(f"concept {concept!r} is not in params.yaml concepts ({', '.join(cfg.concepts) or 'none'}): "
+             + ("run `dbdpo concepts` to rewrite dvc.yaml's stages" if dvc is not None and dvc[0] else
+                "add it there, or leave --concept out to run the one concept of `concept`"))
+    return Layout(concept)
 
 
 def stage_round(round_name: str | None, stage: str) -> str:
@@ -175,12 +140,12 @@ def stage_round(round_name: str | None, stage: str) -> str:
     key (a round name) is ever pasted into a shell command."""
     if round_name is not None:
         return round_name
-    dvc_stage = os.environ.get("DVC_STAGE", "")
-    name, _, key = dvc_stage.partition("@")
-    if name != stage or not key:
+    dvc = _dvc_stage(stage)
+    if dvc is None or dvc[1] is None:
+        dvc_stage = os.environ.get("DVC_STAGE", "")
         fail(f"--round is required (e.g. --round round_1) when {stage} runs outside dvc repro"
              + (f"; DVC_STAGE={dvc_stage!r} is not a {stage}@<round> stage" if dvc_stage else ""))
-    return key
+    return dvc[1]
 
 
 def _load(params: Path) -> Config:
@@ -191,7 +156,7 @@ def _load(params: Path) -> Config:
         return load_config(params)
 
 
-def launch_if_asked(cfg: Config, stage: str, params: Path, round_name: str | None = None) -> None:
+def launch_if_asked(cfg: Config, stage: str, params: Path, layout: Layout, round_name: str | None = None) -> None:
     """Run this stage on the processes params' `compute` asks for: when it asks for more than
     one and this process was not started by a launcher, start `accelerate launch` on the same
     stage and exit with its status. (Each process of a launched stage then passes through here
@@ -201,7 +166,8 @@ def launch_if_asked(cfg: Config, stage: str, params: Path, round_name: str | Non
 
     if not is_distributed(cfg.compute) or launched():
         return
-    args = ["--params", str(params), *(["--round", round_name] if round_name else [])]
+    args = ["--params", str(params), *(["--round", round_name] if round_name else []),
+            *(["--concept", layout.concept] if layout.concept else [])]
     command = launch_command(cfg.compute, f"stages.{stage}", args)
     logging.getLogger("dbdpo").info("%s on %d processes: %s", stage, cfg.compute.num_processes, " ".join(command))
     raise typer.Exit(code=subprocess.run(command, check=False).returncode)
@@ -216,33 +182,39 @@ def share_cores(cfg: Config) -> None:
     register_stage(cfg.compute.threads)
 
 
-def setup(params: Path, stage: str, reads: tuple[str, ...], processes: bool = False,
-          before: Callable[[Config], None] | None = None) -> ParamView:
+def setup(params: Path, stage: str, reads: tuple[str, ...], concept: str | None = None, processes: bool = False,
+          before: Callable[[Config], None] | None = None) -> tuple[ParamView, Layout]:
     """The validated params as the stage may read them: only `reads`, the keys dvc.yaml lists
-    for it (a read of any other key raises, so DVC reruns the stage on every key it uses).
+    for it (a read of any other key raises, so DVC reruns the stage on every key it uses); with
+    params `concepts`, those of `concept` (stage_concept), and where its artifacts live.
     `processes`: the stage runs on compute.num_processes processes (launch_if_asked).
     `before`: a check of the whole params before any work (the first stage's preflight)."""
     cfg = _load(params)
+    layout = stage_concept(concept, stage, cfg)
+    cfg = cfg.for_concept(layout.concept)
     if before is not None:
         before(cfg)
     if processes:
-        launch_if_asked(cfg, stage, params)
+        launch_if_asked(cfg, stage, params, layout)
         share_cores(cfg)
-    return ParamView(cfg, reads, stage)
+    return ParamView(cfg, reads, layout.stage(stage)), layout
 
 
-def setup_round(params: Path, stage: str, reads: tuple[str, ...], round_name: str,
-                processes: bool = False) -> tuple[ParamView, dict[str, RoundPlan]]:
+def setup_round(params: Path, stage: str, reads: tuple[str, ...], concept: str | None, round_name: str,
+                processes: bool = False) -> tuple[ParamView, dict[str, RoundPlan], Layout]:
     """setup() for a per-round stage: the round's params (its overrides applied; `rounds.${key}`
-    in `reads` is this round's entry) and every round's plan, this one's under its name."""
+    in `reads` is this round's entry), every round's plan, this one's under its name, and where
+    its artifacts live."""
     cfg = _load(params)
     if round_name not in cfg.rounds:
         fail(f"--round {round_name}: not in {params} rounds ({', '.join(cfg.rounds)})")
+    layout = stage_concept(concept, stage, cfg)
+    cfg = cfg.for_concept(layout.concept)
     if processes:
-        launch_if_asked(cfg, stage, params, round_name)
+        launch_if_asked(cfg, stage, params, layout, round_name)
         share_cores(cfg)
     reads = tuple(r.replace("${key}", round_name) for r in reads)
-    return ParamView(cfg.for_round(round_name), reads, f"{stage}@{round_name}"), cfg.round_plans()
+    return ParamView(cfg.for_round(round_name), reads, layout.stage(stage, round_name)), cfg.round_plans(), layout
 
 
 @contextlib.contextmanager

@@ -7,19 +7,14 @@ from pathlib import Path
 import typer
 
 from stages.common import (
-    LOGS,
+    CONCEPT_OPTION,
     PARAMS_OPTION,
     PREVIEW_PROMPTS,
     ROUND_OPTION,
-    checked_folder,
-    checked_model,
-    checkpoint_dir,
     disk_errors,
     live_log,
-    model_dir,
     producing,
     releases_cores,
-    round_dir,
     setup_round,
     stage_round,
     training_checkpoint,
@@ -37,7 +32,8 @@ app = typer.Typer(add_completion=False)
 @app.command()
 @disk_errors
 @releases_cores
-def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
+def main(round_name: str | None = ROUND_OPTION, concept_name: str | None = CONCEPT_OPTION,
+         params: Path = PARAMS_OPTION) -> None:
     """Writes models/<round>/ (start LoRA stacked with the DPO LoRA: one file, relative to the
     base backbone), logs/dpo/<round>/ (DVCLive, each step as it happens) and
     rounds/<round>/train/metrics.json."""
@@ -52,26 +48,26 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     from dbdpo.rounds import dpo_round, load_round_model
 
     round_name = stage_round(round_name, "dpo")
-    cfg, plans = setup_round(params, "dpo", READS, round_name, processes=True)
-    out = round_dir(round_name)
+    cfg, plans, layout = setup_round(params, "dpo", READS, concept_name, round_name, processes=True)
+    out = layout.round_dir(round_name)
     with user_errors():
-        prefs = read_preferences(checked_folder(out / "preferences", "preferences", round_name), cfg.dpo.loss)
-        start_dir = checked_model(plans[round_name].start)
+        prefs = read_preferences(layout.checked_folder(out / "preferences", "preferences", round_name), cfg.dpo.loss)
+        start_dir = layout.checked_model(plans[round_name].start)
         start = round_lora(start_dir)  # read once: merged below, and stacked under the DPO LoRA
         # the start LoRA merged: the reference is exactly the round's start model
-        backbone = load_round_model(cfg.model, checked_model("round_0"), start, cfg.dpo.mixed_precision)
+        backbone = load_round_model(cfg.model, layout.checked_model("round_0"), start, cfg.dpo.mixed_precision)
         # a range past the scheduler's fails here, before the round's model is removed
         timestep_range(cfg.dpo, backbone.training_scheduler().config.num_train_timesteps)
     inputs = made_from(start_dir, out / "preferences")
-    ckpt = training_checkpoint(cfg, READS, checkpoint_dir(round_name), cfg.dpo.checkpoint_every, inputs)
+    ckpt = training_checkpoint(cfg, READS, layout.checkpoint_dir(round_name), cfg.dpo.checkpoint_every, inputs)
     # previews: the round's first two prompts, as its pairs hold them
     prompts = list(dict.fromkeys(prefs.table["prompt"]))[:PREVIEW_PROMPTS]
-    with producing(model_dir(round_name), LOGS / "dpo" / round_name, out / "train" / "metrics.json") as writes:
+    with producing(layout.model_dir(round_name), layout.logs / "dpo" / round_name, out / "train" / "metrics.json") as writes:
         # a diverged run stops here, before the model is written
-        with live_log(LOGS / "dpo" / round_name, cfg, f"dpo@{round_name}", prompts) as log:
+        with live_log(layout.logs / "dpo" / round_name, cfg, layout.stage("dpo", round_name), prompts) as log:
             lora, log_rows = dpo_round(backbone, start, prefs, cfg.dpo, log.on_step, ckpt, log.preview)
         if writes:  # every process holds the same weights (DDP); one writes them
-            save_lora(backbone.pipe, lora, model_dir(round_name), made_from=inputs)
+            save_lora(backbone.pipe, lora, layout.model_dir(round_name), made_from=inputs)
             write_json(final_metrics(log_rows), out / "train" / "metrics.json")
             remove_checkpoint(ckpt)
 

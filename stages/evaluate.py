@@ -5,14 +5,9 @@ from pathlib import Path
 import typer
 
 from stages.common import (
-    BASELINES,
-    EVAL,
-    FRONTIER_TABLE,
+    CONCEPT_OPTION,
     PARAMS_OPTION,
-    ROUNDS_TABLE,
     SCORER_READS,
-    checked_model,
-    checked_table,
     disk_errors,
     producing,
     releases_cores,
@@ -30,7 +25,7 @@ app = typer.Typer(add_completion=False)
 @app.command()
 @disk_errors
 @releases_cores
-def main(params: Path = PARAMS_OPTION) -> None:
+def main(concept_name: str | None = CONCEPT_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Writes metrics.json (the last round's IS, TS, gains over round_0 and distance beyond the
     baseline frontier: the headline), eval/rounds.json (every round's mean and std of each score,
     its gains and beyond_frontier), eval/frontier.json (the baselines of the frontier stage and
@@ -53,32 +48,33 @@ def main(params: Path = PARAMS_OPTION) -> None:
     )
     from dbdpo.frontier import frontier_report
 
-    cfg = setup(params, "evaluate", READS, processes=True)
+    cfg, layout = setup(params, "evaluate", READS, concept_name, processes=True)
     e = cfg.evaluate
     names = ["round_0", *cfg.rounds]
     with user_errors():
-        models = [RoundModel(n, round_lora(checked_model(n))) for n in names]
-        baselines = checked_table(BASELINES / "scores.parquet", ["round", "prompt_id", "seed"], "baselines", None)
-        templates, concept, scorers, backbone = held_out_setup(cfg)
-    outputs = (EVAL / "images", EVAL / "scores.parquet", EVAL / "tradeoff.csv", EVAL / "tradeoff.png", EVAL / "grids",
-               ROUNDS_TABLE, FRONTIER_TABLE, Path("metrics.json"))
+        models = [RoundModel(n, round_lora(layout.checked_model(n))) for n in names]
+        baselines = layout.checked_table(layout.baselines / "scores.parquet", ["round", "prompt_id", "seed"], "baselines", None)
+        templates, concept, scorers, backbone = held_out_setup(cfg, layout)
+    out = layout.eval
+    outputs = (out / "images", out / "scores.parquet", out / "tradeoff.csv", out / "tradeoff.png", out / "grids",
+               layout.rounds_table, layout.frontier_table, layout.metrics)
     with producing(*outputs) as writes:
         if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
             sample_and_score(backbone, models, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
             return
-        with atomic_dir(EVAL / "images") as image_dir:
+        with atomic_dir(out / "images") as image_dir:
             samples = sample_and_score(backbone, models, templates, cfg.concept, e, scorers, image_dir,
                                        cfg.score.batch_size)
-        write_parquet(pd.concat([s.scores for s in samples], ignore_index=True), EVAL / "scores.parquet")
+        write_parquet(pd.concat([s.scores for s in samples], ignore_index=True), out / "scores.parquet")
         metrics, frontier = frontier_report(rounds_table(samples), baselines, samples[0].scores)
-        write_csv(tradeoff_rows(metrics), EVAL / "tradeoff.csv")
-        tradeoff_figure(metrics, EVAL / "tradeoff.png", frontier)
-        with atomic_dir(EVAL / "grids") as grid_dir:
+        write_csv(tradeoff_rows(metrics), out / "tradeoff.csv")
+        tradeoff_figure(metrics, out / "tradeoff.png", frontier)
+        with atomic_dir(out / "grids") as grid_dir:
             for prompt_id, grid in comparison_grids(samples, e.grid_prompts, e.images_per_prompt, concept[0]).items():
                 grid.save(grid_dir / f"prompt_{prompt_id:02d}.png")
-        write_json(metrics, ROUNDS_TABLE)
-        write_json(frontier, FRONTIER_TABLE)
-        write_json(headline(metrics), Path("metrics.json"))
+        write_json(metrics, layout.rounds_table)
+        write_json(frontier, layout.frontier_table)
+        write_json(headline(metrics), layout.metrics)
     for name, row in metrics.items():
         typer.echo(round_summary(name, row))
 

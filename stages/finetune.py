@@ -6,13 +6,10 @@ import typer
 
 from stages.check import require_inputs
 from stages.common import (
-    EARLY_STOPS,
-    LOGS,
+    CONCEPT_OPTION,
     PARAMS_OPTION,
-    checkpoint_dir,
     disk_errors,
     live_log,
-    model_dir,
     producing,
     releases_cores,
     setup,
@@ -33,7 +30,7 @@ app = typer.Typer(add_completion=False)
 @app.command()
 @disk_errors
 @releases_cores
-def main(params: Path = PARAMS_OPTION) -> None:
+def main(concept_name: str | None = CONCEPT_OPTION, params: Path = PARAMS_OPTION) -> None:
     """DreamBooth on concept.dir with the instance prompt (V* = concept.token): a LoRA, or the
     whole model with finetune.method=full.
 
@@ -56,7 +53,7 @@ def main(params: Path = PARAMS_OPTION) -> None:
     from dbdpo.early_stops import EarlyStops, save_early_stops
     from dbdpo.provenance import made_from
 
-    cfg = setup(params, "finetune", READS, processes=True, before=require_inputs)
+    cfg, layout = setup(params, "finetune", READS, concept_name, processes=True, before=require_inputs)
     ft = cfg.finetune
     with user_errors():
         concept = load_concept(cfg.concept)
@@ -64,16 +61,16 @@ def main(params: Path = PARAMS_OPTION) -> None:
         prompts = instance_prompts(ft, cfg.concept, load_captions(cfg.concept) if ft.captions else [None] * len(concept))
         backbone = load_backbone(cfg.model, precision=weights_precision(ft))
     inputs = made_from(Path(cfg.concept.dir))
-    ckpt = training_checkpoint(cfg, READS, checkpoint_dir("round_0"), ft.checkpoint_every, inputs)
+    ckpt = training_checkpoint(cfg, READS, layout.checkpoint_dir("round_0"), ft.checkpoint_every, inputs)
     early_stops = EarlyStops(early_stop_steps(cfg.frontier.finetune_fractions, ft.steps))
-    with producing(model_dir("round_0"), EARLY_STOPS, LOGS / "finetune") as writes:
+    with producing(layout.model_dir("round_0"), layout.early_stops, layout.logs / "finetune") as writes:
         # a diverged run stops here, before the model is written
-        with live_log(LOGS / "finetune", cfg, "finetune", [instance_prompt(ft, cfg.concept)]) as log:
+        with live_log(layout.logs / "finetune", cfg, layout.stage("finetune"), [instance_prompt(ft, cfg.concept)]) as log:
             lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, log.on_step, ckpt, log.preview,
                                  prompts, early_stops)
         if writes:  # every process holds the same weights (DDP); one writes them
-            save_early_stops(backbone.pipe, early_stops, ft.steps, EARLY_STOPS, made_from=inputs)
-            save_round_0(backbone, lora, model_dir("round_0"), made_from=inputs)
+            save_early_stops(backbone.pipe, early_stops, ft.steps, layout.early_stops, made_from=inputs)
+            save_round_0(backbone, lora, layout.model_dir("round_0"), made_from=inputs)
             remove_checkpoint(ckpt)
 
 

@@ -6,12 +6,9 @@ from pathlib import Path
 import typer
 
 from stages.common import (
-    BASELINES,
-    EARLY_STOPS,
+    CONCEPT_OPTION,
     PARAMS_OPTION,
     SCORER_READS,
-    checked_folder,
-    checked_model,
     disk_errors,
     producing,
     releases_cores,
@@ -31,7 +28,7 @@ app = typer.Typer(add_completion=False)
 @app.command()
 @disk_errors
 @releases_cores
-def main(params: Path = PARAMS_OPTION) -> None:
+def main(concept_name: str | None = CONCEPT_OPTION, params: Path = PARAMS_OPTION) -> None:
     """Writes eval/baselines/images/<point>/ and eval/baselines/scores.parquet: one row per
     image of each baseline point, on evaluate's prompts and seeds (paired with round 0's)."""
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
@@ -41,22 +38,22 @@ def main(params: Path = PARAMS_OPTION) -> None:
     from dbdpo.frontier import baseline_points, sample_baselines
     from dbdpo.provenance import RECORD_KEY, made_from
 
-    cfg = setup(params, "frontier", READS, processes=True)
+    cfg, layout = setup(params, "frontier", READS, concept_name, processes=True)
     e = cfg.evaluate
     with user_errors():
-        round_0 = checked_model("round_0")
+        round_0 = layout.checked_model("round_0")
         lora = round_lora(round_0)
-        early_stops = load_early_stops(checked_folder(EARLY_STOPS, "early_stops", None))
-        templates, _, scorers, backbone = held_out_setup(cfg)
+        early_stops = load_early_stops(layout.checked_folder(layout.early_stops, "early_stops", None))
+        templates, _, scorers, backbone = held_out_setup(cfg, layout)
     points = baseline_points(cfg.frontier, e.guidance_scale, has_lora=bool(lora), early_stops=early_stops)
-    with producing(BASELINES) as writes:
+    with producing(layout.baselines) as writes:
         if not writes:  # samples and scores its share; every process gets all (dbdpo.distributed)
             sample_baselines(backbone, lora, points, templates, cfg.concept, e, scorers, None, cfg.score.batch_size)
             return
-        with atomic_dir(BASELINES) as out:
+        with atomic_dir(layout.baselines) as out:
             table = sample_baselines(backbone, lora, points, templates, cfg.concept, e, scorers, out / "images",
                                      cfg.score.batch_size)
-            table.attrs = {RECORD_KEY: made_from(round_0, EARLY_STOPS, Path(cfg.concept.dir))}
+            table.attrs = {RECORD_KEY: made_from(round_0, layout.early_stops, Path(cfg.concept.dir))}
             write_parquet(table, out / "scores.parquet")
     typer.echo(f"frontier: {len(points)} baseline points ({', '.join(p.name for p in points) or 'none'}), "
                f"{len(table)} images")

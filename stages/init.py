@@ -49,11 +49,17 @@ def project_dvc_yaml() -> str:
     `dbdpo <stage>`, and the code is the installed package, not a dependency path."""
     text = project_file("pipeline.yaml")  # not named dvc.yaml: DVC would take it for a second pipeline
     text = text[text.index("stages:\n"):]  # the repository's header speaks of its own layout
-    text = re.sub(r"cmd: python -m stages\.(\w+)", r"cmd: dbdpo \1", text)
-    text = re.sub(r"^\s*# the code it runs:.*\n", "", text, flags=re.M)
-    text = re.sub(r"^\s*- (dbdpo(/[\w.]+)*|stages/\w+\.py)\s*(#.*)?\n", "", text, flags=re.M)
+    text = strip_code(text)
     return ("# Made by `dbdpo init`: the dbdpo pipeline, each stage the installed `dbdpo <stage>` command;\n"
             "# params lists exactly the keys each stage reads (`dbdpo <stage> --help` shows them).\n" + text)
+
+
+def strip_code(text: str) -> str:
+    """dvc.yaml text of this repository with each stage run as the installed `dbdpo <stage>`
+    and no dependency on the repository's code."""
+    text = re.sub(r"cmd: python -m stages\.(\w+)", r"cmd: dbdpo \1", text)
+    text = re.sub(r"^\s*# the code it runs:.*\n", "", text, flags=re.M)
+    return re.sub(r"^\s*- (dbdpo(/[\w.]+)*|stages/\w+\.py)\s*(#.*)?\n", "", text, flags=re.M)
 
 
 def run(args: list[str], cwd: Path) -> None:

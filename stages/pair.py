@@ -6,12 +6,11 @@ from pathlib import Path
 import typer
 
 from stages.common import (
+    CONCEPT_OPTION,
     PARAMS_OPTION,
     ROUND_OPTION,
-    checked_table,
     disk_errors,
     producing,
-    round_dir,
     setup_round,
     stage_round,
     user_errors,
@@ -25,7 +24,8 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 @disk_errors
-def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) -> None:
+def main(round_name: str | None = ROUND_OPTION, concept_name: str | None = CONCEPT_OPTION,
+         params: Path = PARAMS_OPTION) -> None:
     """Writes rounds/<round>/preferences/ (pairs.parquet + pickapic/train.parquet, the
     diffusers DPO layout, or ranked.parquet) and pair_summary.json (what was kept, a DVC metric)."""
     # the model stack loads here, not at import: `dbdpo <stage> --help` answers at once
@@ -35,10 +35,10 @@ def main(round_name: str | None = ROUND_OPTION, params: Path = PARAMS_OPTION) ->
     from dbdpo.rounds import SCORED_SAMPLE_COLUMNS, pair_round
 
     round_name = stage_round(round_name, "pair")
-    cfg, _ = setup_round(params, "pair", READS, round_name)
-    out = round_dir(round_name)
+    cfg, _, layout = setup_round(params, "pair", READS, concept_name, round_name)
+    out = layout.round_dir(round_name)
     with user_errors():
-        scores = checked_table(out / "scores.parquet", [*SCORED_SAMPLE_COLUMNS, "IS", "TS"], "scores", round_name)
+        scores = layout.checked_table(out / "scores.parquet", [*SCORED_SAMPLE_COLUMNS, "IS", "TS"], "scores", round_name)
     with producing(out / "preferences", out / "pair_summary.json"):  # one process: it writes
         prefs = pair_round(scores, cfg.pair, cfg.filter, cfg.score.rewards)
         with atomic_dir(out / "preferences") as tmp:  # the export reads every image

@@ -7,22 +7,20 @@ from pathlib import Path
 
 import typer
 
-from stages.common import (
-    MODELS,
-    PARAMS_OPTION,
-    ROUNDS_TABLE,
-    checkpoint_dir,
-    user_errors,
-)
+from dbdpo.config import Config
+from stages.common import PARAMS_OPTION, user_errors
+from stages.layout import Layout
 
-STAGE_ORDER = ("finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate")
+STAGE_ORDER = ("finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate", "summary")
 
 app = typer.Typer(add_completion=False)
 
 
 def pipeline_order(address: str, rounds: list[str]) -> tuple[int, int]:
-    """Sort key of a dvc.yaml address ("pair@round_1") in the order `dvc repro` runs them."""
+    """Sort key of a dvc.yaml address ("pair@round_1", "pair-dog@round_1") in the order
+    `dvc repro` runs them."""
     name, _, round_name = address.partition("@")
+    name = name.partition("-")[0]
     if round_name in rounds:
         return rounds.index(round_name) + 1, STAGE_ORDER.index(name)
     return (0 if name == "finetune" else len(rounds) + 1), STAGE_ORDER.index(name)
@@ -33,19 +31,35 @@ def main(params: Path = PARAMS_OPTION) -> None:
     """Print each round's state and what `dvc repro` would run next (run in the project folder)."""
     from dvc.repo import Repo
 
-    from dbdpo.checkpoints import saved_step
-    from dbdpo.errors import CheckpointError
     from dbdpo.params import load_config
 
     with user_errors():
         cfg = load_config(params)
     rounds = list(cfg.round_plans())
-    metrics = json.loads(ROUNDS_TABLE.read_text()) if ROUNDS_TABLE.is_file() else {}
+    for layout in [Layout(name) for name in cfg.concepts] or [Layout()]:
+        if layout.concept is not None:
+            typer.echo(f"{layout.concept}:")
+        round_lines(cfg, layout, rounds)
+    changed = Repo(".").status()
+    if not changed:
+        typer.echo("dvc status: up to date")
+        return
+    typer.echo("dvc repro would run:")
+    for address in sorted(changed, key=lambda a: pipeline_order(a, rounds)):
+        typer.echo(f"  {address:<24} {'; '.join(describe(change) for change in changed[address])}")
+
+
+def round_lines(cfg: Config, layout: Layout, rounds: list[str]) -> None:
+    """Each round of one concept's run: trained or not, its held-out IS/TS, a stopped run."""
+    from dbdpo.checkpoints import saved_step
+    from dbdpo.errors import CheckpointError
+
+    metrics = json.loads(layout.rounds_table.read_text()) if layout.rounds_table.is_file() else {}
     for name in ["round_0", *rounds]:
-        line = f"{name:<9} {'trained' if (MODELS / name).is_dir() else 'not trained':<12}"
+        line = f"{name:<9} {'trained' if layout.model_dir(name).is_dir() else 'not trained':<12}"
         if name in metrics:
             line += f" held-out IS {metrics[name]['IS']:.4f}  TS {metrics[name]['TS']:.4f}"
-        folder = checkpoint_dir(name)
+        folder = layout.checkpoint_dir(name)
         try:
             step = saved_step(folder)
         except CheckpointError as e:
@@ -56,13 +70,6 @@ def main(params: Path = PARAMS_OPTION) -> None:
                             else ("dpo", cfg.for_round(name).dpo.steps))
             line += f" {stage} stopped after step {step} of {total} ({folder}; dvc repro resumes there)"
         typer.echo(line)
-    changed = Repo(".").status()
-    if not changed:
-        typer.echo("dvc status: up to date")
-        return
-    typer.echo("dvc repro would run:")
-    for address in sorted(changed, key=lambda a: pipeline_order(a, rounds)):
-        typer.echo(f"  {address:<18} {'; '.join(describe(change) for change in changed[address])}")
 
 
 def describe(change) -> str:

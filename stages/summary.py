@@ -1,15 +1,19 @@
-"""`dbdpo summary`: several projects, one concept each, as one result: each project's headline
-(its metrics.json) and the mean over the concepts with the standard error across them, as the
-papers report a method over their subjects.
+"""`dbdpo summary`: several concepts as one result: each one's headline (its metrics.json) and
+the mean over the concepts with the standard error across them, as the papers report a method
+over their subjects. Of several projects, one concept each:
 
     dbdpo summary runs/dog runs/cat runs/teapot --out summary.json
+
+With no project, of params.yaml's `concepts` (concepts/<name>/, one pipeline): the summary stage
+of a several-concept dvc.yaml (stages/concepts.py), which writes metrics.json.
 """
 
 from pathlib import Path
 
 import typer
 
-from stages.common import disk_errors, user_errors
+from stages.common import PARAMS_OPTION, disk_errors, fail, user_errors
+from stages.layout import Layout
 
 app = typer.Typer(add_completion=False)
 
@@ -19,14 +23,23 @@ COLUMNS = ("IS", "TS", "IS_gain", "TS_gain", "S_0.5_gain", "beyond_frontier")
 
 @app.command()
 @disk_errors
-def main(projects: list[Path] = typer.Argument(..., help="project folders, each with the metrics.json its "
-                                                         "`dvc repro` wrote"),
-         out: Path | None = typer.Option(None, help="also write the figures as JSON here")) -> None:
-    """Print each project's last-round IS, TS and gains over round 0 (round 0 stds), then their
-    mean over the projects ± the standard error across them."""
-    from dbdpo.across_concepts import format_mean_se, summarize
+def main(projects: list[Path] = typer.Argument(None, show_default=False,
+                                               help="project folders, each with the metrics.json its `dvc repro` "
+                                                    "wrote; none: params.yaml's concepts, into metrics.json"),
+         out: Path | None = typer.Option(None, help="also write the figures as JSON here"),
+         params: Path = PARAMS_OPTION) -> None:
+    """Print each concept's last-round IS, TS and gains over round 0 (round 0 stds), then their
+    mean over the concepts ± the standard error across them."""
+    from dbdpo.across_concepts import format_mean_se, metrics_over_concepts, summarize
     from dbdpo.artifacts import write_json
+    from dbdpo.params import load_config
 
+    if not projects:  # the pipeline's summary stage
+        with user_errors():
+            names = list(load_config(params).concepts)
+        if not names:
+            fail(f"{params} lists no concepts: name the project folders to summarize")
+        projects, out = [Layout(name).root for name in names], out or Layout().metrics
     with user_errors():
         result = summarize(projects)
     mean = result["mean"]
@@ -40,7 +53,7 @@ def main(projects: list[Path] = typer.Argument(..., help="project folders, each 
     typer.echo(f"({result['count']} concepts; gains in each project's round 0 stds; se: across the concepts)")
     if out is not None:
         with user_errors():
-            write_json(result, out)
+            write_json(metrics_over_concepts(result), out)
 
 
 if __name__ == "__main__":

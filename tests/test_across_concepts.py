@@ -93,7 +93,9 @@ def test_dbdpo_summary_prints_the_table_and_writes_the_json(tmp_path, monkeypatc
                                                             "+0.000 ± 0.100", "+0.150 ± 0.100", "-0.100 ± 0.200"]
     assert lines[1].split("|")[1].strip() == "0.300"  # a score, unsigned
     written = json.loads((tmp_path / "summary.json").read_text())
-    assert written["mean"]["S_0.5_gain"] == pytest.approx({"mean": 0.15, "se": 0.1})
+    # as the several-concept pipeline's metrics.json: the mean and its standard error first
+    assert list(written) == ["count", "mean", "se", "concepts"] and written["count"] == 2
+    assert (written["mean"]["S_0.5_gain"], written["se"]["S_0.5_gain"]) == pytest.approx((0.15, 0.1))
     assert list(written["concepts"]) == ["dog", "cat"]
 
     missing = invoke_stage("summary", "dog", "bird")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from stages.cli import COMMANDS
 from tests.conftest import REPO, invoke_stage
@@ -22,7 +23,7 @@ def test_help_lists_every_stage_and_tool():
     assert result.returncode == 0, result.stderr
     commands = result.stdout.split("Commands:")[1].splitlines()
     listed = [line.split()[0] for line in commands if line.startswith("  ") and not line.startswith("   ")]
-    assert listed == ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate", "export", "prompts", "init", "show", "summary", "check", "status"]
+    assert listed == ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate", "export", "prompts", "init", "show", "summary", "concepts", "check", "status"]
 
 
 @pytest.mark.parametrize("stage", ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate"])
@@ -81,3 +82,14 @@ def test_show_prints_each_round_with_its_standard_errors_and_gains(tmp_path, mon
         "round_0   IS 0.2000 ± 0.1000   TS 0.3000 ± 0.0500   (16 images)",
         "round_1   IS 0.2500 ± 0.1000   TS 0.3100 ± 0.0500   gain (round_0 stds): IS +0.125 ± 0.050  "
         "TS +0.050 ± 0.040  S_0.5 +0.090 ± 0.030   (16 images)"]
+
+    # several concepts: each one's rounds under its name, or --concept's alone
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["concepts"] = {name: {"dir": name, "token": "sks", "class_noun": name} for name in ("dog", "cat")}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / "concepts/dog/eval").mkdir(parents=True)
+    (tmp_path / "eval/rounds.json").rename(tmp_path / "concepts/dog/eval/rounds.json")
+    assert invoke_stage("show", "--concept", "dog").stdout.splitlines()[1:] == shown.stdout.splitlines()
+    missing = invoke_stage("show")
+    assert missing.exit_code == 2 and "concepts/cat/eval/rounds.json is missing" in missing.stderr
+    assert "not in params.yaml concepts (dog, cat)" in invoke_stage("show", "--concept", "cow").stderr

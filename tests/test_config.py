@@ -5,8 +5,9 @@ import importlib.util
 import pytest
 import yaml
 
-from dbdpo.config import ConfigError, round_seed
+from dbdpo.config import round_seed
 from dbdpo.data import eval_prompts, train_prompts
+from dbdpo.errors import ConfigError
 from dbdpo.params import config_from_dict, load_config
 from stages.common import ParamView, UndeclaredRead
 

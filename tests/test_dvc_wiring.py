@@ -71,6 +71,14 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(stage):
                         "dbdpo/world/data.py", "dbdpo/world/quality.py"}
 
 
+def test_the_summary_stage_depends_on_exactly_the_code_it_imports():
+    """The several-concept pipeline's summary stage (stages/init_files/summary.yaml, which
+    `dbdpo concepts` adds to dvc.yaml), derived as the other stages' code deps are."""
+    config = yaml.safe_load((REPO / "stages/init_files/summary.yaml").read_text())["summary"]
+    code = {d for d in config["deps"] if d.startswith(("dbdpo", "stages/"))}
+    assert code == code_of("summary"), f"summary.yaml's code deps should be: {sorted(code_of('summary'))}"
+
+
 def test_a_concept_dir_outside_the_repo_is_a_dependency(tmp_path):
     """`dvc exp run -S concept.dir=/data/my_dog`: replacing those photos must rerun what reads them."""
     project, photos = tmp_path / "project", tmp_path / "my_dog"

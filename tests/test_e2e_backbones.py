@@ -33,22 +33,31 @@ STAGES = ("finetune", "generate@round_1", "score@round_1", "pair@round_1", "dpo@
 
 @pytest.mark.parametrize("arch, kind", [("sd2", "sd"), ("sdxl", "sdxl")])
 def test_whole_pipeline_on_a_real_architecture(tmp_path, tiny_dirs, monkeypatch, arch, kind):
+    """Through the several-concept path (`dbdpo concepts`, stages named finetune-toy, ...,
+    artifacts under concepts/toy/); the world's e2e tests run the one-concept path."""
     params = fast_params()
     params["model"].update(backbone=kind, path=str(tiny_dirs[arch]))
     params["score"]["dino_model"] = "tiny"  # the DINO column's code path, on a random ViT
+    params["concepts"] = {"toy": {"dir": "data/concept", "token": "sks", "class_noun": "toy"}}
     copy_project(tmp_path, params)
-    run_stages_in_process(tmp_path, monkeypatch, STAGES)
+    monkeypatch.chdir(tmp_path)
+    assert invoke_stage("concepts").exit_code == 0
+    run_stages_in_process(tmp_path, monkeypatch, [s.replace("@", "-toy@") if "@" in s else f"{s}-toy" for s in STAGES])
+    run_stages_in_process(tmp_path, monkeypatch, ["summary"])
 
-    rounds = json.loads((tmp_path / "eval/rounds.json").read_text())
+    toy = tmp_path / "concepts/toy"
+    rounds = json.loads((toy / "eval/rounds.json").read_text())
     assert list(rounds) == ["round_0", "round_1"]
     assert all(math.isfinite(rounds[r][k]) for r in ("round_0", "round_1") for k in ("IS", "TS", "DINO", "beyond_frontier"))
-    log = pd.read_csv(tmp_path / "logs/dpo/round_1/plots/metrics/loss.tsv", sep="\t")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["concepts"]["toy"]["IS"] == rounds["round_1"]["IS"] and metrics["se"]["IS"] is None  # one concept
+    log = pd.read_csv(toy / "logs/dpo/round_1/plots/metrics/loss.tsv", sep="\t")
     assert log["loss"].iat[0] == pytest.approx(math.log(2), abs=1e-6)  # reference = start model
     assert log["loss"].map(math.isfinite).all()
 
     # the round's LoRA loads with the pipeline's own loader (SDXL: StableDiffusionXLPipeline)
     pipe = load_backbone(ModelConfig(backbone=kind, path=str(tiny_dirs[arch]))).pipe
-    pipe.load_lora_weights(tmp_path / "models/round_1")
+    pipe.load_lora_weights(toy / "models/round_1")
     assert pipe.get_list_adapters() == {"unet": ["default_0"]}
 
 

@@ -85,17 +85,18 @@ def fast_params(rounds: int = 1, source=REPO / "params.yaml") -> dict:
 
 
 def run_stages_in_process(project, monkeypatch, stages) -> None:
-    """Each of `stages` (dvc.yaml addresses: "finetune", "pair@round_1") as `dvc repro` runs it:
-    dvc.yaml's command for it (`python -m stages.<name>` in a copy of this repository,
-    `dbdpo <name>` in a project `dbdpo init` wrote), as its Typer app in this process, in the
-    project folder, with DVC_STAGE naming the round."""
+    """Each of `stages` (dvc.yaml addresses: "finetune", "pair@round_1", "pair-dog@round_1") as
+    `dvc repro` runs it: dvc.yaml's command for it (`python -m stages.<name>` in a copy of this
+    repository, `dbdpo <name>` in a project `dbdpo init` wrote), as its Typer app in this
+    process, in the project folder, with DVC_STAGE naming the round (and the concept)."""
     dvc_yaml = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     monkeypatch.chdir(project)
     for stage in stages:
         name = stage.partition("@")[0]
-        assert dvc_yaml[name].get("do", dvc_yaml[name])["cmd"] in (f"python -m stages.{name}", f"dbdpo {name}")
+        command = name.partition("-")[0]  # a concept's stage (finetune-dog) runs finetune
+        assert dvc_yaml[name].get("do", dvc_yaml[name])["cmd"] in (f"python -m stages.{command}", f"dbdpo {command}")
         monkeypatch.setenv("DVC_STAGE", stage)
-        result = invoke_stage(name)
+        result = invoke_stage(command)
         assert result.exit_code == 0, f"{stage}: {result.output}\n{result.exception!r}"
 
 
