@@ -152,6 +152,21 @@ def dataset_concepts(folder: Path, token: str) -> dict[str, dict[str, str]]:
             for name, noun in read_subjects(folder).items()}
 
 
+def expected_pipeline(names: list[str]) -> str:
+    """dvc.yaml's text for concepts `names`, in this repository's checkout (its code as
+    dependencies) or in a project `dbdpo init` wrote (the installed package)."""
+    from stages.init import project_dvc_yaml, project_file
+
+    in_repository = Path("stages/init_files/pipeline.yaml").is_file()
+    template, summary = templates(in_repository)
+    return render(template, summary, names, project_file("pipeline.yaml") if in_repository else project_dvc_yaml())
+
+
+def out_of_step(params: Path, names: list[str]) -> str:
+    return (f"{DVC_YAML} is not the pipeline for {params}'s concepts ({', '.join(names) or 'none'}): "
+            "run `dbdpo concepts` to rewrite it")
+
+
 @app.command()
 @disk_errors
 def main(params: Path = PARAMS_OPTION,
@@ -163,8 +178,9 @@ def main(params: Path = PARAMS_OPTION,
     """Write dvc.yaml for params.yaml's `concepts` (run in the project folder)."""
     from dbdpo.artifacts import atomic_file
     from dbdpo.params import config_from_dict, load_config, parse_params_text
-    from stages.init import project_dvc_yaml, project_file
 
+    if check and dreambooth_dataset is not None:
+        fail("--check writes nothing: run --dreambooth-dataset without it")
     if dreambooth_dataset is not None:
         with user_errors():
             load_config(params)  # the params as they are must be valid before they are rewritten
@@ -174,13 +190,10 @@ def main(params: Path = PARAMS_OPTION,
             tmp.write_text(text)
     with user_errors():
         names = list(load_config(params).concepts)
-    in_repository = Path("stages/init_files/pipeline.yaml").is_file()  # this repository's checkout
-    template, summary = templates(in_repository)
-    text = render(template, summary, names, project_file("pipeline.yaml") if in_repository else project_dvc_yaml())
+    text = expected_pipeline(names)
     if check:
         if not DVC_YAML.is_file() or DVC_YAML.read_text() != text:
-            fail(f"{DVC_YAML} is not the pipeline for {params}'s concepts ({', '.join(names) or 'none'}): "
-                 "run `dbdpo concepts` to rewrite it")
+            fail(out_of_step(params, names))
         typer.echo(f"{DVC_YAML}: the pipeline of {len(names) or 'the one'} concept{'s' * (len(names) != 1)}")
         return
     with atomic_file(DVC_YAML) as tmp:

@@ -190,3 +190,20 @@ def test_a_dreambooth_dataset_folder_becomes_the_concepts(tmp_path, monkeypatch)
     result = invoke_stage("concepts", "--dreambooth-dataset", "dreambooth/dataset")
     assert result.exit_code == 2 and "no 'subject_name,class' header line" in result.output
     assert (tmp_path / "params.yaml").read_text() == after
+
+
+def test_dbdpo_check_names_each_concepts_photos_and_a_pipeline_out_of_step(tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(REPO / "data/concept", tmp_path / "photos/dog")  # cat's folder is missing
+    shutil.copytree(REPO / "data/prompts", tmp_path / "data/prompts")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params(TWO), sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    assert invoke_stage("concepts").exit_code == 0
+    result = invoke_stage("check")
+    assert result.exit_code == 1 and "concepts.cat.dir" in result.stderr and "concepts.dog.dir" not in result.stderr
+    shutil.copytree(REPO / "data/concept", tmp_path / "photos/cat")
+    assert invoke_stage("check").exit_code == 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"dog": TWO["dog"]}), sort_keys=False))
+    result = invoke_stage("check")  # dvc.yaml still runs cat
+    assert result.exit_code == 1 and "dvc.yaml is not the pipeline for params.yaml's concepts (dog)" in result.stderr
