@@ -19,6 +19,8 @@ from dbdpo.params import parse_params
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"  # a project's headline, which its evaluate stage writes
+ROUNDS_FILE = Path("eval") / "rounds.json"  # every round's figures, which its evaluate stage writes
+ROUND_FIGURES = ("IS", "TS", "beyond_frontier")  # a round's figures averaged, with its gains (*_gain)
 PARAMS_FILE = "params.yaml"
 # What may differ between the projects of one comparison: the concept, and the evaluation
 # prompts (the DreamBooth paper prompts live subjects and objects with different sets).
@@ -54,6 +56,27 @@ def format_mean_se(figure: dict[str, float | None], signed: bool = True) -> str:
     return f"{figure['mean']:{'+' if signed else ''}.3f} ± {format_se(figure['se'])}"
 
 
+def _read_figures(path: Path, project: Path) -> dict:
+    """A figures file evaluate wrote (metrics.json, eval/rounds.json), refused with its name and
+    the fix when it is missing, torn or empty."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: run `dvc repro` in {project} (its evaluate stage writes it)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({e}): rerun its evaluate stage (`dvc repro -f evaluate` "
+                        f"in {project})") from None
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"{path} holds no figures: rerun its evaluate stage (`dvc repro -f evaluate` in {project})")
+    return data
+
+
+def _finite(value, path: Path, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{path}: {key} is {value!r}, not a finite number; rerun its evaluate stage")
+    return float(value)
+
+
 def read_headlines(projects: list[Path]) -> dict[str, dict[str, float]]:
     """Each project folder's metrics.json (the last round's IS, TS and gains over round 0, as
     its evaluate stage writes them), keyed by the folder as given.
@@ -66,19 +89,7 @@ def read_headlines(projects: list[Path]) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for project in projects:
         path = project / METRICS_FILE
-        try:
-            row = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{path} is missing: run `dvc repro` in {project} (its evaluate stage writes it)") from None
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path} is unreadable ({e}): rerun its evaluate stage (`dvc repro -f evaluate` "
-                            f"in {project})") from None
-        if not isinstance(row, dict) or not row:
-            raise UserError(f"{path} holds no figures: rerun its evaluate stage (`dvc repro -f evaluate` in {project})")
-        for key, value in row.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UserError(f"{path}: {key} is {value!r}, not a finite number; rerun its evaluate stage")
-        rows[str(project)] = {k: float(v) for k, v in row.items()}
+        rows[str(project)] = {k: _finite(v, path, k) for k, v in _read_figures(path, project).items()}
     first, *others = rows
     for name in others:
         if rows[name].keys() != rows[first].keys():
@@ -117,7 +128,8 @@ def differing_params(projects: list[Path]) -> list[str]:
 def summarize(projects: list[Path]) -> dict:
     """The headline of each project and their mean over the projects (one concept each).
 
-    Returns {"concepts": {folder: headline}, "mean": {figure: {"mean", "se"}}, "count": n}. Logs a
+    Returns {"concepts": {folder: headline}, "mean": {figure: {"mean", "se"}}, "count": n}, and
+    "rounds" (rounds_over_concepts) when every project has its eval/rounds.json. Logs a
     warning naming the params keys on which the projects differ beyond their concepts.
     A project's own standard errors (the `_se` figures: its images' spread) are kept in its
     row and left out of the mean, whose standard error is the spread across the concepts."""
@@ -127,14 +139,40 @@ def summarize(projects: list[Path]) -> dict:
         log.warning("the projects' params differ beyond the concept, so their mean mixes methods: %s",
                     ", ".join(differ))
     figures = {name: {k: v for k, v in row.items() if not k.endswith("_se")} for name, row in rows.items()}
-    return {"concepts": rows, "mean": mean_over_concepts(figures), "count": len(rows)}
+    result = {"concepts": rows, "mean": mean_over_concepts(figures), "count": len(rows)}
+    if all((Path(project) / ROUNDS_FILE).is_file() for project in projects):
+        result["rounds"] = rounds_over_concepts(projects)
+    return result
+
+
+def rounds_over_concepts(projects: list[Path]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Every round's figures (each project's eval/rounds.json: IS, TS, the gains over round 0,
+    beyond_frontier) averaged over the projects: round -> figure -> {"mean", "se"}, as the
+    headline is for the last round. Refused when the projects ran different rounds."""
+    tables = {str(project): _read_figures(Path(project) / ROUNDS_FILE, project) for project in projects}
+    first, *others = tables
+    for name in others:
+        if list(tables[name]) != list(tables[first]):
+            raise UserError(f"{name}/{ROUNDS_FILE} and {first}/{ROUNDS_FILE} name different rounds "
+                            f"({', '.join(tables[name])} against {', '.join(tables[first])}): compare runs of the "
+                            "same rounds")
+    out = {}
+    for round_name in tables[first]:
+        figures = [k for k in tables[first][round_name] if k in ROUND_FIGURES or k.endswith("_gain")]
+        rows = {name: {k: _finite(table[round_name].get(k), Path(name) / ROUNDS_FILE, f"{round_name}.{k}")
+                       for k in figures}
+                for name, table in tables.items()}
+        out[round_name] = mean_over_concepts(rows)
+    return out
 
 
 def metrics_over_concepts(result: dict) -> dict:
     """summarize()'s result as a metrics file that `dvc exp show` lists: the mean over the
     concepts and its standard error first, figure by figure (se null for one concept), then
-    each concept's headline under its folder's name."""
-    mean = result["mean"]
-    return {"count": result["count"], "mean": {k: v["mean"] for k, v in mean.items()},
-            "se": {k: v["se"] for k, v in mean.items()},
+    every round's (when summarized), then each concept's headline under its folder's name."""
+    def split(figures: dict) -> dict:
+        return {"mean": {k: v["mean"] for k, v in figures.items()}, "se": {k: v["se"] for k, v in figures.items()}}
+
+    rounds = {name: split(figures) for name, figures in result.get("rounds", {}).items()}
+    return {"count": result["count"], **split(result["mean"]), **({"rounds": rounds} if rounds else {}),
             "concepts": {Path(name).name: row for name, row in result["concepts"].items()}}

@@ -96,13 +96,14 @@ def concept_plots(plots: list, name: str) -> list:
 
 def pipeline(template: dict, summary: dict, names: list[str]) -> dict:
     """dvc.yaml for concepts `names`: each concept's copy of the template's stages and plots,
-    and the summary stage (`summary`: its spec without the concepts' metrics files) reading every
-    concept's metrics.json. No names: the template itself."""
+    and the summary stage (`summary`: its spec without the concepts' files) reading every
+    concept's metrics.json and eval/rounds.json. No names: the template itself."""
     if not names:
         return template
     stages = {f"{stage}-{name}": concept_stage(spec, name) for name in names for stage, spec in template["stages"].items()}
     summary = copy.deepcopy(summary)
-    summary["deps"] = [str(Layout(name).metrics) for name in names] + (summary.get("deps") or [])
+    summary["deps"] = ([str(path) for name in names for path in (Layout(name).metrics, Layout(name).rounds_table)]
+                       + (summary.get("deps") or []))
     stages["summary"] = summary
     plots = [plot for name in names for plot in concept_plots(template.get("plots", []), name)]
     return {"stages": stages, "plots": plots}

@@ -82,7 +82,8 @@ def test_the_pipeline_gives_each_concept_its_stages_paths_and_keys():
     assert "${concepts.dog.dir}" in finetune["deps"] and "${concept.dir}" not in finetune["deps"]
     assert finetune["params"][6:8] == ["concept.min_size", "concepts.dog"]
     assert stages["evaluate-dog"]["metrics"] == [{"concepts/dog/metrics.json": {"cache": False}}]
-    assert stages["summary"]["deps"][:2] == ["concepts/dog/metrics.json", "concepts/cat/metrics.json"]
+    assert stages["summary"]["deps"][:4] == ["concepts/dog/metrics.json", "concepts/dog/eval/rounds.json",
+                                             "concepts/cat/metrics.json", "concepts/cat/eval/rounds.json"]
     assert stages["summary"]["metrics"] == [{"metrics.json": {"cache": False}}] and stages["summary"]["params"] == ["concepts"]
     titles = [next(iter(p)) if isinstance(p, dict) else p for p in dvc["plots"]]
     assert "cat: DreamBooth: loss per step" in titles and "concepts/dog/eval/grids" in titles
@@ -95,7 +96,7 @@ def test_a_projects_pipeline_runs_the_installed_commands_without_code_paths():
     template, summary = templates(in_repository=False)
     dvc = pipeline(template, summary, ["dog"])
     assert dvc["stages"]["summary"]["cmd"] == "dbdpo summary"
-    assert dvc["stages"]["summary"]["deps"] == ["concepts/dog/metrics.json"]
+    assert dvc["stages"]["summary"]["deps"] == ["concepts/dog/metrics.json", "concepts/dog/eval/rounds.json"]
     deps = [d for s in dvc["stages"].values() for d in s.get("do", s).get("deps", [])]
     assert not [d for d in deps if d.startswith(("dbdpo", "stages/"))]
 
@@ -140,12 +141,27 @@ def test_summary_writes_the_mean_over_the_concepts_first(tmp_path, monkeypatch):
     for name, value in (("dog", 0.25), ("cat", 0.75)):
         (tmp_path / "concepts" / name).mkdir(parents=True)
         (tmp_path / "concepts" / name / "metrics.json").write_text(json.dumps({"IS": value, "IS_se": 0.1}))
+        # every round's figures too, as evaluate writes them (its stds, counts and errors are not averaged)
+        (tmp_path / "concepts" / name / "eval").mkdir()
+        (tmp_path / "concepts" / name / "eval/rounds.json").write_text(json.dumps({
+            "round_0": {"IS": value - 0.25, "IS_std": 0.4, "images": 40, "beyond_frontier": -value},
+            "round_1": {"IS": value, "IS_std": 0.4, "images": 40, "IS_gain": 2 * value, "IS_gain_se": 0.1,
+                        "S_0.3_gain": value, "beyond_frontier": value}}))
     monkeypatch.chdir(tmp_path)
     result = invoke_stage("summary")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics == {"count": 2, "mean": {"IS": 0.5}, "se": {"IS": 0.25},
+                       "rounds": {"round_0": {"mean": {"IS": 0.25, "beyond_frontier": -0.5},
+                                              "se": {"IS": 0.25, "beyond_frontier": 0.25}},
+                                  "round_1": {"mean": {"IS": 0.5, "IS_gain": 1.0, "S_0.3_gain": 0.5, "beyond_frontier": 0.5},
+                                              "se": {"IS": 0.25, "IS_gain": 0.5, "S_0.3_gain": 0.25,
+                                                     "beyond_frontier": 0.25}}},
                        "concepts": {"dog": {"IS": 0.25, "IS_se": 0.1}, "cat": {"IS": 0.75, "IS_se": 0.1}}}
+    # concepts that ran different rounds are not averaged round by round
+    (tmp_path / "concepts/cat/eval/rounds.json").write_text(json.dumps({"round_0": {"IS": 0.5}}))
+    result = invoke_stage("summary")
+    assert result.exit_code == 2 and "name different rounds (round_0 against round_0, round_1)" in result.output
 
 
 DATASET_TABLE = """Classes

@@ -47,13 +47,17 @@ def test_one_repro_runs_every_concept_and_reruns_only_the_one_that_changed(tmp_p
     assert rounds["toy"]["round_1"]["IS"] != rounds["cup"]["round_1"]["IS"]
     # metrics.json leads with the mean over the concepts and its standard error across them
     metrics = json.loads((root / "metrics.json").read_text())
-    assert list(metrics) == ["count", "mean", "se", "concepts"] and metrics["count"] == 2
+    assert list(metrics) == ["count", "mean", "se", "rounds", "concepts"] and metrics["count"] == 2
     assert metrics["concepts"] == headlines
     for figure in ("IS", "TS", "S_0.5_gain", "beyond_frontier"):
         values = [headlines[name][figure] for name in CONCEPTS]
         assert metrics["mean"][figure] == pytest.approx(sum(values) / 2)
         assert metrics["se"][figure] == pytest.approx(abs(values[0] - values[1]) / 2)  # std/sqrt(2), n=2
     assert "S_0.5_gain_se" not in metrics["mean"]  # a concept's own image spread is its row's, not the mean's
+    # and every round's, from each concept's eval/rounds.json
+    for round_name in ("round_0", "round_1"):
+        values = [rounds[name][round_name]["beyond_frontier"] for name in CONCEPTS]
+        assert metrics["rounds"][round_name]["mean"]["beyond_frontier"] == pytest.approx(sum(values) / 2)
     assert changed_stages(root) == set()  # every stage wrote what dvc.yaml declares for it
 
     # a concept's own key reruns that concept's stages that read it, and the summary; nothing of the other
