@@ -34,7 +34,8 @@ def main(projects: list[Path] = typer.Argument(None, show_default=False,
     from dbdpo.artifacts import write_json
     from dbdpo.params import load_config
 
-    if not projects:  # the pipeline's summary stage
+    pipeline = not projects  # the several-concept pipeline's summary stage
+    if pipeline:
         with user_errors():
             names = list(load_config(params).concepts)
         if not names:
@@ -45,10 +46,12 @@ def main(projects: list[Path] = typer.Argument(None, show_default=False,
     mean = result["mean"]
     columns = [c for c in COLUMNS if c in mean] + [c for c in mean if c not in COLUMNS]
     signed = {c: c.endswith("_gain") or c == "beyond_frontier" for c in columns}  # IS and TS are scores
-    width = max(len("mean ± se"), *map(len, result["concepts"]))
-    typer.echo(f"{'project':<{width}} | " + " | ".join(f"{c:>15}" for c in columns))
+    labels = {name: Path(name).name if pipeline else name for name in result["concepts"]}
+    width = max(len("mean ± se"), *map(len, labels.values()))
+    typer.echo(f"{'concept' if pipeline else 'project':<{width}} | " + " | ".join(f"{c:>15}" for c in columns))
     for name, row in result["concepts"].items():
-        typer.echo(f"{name:<{width}} | " + " | ".join(f"{row[c]:>{'+' if signed[c] else ''}15.3f}" for c in columns))
+        typer.echo(f"{labels[name]:<{width}} | "
+                   + " | ".join(f"{row[c]:>{'+' if signed[c] else ''}15.3f}" for c in columns))
     typer.echo(f"{'mean ± se':<{width}} | " + " | ".join(f"{format_mean_se(mean[c], signed[c]):>15}" for c in columns))
     typer.echo(f"({result['count']} concepts; gains in each project's round 0 stds; se: across the concepts)")
     if out is not None:

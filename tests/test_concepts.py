@@ -150,6 +150,7 @@ def test_summary_writes_the_mean_over_the_concepts_first(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = invoke_stage("summary")
     assert result.exit_code == 0, result.output
+    assert [line.split("|")[0].strip() for line in result.output.splitlines()[:3]] == ["concept", "dog", "cat"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics == {"count": 2, "mean": {"IS": 0.5}, "se": {"IS": 0.25},
                        "rounds": {"round_0": {"mean": {"IS": 0.25, "beyond_frontier": -0.5},
