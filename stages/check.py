@@ -1,32 +1,15 @@
 """`dbdpo check`: every weight, prompt file and photo the params name, resolved before any work;
 what is missing is printed with the command that fetches only its files. The finetune stage runs
-the same check first, so a GPU run never finds a missing scorer after DreamBooth."""
+the same check first (stages/inputs.py), so a GPU run never finds a missing scorer after
+DreamBooth. With several concepts, it also checks that dvc.yaml runs the ones params.yaml lists."""
 
-import dataclasses
-import logging
 from pathlib import Path
 
 import typer
 
-from dbdpo.config import Config
-from stages.common import PARAMS_OPTION, fail, user_errors
+from stages.common import PARAMS_OPTION, user_errors
 
 app = typer.Typer(add_completion=False)
-
-
-def require_inputs(cfg: Config) -> None:
-    """The first stage's check (`setup(before=...)`): warnings logged, a missing input stops the
-    run before DreamBooth. It reads every params group beside the stage's declared ones: it
-    checks inputs, it makes nothing."""
-    from dbdpo.preflight import check, report_text
-
-    with user_errors():
-        report = check(cfg)
-    for warning in report.warnings:
-        logging.getLogger("dbdpo").warning(warning)
-    if not report.ok:
-        fail("the params name inputs that are not here (`dbdpo check` lists them):\n"
-             + report_text(dataclasses.replace(report, warnings=[])))
 
 
 @app.command()
@@ -35,7 +18,6 @@ def main(params: Path = PARAMS_OPTION) -> None:
     files and the concept photos the params name; exit 1 naming what is missing and how to fetch it."""
     from dbdpo.params import load_config
     from dbdpo.preflight import check, report_text
-
     from stages.concepts import DVC_YAML, expected_pipeline, out_of_step
 
     with user_errors():

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import typer
 
-from stages.check import require_inputs
 from stages.common import (
     CONCEPT_OPTION,
     PARAMS_OPTION,
@@ -16,6 +15,7 @@ from stages.common import (
     training_checkpoint,
     user_errors,
 )
+from stages.inputs import require_inputs
 
 # The params keys this stage reads, exactly as dvc.yaml lists them (a test checks both).
 # generate's sampling settings draw the prior-preservation class images; frontier.finetune_fractions
