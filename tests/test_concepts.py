@@ -224,3 +224,24 @@ def test_dbdpo_check_names_each_concepts_photos_and_a_pipeline_out_of_step(tmp_p
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params({"dog": TWO["dog"]}), sort_keys=False))
     result = invoke_stage("check")  # dvc.yaml still runs cat
     assert result.exit_code == 1 and "dvc.yaml is not the pipeline for params.yaml's concepts (dog)" in result.stderr
+
+
+def test_compose_tradeoffs_puts_each_concepts_figure_under_its_name(tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("compose_tradeoffs", REPO / "scripts/compose_tradeoffs.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params(TWO), sort_keys=False))
+    (tmp_path / "concepts/dog/eval").mkdir(parents=True)
+    Image.new("RGB", (50, 40), "red").save(tmp_path / "concepts/dog/eval/tradeoff.png")
+    with pytest.raises(SystemExit, match="concepts/cat/eval/tradeoff.png is missing"):
+        script.compose(tmp_path)
+    (tmp_path / "concepts/cat/eval").mkdir(parents=True)
+    Image.new("RGB", (50, 40), "blue").save(tmp_path / "concepts/cat/eval/tradeoff.png")
+    sheet = script.compose(tmp_path)
+    assert sheet.size == (100, 40 + script.LABEL_HEIGHT)
+    assert sheet.getpixel((10, script.LABEL_HEIGHT + 5)) == (255, 0, 0)  # dog first, as params lists it
+    assert sheet.getpixel((60, script.LABEL_HEIGHT + 5)) == (0, 0, 255)
