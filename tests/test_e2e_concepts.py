@@ -59,6 +59,9 @@ def test_one_repro_runs_every_concept_and_reruns_only_the_one_that_changed(tmp_p
         values = [rounds[name][round_name]["beyond_frontier"] for name in CONCEPTS]
         assert metrics["rounds"][round_name]["mean"]["beyond_frontier"] == pytest.approx(sum(values) / 2)
     assert changed_stages(root) == set()  # every stage wrote what dvc.yaml declares for it
+    status = run(["python", "-m", "stages.status"], root).stdout.splitlines()
+    assert [line.split()[:2] for line in status[:3]] == [["toy:"], ["round_0", "trained"], ["round_1", "trained"]]
+    assert status[3] == "cup:" and status[-1] == "dvc status: up to date"
 
     # a concept's own key reruns that concept's stages that read it, and the summary; nothing of the other
     changed = json.loads(json.dumps(params))
@@ -72,6 +75,8 @@ def test_one_repro_runs_every_concept_and_reruns_only_the_one_that_changed(tmp_p
     added["concepts"]["ball"] = {"dir": "data/concepts/ball_band", "token": "sks", "class_noun": "ball"}
     set_params(root, added)
     assert changed_stages(root) == concept_stages("ball") | {"summary"}
+    status = run(["python", "-m", "stages.status"], root).stdout
+    assert "ball:\nround_0   not trained" in status and "  finetune-ball " in status and "  summary " in status
 
     # dvc.yaml out of step with the params: the check and a stage refuse, naming the fix
     (root / "params.yaml").write_text(yaml.safe_dump(params | {"concepts": {"toy": CONCEPTS["toy"]}}, sort_keys=False))
