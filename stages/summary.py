@@ -8,11 +8,13 @@ With no project, of params.yaml's `concepts` (concepts/<name>/, one pipeline): t
 of a several-concept dvc.yaml (stages/concepts.py), which writes metrics.json.
 """
 
+import os
 from pathlib import Path
 
 import typer
 
 from stages.common import PARAMS_OPTION, disk_errors, fail, user_errors
+from stages.concepts import DVC_YAML, expected_pipeline, out_of_step
 from stages.layout import Layout
 
 app = typer.Typer(add_completion=False)
@@ -40,6 +42,9 @@ def main(projects: list[Path] = typer.Argument(None, show_default=False,
             names = list(load_config(params).concepts)
         if not names:
             fail(f"{params} lists no concepts: name the project folders to summarize")
+        # under dvc repro, a concept added by `dvc exp run -S` has no stages until dvc.yaml is rewritten
+        if os.environ.get("DVC_STAGE") == "summary" and DVC_YAML.read_text() != expected_pipeline(names):
+            fail(out_of_step(params, names))
         projects, out = [Layout(name).root for name in names], out or Layout().metrics
     with user_errors():
         result = summarize(projects)

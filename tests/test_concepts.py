@@ -159,6 +159,16 @@ def test_summary_writes_the_mean_over_the_concepts_first(tmp_path, monkeypatch):
                                               "se": {"IS": 0.25, "IS_gain": 0.5, "S_0.3_gain": 0.25,
                                                      "beyond_frontier": 0.25}}},
                        "concepts": {"dog": {"IS": 0.25, "IS_se": 0.1}, "cat": {"IS": 0.75, "IS_se": 0.1}}}
+    # under dvc repro, params listing a concept dvc.yaml has no stages for (`dvc exp run -S`)
+    assert invoke_stage("concepts").exit_code == 0
+    monkeypatch.setenv("DVC_STAGE", "summary")
+    assert invoke_stage("summary").exit_code == 0
+    three = {**TWO, "cow": {"dir": "photos/cow", "token": "sks", "class_noun": "cow"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params(three), sort_keys=False))
+    result = invoke_stage("summary")
+    assert result.exit_code == 2 and "run `dbdpo concepts` to rewrite it" in result.output
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params(TWO), sort_keys=False))
+    monkeypatch.delenv("DVC_STAGE")
     # concepts that ran different rounds are not averaged round by round
     (tmp_path / "concepts/cat/eval/rounds.json").write_text(json.dumps({"round_0": {"IS": 0.5}}))
     result = invoke_stage("summary")
