@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dbdpo.params import load_config  # noqa: E402
-from stages.layout import Layout  # noqa: E402
+from dbdpo.params import load_config
+from stages.layout import Layout
 
 LABEL_HEIGHT = 30  # pixels above each figure for its concept's name
 

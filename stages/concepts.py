@@ -135,7 +135,7 @@ def render(template: dict, summary: dict, names: list[str], one_concept_text: st
 def with_concepts(text: str, concepts: dict[str, dict[str, str]]) -> str:
     """params.yaml text with its `concepts` group replaced by `concepts` (one flow mapping a
     line; every other line, comments included, kept)."""
-    block = re.search(r"^concepts:.*\n(?:  .*\n)*", text, re.M)
+    block = re.search(r"^concepts:.*\n(?:  .*\n)*", text, re.MULTILINE)
     if block is None:
         raise UserError("params.yaml has no top-level `concepts:` line; add `concepts: {}` (the repository's "
                         "params.yaml shows it) and rerun")
