@@ -100,7 +100,8 @@ def pipeline(template: dict, summary: dict, names: list[str]) -> dict:
     concept's metrics.json and eval/rounds.json. No names: the template itself."""
     if not names:
         return template
-    stages = {f"{stage}-{name}": concept_stage(spec, name) for name in names for stage, spec in template["stages"].items()}
+    stages = {f"{stage}-{name}": concept_stage(spec, name)
+              for name in names for stage, spec in template["stages"].items()}
     summary = copy.deepcopy(summary)
     summary["deps"] = ([str(path) for name in names for path in (Layout(name).metrics, Layout(name).rounds_table)]
                        + (summary.get("deps") or []))
@@ -171,7 +172,8 @@ def out_of_step(params: Path, names: list[str]) -> str:
 @app.command()
 @disk_errors
 def main(params: Path = PARAMS_OPTION,
-         check: bool = typer.Option(False, "--check", help="only check: fail when dvc.yaml is not the concepts' pipeline"),
+         check: bool = typer.Option(False, "--check",
+                                    help="only check: fail when dvc.yaml is not the concepts' pipeline"),
          dreambooth_dataset: Path | None = typer.Option(
              None, help="first set params.yaml's concepts to this folder's subjects (laid out like the DreamBooth "
                         "dataset: a folder per subject and prompts_and_classes.txt)"),
@@ -199,7 +201,8 @@ def main(params: Path = PARAMS_OPTION,
         return
     with atomic_file(DVC_YAML) as tmp:
         tmp.write_text(text)
-    stale = sorted(p.name for p in CONCEPTS.iterdir() if p.is_dir() and p.name not in names) if CONCEPTS.is_dir() else []
+    folders = sorted(p.name for p in CONCEPTS.iterdir() if p.is_dir()) if CONCEPTS.is_dir() else []
+    stale = [name for name in folders if name not in names]
     typer.echo(f"wrote {DVC_YAML}: " + (f"{len(names)} concepts ({', '.join(names)}) and summary" if names
                                         else "the one concept of params.yaml `concept`")
                + (f"; {CONCEPTS}/{{{','.join(stale)}}} belong to no concept now" if stale else ""))

@@ -84,7 +84,8 @@ def test_the_pipeline_gives_each_concept_its_stages_paths_and_keys():
     assert stages["evaluate-dog"]["metrics"] == [{"concepts/dog/metrics.json": {"cache": False}}]
     assert stages["summary"]["deps"][:4] == ["concepts/dog/metrics.json", "concepts/dog/eval/rounds.json",
                                              "concepts/cat/metrics.json", "concepts/cat/eval/rounds.json"]
-    assert stages["summary"]["metrics"] == [{"metrics.json": {"cache": False}}] and stages["summary"]["params"] == ["concepts"]
+    assert stages["summary"]["metrics"] == [{"metrics.json": {"cache": False}}]
+    assert stages["summary"]["params"] == ["concepts"]
     titles = [next(iter(p)) if isinstance(p, dict) else p for p in dvc["plots"]]
     assert "cat: DreamBooth: loss per step" in titles and "concepts/dog/eval/grids" in titles
     # no concepts: the one-concept pipeline, its text as shipped
@@ -155,7 +156,8 @@ def test_summary_writes_the_mean_over_the_concepts_first(tmp_path, monkeypatch):
     assert metrics == {"count": 2, "mean": {"IS": 0.5}, "se": {"IS": 0.25},
                        "rounds": {"round_0": {"mean": {"IS": 0.25, "beyond_frontier": -0.5},
                                               "se": {"IS": 0.25, "beyond_frontier": 0.25}},
-                                  "round_1": {"mean": {"IS": 0.5, "IS_gain": 1.0, "S_0.3_gain": 0.5, "beyond_frontier": 0.5},
+                                  "round_1": {"mean": {"IS": 0.5, "IS_gain": 1.0, "S_0.3_gain": 0.5,
+                                                       "beyond_frontier": 0.5},
                                               "se": {"IS": 0.25, "IS_gain": 0.5, "S_0.3_gain": 0.25,
                                                      "beyond_frontier": 0.25}}},
                        "concepts": {"dog": {"IS": 0.25, "IS_se": 0.1}, "cat": {"IS": 0.75, "IS_se": 0.1}}}
