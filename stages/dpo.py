@@ -62,9 +62,10 @@ def main(round_name: str | None = ROUND_OPTION, concept_name: str | None = CONCE
     ckpt = training_checkpoint(cfg, READS, layout.checkpoint_dir(round_name), cfg.dpo.checkpoint_every, inputs)
     # previews: the round's first two prompts, as its pairs hold them
     prompts = list(dict.fromkeys(prefs.table["prompt"]))[:PREVIEW_PROMPTS]
-    with producing(layout.model_dir(round_name), layout.logs / "dpo" / round_name, out / "train" / "metrics.json") as writes:
+    logs = layout.logs / "dpo" / round_name
+    with producing(layout.model_dir(round_name), logs, out / "train" / "metrics.json") as writes:
         # a diverged run stops here, before the model is written
-        with live_log(layout.logs / "dpo" / round_name, cfg, layout.stage("dpo", round_name), prompts) as log:
+        with live_log(logs, cfg, layout.stage("dpo", round_name), prompts) as log:
             lora, log_rows = dpo_round(backbone, start, prefs, cfg.dpo, log.on_step, ckpt, log.preview)
         if writes:  # every process holds the same weights (DDP); one writes them
             save_lora(backbone.pipe, lora, layout.model_dir(round_name), made_from=inputs)

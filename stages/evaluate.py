@@ -53,7 +53,8 @@ def main(concept_name: str | None = CONCEPT_OPTION, params: Path = PARAMS_OPTION
     names = ["round_0", *cfg.rounds]
     with user_errors():
         models = [RoundModel(n, round_lora(layout.checked_model(n))) for n in names]
-        baselines = layout.checked_table(layout.baselines / "scores.parquet", ["round", "prompt_id", "seed"], "baselines", None)
+        baselines = layout.checked_table(layout.baselines / "scores.parquet", ["round", "prompt_id", "seed"],
+                                         "baselines", None)
         templates, concept, scorers, backbone = held_out_setup(cfg, layout)
     out = layout.eval
     outputs = (out / "images", out / "scores.parquet", out / "tradeoff.csv", out / "tradeoff.png", out / "grids",

@@ -65,7 +65,8 @@ def main(concept_name: str | None = CONCEPT_OPTION, params: Path = PARAMS_OPTION
     early_stops = EarlyStops(early_stop_steps(cfg.frontier.finetune_fractions, ft.steps))
     with producing(layout.model_dir("round_0"), layout.early_stops, layout.logs / "finetune") as writes:
         # a diverged run stops here, before the model is written
-        with live_log(layout.logs / "finetune", cfg, layout.stage("finetune"), [instance_prompt(ft, cfg.concept)]) as log:
+        previews = [instance_prompt(ft, cfg.concept)]
+        with live_log(layout.logs / "finetune", cfg, layout.stage("finetune"), previews) as log:
             lora, _ = dreambooth(backbone, concept, ft, cfg.concept, cfg.generate, log.on_step, ckpt, log.preview,
                                  prompts, early_stops)
         if writes:  # every process holds the same weights (DDP); one writes them

@@ -45,7 +45,8 @@ def main(round_name: str | None = ROUND_OPTION, concept_name: str | None = CONCE
     with user_errors():  # every round's slice is checked: a short pool fails before round 1 samples
         templates = train_prompts(g.prompts, {name: p.prompts for name, p in plans.items()})[plan.name]
         start_dir = layout.checked_model(plan.start)
-        backbone = load_round_model(cfg.model, layout.checked_model("round_0"), round_lora(start_dir), cfg.model.precision)
+        backbone = load_round_model(cfg.model, layout.checked_model("round_0"), round_lora(start_dir),
+                                    cfg.model.precision)
     out = layout.round_dir(plan.name)
     with producing(out / "images", out / "samples.parquet") as writes:  # every process samples; one writes
         sample_round(backbone, templates, concept_prompts(templates, cfg.concept), g.images_per_prompt, plan.seed,

@@ -15,4 +15,5 @@ def held_out_setup(cfg: ParamView, layout: Layout):
     templates = eval_prompts(cfg.evaluate.prompts, cfg.evaluate.num_prompts)
     concept = load_concept(cfg.concept)
     scorers = build_scorers(cfg.score, concept, ts_texts(cfg.concept, cfg.score.ts_prompt, every_form=True))
-    return templates, concept, scorers, load_round_model(cfg.model, layout.checked_model("round_0"), precision=cfg.model.precision)
+    backbone = load_round_model(cfg.model, layout.checked_model("round_0"), precision=cfg.model.precision)
+    return templates, concept, scorers, backbone

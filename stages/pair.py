@@ -38,7 +38,8 @@ def main(round_name: str | None = ROUND_OPTION, concept_name: str | None = CONCE
     cfg, _, layout = setup_round(params, "pair", READS, concept_name, round_name)
     out = layout.round_dir(round_name)
     with user_errors():
-        scores = layout.checked_table(out / "scores.parquet", [*SCORED_SAMPLE_COLUMNS, "IS", "TS"], "scores", round_name)
+        scores = layout.checked_table(out / "scores.parquet", [*SCORED_SAMPLE_COLUMNS, "IS", "TS"], "scores",
+                                      round_name)
     with producing(out / "preferences", out / "pair_summary.json"):  # one process: it writes
         prefs = pair_round(scores, cfg.pair, cfg.filter, cfg.score.rewards)
         with atomic_dir(out / "preferences") as tmp:  # the export reads every image
