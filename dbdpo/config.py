@@ -50,8 +50,8 @@ class ConceptConfig:
 @dataclass(frozen=True)
 class ConceptEntry:
     """One concept of a run over several (`concepts.<name>` in params.yaml): every key is given,
-    so that dvc.yaml can list exactly the keys of it each stage reads (stages/pipeline.py).
-    concept.min_size stays shared."""
+    so that dvc.yaml can list exactly the keys of it each stage reads (stages/concepts.py).
+    Each replaces the concept group's key of its name; concept.min_size stays shared."""
 
     dir: str
     token: str
@@ -261,8 +261,7 @@ class Config:
         noun in the concept group, no other concepts. None: this config, as it is."""
         if name is None:
             return self
-        entry = self.concepts[name]
-        concept = dataclasses.replace(self.concept, dir=entry.dir, token=entry.token, class_noun=entry.class_noun)
+        concept = dataclasses.replace(self.concept, **dataclasses.asdict(self.concepts[name]))
         return dataclasses.replace(self, concept=concept, concepts={})
 
     def round_plans(self) -> dict[str, RoundPlan]:

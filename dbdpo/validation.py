@@ -78,9 +78,8 @@ def validate(c: Config) -> None:
         _require(CONCEPT_NAME.fullmatch(name) is not None, f"concepts.{name}", name,
                  "a name of letters, digits and _ (it names the folder concepts/<name>/ and the stages "
                  "finetune-<name>, generate-<name>@round_1, ...)")
-        for key in ("dir", "token", "class_noun"):
-            _require(bool(getattr(entry, key).strip()), f"concepts.{name}.{key}", getattr(entry, key),
-                     "a non-empty value")
+        for key, value in dataclasses.asdict(entry).items():
+            _require(bool(value.strip()), f"concepts.{name}.{key}", value, "a non-empty value")
     names = c.round_names()
     for i, name in enumerate(names):
         _require(ROUND_NAME.fullmatch(name) is not None, f"rounds.{name}", name,

@@ -18,15 +18,15 @@ def main(params: Path = PARAMS_OPTION) -> None:
     files and the concept photos the params name; exit 1 naming what is missing and how to fetch it."""
     from dbdpo.params import load_config
     from dbdpo.preflight import check, report_text
-    from stages.concepts import DVC_YAML, expected_pipeline, out_of_step
+    from stages.concepts import DVC_YAML, out_of_step
 
     with user_errors():
         cfg = load_config(params)
         report = check(cfg)
     typer.echo(report_text(report), err=not report.ok)
     # the stages dvc repro would run are those of the concepts the params list
-    if DVC_YAML.is_file() and DVC_YAML.read_text() != expected_pipeline(list(cfg.concepts)):
-        typer.echo(f"error: {out_of_step(params, list(cfg.concepts))}", err=True)
+    if DVC_YAML.is_file() and (problem := out_of_step(params, list(cfg.concepts))):
+        typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(code=1)
     if not report.ok:
         raise typer.Exit(code=1)

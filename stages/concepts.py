@@ -164,7 +164,10 @@ def expected_pipeline(names: list[str]) -> str:
     return render(template, summary, names, project_file("pipeline.yaml") if in_repository else project_dvc_yaml())
 
 
-def out_of_step(params: Path, names: list[str]) -> str:
+def out_of_step(params: Path, names: list[str]) -> str | None:
+    """Why dvc.yaml is not the pipeline of concepts `names` (params.yaml's), or None when it is."""
+    if DVC_YAML.is_file() and DVC_YAML.read_text() == expected_pipeline(names):
+        return None
     return (f"{DVC_YAML} is not the pipeline for {params}'s concepts ({', '.join(names) or 'none'}): "
             "run `dbdpo concepts` to rewrite it")
 
@@ -193,14 +196,13 @@ def main(params: Path = PARAMS_OPTION,
             tmp.write_text(text)
     with user_errors():
         names = list(load_config(params).concepts)
-    text = expected_pipeline(names)
     if check:
-        if not DVC_YAML.is_file() or DVC_YAML.read_text() != text:
-            fail(out_of_step(params, names))
+        if problem := out_of_step(params, names):
+            fail(problem)
         typer.echo(f"{DVC_YAML}: the pipeline of {len(names) or 'the one'} concept{'s' * (len(names) != 1)}")
         return
     with atomic_file(DVC_YAML) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(expected_pipeline(names))
     folders = sorted(p.name for p in CONCEPTS.iterdir() if p.is_dir()) if CONCEPTS.is_dir() else []
     stale = [name for name in folders if name not in names]
     typer.echo(f"wrote {DVC_YAML}: " + (f"{len(names)} concepts ({', '.join(names)}) and summary" if names

@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from stages.common import PARAMS_OPTION, disk_errors, fail, user_errors
-from stages.concepts import DVC_YAML, expected_pipeline, out_of_step
+from stages.concepts import out_of_step
 from stages.layout import Layout
 
 app = typer.Typer(add_completion=False)
@@ -43,8 +43,8 @@ def main(projects: list[Path] = typer.Argument(None, show_default=False,
         if not names:
             fail(f"{params} lists no concepts: name the project folders to summarize")
         # under dvc repro, a concept added by `dvc exp run -S` has no stages until dvc.yaml is rewritten
-        if os.environ.get("DVC_STAGE") == "summary" and DVC_YAML.read_text() != expected_pipeline(names):
-            fail(out_of_step(params, names))
+        if os.environ.get("DVC_STAGE") == "summary" and (problem := out_of_step(params, names)):
+            fail(problem)
         projects, out = [Layout(name).root for name in names], out or Layout().metrics
     with user_errors():
         result = summarize(projects)
