@@ -18,7 +18,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import torch
 from tqdm.auto import tqdm
 
 from dbdpo.config import ComputeConfig
@@ -63,6 +62,7 @@ def launch_command(compute: ComputeConfig, module: str, args: Sequence[str]) -> 
 def process_state():
     """accelerate's view of the processes (one, without a launcher). On a machine without a
     GPU it must be told to use the CPU, or it would see N unrelated single processes."""
+    import torch  # here, not at import: a stage without a model (pair) never loads torch
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
@@ -115,6 +115,8 @@ def mean_over_processes(values: dict[str, float]) -> dict[str, float]:
     One process: the values as they are."""
     if num_processes() == 1:
         return values
+    import torch
+
     state = process_state()
     total = torch.tensor(list(values.values()), dtype=torch.float64, device=state.device)
     torch.distributed.all_reduce(total)  # a sum, in place

@@ -22,8 +22,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from dbdpo.artifacts import atomic_file
 
 log = logging.getLogger(__name__)
@@ -106,6 +104,8 @@ def register_stage(threads: int | None, registry: Path = REGISTRY) -> int:
         tmp.write_text(f"{AUTO if fixed is None else fixed} {_start_time(os.getpid())}\n")
     _stage = _Stage(fixed, registry)
     if fixed is not None:
+        import torch
+
         torch.set_num_threads(fixed)
         return fixed
     return rebalance()
@@ -123,6 +123,8 @@ def rebalance() -> int:
     """Set torch's threads to this stage's share of the cores, at most one recount a second;
     a no-op for a fixed count or outside a registered stage (the library used on its own).
     Call it from the loop's thread: OpenMP's thread count is per calling thread."""
+    import torch  # here, not at import: a stage without a model (pair) never loads torch
+
     if _stage is None or _stage.threads is not None:
         return torch.get_num_threads()
     now = time.monotonic()

@@ -3,6 +3,7 @@ code 2 and one line. Run in-process with Typer's runner (a subprocess costs ~12 
 
 import importlib
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -134,6 +135,23 @@ def test_pair_and_dpo_refuse_images_changed_after_they_were_scored_or_paired(sco
     assert result.exit_code == 2
     assert ("rounds/round_1/preferences was made from another rounds/round_1/images (it changed since); "
             "rerun pair@round_1") in result.stderr
+
+
+def test_pair_runs_without_loading_torch(scored_round):
+    """pair trains nothing: as its own process (as dvc runs it) it loads no torch, whose imports
+    took two thirds of the stage's time."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys\n"
+            "sys.argv = ['stages.pair', '--round', 'round_1']\n"
+            "try:\n    runpy.run_module('stages.pair', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "False" and (scored_round / "preferences/pairs.parquet").is_file()
 
 
 def test_pair_refuses_scores_that_do_not_record_their_inputs(scored_round):
