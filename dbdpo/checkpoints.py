@@ -19,14 +19,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from dbdpo.artifacts import atomic_file
 from dbdpo.distributed import is_main_process, same_on_every_process
 from dbdpo.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch loads where a loop saves or restores: `dbdpo status` reads a header without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ def save_loop_state(ckpt: Checkpointing, step: int, rows: list[dict], weights: d
     """Save after `step` optimizer steps: `weights` by name (the trainable ones), the optimizer's
     per-parameter state (its hyperparameters come from the config, which the fingerprint pins),
     and `extra` tensors by name."""
+    import torch
+    from safetensors.torch import save_file
+
     tensors = {f"weights.{name}": value.detach().cpu().contiguous() for name, value in weights.items()}
     tensors |= {f"extra.{name}": value.detach().cpu().contiguous() for name, value in (extra or {}).items()}
     for index, state in optimizer.state_dict()["state"].items():
@@ -93,6 +98,8 @@ def load_loop_state(ckpt: Checkpointing) -> LoopState | None:
     if metadata.get("fingerprint") != ckpt.fingerprint:
         log.info("%s was saved by another configuration or other inputs: starting over", path)
         return None
+    from safetensors.torch import load_file
+
     tensors = _read(path, load_file)
     optimizer: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -110,6 +117,8 @@ def load_loop_state(ckpt: Checkpointing) -> LoopState | None:
 def restore_loop_state(state: LoopState, weights: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                        generator: torch.Generator, scaler=None) -> None:
     """Put a loaded state back into the live weights, optimizer, generator and scaler."""
+    import torch
+
     if state.weights.keys() != weights.keys():
         raise ValueError("the checkpoint's trainable weights are not this model's: delete it to start over")
     with torch.no_grad():
@@ -169,7 +178,7 @@ def _metadata(path: Path) -> dict[str, str] | None:
         return None
 
     def header(file):
-        with safe_open(file, "pt") as f:
+        with safe_open(file, "numpy") as f:  # the header alone: no tensor is read
             return f.metadata()
 
     metadata = _read(path, header)

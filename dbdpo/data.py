@@ -12,13 +12,16 @@ import string
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dbdpo.config import TS_PROMPTS, ConceptConfig
 from dbdpo.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -137,6 +140,8 @@ def load_captions(cfg: ConceptConfig) -> list[str | None]:
 
 def to_tensor(images: list[Image.Image], resolution: int) -> torch.Tensor:
     """Resize the shorter side to `resolution`, center-crop; returns (B, 3, R, R) in [-1, 1]."""
+    import torch  # here, not at import: reading photos and prompts (`dbdpo check`) needs no torch
+
     arrays = []
     for img in images:
         img = ImageOps.fit(img, (resolution, resolution), Image.Resampling.BICUBIC)

@@ -6,18 +6,20 @@ import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
 from dbdpo.artifacts import atomic_file
-from dbdpo.backbones import Backbone
 from dbdpo.config import ConceptConfig, EvaluateConfig
 from dbdpo.data import fill_prompt
-from dbdpo.lora import LoraState, merged_pipeline
-from dbdpo.sampling import generate, plan_samples
-from dbdpo.scoring import Scorer, score_loaded
+
+if TYPE_CHECKING:
+    from dbdpo.backbones import Backbone
+    from dbdpo.lora import LoraState
+    from dbdpo.scoring import Scorer
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ def sample_and_score(backbone: Backbone, rounds: list[RoundModel], templates: li
     Each image is written to image_dir/<round>/ (nowhere with None: a process that only helps,
     dbdpo.distributed) and scored as sampled (PNG is lossless: the
     file holds the very pixels scored)."""
+    # the model stack loads here, not at import: `dbdpo show` reads the rounds' table without it
+    from dbdpo.lora import merged_pipeline
+    from dbdpo.sampling import generate, plan_samples
+    from dbdpo.scoring import score_loaded
+
     prompts = [fill_prompt(t, concept) for t in templates]
     plan = plan_samples(templates, prompts, cfg.images_per_prompt, cfg.seed)
     results = []

@@ -13,15 +13,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dbdpo.backbones import (
+from dbdpo.config import RANDOM_WEIGHTS, WORLD_CLIP, Config
+from dbdpo.errors import BackboneError, UserError
+from dbdpo.model_files import (
     check_pipeline_dir,
     hub_offline,
     is_local_path,
     resolve_pretrained,
 )
-from dbdpo.config import RANDOM_WEIGHTS, WORLD_CLIP, Config
-from dbdpo.errors import BackboneError, UserError
-from dbdpo.world.backbone import WORLD_UNET, WORLD_VAE, WORLD_WEIGHTS
+from dbdpo.world.architecture import WORLD_UNET, WORLD_VAE, WORLD_WEIGHTS
 
 TOKENIZER_FILES = "{merges.txt,special_tokens_map.json,tokenizer_config.json,vocab.json}"
 

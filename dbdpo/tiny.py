@@ -24,7 +24,8 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from dbdpo.tokenizer import clip_tokenizer
-from dbdpo.world.backbone import SD_SCHEDULE, WORLD_TEXT, WORLD_VAE, load_world_part
+from dbdpo.world.architecture import SD_SCHEDULE, WORLD_TEXT, WORLD_VAE
+from dbdpo.world.backbone import load_world_part
 
 # The SD 2.x / SDXL stand-ins: small and random, for code paths only.
 TEST_UNET = dict(

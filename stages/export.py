@@ -50,9 +50,9 @@ def kohya(model_dir: Path = typer.Argument(..., help="a round's model folder, e.
     network dims, base model, and from the params (when the file is there) the trigger phrase
     `<concept.token> <concept.class_noun>` and the training resolution. An SDXL LoRA takes
     kohya's SDXL names (the original checkpoint's input_blocks / output_blocks)."""
-    from dbdpo.backbones import is_pipeline_folder
     from dbdpo.errors import UserError
     from dbdpo.lora import kohya_metadata, load_lora, save_kohya
+    from dbdpo.model_files import is_pipeline_folder
 
     if out.suffix != ".safetensors":
         fail(f"{out}: the output must end in .safetensors")

@@ -176,7 +176,7 @@ def test_weight_variant_and_a_separate_vae(tiny_dirs, tmp_path):
     from diffusers import AutoencoderKL
 
     from dbdpo.tiny import build_tiny_pipeline
-    from dbdpo.world.backbone import WORLD_VAE
+    from dbdpo.world.architecture import WORLD_VAE
 
     build_tiny_pipeline("sdxl").save_pretrained(tmp_path / "fp16", variant="fp16")
     assert (tmp_path / "fp16/unet/diffusion_pytorch_model.fp16.safetensors").is_file()

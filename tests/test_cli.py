@@ -42,6 +42,20 @@ def test_a_stages_help_names_the_params_it_reads_without_loading_torch(stage):
     assert text.endswith("torch loaded: False")
 
 
+@pytest.mark.parametrize("command", ["show", "check", "status"])
+def test_looking_at_a_project_loads_no_torch(command):
+    """show, check and status read files (and ask dvc): they answered in seconds after torch,
+    diffusers and open_clip had loaded for nothing, now at once."""
+    code = ("import sys; from stages.cli import cli; "
+            f"cli(['{command}'], standalone_mode=False); "
+            "print('torch loaded:', 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith({"show": "round_0 ", "check": "everything the params name",
+                                                     "status": "round_0 "}[command]), result.stdout
+    assert result.stdout.endswith("torch loaded: False\n")
+
+
 @pytest.mark.slow
 def test_a_stage_runs_through_dbdpo_as_through_python_m(tmp_path):
     """`dbdpo pair` is `python -m stages.pair`: the same command, the same error for a bad round."""

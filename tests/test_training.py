@@ -235,7 +235,7 @@ def test_training_target_epsilon_and_v_prediction_by_hand():
     """v = sqrt(a_t) * eps - sqrt(1 - a_t) * x0 (Salimans & Ho 2022), a_t = alphas_cumprod[t]."""
     from diffusers import DDPMScheduler
 
-    from dbdpo.world.backbone import SD_SCHEDULE
+    from dbdpo.world.architecture import SD_SCHEDULE
 
     schedule = {k: v for k, v in SD_SCHEDULE.items() if k != "set_alpha_to_one"}
     x0, eps = torch.full((2, 1, 1, 1), 2.0), torch.full((2, 1, 1, 1), 0.5)
