@@ -25,9 +25,8 @@ from diffusers import DDPMScheduler
 from safetensors.torch import save_file
 
 from dbdpo.data import to_tensor
+from dbdpo.world.architecture import SD_SCHEDULE, WORLD_WEIGHTS
 from dbdpo.world.backbone import (
-    SD_SCHEDULE,
-    WORLD_WEIGHTS,
     build_world_pipeline,
     initial_token_embedding,
     load_world_part,

@@ -9,13 +9,13 @@ from safetensors.torch import load_file, save_file
 from dbdpo.backbones import BackboneError, load_backbone
 from dbdpo.config import ModelConfig
 from dbdpo.tokenizer import clip_tokenizer
+from dbdpo.world.architecture import WORLD_VAE, WORLD_WEIGHTS
 from dbdpo.world.backbone import (
     CONCEPT_TOKEN_ID,
     PROBE_IDS,
     STORED_IDS,
     STORED_ROWS,
     TOKEN_EMBEDDING,
-    WORLD_WEIGHTS,
     build_world_pipeline,
     dense_token_embedding,
     initial_token_embedding,
@@ -176,7 +176,6 @@ def test_weight_variant_and_a_separate_vae(tiny_dirs, tmp_path):
     from diffusers import AutoencoderKL
 
     from dbdpo.tiny import build_tiny_pipeline
-    from dbdpo.world.architecture import WORLD_VAE
 
     build_tiny_pipeline("sdxl").save_pretrained(tmp_path / "fp16", variant="fp16")
     assert (tmp_path / "fp16/unet/diffusion_pytorch_model.fp16.safetensors").is_file()
