@@ -179,6 +179,15 @@ def concurrency_section(path: Path, r: dict) -> list[str]:
             f"{r['alone_metrics_equal']} |", ""]
 
 
+def startup_section(path: Path, r: dict) -> list[str]:
+    rows = [f"| `{row['command']}` | {row['median_s']:.2f} s | {row['min_s']:.2f} s | {row['ratio_to_torch_import']:.2f}x |"
+            for row in r["rows"]]
+    return ["### How long a command takes to answer", "",
+            f"`python bench/startup.py --repeat {r['repeat']} --out {path.relative_to(ROOT)}` on {r['cores']} cores: "
+            "each command in a fresh process, as a user runs it; pair on a scored round of six images.", "",
+            "| command | median | fastest | against importing torch alone |", "|---|---|---|---|", *rows, ""]
+
+
 def frontier_section(path: Path, result: dict) -> list[str]:
     from frontier import markdown  # bench/frontier.py
 
@@ -189,7 +198,7 @@ def frontier_section(path: Path, result: dict) -> list[str]:
 
 
 SECTIONS = {"claims_": claims_section, "dpo_transfer_": transfer_section, "concurrency_": concurrency_section,
-            "dreambooth_variants_": dreambooth_section, "frontier_": frontier_section}
+            "dreambooth_variants_": dreambooth_section, "frontier_": frontier_section, "startup": startup_section}
 
 
 def results_markdown(root: Path = ROOT) -> str:

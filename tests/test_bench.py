@@ -478,3 +478,17 @@ def test_generate_bench_on_two_processes_samples_the_one_process_images(tmp_path
     # byte-equal with one thread in every process (tests/test_distributed.py); this process may
     # run two threads, whose sums round apart by at most one level
     assert two["max_pixel_difference"] <= 1 and two["images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_startup_bench_runs_each_command_and_writes_the_results_section(tmp_path):
+    """bench/startup.py runs every command once, each exiting 0 (pair pairs its six scored
+    images); docs/results.md renders its JSON (tests/test_docs.py)."""
+    module = bench_module("startup")
+    out = tmp_path / "startup.json"
+    result = module.main(["--repeat", "1", "--out", str(out)])
+    assert [row["command"] for row in result["rows"]] == [
+        "python -c pass", "python -c 'import torch'", f"python -c '{module.MODEL_STACK}'", "dbdpo show", "dbdpo check", "dbdpo status",
+        "dbdpo pair --round round_1"]
+    assert all(row["median_s"] == row["min_s"] > 0 for row in result["rows"])  # one run each
+    assert result["rows"][1]["ratio_to_torch_import"] == 1.0 and json.loads(out.read_text()) == result
