@@ -37,24 +37,30 @@ DBDPO = str(Path(sys.executable).parent / "dbdpo")  # the console script install
 MODEL_STACK = "import dbdpo.training, dbdpo.sampling, dbdpo.scoring"
 
 
+def scores_frame() -> pd.DataFrame:
+    """Six images of two prompts as the score stage writes them, IS and TS rising together (so the
+    angle filter keeps pairs)."""
+    return pd.DataFrame({"image_id": [f"p{p}_k{k}" for p in range(2) for k in range(3)],
+                         "prompt_id": [p for p in range(2) for _ in range(3)], "prompt": ["a sks toy"] * 6,
+                         "path": [f"rounds/round_1/images/{i}.png" for i in range(6)], "IS": [0.1, 0.2, 0.3] * 2,
+                         "TS": [0.1, 0.25, 0.3] * 2})
+
+
 def scored_round(project: Path) -> Path:
-    """A project with round_1 sampled and scored as the score stage writes it (six images, IS
-    and TS rising together, so the angle filter keeps pairs); returns the project."""
+    """`project` (an empty folder) with the repository's params and round_1 sampled and scored:
+    the scores record the manifest and the images they were made from, as score writes them (the
+    images are stand-in bytes: pair's Pick-a-Pic export only copies them). Returns round_1's folder."""
     shutil.copy(ROOT / "params.yaml", project / "params.yaml")
     out = project / "rounds/round_1"
     (out / "images").mkdir(parents=True)
     (out / "samples.parquet").write_bytes(b"the manifest score read")
     for i in range(6):
         (out / "images" / f"{i}.png").write_bytes(b"image %d" % i)
-    scores = pd.DataFrame({"image_id": [f"{i}" for i in range(6)], "seed": list(range(6)),
-                           "template": ["a {} on the beach"] * 6, "prompt_id": [p for p in range(2) for _ in range(3)],
-                           "prompt": ["a sks toy on the beach"] * 6,
-                           "path": [f"rounds/round_1/images/{i}.png" for i in range(6)],
-                           "IS": [0.1, 0.2, 0.3] * 2, "TS": [0.1, 0.25, 0.3] * 2})
+    scores = scores_frame()
     with contextlib.chdir(project):  # the record names its inputs relative to the project, as score writes it
         scores.attrs = {RECORD_KEY: made_from(Path("rounds/round_1/samples.parquet"), Path("rounds/round_1/images"))}
     scores.to_parquet(out / "scores.parquet")
-    return project
+    return out
 
 
 def timed(argv: list[str], cwd: Path, repeat: int) -> list[float]:
@@ -76,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dbdpo-startup-") as tmp:
-        project = scored_round(Path(tmp))
+        project = Path(tmp)
+        scored_round(project)
         commands = {"python -c pass": ([sys.executable, "-c", "pass"], ROOT),
                     "python -c 'import torch'": ([sys.executable, "-c", "import torch"], ROOT),
                     # what a stage that trains, samples and scores imports before its work

@@ -6,13 +6,13 @@ import json
 import os
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from dbdpo.provenance import RECORD_FILE, RECORD_KEY, digest, made_from
 from tests.conftest import REPO, invoke_stage
+from tests.test_bench import bench_module
 
 STAGES = ["finetune", "generate", "score", "pair", "dpo", "frontier", "evaluate"]
 
@@ -51,29 +51,16 @@ def test_a_prompt_pool_too_small_for_a_later_round_fails_before_round_1_runs(in_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]  # nothing written
 
 
-def scores_frame() -> pd.DataFrame:
-    return pd.DataFrame({"image_id": [f"p{p}_k{k}" for p in range(2) for k in range(3)],
-                         "prompt_id": [p for p in range(2) for _ in range(3)], "prompt": ["a sks toy"] * 6,
-                         "path": [f"rounds/round_1/images/{i}.png" for i in range(6)], "IS": [0.1, 0.2, 0.3] * 2,
-                         "TS": [0.1, 0.25, 0.3] * 2})  # IS and TS rise together: pairs the angle filter keeps
+STARTUP = bench_module("startup")  # bench/startup.py times pair on this same round
+scores_frame = STARTUP.scores_frame
 
 
 @pytest.fixture
-def scored_round(in_repo, tmp_path, monkeypatch):
+def scored_round(tmp_path, monkeypatch):
     """A project in tmp_path whose round_1 has samples and scores made from them (as score
     writes them); returns the round's folder."""
-    (tmp_path / "params.yaml").write_text((in_repo / "params.yaml").read_text())
     monkeypatch.chdir(tmp_path)
-    out = tmp_path / "rounds/round_1"
-    out.mkdir(parents=True)
-    (out / "samples.parquet").write_bytes(b"the manifest score read")
-    (out / "images").mkdir()
-    for i in range(6):  # the images the scores name (pair's Pick-a-Pic export reads their bytes)
-        (out / "images" / f"{i}.png").write_bytes(b"image %d" % i)
-    frame = scores_frame()
-    frame.attrs = {RECORD_KEY: made_from(Path("rounds/round_1/samples.parquet"), Path("rounds/round_1/images"))}
-    frame.to_parquet(out / "scores.parquet")
-    return out
+    return STARTUP.scored_round(tmp_path)
 
 
 def test_a_stage_that_fails_leaves_no_previous_output_behind(scored_round):
@@ -139,7 +126,7 @@ def test_pair_and_dpo_refuse_images_changed_after_they_were_scored_or_paired(sco
 
 def test_pair_runs_without_loading_torch(scored_round):
     """pair trains nothing: as its own process (as dvc runs it) it loads no torch, whose imports
-    took two thirds of the stage's time."""
+    were most of the stage's time (bench/startup.py)."""
     import subprocess
     import sys
 
