@@ -1,8 +1,8 @@
 """A model's files before any of it is loaded: a hub id or a local folder, the local Hugging
 Face cache, and whether a diffusers pipeline folder is complete, with safetensors weights.
 
-Nothing here imports torch or diffusers, so `dbdpo check` answers in a second; dbdpo.backbones
-loads what these functions found.
+Nothing here imports torch or diffusers, so `dbdpo check` answers without loading the model
+stack; dbdpo.backbones loads what these functions found.
 """
 
 from __future__ import annotations
