@@ -45,8 +45,8 @@ def test_a_stages_help_names_the_params_it_reads_without_loading_torch(stage):
 
 @pytest.mark.parametrize("command", ["show", "check", "status"])
 def test_looking_at_a_project_loads_no_torch(command, tmp_path):
-    """show, check and status read files (and ask dvc): they answered in seconds after torch,
-    diffusers and open_clip had loaded for nothing, now at once. status runs `dvc status`, which
+    """show, check and status read files (and ask dvc): none of them needs torch, diffusers or
+    open_clip, so none loads them. status runs `dvc status`, which
     locks its project: here a project of its own (the repository's params and pipeline, nothing
     run), not the checkout that bench/startup.py's test asks at the same time."""
     cwd = REPO

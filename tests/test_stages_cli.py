@@ -126,7 +126,7 @@ def test_pair_and_dpo_refuse_images_changed_after_they_were_scored_or_paired(sco
 
 def test_pair_runs_without_loading_torch(scored_round):
     """pair trains nothing: as its own process (as dvc runs it) it loads no torch, whose imports
-    were most of the stage's time (bench/startup.py)."""
+    would be most of the stage's time (bench/startup.py)."""
     import subprocess
     import sys
 
