@@ -23,7 +23,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from dbdpo.tokenizer import clip_tokenizer
+from dbdpo.tokenizer import clip_tokenizer, write_clip_tokenizer_files
 from dbdpo.world.architecture import SD_SCHEDULE, WORLD_TEXT, WORLD_VAE
 from dbdpo.world.backbone import load_world_part
 
@@ -84,6 +84,14 @@ def build_tiny_pipeline(arch: str, seed: int = 0) -> StableDiffusionPipeline | S
 
 def save_tiny_pipeline(arch: str, directory: Path, seed: int = 0) -> Path:
     """Write the tiny `arch` stand-in as a diffusers folder (safetensors), loadable as
-    `backbone: sd` (sd2) or `backbone: sdxl` with `model.path: <directory>`."""
-    build_tiny_pipeline(arch, seed).save_pretrained(directory, safe_serialization=True)
-    return Path(directory)
+    `backbone: sd` (sd2) or `backbone: sdxl` with `model.path: <directory>`. Its tokenizers
+    are in the hub checkpoints' layout (vocab.json, merges.txt; `dbdpo.preflight`'s download
+    list), not the tokenizer.json save_pretrained writes, which is slower to load."""
+    directory = Path(directory)
+    pipe = build_tiny_pipeline(arch, seed)
+    pipe.save_pretrained(directory, safe_serialization=True)
+    for name in ("tokenizer", "tokenizer_2"):
+        if getattr(pipe, name, None) is not None:
+            (directory / name / "tokenizer.json").unlink()
+            write_clip_tokenizer_files(directory / name)
+    return directory

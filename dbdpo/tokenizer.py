@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import json
 from pathlib import Path
 
 from transformers import CLIPTokenizer
@@ -54,3 +55,13 @@ def clip_tokenizer() -> CLIPTokenizer:
     vocab, merges = _clip_bpe()
     # model_max_length is not stored in a bare vocab: CLIP's text context is 77 tokens.
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=77)
+
+
+def write_clip_tokenizer_files(folder: Path) -> None:
+    """CLIP's BPE as the hub's SD 2.x and SDXL checkpoints ship their tokenizers: vocab.json and
+    merges.txt, which `CLIPTokenizer.from_pretrained` reads (with the folder's
+    tokenizer_config.json) into the tokenizer `clip_tokenizer` builds. Without a tokenizer.json
+    beside them: transformers parses that 3.6 MB file four times a load, in Python."""
+    vocab, merges = _clip_bpe()
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")

@@ -139,6 +139,24 @@ def test_tiny_sdxl_loads_as_sdxl_with_two_text_encoders(tiny_dirs):
     assert _one_image(backbone.pipe).shape == (64, 64, 3)
 
 
+@pytest.mark.parametrize("arch", ["sd2", "sdxl"])
+def test_tiny_folders_ship_their_tokenizers_as_the_hub_checkpoints_do(tiny_dirs, arch):
+    """vocab.json and merges.txt (the files dbdpo.preflight downloads), no tokenizer.json: they
+    load into the tokenizer clip_tokenizer() builds, the same ids to the last padding token."""
+    from transformers import CLIPTokenizer
+
+    reference = clip_tokenizer()
+    for name in ("tokenizer",) if arch == "sd2" else ("tokenizer", "tokenizer_2"):
+        folder = tiny_dirs[arch] / name
+        assert sorted(p.name for p in folder.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
+        loaded = CLIPTokenizer.from_pretrained(folder)
+        assert loaded.get_vocab() == reference.get_vocab() and loaded.model_max_length == 77
+        assert loaded.all_special_tokens == reference.all_special_tokens
+        for text in ("a photo of sks toy in the jungle, with a Blue hat!", "", "sks " * 100, "naïve café 東京"):
+            ours, theirs = (t(text, padding="max_length", max_length=77, truncation=True) for t in (loaded, reference))
+            assert ours.input_ids == theirs.input_ids and ours.attention_mask == theirs.attention_mask
+
+
 def test_resolution_override_and_its_validation(tiny_dirs):
     backbone = load_backbone(ModelConfig(backbone="sdxl", path=str(tiny_dirs["sdxl"]), resolution=32))
     assert backbone.resolution == 32
