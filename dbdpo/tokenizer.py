@@ -61,7 +61,8 @@ def write_clip_tokenizer_files(folder: Path) -> None:
     """CLIP's BPE as the hub's SD 2.x and SDXL checkpoints ship their tokenizers: vocab.json and
     merges.txt, which `CLIPTokenizer.from_pretrained` reads (with the folder's
     tokenizer_config.json) into the tokenizer `clip_tokenizer` builds. Without a tokenizer.json
-    beside them: transformers parses that 3.6 MB file four times a load, in Python."""
+    beside them: transformers parses that file several times a load, in Python (the load's cost
+    is in docs/environment.md)."""
     vocab, merges = _clip_bpe()
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
