@@ -194,3 +194,20 @@ def test_the_titled_panels_draw_every_round_and_every_training_log():
     assert len(titles) <= 8 and all(" " in title for title in titles)  # a handful, titled in words
     stage_plots = [stage for stage, body in dvc["stages"].items() if "plots" in body.get("do", body)]
     assert stage_plots == []
+
+
+def test_the_committed_lock_records_the_code_as_it_is():
+    """Every file the repository ships that a stage depends on (its code, the prompt files) has
+    in dvc.lock the md5 it has now: a stage's code edited without `dvc repro` (or `dvc commit`)
+    leaves a lock that no longer says which code wrote the committed results, and every stage
+    reads as changed. (A round's parquet files are outputs of earlier stages, not shipped.)"""
+    import hashlib
+
+    shipped = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    deps = {dep["path"]: dep["md5"] for stage in lock.values() for dep in stage.get("deps", [])
+            if dep["path"] in shipped}
+    assert "dbdpo/tokenizer.py" in deps and "data/prompts/train.txt" in deps
+    stale = sorted(path for path, md5 in deps.items() if hashlib.md5((REPO / path).read_bytes()).hexdigest() != md5)
+    assert stale == [], f"dvc.lock is stale for {stale}: run `dvc repro` and commit dvc.lock"
