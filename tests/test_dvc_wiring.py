@@ -206,8 +206,11 @@ def test_the_committed_lock_records_the_code_as_it_is():
     shipped = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
                                  check=True).stdout.split())
     lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
-    deps = {dep["path"]: dep["md5"] for stage in lock.values() for dep in stage.get("deps", [])
-            if dep["path"] in shipped}
-    assert "dbdpo/tokenizer.py" in deps and "data/prompts/train.txt" in deps
-    stale = sorted(path for path, md5 in deps.items() if hashlib.md5((REPO / path).read_bytes()).hexdigest() != md5)
+    # every stage's entry, not one per path: a lock can be current in one stage and stale in another
+    entries = [(name, dep["path"], dep["md5"]) for name, stage in lock.items() for dep in stage.get("deps", [])
+               if dep["path"] in shipped]
+    paths = {path for _, path, _ in entries}
+    assert "dbdpo/tokenizer.py" in paths and "data/prompts/train.txt" in paths
+    current = {path: hashlib.md5((REPO / path).read_bytes()).hexdigest() for path in paths}
+    stale = sorted({f"{path} ({name})" for name, path, md5 in entries if current[path] != md5})
     assert stale == [], f"dvc.lock is stale for {stale}: run `dvc repro` and commit dvc.lock"
