@@ -65,6 +65,7 @@ from claims_report import (
 )
 from code_version import code_commit  # bench/code_version.py
 from params_cli import params_with  # bench/params_cli.py
+from PIL import Image
 
 from dbdpo.across_concepts import mean_over_concepts
 from dbdpo.backbones import Backbone, load_backbone, round_base, round_lora
@@ -158,16 +159,17 @@ class Bench:
         return models
 
     def dreambooth(self, seed: int | None = None, on_step: StepCallback | None = None,
-                   early_stops: EarlyStops | None = None) -> Model:
+                   early_stops: EarlyStops | None = None, photos: list[Image.Image] | None = None) -> Model:
         """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage
         (with finetune.seed = `seed` when given; `on_step` gets each step's log row; the LoRAs
-        after `early_stops.steps` steps kept in `early_stops.loras`, as finetune keeps them). A full
-        fine-tune is saved in the scratch folder and loaded from there, as the later stages
+        after `early_stops.steps` steps kept in `early_stops.loras`, as finetune keeps them; on
+        `photos` when given, else the concept's photos, which IS scores against either way). A
+        full fine-tune is saved in the scratch folder and loaded from there, as the later stages
         load models/round_0."""
         cfg = self.cfg
         finetune = cfg.finetune if seed is None else dataclasses.replace(cfg.finetune, seed=seed)
         backbone = load_backbone(cfg.model)
-        state, _ = dreambooth(backbone, self.concept_images, finetune, cfg.concept, cfg.generate, on_step,
+        state, _ = dreambooth(backbone, photos or self.concept_images, finetune, cfg.concept, cfg.generate, on_step,
                               early_stops=early_stops)
         if state is not None:
             return Model(cfg.model, self.backbone, state)

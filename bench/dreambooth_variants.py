@@ -10,14 +10,19 @@ standard error across them: what the finetune defaults are chosen on (dev), neve
 A variant is one argument of space-separated key=value overrides of the params' finetune group:
   steps=S  lr=R  rank=R  batch=B  targets=attention|unet  prior=true|false  text_encoder=true|false
   snr_gamma=G  seed=D
+and of DreamBooth's photos: backdrop=studio trains on the concept's photos drawn again on the
+world's plain studio backdrop (each photo's size, place and render seed as they are; only the
+context behind the concept changes). IS is still scored against the concept's own photos, so
+every variant is measured on one scorer.
 "default" (or "") is the params as they are.
 
-    python bench/dreambooth_variants.py --concepts dev default "steps=300" "prior=true"
+    python bench/dreambooth_variants.py --concepts dev default "steps=300" "prior=true" "backdrop=studio"
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import tempfile
@@ -31,10 +36,13 @@ from params_cli import (  # bench/params_cli.py
     read_params,
     variant_params,
 )
+from PIL import Image
 
 from dbdpo.across_concepts import mean_over_concepts
 from dbdpo.config import Config
-from dbdpo.world.concepts import concepts_of
+from dbdpo.world.concepts import WorldConcept, concepts_of
+from dbdpo.world.data import CONCEPT_VIEWS, concept_views
+from dbdpo.world.scenes import render
 
 log = logging.getLogger("dreambooth_variants")
 
@@ -53,26 +61,47 @@ OVERRIDES = {"steps": ("finetune", "steps", int), "lr": ("finetune", "learning_r
              "text_encoder": ("finetune", "train_text_encoder", boolean), "snr_gamma": ("finetune", "snr_gamma", float),
              "seed": ("finetune", "seed", int)}
 FIGURES = ("IS", "TS", "own_prompt_IS")
+BACKDROPS = ("studio",)  # what backdrop= may draw the photos on (dbdpo.world.contexts.STUDIO)
 
 
-def variant_config(params: dict, spec: str) -> Config:
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    cfg: Config
+    backdrop: str | None = None  # None: the concept's own photos
+
+
+def variant_config(params: dict, spec: str) -> Variant:
     """The params (params.yaml as parsed) with the variant's finetune overrides, validated as
-    params.yaml is. A bad key or value exits naming it, before anything trains."""
-    raw, _ = variant_params(params, spec, OVERRIDES)
-    return checked_config(raw, f"variant {spec!r}")
+    params.yaml is, and its photos' backdrop. A bad key or value exits naming it, before
+    anything trains."""
+    raw, extra = variant_params(params, spec, OVERRIDES, passed=("backdrop",))
+    backdrop = extra.get("backdrop")
+    if backdrop is not None and backdrop not in BACKDROPS:
+        raise SystemExit(f"variant {spec!r}: backdrop={backdrop!r}; expected one of {', '.join(BACKDROPS)}")
+    return Variant(checked_config(raw, f"variant {spec!r}"), backdrop)
 
 
-def run(variants: dict[str, Config], work: Path) -> dict[str, dict[str, float]]:
-    """Claim (a) for each variant (name -> its config, all on one concept): DreamBooth trained
-    with the variant's finetune group, against the base model measured once."""
-    base_bench = Bench(next(iter(variants.values())), work / "base")
+def training_photos(concept: WorldConcept, backdrop: str | None) -> list[Image.Image] | None:
+    """The photos DreamBooth trains on: None for the concept's own (data/concepts/<name>/), or
+    the same views drawn on `backdrop` (dbdpo.world.data.concept_views' draw, context replaced)."""
+    if backdrop is None:
+        return None
+    return [render(dataclasses.replace(view, context=backdrop))
+            for view in concept_views(CONCEPT_VIEWS, concept=concept.scene)]
+
+
+def run(variants: dict[str, Variant], concept: WorldConcept, work: Path) -> dict[str, dict[str, float]]:
+    """Claim (a) for each variant (name -> it) on `concept`: DreamBooth trained with the
+    variant's finetune group on its photos, against the base model measured once."""
+    configs = {spec: concept_config(v.cfg, concept) for spec, v in variants.items()}
+    base_bench = Bench(next(iter(configs.values())), work / "base")
     base = base_bench.measure(None, "base", class_prompt=True, sets=("held-out",))["held-out"]
     base_alone = base_bench.own_prompt(None, "base_alone")
     table = {}
-    for i, (spec, cfg) in enumerate(variants.items()):
+    for i, (spec, cfg) in enumerate(configs.items()):
         t0 = time.time()
         bench = Bench(cfg, work / f"variant_{i}")
-        round_0 = bench.dreambooth()
+        round_0 = bench.dreambooth(photos=training_photos(concept, variants[spec].backdrop))
         held_out = bench.measure(round_0, "round_0", sets=("held-out",))["held-out"]
         table[spec] = dreambooth_gain(base, held_out, base_alone, bench.own_prompt(round_0, "round_0_alone"))
         log.info("%s: IS %+.3f TS %+.3f own prompt %+.3f (%.0f s)", spec, table[spec]["IS"], table[spec]["TS"],
@@ -123,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as work:
         for concept in concepts:
             log.info("concept %s (%s, %s)", concept.name, concept.class_noun, concept.split)
-            tables[concept.name] = run({spec: concept_config(cfg, concept) for spec, cfg in variants.items()},
-                                       Path(work) / concept.name)
+            tables[concept.name] = run(variants, concept, Path(work) / concept.name)
     result = {"concepts": tables, "splits": {c.name: c.split for c in concepts}, "mean": mean_table(tables),
               "minutes": (time.time() - t0) / 60, "commit": commit}
     print_tables(result)

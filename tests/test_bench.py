@@ -227,9 +227,10 @@ def test_dreambooth_variants_bench_averages_claim_a_over_concepts(tmp_path, in_r
     toy_params(tmp_path)
     module = bench_module("dreambooth_variants")
     result = module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star,car_roof",
-                          "--out", str(tmp_path / "d.json"), "default", "steps=2 lr=2e-3"])
+                          "--out", str(tmp_path / "d.json"), "default", "steps=2 lr=2e-3", "backdrop=studio"])
     tables, mean = result["concepts"], result["mean"]
-    assert list(tables) == ["cup_star", "car_roof"] and list(mean) == ["default", "steps=2 lr=2e-3"]
+    assert list(tables) == ["cup_star", "car_roof"] and list(mean) == ["default", "steps=2 lr=2e-3", "backdrop=studio"]
+    assert tables["car_roof"]["backdrop=studio"] != tables["car_roof"]["default"]  # trained on other photos
     for figure in ("IS", "TS", "own_prompt_IS"):
         values = [tables[c]["steps=2 lr=2e-3"][figure] for c in tables]
         assert mean["steps=2 lr=2e-3"][figure] == pytest.approx(sum(values) / 2)
@@ -237,10 +238,35 @@ def test_dreambooth_variants_bench_averages_claim_a_over_concepts(tmp_path, in_r
     assert tables["cup_star"]["default"] != tables["cup_star"]["steps=2 lr=2e-3"]  # each variant trained its own
     assert (tmp_path / "d.json").is_file() and "claim (a) over 2 concepts" in capsys.readouterr().out
     for spec, error in [("rank=big", "rank='big' is not a int"), ("prior=yes", "prior='yes' is not a boolean"),
-                        ("depth=3", "unknown key 'depth'"),
+                        ("depth=3", "unknown key 'depth'"), ("backdrop=moon", "backdrop='moon'; expected one of studio"),
                         ("lr=-1", "finetune.learning_rate")]:
         with pytest.raises(SystemExit, match=error):
             module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star", spec])
+
+
+def test_a_backdrop_variant_redraws_the_concept_photos_changing_only_what_is_behind_the_concept():
+    """backdrop=studio: the photos' own views (drawn on their own contexts, they are the
+    concept's photo files pixel for pixel) on the studio backdrop: the background changes,
+    the concept at the view's place does not."""
+    import numpy as np
+    from PIL import Image
+
+    from dbdpo.world.concepts import CONCEPTS
+    from dbdpo.world.scenes import render
+
+    module = bench_module("dreambooth_variants")
+    concept = CONCEPTS["car_roof"]
+    assert module.training_photos(concept, None) is None
+    studio = [np.asarray(p) for p in module.training_photos(concept, "studio")]
+    files = sorted((REPO / "data/concepts/car_roof").glob("*.png"))
+    views = module.concept_views(module.CONCEPT_VIEWS, concept=concept.scene)
+    assert len(studio) == len(files) == len(views) == 6
+    for view, photo, drawn in zip(views, files, studio):
+        own = np.asarray(Image.open(photo).convert("RGB"))
+        np.testing.assert_array_equal(np.asarray(render(view)), own)
+        assert view.context != "studio" and (drawn != own).any(axis=-1).mean() > 0.3
+        x, y = round(view.x * 64), round(view.y * 64)  # the concept's center: its body, whatever is behind
+        np.testing.assert_array_equal(drawn[y - 2:y + 3, x - 2:x + 3], own[y - 2:y + 3, x - 2:x + 3])
 
 
 def test_claims_bench_sets_params_keys_as_dvc_exp_run_does(in_repo):
