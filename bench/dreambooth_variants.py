@@ -66,6 +66,7 @@ BACKDROPS = ("studio",)  # what backdrop= may draw the photos on (dbdpo.world.co
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
+    """One variant: the params with its finetune overrides, and the backdrop its photos are drawn on."""
     cfg: Config
     backdrop: str | None = None  # None: the concept's own photos
 
