@@ -169,8 +169,8 @@ class Bench:
         cfg = self.cfg
         finetune = cfg.finetune if seed is None else dataclasses.replace(cfg.finetune, seed=seed)
         backbone = load_backbone(cfg.model)
-        state, _ = dreambooth(backbone, photos or self.concept_images, finetune, cfg.concept, cfg.generate, on_step,
-                              early_stops=early_stops)
+        photos = self.concept_images if photos is None else photos
+        state, _ = dreambooth(backbone, photos, finetune, cfg.concept, cfg.generate, on_step, early_stops=early_stops)
         if state is not None:
             return Model(cfg.model, self.backbone, state)
         folder = self.work / f"round_0_full_seed_{finetune.seed}"
