@@ -57,6 +57,8 @@ from functools import partial
 from pathlib import Path
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
 from claims_report import (
     concepts_markdown,
     headline,
@@ -87,6 +89,8 @@ from dbdpo.rounds import (
 from dbdpo.scoring import build_scorers
 from dbdpo.training import StepCallback
 from dbdpo.world.concepts import WorldConcept, concepts_of
+from dbdpo.world.data import CONCEPT_VIEWS, concept_views
+from dbdpo.world.scenes import object_mask
 
 CONCEPT_SET_DATA = Path(__file__).resolve().parent.parent / "data" / "concepts"
 
@@ -105,12 +109,29 @@ class Model:
     lora: LoraState
 
 
+@dataclasses.dataclass(frozen=True)
+class MaskedLoss:
+    """DreamBooth's masked loss on a world concept's photos: each latent cell that the
+    concept's silhouette (the renderer's, dbdpo.world.scenes.object_mask) touches weighs 1,
+    widened by one cell (the VAE spreads an object's latents into its neighbours), and every
+    other cell `background` (0: the photos' backgrounds are not trained on)."""
+    concept: WorldConcept
+    background: float
+
+    def weights(self, latent_side: int) -> torch.Tensor:
+        """(N, 1, latent_side, latent_side), one map a photo, in the photos' order."""
+        views = concept_views(CONCEPT_VIEWS, concept=self.concept.scene)
+        silhouettes = torch.stack([torch.from_numpy(object_mask(v)).float()[None] for v in views])  # (N, 1, W, W)
+        cells = F.max_pool2d(F.adaptive_max_pool2d(silhouettes, latent_side), 3, stride=1, padding=1)
+        return self.background + (1 - self.background) * cells
+
+
 class Bench:
     """The run's shared pieces: config, scorers, prompt sets, a scratch folder for images."""
 
-    def __init__(self, cfg: Config, work: Path, held_in_seeds: int | None = None):
+    def __init__(self, cfg: Config, work: Path, held_in_seeds: int | None = None, masked: MaskedLoss | None = None):
         """`held_in_seeds`: seeds per prompt of the held-in set (default: generate.images_per_prompt,
-        as a round samples its prompts)."""
+        as a round samples its prompts); `masked`: DreamBooth trains with that masked loss."""
         self.cfg, self.work = cfg, work
         self.held_in_seeds = held_in_seeds or cfg.generate.images_per_prompt
         self.concept_images = load_concept(cfg.concept)
@@ -120,6 +141,8 @@ class Bench:
         self.round_prompts = list(train_prompts(cfg.generate.prompts, slices).values())  # one list per round
         self.held_out = eval_prompts(cfg.evaluate.prompts, cfg.evaluate.num_prompts)
         self.backbone = load_backbone(cfg.model)
+        latent_side = self.backbone.resolution // self.backbone.pipe.vae_scale_factor
+        self.loss_weights = None if masked is None else masked.weights(latent_side)
 
     def sample(self, model: Model | None, templates: list[str], per_prompt: int, seed: int,
                name: str, class_prompt: bool = False, settings=None) -> pd.DataFrame:
@@ -163,14 +186,16 @@ class Bench:
         """round_0: DreamBooth on the concept with cfg.finetune, as the finetune stage
         (with finetune.seed = `seed` when given; `on_step` gets each step's log row; the LoRAs
         after `early_stops.steps` steps kept in `early_stops.loras`, as finetune keeps them; on
-        `photos` when given, else the concept's photos, which IS scores against either way). A
+        `photos` when given, else the concept's photos, which IS scores against either way; with
+        the bench's masked loss when it has one). A
         full fine-tune is saved in the scratch folder and loaded from there, as the later stages
         load models/round_0."""
         cfg = self.cfg
         finetune = cfg.finetune if seed is None else dataclasses.replace(cfg.finetune, seed=seed)
         backbone = load_backbone(cfg.model)
         photos = self.concept_images if photos is None else photos
-        state, _ = dreambooth(backbone, photos, finetune, cfg.concept, cfg.generate, on_step, early_stops=early_stops)
+        state, _ = dreambooth(backbone, photos, finetune, cfg.concept, cfg.generate, on_step, early_stops=early_stops,
+                              loss_weights=self.loss_weights)
         if state is not None:
             return Model(cfg.model, self.backbone, state)
         folder = self.work / f"round_0_full_seed_{finetune.seed}"
@@ -278,9 +303,9 @@ def dpo_seeds(bench: Bench, round_0: Model, first: pd.DataFrame, reference: dict
 
 
 def run(cfg: Config, work: Path, extra_dreambooth_seeds: tuple[int, ...] = (),
-        extra_dpo_seeds: tuple[int, ...] = ()) -> dict:
+        extra_dpo_seeds: tuple[int, ...] = (), masked: MaskedLoss | None = None) -> dict:
     t0 = time.time()
-    bench = Bench(cfg, work)
+    bench = Bench(cfg, work, masked=masked)
     rounds = len(bench.round_prompts)
     measured = {"base (class prompt)": bench.measure(None, "base", class_prompt=True)}
     round_0 = bench.dreambooth()
@@ -317,15 +342,15 @@ def concept_config(cfg: Config, concept: WorldConcept) -> Config:
 
 
 def run_concepts(cfg: Config, work: Path, concepts: list[WorldConcept], extra_dreambooth_seeds: tuple[int, ...] = (),
-                 extra_dpo_seeds: tuple[int, ...] = ()) -> dict:
+                 extra_dpo_seeds: tuple[int, ...] = (), mask: float | None = None) -> dict:
     """`run` on each concept (concept_config), then the headline figures per concept and their
-    mean over concepts."""
+    mean over concepts; `mask`: DreamBooth's masked loss with this background weight (MaskedLoss)."""
     results = {}
     for concept in concepts:
         log.info("concept %s (%s, %s)", concept.name, concept.class_noun, concept.split)
         (work / concept.name).mkdir(parents=True, exist_ok=True)
         results[concept.name] = run(concept_config(cfg, concept), work / concept.name, extra_dreambooth_seeds,
-                                    extra_dpo_seeds)
+                                    extra_dpo_seeds, None if mask is None else MaskedLoss(concept, mask))
     rows = {name: headline(result, cfg.finetune.seed) for name, result in results.items()}
     return {"concepts": results, "splits": {c.name: c.split for c in concepts}, "headline": rows,
             "mean": mean_over_concepts(rows), "minutes": sum(r["minutes"] for r in results.values())}
@@ -346,7 +371,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dpo-seeds", type=int, nargs="*", default=[],
                         help="also train the DPO models of claims (b)-(d) on these dpo.seed values, from the "
                              "same round_0 and round-1 images, and report each claim on each (about 3 min a seed)")
+    parser.add_argument("--mask", type=float, metavar="W",
+                        help="with --concepts: DreamBooth's masked loss, each concept's silhouette weighing 1 and "
+                             "the rest of its photos W in [0, 1) (MaskedLoss)")
     args = parser.parse_args(argv)
+    if args.mask is not None and not (args.concepts and 0 <= args.mask < 1):
+        raise SystemExit(f"--mask {args.mask:g}: the background's weight, in [0, 1), with --concepts (the world "
+                         "renders each concept's silhouette)")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in ("claims", "dbdpo"):  # not open_clip's INFO lines on the root logger
         logging.getLogger(name).setLevel(logging.INFO)
@@ -361,13 +392,15 @@ def main(argv: list[str] | None = None) -> dict:
                          "(bench/dpo_transfer.py 'mode=rank loss=rank_dpo' measures a RankDPO round)")
     with tempfile.TemporaryDirectory() as work:
         if concepts:
-            result = run_concepts(cfg, Path(work), concepts, tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
+            result = run_concepts(cfg, Path(work), concepts, tuple(args.dreambooth_seeds), tuple(args.dpo_seeds),
+                                  args.mask)
         else:
             result = run(cfg, Path(work), tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
-    result["overrides"], result["commit"] = args.set, commit
+    result["overrides"], result["commit"] = args.set + ([f"mask={args.mask:g}"] if args.mask is not None else []), commit
     (print_concepts if concepts else print_table)(result)
     if concepts and args.markdown:
-        command = " ".join(["python bench/claims.py --concepts", args.concepts, *(f"--set {o}" for o in args.set)])
+        command = " ".join(["python bench/claims.py --concepts", args.concepts, *(f"--set {o}" for o in args.set),
+                            *([f"--mask {args.mask:g}"] if args.mask is not None else [])])
         args.markdown.write_text(concepts_markdown(result, command))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

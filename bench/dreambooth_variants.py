@@ -13,10 +13,13 @@ A variant is one argument of space-separated key=value overrides of the params' 
 and of DreamBooth's photos: backdrop=studio trains on the concept's photos drawn again on the
 world's plain studio backdrop (each photo's size, place and render seed as they are; only the
 context behind the concept changes). IS is still scored against the concept's own photos, so
-every variant is measured on one scorer.
+every variant is measured on one scorer. And of its loss: mask=W trains with the masked loss
+of bench/claims.py's MaskedLoss, each latent cell the concept covers (its silhouette from the
+renderer, widened by one cell) weighing 1 and every other cell W (0: the photos' backgrounds
+are not trained on at all).
 "default" (or "") is the params as they are.
 
-    python bench/dreambooth_variants.py --concepts dev default "steps=300" "prior=true" "backdrop=studio"
+    python bench/dreambooth_variants.py --concepts dev default "steps=300" "prior=true" "backdrop=studio" "mask=0.2"
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
 
-from claims import Bench, concept_config, dreambooth_gain  # bench/claims.py
+from claims import Bench, MaskedLoss, concept_config, dreambooth_gain  # bench/claims.py
 from code_version import code_commit  # bench/code_version.py
 from params_cli import (  # bench/params_cli.py
     checked_config,
@@ -69,17 +73,27 @@ class Variant:
     """One variant: the params with its finetune overrides, and the backdrop its photos are drawn on."""
     cfg: Config
     backdrop: str | None = None  # None: the concept's own photos
+    background_weight: float | None = None  # mask=W: the masked loss's weight off the concept; None: no mask
 
 
 def variant_config(params: dict, spec: str) -> Variant:
     """The params (params.yaml as parsed) with the variant's finetune overrides, validated as
     params.yaml is, and its photos' backdrop. A bad key or value exits naming it, before
     anything trains."""
-    raw, extra = variant_params(params, spec, OVERRIDES, passed=("backdrop",))
+    raw, extra = variant_params(params, spec, OVERRIDES, passed=("backdrop", "mask"))
     backdrop = extra.get("backdrop")
     if backdrop is not None and backdrop not in BACKDROPS:
         raise SystemExit(f"variant {spec!r}: backdrop={backdrop!r}; expected one of {', '.join(BACKDROPS)}")
-    return Variant(checked_config(raw, f"variant {spec!r}"), backdrop)
+    weight = None
+    if "mask" in extra:
+        try:
+            weight = float(extra["mask"])
+        except ValueError:
+            weight = math.nan
+        if not 0 <= weight < 1:
+            raise SystemExit(f"variant {spec!r}: mask={extra['mask']!r}; expected the background's weight, "
+                             f"a number in [0, 1)")
+    return Variant(checked_config(raw, f"variant {spec!r}"), backdrop, weight)
 
 
 def training_photos(concept: WorldConcept, backdrop: str | None) -> list[Image.Image] | None:
@@ -101,8 +115,10 @@ def run(variants: dict[str, Variant], concept: WorldConcept, work: Path) -> dict
     table = {}
     for i, (spec, cfg) in enumerate(configs.items()):
         t0 = time.time()
-        bench = Bench(cfg, work / f"variant_{i}")
-        round_0 = bench.dreambooth(photos=training_photos(concept, variants[spec].backdrop))
+        variant = variants[spec]
+        masked = None if variant.background_weight is None else MaskedLoss(concept, variant.background_weight)
+        bench = Bench(cfg, work / f"variant_{i}", masked=masked)
+        round_0 = bench.dreambooth(photos=training_photos(concept, variant.backdrop))
         held_out = bench.measure(round_0, "round_0", sets=("held-out",))["held-out"]
         table[spec] = dreambooth_gain(base, held_out, base_alone, bench.own_prompt(round_0, "round_0_alone"))
         log.info("%s: IS %+.3f TS %+.3f own prompt %+.3f (%.0f s)", spec, table[spec]["IS"], table[spec]["TS"],

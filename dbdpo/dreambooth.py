@@ -188,7 +188,8 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
                      cfg: FinetuneConfig, class_images: list[Image.Image] | None = None,
                      class_prompt: str | None = None, on_step: StepCallback | None = None,
                      checkpointing: Checkpointing | None = None, preview: Preview | None = None,
-                     early_stops: EarlyStops | None = None) -> tuple[LoraState | None, list[dict]]:
+                     early_stops: EarlyStops | None = None,
+                     loss_weights: torch.Tensor | None = None) -> tuple[LoraState | None, list[dict]]:
     """DreamBooth: denoising loss on the concept images with the instance prompt (one for all,
     or one per image: instance_prompts), plus the prior-preservation loss on class images when given.
 
@@ -198,10 +199,15 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     `checkpointing.every` steps and resumes from a matching saved state (dbdpo.checkpoints).
     With `preview`, it samples the model every `preview.every` steps (dbdpo.training.Preview).
     With `early_stops` (finetune.method lora), it keeps the LoRA after each of its step counts
-    in `early_stops.loras`; a checkpoint carries those already kept.
+    in `early_stops.loras`; a checkpoint carries those already kept. `loss_weights` (N, 1, h, w),
+    one map a concept image in its latent cells: the instance loss weighs each cell by it
+    (a masked loss: high on the concept, low on its photo's background); None: every cell alike.
     """
     scheduler = backbone.training_scheduler()
     latents, sizes = encode_images(backbone, instance_images), image_size_ids(backbone, instance_images)
+    if loss_weights is not None and loss_weights.shape != (len(latents), 1, *latents.shape[2:]):
+        raise ValueError(f"loss_weights {tuple(loss_weights.shape)}: expected one map a concept image in the latent "
+                         f"grid, {(len(latents), 1, *latents.shape[2:])}")
     per_image = [instance_prompt] * len(instance_images) if isinstance(instance_prompt, str) else instance_prompt
     prompts = list(dict.fromkeys(per_image)) + ([class_prompt] if class_images else [])
     image_prompt = torch.tensor([prompts.index(p) for p in per_image])  # (N,) each photo's row of prompts
@@ -236,14 +242,15 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
     mine = local_slice(global_batch)
 
     def denoising_error(batch_latents: torch.Tensor, batch_text: TextConditioning,
-                        batch_sizes: torch.Tensor | None) -> torch.Tensor:
-        """The mean denoising error on this process's rows of a global batch of latents;
-        batch_text holds this process's rows already."""
+                        batch_sizes: torch.Tensor | None, batch_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean denoising error on this process's rows of a global batch of latents (and
+        of their loss weights, when given); batch_text holds this process's rows already."""
         noise = torch.randn(batch_latents.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch_latents),), generator=gen)
         batch_latents, noise, t = batch_latents[mine], noise[mine], t[mine]
         error = denoising_errors(unet, scheduler, batch_latents, noise, t, batch_text,
-                                 None if batch_sizes is None else batch_sizes[mine], device)
+                                 None if batch_sizes is None else batch_sizes[mine], device,
+                                 None if batch_weights is None else batch_weights[mine])
         if cfg.snr_gamma is not None:
             error = error * min_snr_weights(scheduler.alphas_cumprod, t, cfg.snr_gamma,
                                             scheduler.config.prediction_type).to(device)
@@ -283,7 +290,8 @@ def train_dreambooth(backbone: Backbone, instance_images: list[Image.Image], ins
             rebalance()  # the cores shared with the stages that started or ended since
             idx = torch.randint(0, len(latents), (global_batch,), generator=gen)
             with accelerator.autocast():
-                instance_loss = denoising_error(latents[idx], text(image_prompt[idx[mine]]), select_rows(sizes, idx))
+                instance_loss = denoising_error(latents[idx], text(image_prompt[idx[mine]]), select_rows(sizes, idx),
+                                                None if loss_weights is None else loss_weights[idx])
                 loss, losses = instance_loss, {}
                 if class_images:
                     pidx = torch.randint(0, len(prior_latents), (global_batch,), generator=gen)
@@ -321,14 +329,15 @@ def dreambooth(backbone: Backbone, concept_images: list[Image.Image], cfg: Finet
                concept: ConceptConfig, sampling: GenerateConfig, on_step: StepCallback | None = None,
                checkpointing: Checkpointing | None = None, preview: Preview | None = None,
                prompts: list[str] | None = None,
-               early_stops: EarlyStops | None = None) -> tuple[LoraState | None, list[dict]]:
+               early_stops: EarlyStops | None = None,
+               loss_weights: torch.Tensor | None = None) -> tuple[LoraState | None, list[dict]]:
     """Round 0 as the finetune stage trains it: each photo's instance prompt (`prompts`, from
     instance_prompts; None: finetune.instance_prompt for all), the class images of prior
     preservation when cfg asks for them (drawn with `sampling`'s settings), then
-    train_dreambooth, whose result and log rows it returns."""
+    train_dreambooth (with `loss_weights`, its masked loss), whose result and log rows it returns."""
     class_images, class_prompt = class_prior(backbone, cfg, concept, sampling)
     return train_dreambooth(backbone, concept_images, prompts or instance_prompt(cfg, concept), cfg, class_images,
-                            class_prompt, on_step, checkpointing, preview, early_stops)
+                            class_prompt, on_step, checkpointing, preview, early_stops, loss_weights)
 
 
 def save_round_0(backbone: Backbone, lora: LoraState | None, directory: Path,

@@ -15,6 +15,17 @@ def per_sample_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Te
     return (target.float() - prediction.float()).pow(2).mean(dim=(1, 2, 3))
 
 
+def weighted_per_sample_error(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """||target - prediction||^2 weighted per latent cell: (B, C, H, W) with weights (B, 1, H, W)
+    -> (B,), in fp32. Each image's errors are averaged under its own weights (sum of w * e over
+    C x sum of w), so a mask that keeps a third of the cells scales no image's loss, only where
+    it comes from: the masked DreamBooth loss that trains on the concept's pixels and lets the
+    photos' backgrounds go (kohya's sd-scripts' masked loss, weighted by the mean instead of
+    summed). Weights of 1 everywhere give per_sample_error."""
+    error = (target.float() - prediction.float()).pow(2) * weights
+    return error.sum(dim=(1, 2, 3)) / (weights.sum(dim=(1, 2, 3)) * prediction.shape[1])
+
+
 def min_snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float,
                     prediction_type: str) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR

@@ -31,7 +31,7 @@ from dbdpo.config import SamplingConfig
 from dbdpo.data import to_tensor
 from dbdpo.errors import TrainingDiverged
 from dbdpo.lora import TEXT_ENCODERS, add_lora
-from dbdpo.losses import per_sample_error
+from dbdpo.losses import per_sample_error, weighted_per_sample_error
 from dbdpo.sampling import generate, plan_samples
 
 log = logging.getLogger(__name__)
@@ -178,15 +178,19 @@ def encode_images(backbone: Backbone, images: list[Image.Image]) -> torch.Tensor
 
 
 def denoising_errors(unet, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                     text: TextConditioning, sizes: torch.Tensor | None, device) -> torch.Tensor:
+                     text: TextConditioning, sizes: torch.Tensor | None, device,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) per-sample errors of the UNet's prediction of the training target, for latents
     (B, 4, h, w) noised with `noise` at `timesteps` (B,), text (B rows) and SDXL size ids
     (B, 6) or None: the step every loss here (DreamBooth, its probe, Diffusion-DPO, RankDPO)
-    is built on."""
+    is built on. `weights` (B, 1, h, w): each latent cell's weight (weighted_per_sample_error);
+    None: every cell alike."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
     target = training_target(scheduler, latents, noise, timesteps)
     pred = predict(unet, noisy, timesteps, text, sizes, device)
-    return per_sample_error(pred, target.to(device))
+    if weights is None:
+        return per_sample_error(pred, target.to(device))
+    return weighted_per_sample_error(pred, target.to(device), weights.to(device))
 
 
 def every_and_last(step: int, steps: int, every: int) -> bool:

@@ -227,10 +227,12 @@ def test_dreambooth_variants_bench_averages_claim_a_over_concepts(tmp_path, in_r
     toy_params(tmp_path)
     module = bench_module("dreambooth_variants")
     result = module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star,car_roof",
-                          "--out", str(tmp_path / "d.json"), "default", "steps=2 lr=2e-3", "backdrop=studio"])
+                          "--out", str(tmp_path / "d.json"), "default", "steps=2 lr=2e-3", "backdrop=studio", "mask=0"])
     tables, mean = result["concepts"], result["mean"]
-    assert list(tables) == ["cup_star", "car_roof"] and list(mean) == ["default", "steps=2 lr=2e-3", "backdrop=studio"]
+    assert list(tables) == ["cup_star", "car_roof"]
+    assert list(mean) == ["default", "steps=2 lr=2e-3", "backdrop=studio", "mask=0"]
     assert tables["car_roof"]["backdrop=studio"] != tables["car_roof"]["default"]  # trained on other photos
+    assert tables["car_roof"]["mask=0"] != tables["car_roof"]["default"]  # trained on the concept's cells alone
     for figure in ("IS", "TS", "own_prompt_IS"):
         values = [tables[c]["steps=2 lr=2e-3"][figure] for c in tables]
         assert mean["steps=2 lr=2e-3"][figure] == pytest.approx(sum(values) / 2)
@@ -239,6 +241,7 @@ def test_dreambooth_variants_bench_averages_claim_a_over_concepts(tmp_path, in_r
     assert (tmp_path / "d.json").is_file() and "claim (a) over 2 concepts" in capsys.readouterr().out
     for spec, error in [("rank=big", "rank='big' is not a int"), ("prior=yes", "prior='yes' is not a boolean"),
                         ("depth=3", "unknown key 'depth'"), ("backdrop=moon", "backdrop='moon'; expected one of studio"),
+                        ("mask=1", "mask='1'; expected the background's weight"), ("mask=none", "mask='none'"),
                         ("lr=-1", "finetune.learning_rate")]:
         with pytest.raises(SystemExit, match=error):
             module.main(["--params", str(tmp_path / "params.yaml"), "--concepts", "cup_star", spec])
@@ -267,6 +270,27 @@ def test_a_backdrop_variant_redraws_the_concept_photos_changing_only_what_is_beh
         assert view.context != "studio" and (drawn != own).any(axis=-1).mean() > 0.3
         x, y = round(view.x * 64), round(view.y * 64)  # the concept's center: its body, whatever is behind
         np.testing.assert_array_equal(drawn[y - 2:y + 3, x - 2:x + 3], own[y - 2:y + 3, x - 2:x + 3])
+
+
+def test_the_masked_loss_weighs_the_latent_cells_the_concept_covers():
+    """MaskedLoss (--mask W, mask=W): 1 on every latent cell a pixel of the concept's
+    silhouette falls in, widened by one cell; W on the rest."""
+    import torch
+
+    from dbdpo.world.concepts import CONCEPTS
+    from dbdpo.world.scenes import object_mask
+
+    module = bench_module("claims")
+    concept = CONCEPTS["dog_collar"]
+    weights = module.MaskedLoss(concept, 0.2).weights(16)
+    assert weights.shape == (6, 1, 16, 16) and weights.unique().tolist() == pytest.approx([0.2, 1.0])
+    for view, w in zip(module.concept_views(module.CONCEPT_VIEWS, concept=concept.scene), weights):
+        silhouette = torch.from_numpy(object_mask(view))  # (128, 128): 8 x 8 pixels a latent cell
+        covered = silhouette.reshape(16, 8, 16, 8).any(dim=3).any(dim=1)
+        assert (w[0][covered] == 1).all()
+        widened = torch.nn.functional.max_pool2d(covered[None].float(), 3, stride=1, padding=1)[0].bool()
+        assert torch.allclose(w[0][~widened], torch.tensor(0.2)) and (w[0][widened] == 1).all()
+        assert 0.1 < covered.float().mean() < 0.6  # the photos show the concept big
 
 
 def test_claims_bench_sets_params_keys_as_dvc_exp_run_does(in_repo):

@@ -3,13 +3,25 @@ import math
 import pytest
 import torch
 
-from dbdpo.losses import diffusion_dpo_loss, min_snr_weights, per_sample_error
+from dbdpo.losses import diffusion_dpo_loss, min_snr_weights, per_sample_error, weighted_per_sample_error
 
 
 def test_per_sample_error_is_mean_over_chw():
     pred = torch.zeros(2, 1, 2, 2)
     target = torch.tensor([[[[1.0, 1.0], [1.0, 1.0]]], [[[2.0, 0.0], [0.0, 0.0]]]])
     assert per_sample_error(pred, target).tolist() == [1.0, 1.0]
+
+
+def test_weighted_per_sample_error_averages_each_image_under_its_own_weights():
+    pred = torch.zeros(2, 2, 1, 2)  # 2 images, 2 channels, 1 x 2 cells
+    target = torch.tensor([[[[1.0, 3.0]], [[1.0, 3.0]]], [[[2.0, 4.0]], [[0.0, 0.0]]]])
+    # image 0: cell 0 weighs 1, cell 1 weighs 0 -> (1 + 1) / (2 channels x 1) = 1
+    # image 1: cells weigh 1 and 0.5 -> (4 + 0.5 x 16 + 0 + 0) / (2 x 1.5) = 4
+    weights = torch.tensor([[[[1.0, 0.0]]], [[[1.0, 0.5]]]])
+    assert weighted_per_sample_error(pred, target, weights).tolist() == [1.0, 4.0]
+    # a uniform weight, whatever its size, is the unweighted mean
+    assert weighted_per_sample_error(pred, target, torch.full((2, 1, 1, 2), 0.3)).tolist() == pytest.approx(
+        per_sample_error(pred, target).tolist(), rel=1e-6)
 
 
 def test_min_snr_weights_exact_values():

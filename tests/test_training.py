@@ -292,6 +292,28 @@ def test_min_snr_weighting_weighs_dreambooth_steps_and_is_off_above_every_snr(in
     assert 0 < prior_part[1] < 0.9 * prior_part[0]
 
 
+def test_a_masked_dreambooth_loss_weighs_the_concepts_cells_and_a_uniform_mask_is_the_plain_loss(in_repo):
+    """loss_weights (N, 1, h, w): a uniform map is the unweighted run (the same first loss, the
+    same LoRA up to rounding); a map that leaves out half of each photo trains another LoRA;
+    a map that does not fit the latents is refused before anything trains."""
+    concept = load_concept(ConceptConfig(dir="data/concept"))
+    cfg = FinetuneConfig(steps=3, batch_size=4, lora_rank=4)
+    plain_state, plain = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg)
+    backbone = tiny()
+    side = backbone.resolution // backbone.pipe.vae_scale_factor
+    uniform_state, uniform = train_dreambooth(backbone, concept, "a photo of sks toy", cfg,
+                                              loss_weights=torch.full((len(concept), 1, side, side), 0.5))
+    assert [r["loss"] for r in uniform] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
+    assert all(torch.allclose(uniform_state[k], v, rtol=1e-4, atol=1e-7) for k, v in plain_state.items())
+    left_half = torch.zeros(len(concept), 1, side, side)
+    left_half[..., : side // 2] = 1
+    masked_state, masked = train_dreambooth(tiny(), concept, "a photo of sks toy", cfg, loss_weights=left_half)
+    assert masked[0]["loss"] != pytest.approx(plain[0]["loss"], rel=1e-3)
+    assert not all(torch.allclose(masked_state[k], v, rtol=1e-4, atol=1e-7) for k, v in plain_state.items())
+    with pytest.raises(ValueError, match=r"loss_weights \(6, 1, 4, 4\): expected one map a concept image"):
+        train_dreambooth(tiny(), concept, "a photo of sks toy", cfg, loss_weights=torch.ones(len(concept), 1, 4, 4))
+
+
 def test_dpo_errors_regress_the_velocity_on_v_prediction_backbones(tiny_dirs):
     """SD 2.x: e(x) = mean over C,H,W of (v - v_theta(x_t, t, c))^2 with x_t = sqrt(a) x0 +
     sqrt(1 - a) eps and v = sqrt(a) eps - sqrt(1 - a) x0, a = alphas_cumprod[t], by hand."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
 from dbdpo.world.contexts import CONTEXTS, RGB, SCALE, SIZE, STUDIO
@@ -169,13 +170,28 @@ def _draw_object(img: Image.Image, scene: Scene) -> None:
                   fill=scene.feature_color)
 
 
-def render(scene: Scene) -> Image.Image:
-    """The scene as a 64x64 RGB image (a pure function of `scene`)."""
+def _draw_context(scene: Scene) -> Image.Image:
+    """The scene's context alone, at the drawing size (_W)."""
     context = STUDIO if scene.context == "studio" else CONTEXTS[scene.context]
     img = Image.new("RGB", (_W, _W))
     context.draw(ImageDraw.Draw(img), random.Random(scene.seed))
+    return img
+
+
+def render(scene: Scene) -> Image.Image:
+    """The scene as a 64x64 RGB image (a pure function of `scene`)."""
+    img = _draw_context(scene)
     _draw_object(img, scene)
     return img.resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+
+
+def object_mask(scene: Scene) -> np.ndarray:
+    """(_W, _W) bool, at the drawing size (twice the image's side): the pixels the object
+    changes, its exact silhouette (a masked DreamBooth loss's mask, bench/dreambooth_variants.py)."""
+    context = _draw_context(scene)
+    drawn = context.copy()
+    _draw_object(drawn, scene)
+    return np.asarray(ImageChops.difference(drawn, context)).any(axis=-1)
 
 
 # --- sampling and captions ---------------------------------------------------------------------
