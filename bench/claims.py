@@ -396,7 +396,9 @@ def main(argv: list[str] | None = None) -> dict:
                                   args.mask)
         else:
             result = run(cfg, Path(work), tuple(args.dreambooth_seeds), tuple(args.dpo_seeds))
-    result["overrides"], result["commit"] = args.set + ([f"mask={args.mask:g}"] if args.mask is not None else []), commit
+    result["overrides"], result["commit"] = args.set, commit
+    if args.mask is not None:
+        result["mask"] = args.mask
     (print_concepts if concepts else print_table)(result)
     if concepts and args.markdown:
         command = " ".join(["python bench/claims.py --concepts", args.concepts, *(f"--set {o}" for o in args.set),

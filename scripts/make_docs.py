@@ -121,10 +121,12 @@ def claims_section(path: Path, result: dict) -> list[str]:
     from claims_report import concepts_markdown
 
     splits = sorted(set(result["splits"].values()))
-    overrides = result.get("overrides", [])
+    overrides, mask = result.get("overrides", []), result.get("mask")
+    masked = [] if mask is None else [f"--mask {mask:g}"]
     command = " ".join([f"python bench/claims.py --concepts {','.join(splits)}", *(f"--set {o}" for o in overrides),
-                        f"--out {path.relative_to(ROOT)}"])
-    variant = f", with {', '.join(overrides)}" if overrides else ""
+                        *masked, f"--out {path.relative_to(ROOT)}"])
+    named = overrides + ([] if mask is None else [f"DreamBooth's masked loss (background {mask:g})"])
+    variant = f", with {', '.join(named)}" if named else ""
     return [f"### The claims on the {' and '.join(splits)} concepts{variant} ({result['minutes']:.0f} min on the "
             "2-core CPU)",
             "", concepts_markdown(result, command)]

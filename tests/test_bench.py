@@ -293,6 +293,15 @@ def test_the_masked_loss_weighs_the_latent_cells_the_concept_covers():
         assert 0.1 < covered.float().mean() < 0.6  # the photos show the concept big
 
 
+def test_claims_bench_refuses_a_mask_off_the_concept_set_or_out_of_range(in_repo):
+    """--mask W needs --concepts (the world renders each concept's silhouette) and W in [0, 1),
+    checked before anything loads."""
+    claims = bench_module("claims")
+    for argv in (["--mask", "0.2"], ["--concepts", "dev", "--mask", "1"], ["--concepts", "dev", "--mask", "-0.1"]):
+        with pytest.raises(SystemExit, match=r"--mask .*: the background's weight, in \[0, 1\), with --concepts"):
+            claims.main(argv)
+
+
 def test_claims_bench_sets_params_keys_as_dvc_exp_run_does(in_repo):
     """--set KEY=VALUE reads VALUE as YAML and validates the result as params.yaml; a key the
     params lack or a bad value exits naming it."""

@@ -56,6 +56,18 @@ def test_each_results_section_names_the_commit_its_bench_measured(make_docs):
     assert headings and all(page[i + 2].startswith("Code: ") for i in headings)
 
 
+def test_a_claims_section_names_its_overrides_and_its_masked_loss(make_docs):
+    """A claims file's heading and command give back what it ran: each --set, and --mask."""
+    import json
+
+    result = json.loads((REPO / "bench/results/claims_dev_lora_rank4.json").read_text())
+    heading, _, table = make_docs.claims_section(REPO / "bench/results/x.json", result | {"mask": 0.2})
+    assert heading.startswith("### The claims on the dev concepts, with finetune.lora_rank=4, DreamBooth's masked "
+                              "loss (background 0.2) (")
+    assert "`python bench/claims.py --concepts dev --set finetune.lora_rank=4 --mask 0.2 --out bench/results/x.json`" \
+        in table
+
+
 def test_the_readme_results_block_is_the_benchs_own_table(make_docs, tmp_path):
     (tmp_path / "bench" / "results").mkdir(parents=True)
     (tmp_path / "bench" / "results" / "claims_test.md").write_text("| a |\n|---|\n| +0.1 |\n")
