@@ -70,7 +70,8 @@ BACKDROPS = ("studio",)  # what backdrop= may draw the photos on (dbdpo.world.co
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One variant: the params with its finetune overrides, and the backdrop its photos are drawn on."""
+    """One variant: the params with its finetune overrides, the backdrop its photos are drawn on,
+    and the background weight of its masked loss."""
     cfg: Config
     backdrop: str | None = None  # None: the concept's own photos
     background_weight: float | None = None  # mask=W: the masked loss's weight off the concept; None: no mask

@@ -187,7 +187,7 @@ def render(scene: Scene) -> Image.Image:
 
 def object_mask(scene: Scene) -> np.ndarray:
     """(_W, _W) bool, at the drawing size (twice the image's side): the pixels the object
-    changes, its exact silhouette (a masked DreamBooth loss's mask, bench/dreambooth_variants.py)."""
+    changes, its exact silhouette (a masked DreamBooth loss's mask: bench/claims.py's MaskedLoss)."""
     context = _draw_context(scene)
     drawn = context.copy()
     _draw_object(drawn, scene)
